@@ -1,0 +1,1 @@
+"""pycri: a Kubernetes CRI runtime."""
