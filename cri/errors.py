@@ -1,6 +1,6 @@
 """Domain errors of the runtime core.
 
-The core never imports gRPC: it raises these, and ``cri.server.errors`` maps each class to a
+Nothing below cri/server imports gRPC: the core and state raise these, and ``cri.server.errors`` maps each class to a
 status code in one place.
 """
 
