@@ -1,0 +1,239 @@
+"""Configuration: pydantic models, TOML loading with drop-ins, environment and flag overrides.
+
+Precedence, lowest first: built-in defaults, the main file (/etc/pycri/pycri.conf), drop-ins
+(/etc/pycri/pycri.conf.d/*.conf in lexical order), PYCRI_* environment variables, CLI flags.
+Unknown keys and bad values fail at start naming the file and the key, like `crio` does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_FILE = Path("/etc/pycri/pycri.conf")
+ENV_PREFIX = "PYCRI_"
+
+# The capabilities CRI-O grants a container by default: enough for ordinary images, without
+# NET_RAW, SYS_CHROOT, MKNOD or AUDIT_WRITE that docker used to hand out.
+DEFAULT_CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "KILL",
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Section):
+    registries_conf: Path = Path("/etc/containers/registries.conf")
+    registries_conf_dir: Path = Path("/etc/containers/registries.conf.d")
+    auth_file: Path | None = None
+    pull_progress_timeout: float = Field(60.0, gt=0, description="abort a pull after this many seconds without a byte")
+    max_parallel_downloads: int = Field(3, ge=1, le=32)
+
+
+class NetworkConfig(Section):
+    cni_conf_dir: Path = Path("/etc/cni/net.d")
+    cni_plugin_dirs: list[Path] = [Path("/opt/cni/bin"), Path("/usr/lib/cni")]
+    cni_timeout: float = Field(60.0, gt=0)
+
+
+class RuntimeHandler(Section):
+    path: str = Field(description="binary path, or a name looked up on PATH")
+    runtime_root: Path | None = Field(None, description="the runtime's --root; default <state_dir>/<handler>")
+    monitor: Literal["conmon"] = "conmon"
+
+
+class RuntimeConfig(Section):
+    default_runtime: str = "runc"
+    handlers: dict[str, RuntimeHandler] = {
+        "runc": RuntimeHandler(path="runc"),
+        "crun": RuntimeHandler(path="crun"),
+    }
+    conmon: str = "conmon"
+    cgroup_manager: Literal["cgroupfs"] = "cgroupfs"
+    default_capabilities: list[str] = DEFAULT_CAPABILITIES
+    seccomp_profile: Path | None = Field(None, description="RuntimeDefault profile; built-in when unset")
+    pids_limit: int = Field(0, ge=0, description="0 = no limit unless the pod asks")
+    log_size_max: int = Field(-1, description="bytes per container log file; -1 = unlimited")
+    stop_timeout_min: int = Field(0, ge=0)
+
+    @field_validator("default_capabilities")
+    @classmethod
+    def _caps_upper(cls, v: list[str]) -> list[str]:
+        return [c.upper().removeprefix("CAP_") for c in v]
+
+
+class StreamingConfig(Section):
+    address: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = a free port")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    idle_timeout: float = Field(4 * 3600, gt=0)
+    stream_creation_timeout: float = Field(30.0, gt=0)
+
+
+class Config(Section):
+    root: Path = Path("/var/lib/pycri")
+    state_dir: Path = Path("/run/pycri")
+    listen: str = "unix:///run/pycri/pycri.sock"
+    socket_mode: int = 0o660
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    storage: StorageConfig = StorageConfig()
+    network: NetworkConfig = NetworkConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    streaming: StreamingConfig = StreamingConfig()
+
+    @field_validator("listen")
+    @classmethod
+    def _unix_only(cls, v: str) -> str:
+        if not v.startswith("unix://") or not v.removeprefix("unix://").startswith("/"):
+            raise ValueError("must be unix:///absolute/path")
+        return v
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.listen.removeprefix("unix://"))
+
+    def runtime_path(self, handler: str) -> str | None:
+        """The handler's binary as an absolute path, or None when it is not installed."""
+        h = self.runtime.handlers.get(handler)
+        return shutil.which(h.path) if h else None
+
+
+class ConfigError(Exception):
+    """A configuration file, variable or flag is wrong; the message names where and what."""
+
+
+def _deep_merge(base: dict, override: dict, origin: dict, source: str, prefix: tuple = ()) -> None:
+    for key, value in override.items():
+        path = prefix + (key,)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value, origin, source, path)
+        else:
+            base[key] = value
+        origin[path] = source
+        if isinstance(value, dict):
+            for sub in _leaf_paths(value, path):
+                origin[sub] = source
+
+
+def _leaf_paths(d: dict, prefix: tuple) -> list[tuple]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + (k,))
+        if isinstance(v, dict):
+            out.extend(_leaf_paths(v, prefix + (k,)))
+    return out
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Read an environment value as a TOML value when it is one, else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: dict[str, str]) -> dict:
+    """PYCRI_LOG_LEVEL=debug sets log_level; PYCRI_STREAMING__PORT=1234 sets [streaming] port."""
+    out: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("PYCRI_CONFIG", "PYCRI_CONFIG_DIR"):
+            continue
+        if name.startswith(ENV_PREFIX + "FAULT"):  # fault-injection switches, not configuration
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_env_value(raw)
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: dict | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration; raise ConfigError naming the file and key at fault."""
+    environ = dict(os.environ) if environ is None else environ
+    explicit = path is not None or "PYCRI_CONFIG" in environ
+    path = Path(path or environ.get("PYCRI_CONFIG", DEFAULT_CONFIG_FILE))
+    merged: dict = {}
+    origin: dict[tuple, str] = {}
+    if path.exists():
+        _deep_merge(merged, _read_toml(path), origin, str(path))
+    elif explicit:
+        raise ConfigError(f"{path}: configuration file does not exist")
+    dropin_dir = Path(environ.get("PYCRI_CONFIG_DIR", str(path) + ".d"))
+    if dropin_dir.is_dir():
+        for dropin in sorted(dropin_dir.glob("*.conf")):
+            _deep_merge(merged, _read_toml(dropin), origin, str(dropin))
+    _deep_merge(merged, _env_overrides(environ), origin, "environment")
+    _deep_merge(merged, overrides or {}, origin, "command line")
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            source = next((origin[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in origin), "defaults")
+            key = ".".join(loc)
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{source}: {key}: {msg}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def to_toml(config: Config) -> str:
+    """Render the effective configuration as TOML that load_config reads back unchanged."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    out: list[str] = ["# pycri effective configuration"]
+
+    def emit(table: dict, name: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if name and scalars:
+            out.append(f"\n[{name}]")
+        for k, v in scalars.items():
+            out.append(f"{k} = {_toml_value(v)}")
+        for k, v in tables.items():
+            emit(v, f"{name}.{k}" if name else k)
+
+    emit(data, "")
+    return "\n".join(out) + "\n"
