@@ -1,0 +1,115 @@
+"""`pycri check`: what the host has, what it lacks, and how to fix it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cri.config import Config
+
+CAP_SYS_RESOURCE = 24
+APT_FIX = "apt-get install -y {}"
+
+
+@dataclass
+class Finding:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"version unknown ({e})"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else "?"
+
+
+def _binary(name: str, path: str, package: str, required: bool = True) -> Finding:
+    found = shutil.which(path)
+    if found:
+        return Finding(name, True, f"{found}: {_version(found)}", required=required)
+    return Finding(name, False, f"{path} not found", APT_FIX.format(package), required)
+
+
+def effective_capabilities() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def cgroup_layout() -> str:
+    """'v2' (unified only), 'hybrid' (v1 controllers plus a v2 mount) or 'v1'."""
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return "v2"
+    return "hybrid" if Path("/sys/fs/cgroup/unified").is_dir() else "v1"
+
+
+def v1_controllers_unmounted() -> list[str]:
+    """Controllers the kernel has that no v1 hierarchy mounts (crun refuses to run then)."""
+    enabled = []
+    for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
+        name, _hier, _num, on = line.split()
+        if on == "1":
+            enabled.append(name)
+    mounted = set()
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == "cgroup":
+            mounted.update(o for o in fields[3].split(",") if o in enabled)
+    return [c for c in enabled if c not in mounted]
+
+
+def findings(config: Config) -> list[Finding]:
+    out: list[Finding] = []
+    for handler, spec in config.runtime.handlers.items():
+        required = handler == config.runtime.default_runtime
+        out.append(_binary(f"runtime handler {handler}", spec.path, Path(spec.path).name, required))
+    out.append(_binary("conmon", config.runtime.conmon, "conmon"))
+    out.append(_binary("iptables", "iptables", "iptables"))
+    out.append(_binary("catatonit (pod PID namespace holder)", "catatonit", "catatonit"))
+    out.append(_binary("unshare (namespace pinning)", "unshare", "util-linux"))
+    for plugin in ("bridge", "host-local", "loopback", "portmap"):
+        dirs = [d for d in config.network.cni_plugin_dirs if (d / plugin).is_file()]
+        out.append(Finding(f"CNI plugin {plugin}", bool(dirs),
+                           str(dirs[0] / plugin) if dirs else f"not in {', '.join(map(str, config.network.cni_plugin_dirs))}",
+                           APT_FIX.format("containernetworking-plugins")))
+    confs = sorted(p for ext in ("*.conf", "*.conflist", "*.json") for p in config.network.cni_conf_dir.glob(ext)) \
+        if config.network.cni_conf_dir.is_dir() else []
+    out.append(Finding("CNI network configuration", bool(confs),
+                       ", ".join(p.name for p in confs) or f"none in {config.network.cni_conf_dir}",
+                       "make install-cni-default (installs a bridge network, 10.88.0.0/16)"))
+    overlay = "overlay" in Path("/proc/filesystems").read_text()
+    out.append(Finding("overlayfs", overlay, "available" if overlay else "not in /proc/filesystems", "modprobe overlay"))
+    layout = cgroup_layout()
+    out.append(Finding("cgroups", True, f"{layout} layout", required=False))
+    if layout != "v2" and "crun" in config.runtime.handlers:
+        missing = v1_controllers_unmounted()
+        out.append(Finding("crun on cgroup v1", not missing,
+                           "every controller is mounted" if not missing
+                           else f"controllers not mounted under v1: {', '.join(missing)}; crun refuses to run",
+                           " && ".join(f"mkdir -p /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}"
+                                       for c in missing), required=False))
+    has_resource = bool(effective_capabilities() & (1 << CAP_SYS_RESOURCE))
+    out.append(Finding("CAP_SYS_RESOURCE", has_resource,
+                       "present" if has_resource else
+                       "missing: negative oom_score_adj is clamped to the daemon's own score",
+                       "none needed; run pycri with CAP_SYS_RESOURCE to honour negative scores", required=False))
+    return out
+
+
+def report(config: Config) -> int:
+    failed = False
+    for f in findings(config):
+        mark = "ok  " if f.ok else ("FAIL" if f.required else "warn")
+        print(f"[{mark}] {f.name}: {f.detail}")
+        if not f.ok and f.fix:
+            print(f"       fix: {f.fix}")
+        failed |= f.required and not f.ok
+    return 1 if failed else 0

@@ -1,0 +1,210 @@
+"""The composition root: build the runtime's parts from the configuration and serve CRI on a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cri.config import Config
+
+log = logging.getLogger("pycri")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Service(Protocol):
+    """A part with a lifetime: started in build order, stopped in reverse."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """What every RPC handler reaches: the configuration and the managers of the core."""
+
+    config: Config
+    unclean_start: bool = False
+    pod_cidr: str = ""
+    images: Any = None
+    sandboxes: Any = None
+    containers: Any = None
+    cni: Any = None
+    streaming: Any = None
+    events: Any = None
+    services: list[Service] = field(default_factory=list)
+
+    def runtime_condition(self) -> tuple[bool, str, str]:
+        handler = self.config.runtime.default_runtime
+        if self.config.runtime_path(handler) is None:
+            path = self.config.runtime.handlers[handler].path
+            return False, "OCIRuntimeMissing", f"default runtime {handler!r} ({path}) is not installed"
+        from shutil import which
+
+        if which(self.config.runtime.conmon) is None:
+            return False, "ConmonMissing", f"conmon ({self.config.runtime.conmon}) is not installed"
+        return True, "", ""
+
+    def network_condition(self) -> tuple[bool, str, str]:
+        if self.cni is None:
+            return False, "NetworkPluginNotReady", "the network layer is not configured"
+        return self.cni.ready()
+
+    def set_pod_cidr(self, cidr: str) -> None:
+        self.pod_cidr = cidr
+
+
+def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
+    """Wire the parts together; each appends itself to `services` if it has a lifetime."""
+    rt = Runtime(config=config, unclean_start=unclean_start)
+    return rt
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.log_level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        class JSONFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                entry = {"time": self.formatTime(record), "level": record.levelname.lower(),
+                         "logger": record.name, "msg": record.getMessage()}
+                if record.exc_info:
+                    entry["exc"] = self.formatException(record.exc_info)
+                return json.dumps(entry)
+
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def _lock_root(root: Path) -> int:
+    """Hold an exclusive lock on the root for our lifetime: two daemons on one root corrupt it."""
+    lock_path = root / "pycri.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DaemonError(f"another pycri daemon (pid {holder}) is already using root {root}; stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _claim_socket(path: Path) -> None:
+    """Remove a stale socket file, but refuse to steal one that something still answers on."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise DaemonError(f"socket {path} is in use by another process; stop it or choose another --listen")
+
+
+def _become_subreaper() -> None:
+    """Orphaned exec processes are re-parented to us, so we can reap them instead of leaving zombies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT; then finish in-flight calls and remove the socket."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from cri.server.servicer import register
+
+    for directory, mode in ((config.root, 0o700), (config.state_dir, 0o711)):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, mode)
+    lock_fd = _lock_root(config.root)
+    marker = config.root / CLEAN_SHUTDOWN_MARKER
+    unclean = not marker.exists() and any(p.name != "pycri.lock" for p in config.root.iterdir())
+    marker.unlink(missing_ok=True)
+    _claim_socket(config.socket_path)
+    _become_subreaper()
+
+    rt = build_runtime(config, unclean_start=unclean)
+    started: list[Service] = []
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ])
+    try:
+        for service in rt.services:
+            await service.start()
+            started.append(service)
+        handlers = register(server, rt)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        old_umask = os.umask(0o117)
+        try:
+            server.add_insecure_port(config.listen)
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(config.socket_path, config.socket_mode)
+        log.info("pycri serving CRI v1 on %s (%d RPCs implemented)%s", config.listen, len(handlers),
+                 "; the previous run did not shut down cleanly" if unclean else "")
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight calls")
+        await server.stop(grace=10)
+    finally:
+        await server.stop(grace=None)
+        for service in reversed(started):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
+        config.socket_path.unlink(missing_ok=True)
+        marker.touch()
+        os.close(lock_fd)
+    log.info("pycri stopped")
+
+
+def run(config: Config) -> int:
+    _setup_logging(config)
+    try:
+        asyncio.run(serve(config))
+    except DaemonError as e:
+        log.error("%s", e)
+        return 1
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            log.error("%s: pycri must run as root", e)
+            return 1
+        raise
+    return 0

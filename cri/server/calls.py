@@ -1,0 +1,82 @@
+"""The call wrapper that every RPC goes through: request id, one log line, error mapping.
+
+It plays the role of a server interceptor, but wraps the handler directly: grpc.aio interceptors
+add a layer of indirection per call, and this is the hot path of every CRI request.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import time
+from typing import Any, Callable
+
+import grpc
+
+from cri.server.errors import is_expected, status_for
+
+log = logging.getLogger("pycri.rpc")
+_ids = itertools.count(1)
+
+# Calls kubelet makes every second or so: logged at debug so they do not drown the log.
+_QUIET_PREFIXES = ("List", "Version", "Status", "ImageStatus", "PodSandboxStatus", "ContainerStatus",
+                   "ImageFsInfo", "ContainerStats", "PodSandboxStats", "RuntimeConfig")
+
+
+def _level(name: str) -> int:
+    return logging.DEBUG if name.startswith(_QUIET_PREFIXES) else logging.INFO
+
+
+def wrap_unary(name: str, handler: Callable, rt: Any) -> Callable:
+    level = _level(name)
+
+    async def call(request, context: grpc.aio.ServicerContext):
+        rid = next(_ids)
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await handler(rt, request, context)
+        except Exception as exc:  # every failure leaves as a status, never as a crash
+            code, message = status_for(exc)
+            if not is_expected(exc):
+                log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
+            await context.abort(code, message)
+        finally:
+            lvl = level if code is grpc.StatusCode.OK else logging.INFO
+            if log.isEnabledFor(lvl):
+                log.log(lvl, "rpc=%s id=%d code=%s duration_ms=%.2f", name, rid, code.name,
+                        (time.perf_counter() - start) * 1000)
+
+    return call
+
+
+def wrap_stream(name: str, handler: Callable, rt: Any) -> Callable:
+    async def call(request, context: grpc.aio.ServicerContext):
+        rid = next(_ids)
+        log.info("rpc=%s id=%d stream opened", name, rid)
+        try:
+            async for item in handler(rt, request, context):
+                yield item
+        except Exception as exc:
+            code, message = status_for(exc)
+            if not is_expected(exc):
+                log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
+            await context.abort(code, message)
+        finally:
+            log.info("rpc=%s id=%d stream closed", name, rid)
+
+    return call
+
+
+def wrap(name: str, handler: Callable, rt: Any) -> Callable:
+    if inspect.isasyncgenfunction(handler):
+        return wrap_stream(name, handler, rt)
+    return wrap_unary(name, handler, rt)
+
+
+def unimplemented(name: str) -> Callable:
+    async def call(request, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by pycri")
+
+    return call

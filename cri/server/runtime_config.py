@@ -1,0 +1,26 @@
+"""RuntimeConfig and UpdateRuntimeConfig: the cgroup driver out, the pod CIDR in."""
+
+import ipaddress
+
+from cri_api.v1 import api_pb2
+
+from cri.errors import InvalidArgument
+
+
+async def runtime_config(rt, request, context):
+    driver = api_pb2.SYSTEMD if rt.config.runtime.cgroup_manager == "systemd" else api_pb2.CGROUPFS
+    return api_pb2.RuntimeConfigResponse(linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+
+async def update_runtime_config(rt, request, context):
+    cidrs = [c.strip() for c in request.runtime_config.network_config.pod_cidr.split(",") if c.strip()]
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise InvalidArgument(f"pod CIDR {cidr!r} is not a valid CIDR") from None
+    rt.set_pod_cidr(",".join(cidrs))
+    return api_pb2.UpdateRuntimeConfigResponse()
+
+
+HANDLERS = {"RuntimeConfig": runtime_config, "UpdateRuntimeConfig": update_runtime_config}

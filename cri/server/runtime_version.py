@@ -1,0 +1,24 @@
+"""Version: who we are, for kubelet's and crictl's first handshake."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from cri_api.v1 import api_pb2
+
+try:
+    PYCRI_VERSION = version("pycri")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    PYCRI_VERSION = "0.0.0+unknown"
+
+_RESPONSE = api_pb2.VersionResponse(
+    version="0.1.0",
+    runtime_name="pycri",
+    runtime_version=PYCRI_VERSION,
+    runtime_api_version="v1",
+)
+
+
+async def version_rpc(rt, request, context):
+    return _RESPONSE
+
+
+HANDLERS = {"Version": version_rpc}
