@@ -1,0 +1,174 @@
+"""The critest harness: summary parsing, expected-failure judgement and the CI skip path."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conformance import critest
+
+DIGEST_SPEC = "[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]"
+IDEMPOTENCE_SPEC = (
+    "[k8s.io] Idempotence runtime should support removing non-existing pod sandbox [Conformance]"
+)
+
+
+def summary_json(**overrides) -> dict:
+    """A summary shaped like the one run-critest.sh writes (trimmed from a containerd run)."""
+    data = {
+        "ran": 92,
+        "passed": 90,
+        "failed": 2,
+        "skipped": 30,
+        "failed_specs": [IDEMPOTENCE_SPEC, DIGEST_SPEC],
+        "failure_reasons": {IDEMPOTENCE_SPEC: "rpc error: code = NotFound desc = an error occurred"},
+        "suite_errors": [],
+        "mode": "validate",
+        "endpoint": "unix:///run/containerd/containerd.sock",
+        "critest_exit": 1,
+        "wall_s": 95,
+    }
+    data.update(overrides)
+    return data
+
+
+def test_parse_summary_reads_counts_specs_and_reasons():
+    summary = critest.parse_summary(summary_json())
+    assert (summary.ran, summary.passed, summary.failed, summary.skipped) == (92, 90, 2, 30)
+    assert summary.failed_specs == (IDEMPOTENCE_SPEC, DIGEST_SPEC)
+    assert summary.failure_reasons[IDEMPOTENCE_SPEC].startswith("rpc error")
+    assert summary.wall_s == 95
+
+
+def test_parse_summary_accepts_the_log_fallback_shape_without_reasons():
+    data = summary_json(failed=0, failed_specs=[])
+    del data["failure_reasons"], data["suite_errors"], data["wall_s"]
+    summary = critest.parse_summary(data)
+    assert summary.failure_reasons == {} and summary.suite_errors == () and summary.wall_s is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        summary_json(ran="92"),
+        summary_json(passed=-1),
+        summary_json(skipped=True),
+        summary_json(failed_specs="one spec"),
+        summary_json(failed_specs=[1, 2]),
+        summary_json(failure_reasons=["x"]),
+        summary_json(suite_errors=[None]),
+        summary_json(failed=3),  # count disagrees with the list
+    ],
+)
+def test_parse_summary_rejects_malformed_input(bad):
+    with pytest.raises(critest.SummaryError):
+        critest.parse_summary(bad)
+
+
+def test_load_summary_reports_unreadable_json(tmp_path):
+    path = tmp_path / "s.summary.json"
+    path.write_text("{not json")
+    with pytest.raises(critest.SummaryError, match="cannot read"):
+        critest.load_summary(path)
+
+
+def test_digest_spec_is_an_expected_failure_and_others_are_not():
+    verdict = critest.classify(critest.parse_summary(summary_json()))
+    assert verdict.expected == (DIGEST_SPEC,)
+    assert verdict.unexpected == (IDEMPOTENCE_SPEC,)
+    assert verdict.exit_code == critest.EXIT_UNEXPECTED
+
+
+def test_only_expected_failures_exit_zero():
+    summary = critest.parse_summary(summary_json(failed=1, failed_specs=[DIGEST_SPEC]))
+    assert critest.classify(summary).exit_code == critest.EXIT_OK
+
+
+def test_a_failed_suite_node_is_unexpected_even_with_no_failed_spec():
+    summary = critest.parse_summary(
+        summary_json(failed=0, failed_specs=[], suite_errors=["BeforeSuite: cannot connect"])
+    )
+    verdict = critest.classify(summary)
+    assert verdict.unexpected == ("[suite] BeforeSuite: cannot connect",)
+    assert verdict.exit_code == critest.EXIT_UNEXPECTED
+
+
+def test_report_lists_unexpected_failures_with_reasons_and_the_counts():
+    summary = critest.parse_summary(summary_json())
+    text = critest.report(summary, critest.classify(summary))
+    assert "ran 92, passed 90, failed 2 (1 expected), skipped 30" in text
+    assert f"UNEXPECTED FAIL {IDEMPOTENCE_SPEC}\n      -- rpc error" in text
+    assert f"expected fail   {DIGEST_SPEC}" in text
+    assert text.endswith("result: FAILED")
+
+
+def test_focus_and_skip_become_ginkgo_flags():
+    assert critest.critest_args("Image Manager", "digest") == [
+        "-ginkgo.focus=Image Manager",
+        "-ginkgo.skip=digest",
+    ]
+    assert critest.critest_args(None, None) == []
+
+
+def test_without_critest_the_harness_skips_and_exits_zero(tmp_path, capsys):
+    env = {"PATH": str(tmp_path), "CRITEST_KIT": str(tmp_path)}
+    assert critest.main([], env=env) == critest.EXIT_OK
+    assert "SKIPPED: no critest binary" in capsys.readouterr().out
+
+
+def _executable(path: Path, body: str) -> Path:
+    path.write_text(body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_without_the_kit_the_harness_skips(tmp_path, capsys):
+    critest_bin = _executable(tmp_path / "critest", "#!/bin/sh\nexit 0\n")
+    env = {"PATH": os.defpath, "CRITEST": str(critest_bin), "CRITEST_KIT": str(tmp_path / "nokit")}
+    assert critest.main([], env=env) == critest.EXIT_OK
+    assert "SKIPPED: critest kit not found" in capsys.readouterr().out
+
+
+def _fake_kit(tmp_path: Path, summary: dict | None, rc: int = 0) -> dict:
+    """A stand-in run-critest.sh that records its arguments and writes the given summary to OUT."""
+    kit = tmp_path / "kit"
+    kit.mkdir(parents=True)
+    write = ""
+    if summary is not None:
+        (tmp_path / "canned.json").write_text(json.dumps(summary))
+        write = f'cp {tmp_path}/canned.json "${{OUT%.log}}.summary.json"\n'
+    _executable(
+        kit / "run-critest.sh",
+        f'#!/bin/sh\necho "$MODE $NAME $*" > {tmp_path}/args\nmkdir -p "$(dirname "$OUT")"\n{write}exit {rc}\n',
+    )
+    critest_bin = _executable(tmp_path / "critest", "#!/bin/sh\nexit 0\n")
+    return {
+        "PATH": os.defpath,
+        "CRITEST": str(critest_bin),
+        "CRITEST_KIT": str(kit),
+        "CRITEST_WORK": str(tmp_path / "work"),
+    }
+
+
+def test_a_run_with_only_the_digest_failure_passes(tmp_path, capsys):
+    env = _fake_kit(tmp_path, summary_json(failed=1, failed_specs=[DIGEST_SPEC]))
+    rc = critest.main(["--endpoint", "unix:///x.sock", "--focus", "Image"], env=env)
+    assert rc == critest.EXIT_OK
+    assert (tmp_path / "args").read_text().split() == [
+        "validate", "pycri", "unix:///x.sock", "-ginkgo.focus=Image",
+    ]
+    assert "result: ok" in capsys.readouterr().out
+
+
+def test_a_run_with_an_unexpected_failure_fails(tmp_path):
+    env = _fake_kit(tmp_path, summary_json())
+    assert critest.main([], env=env) == critest.EXIT_UNEXPECTED
+
+
+def test_a_run_without_a_summary_or_with_no_spec_is_not_a_pass(tmp_path):
+    assert critest.main([], env=_fake_kit(tmp_path / "a", None, rc=1)) == critest.EXIT_NOT_RUN
+    empty = summary_json(ran=0, passed=0, failed=0, failed_specs=[])
+    assert critest.main([], env=_fake_kit(tmp_path / "b", empty)) == critest.EXIT_NOT_RUN
