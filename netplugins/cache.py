@@ -1,0 +1,79 @@
+"""On-disk cache of ADD results, so DEL runs with the ADD-time config and result even after a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_SAFE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+CACHE_KIND = "pycriCNICacheV1"
+
+
+def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
+    """Write via a temp file and rename so a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(data, separators=(",", ":")).encode())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class ResultCache:
+    """One JSON file per (network, container id, interface)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, network: str, container_id: str, ifname: str) -> Path:
+        for part in (network, container_id, ifname):
+            if not _SAFE_RE.match(part):
+                raise ValueError(f"unsafe cache key component {part!r}")
+        return self.dir / f"{network}-{container_id}-{ifname}.json"
+
+    def save(self, network: str, container_id: str, ifname: str, entry: dict[str, Any]) -> None:
+        atomic_write_json(self._path(network, container_id, ifname), {"kind": CACHE_KIND, **entry})
+
+    def load(self, network: str, container_id: str, ifname: str) -> dict[str, Any] | None:
+        """The cached entry, or None when missing or unreadable (DEL then falls back to the current config)."""
+        try:
+            data = json.loads(self._path(network, container_id, ifname).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("kind") == CACHE_KIND else None
+
+    def find(self, container_id: str, ifname: str) -> list[dict[str, Any]]:
+        """Every cached entry of a container, whatever network it was attached to."""
+        suffix = f"-{container_id}-{ifname}.json"
+        try:
+            names = [n for n in os.listdir(self.dir) if n.endswith(suffix)]
+        except FileNotFoundError:
+            return []
+        entries = []
+        for name in names:
+            try:
+                data = json.loads((self.dir / name).read_bytes())
+            except (FileNotFoundError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("kind") == CACHE_KIND:
+                entries.append(data)
+        return entries
+
+    def delete(self, network: str, container_id: str, ifname: str) -> None:
+        try:
+            os.unlink(self._path(network, container_id, ifname))
+        except FileNotFoundError:
+            pass
