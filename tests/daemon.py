@@ -1,0 +1,193 @@
+"""Start and stop the real pycri daemon for tests and benchmarks, in a temporary root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_toml(settings: dict, table: str = "") -> str:
+    """A tiny TOML writer for test configurations (nested dicts become tables)."""
+    lines, tables = [], []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
+    out = (f"[{table}]\n" if table and lines else "") + "\n".join(lines) + "\n"
+    for key, value in tables:
+        out += render_toml(value, f"{table}.{key}" if table else key)
+    return out
+
+
+def _unmount_below(path: Path) -> list[str]:
+    """Unmount anything still mounted below `path` (deepest first); return what was found."""
+    found = []
+    prefix = str(path).rstrip("/") + "/"
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            target = line.split()[1].replace("\\040", " ")
+            if target.startswith(prefix):
+                found.append(target)
+    for target in sorted(found, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+    return found
+
+
+def _kill_processes_mentioning(path: Path) -> list[int]:
+    """Kill leftover conmon/runtime/infra processes whose command line names our temp dir."""
+    killed = []
+    needle = str(path).encode()
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+            continue
+        try:
+            if needle in (pid_dir / "cmdline").read_bytes():
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+                killed.append(int(pid_dir.name))
+        except (OSError, ProcessLookupError):
+            pass
+    return killed
+
+
+class Daemon:
+    """One pycri daemon process with its own root, state dir, socket and configuration."""
+
+    def __init__(self, settings: dict | None = None, base: Path | None = None):
+        self.base = Path(base or tempfile.mkdtemp(prefix="pycri-t", dir="/tmp"))
+        self.root = self.base / "root"
+        self.state_dir = self.base / "state"
+        self.socket = self.base / "cri.sock"
+        self.log_path = self.base / "daemon.log"
+        self.config_path = self.base / "pycri.conf"
+        empty_cni = self.base / "cni-empty"
+        empty_cni.mkdir(exist_ok=True)
+        registries = self.base / "registries.conf"
+        if not registries.exists():
+            registries.write_text('unqualified-search-registries = []\n')
+        defaults = {
+            "root": str(self.root),
+            "state_dir": str(self.state_dir),
+            "listen": f"unix://{self.socket}",
+            "log_level": "debug",
+            "storage": {"registries_conf": str(registries), "registries_conf_dir": str(self.base / "registries.d")},
+            "network": {"cni_conf_dir": str(empty_cni)},
+        }
+        for key, value in (settings or {}).items():
+            if isinstance(value, dict):
+                defaults.setdefault(key, {}).update(value)
+            else:
+                defaults[key] = value
+        self.settings = defaults
+        self.config_path.write_text(render_toml(defaults))
+        self.proc: subprocess.Popen | None = None
+        self.channel: grpc.Channel | None = None
+        self.runtime: api_pb2_grpc.RuntimeServiceStub | None = None
+        self.images: api_pb2_grpc.ImageServiceStub | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cri", "daemon", "--config", str(self.config_path)]
+
+    def start(self, timeout: float = 20.0, env: dict | None = None) -> "Daemon":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pycri exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pycri did not create {self.socket} in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.02)
+        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
+        self.images = api_pb2_grpc.ImageServiceStub(self.channel)
+        return self
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the graceful path."""
+        self._close_channel()
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash path. Containers and conmon keep running, as on a real node."""
+        self._close_channel()
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def restart(self, **kwargs) -> "Daemon":
+        self.stop()
+        return self.start(**kwargs)
+
+    def remove_everything(self) -> None:
+        """Through CRI, as kubelet would: stop and remove every container and pod."""
+        if self.runtime is None:
+            return
+        try:
+            for c in self.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=30).containers:
+                self.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=c.id), timeout=60)
+            for s in self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
+                self.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=s.id), timeout=60)
+                self.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=s.id), timeout=60)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+
+    def cleanup(self) -> list[str]:
+        """Tear down whatever is left; return a description of leaks found (empty when clean)."""
+        leaks = []
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.remove_everything()
+        finally:
+            self.stop()
+            killed = _kill_processes_mentioning(self.base)
+            if killed:
+                leaks.append(f"processes left running: {killed}")
+            mounts = _unmount_below(self.base)
+            if mounts:
+                leaks.append(f"mounts left: {mounts}")
+            shutil.rmtree(self.base, ignore_errors=True)
+        return leaks

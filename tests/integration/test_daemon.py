@@ -1,0 +1,98 @@
+"""The daemon as kubelet and crictl first meet it: handshake, status, errors, lifetime."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.daemon import REPO, Daemon
+
+pytestmark = pytest.mark.integration
+
+
+def test_version_names_pycri_and_cri_v1(daemon):
+    v = daemon.runtime.Version(api_pb2.VersionRequest(version="v1"))
+    assert v.runtime_name == "pycri"
+    assert v.runtime_api_version == "v1"
+    assert v.runtime_version.count(".") >= 2
+
+
+def test_status_reports_runtime_ready_and_network_not_ready_without_cni(daemon):
+    conditions = {c.type: c for c in daemon.runtime.Status(api_pb2.StatusRequest()).status.conditions}
+    assert conditions["RuntimeReady"].status is True
+    assert conditions["NetworkReady"].status is False
+    assert conditions["NetworkReady"].reason
+    assert conditions["NetworkReady"].message
+
+
+def test_verbose_status_carries_the_config_as_json(daemon):
+    import json
+
+    info = daemon.runtime.Status(api_pb2.StatusRequest(verbose=True)).info
+    assert json.loads(info["config"])["root"] == str(daemon.root)
+
+
+def test_runtime_config_reports_cgroupfs_driver(daemon):
+    assert daemon.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest()).linux.cgroup_driver == api_pb2.CGROUPFS
+
+
+def test_update_runtime_config_rejects_a_bad_cidr(daemon):
+    ok = api_pb2.UpdateRuntimeConfigRequest(
+        runtime_config=api_pb2.RuntimeConfig(network_config=api_pb2.NetworkConfig(pod_cidr="10.244.0.0/24")))
+    daemon.runtime.UpdateRuntimeConfig(ok)
+    info = daemon.runtime.Status(api_pb2.StatusRequest(verbose=True)).info
+    assert "10.244.0.0/24" in info["podCIDR"]
+    bad = api_pb2.UpdateRuntimeConfigRequest(
+        runtime_config=api_pb2.RuntimeConfig(network_config=api_pb2.NetworkConfig(pod_cidr="10.300.0.0/24")))
+    with pytest.raises(grpc.RpcError) as e:
+        daemon.runtime.UpdateRuntimeConfig(bad)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10.300.0.0/24" in e.value.details()
+
+
+def test_unimplemented_rpc_names_itself(daemon):
+    with pytest.raises(grpc.RpcError) as e:
+        daemon.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest(container_id="x"))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "CheckpointContainer" in e.value.details()
+
+
+def test_health_service_is_serving(daemon):
+    stub = health_pb2_grpc.HealthStub(daemon.channel)
+    assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_socket_is_owner_and_group_only(daemon):
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert mode == 0o660
+
+
+def test_a_second_daemon_on_the_same_root_refuses_to_start(daemon):
+    second = Daemon(daemon.settings | {"listen": f"unix://{daemon.base}/other.sock"}, base=daemon.base)
+    proc = subprocess.run(second.command(), capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert proc.returncode != 0
+    assert "already using root" in proc.stderr
+    assert daemon.runtime.Version(api_pb2.VersionRequest()).runtime_name == "pycri"
+
+
+def test_bad_config_is_rejected_naming_the_file_and_key(tmp_path):
+    conf = tmp_path / "pycri.conf"
+    conf.write_text('root = "/tmp/x"\n[runtime]\ndefault_runtme = "runc"\n')
+    proc = subprocess.run([sys.executable, "-m", "cri", "daemon", "--config", str(conf)],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert proc.returncode == 2
+    assert str(conf) in proc.stderr
+    assert "runtime.default_runtme" in proc.stderr
+
+
+def test_graceful_shutdown_removes_the_socket_and_leaves_a_clean_marker(daemon):
+    assert daemon.stop() == 0
+    assert not daemon.socket.exists()
+    assert (daemon.root / "clean-shutdown").exists()
+    daemon.start()
+    assert not (daemon.root / "clean-shutdown").exists()

@@ -1,0 +1,81 @@
+import pytest
+
+from cri.config import Config, ConfigError, load_config, to_toml
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_what_operators_expect(tmp_path):
+    c = load_config(write(tmp_path / "empty.conf", ""), environ={})
+    assert c.root.as_posix() == "/var/lib/pycri"
+    assert c.socket_path.as_posix() == "/run/pycri/pycri.sock"
+    assert c.socket_mode == 0o660
+    assert c.runtime.default_runtime == "runc"
+    assert set(c.runtime.handlers) == {"runc", "crun"}
+    assert c.runtime.cgroup_manager == "cgroupfs"
+    assert c.streaming.address == "127.0.0.1" and c.streaming.port == 0
+
+
+def test_explicit_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.conf", environ={"PYCRI_CONFIG": str(tmp_path / "nope.conf")})
+
+
+def test_dropins_apply_in_lexical_order_over_the_main_file(tmp_path):
+    main = write(tmp_path / "pycri.conf", 'log_level = "warning"\n[streaming]\nport = 1000\n')
+    d = tmp_path / "pycri.conf.d"
+    d.mkdir()
+    write(d / "20-b.conf", "[streaming]\nport = 2000\n")
+    write(d / "10-a.conf", '[streaming]\nport = 1500\naddress = "127.0.0.2"\n')
+    c = load_config(main, environ={})
+    assert c.streaming.port == 2000
+    assert c.streaming.address == "127.0.0.2"
+    assert c.log_level == "warning"
+
+
+def test_environment_and_flags_override_files(tmp_path):
+    main = write(tmp_path / "pycri.conf", 'log_level = "warning"\n')
+    c = load_config(main, overrides={"root": "/srv/pycri"},
+                    environ={"PYCRI_LOG_LEVEL": "debug", "PYCRI_STREAMING__PORT": "4321"})
+    assert c.log_level == "debug"
+    assert c.streaming.port == 4321
+    assert c.root.as_posix() == "/srv/pycri"
+
+
+def test_unknown_key_names_the_file_and_the_key(tmp_path):
+    d = tmp_path / "pycri.conf.d"
+    d.mkdir()
+    main = write(tmp_path / "pycri.conf", "")
+    bad = write(d / "50-bad.conf", "[network]\ncni_confdir = '/x'\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(main, environ={})
+    assert str(bad) in str(e.value) and "network.cni_confdir" in str(e.value) and "unknown key" in str(e.value)
+
+
+def test_bad_value_names_the_key(tmp_path):
+    main = write(tmp_path / "pycri.conf", "[streaming]\nport = 70000\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(main, environ={})
+    assert "streaming.port" in str(e.value) and str(main) in str(e.value)
+
+
+def test_listen_must_be_a_unix_socket(tmp_path):
+    main = write(tmp_path / "pycri.conf", 'listen = "tcp://0.0.0.0:1"\n')
+    with pytest.raises(ConfigError, match="listen"):
+        load_config(main, environ={})
+
+
+def test_invalid_toml_is_reported_with_the_file(tmp_path):
+    main = write(tmp_path / "pycri.conf", "root = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(main, environ={})
+
+
+def test_printed_config_reads_back_identically(tmp_path):
+    c = load_config(write(tmp_path / "empty.conf", ""), environ={"PYCRI_STREAMING__PORT": "99"})
+    again = load_config(write(tmp_path / "round.conf", to_toml(c)), environ={})
+    assert again == c
+    assert isinstance(again, Config)
