@@ -1,0 +1,178 @@
+"""SPDY/3.1 framing byte for byte, the header codec against the spec dictionary, and two connections talking."""
+
+import asyncio
+import functools
+import hashlib
+import socket
+import struct
+import zlib
+
+import pytest
+
+from cri.streaming import spdy
+
+
+def aio(fn):
+    """Run an async test on a fresh event loop (the project does not use pytest-asyncio)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
+    return wrapper
+
+
+def test_dictionary_is_the_spec_constant():
+    # The zlib stream names the dictionary by Adler-32; kubelet's inflate fails on any other byte string.
+    assert len(spdy.HEADER_DICTIONARY) == 1423
+    assert zlib.adler32(spdy.HEADER_DICTIONARY) == 0xE3C6A7C2
+    assert spdy.HEADER_DICTIONARY.startswith(b"\x00\x00\x00\x07options\x00\x00\x00\x04head")
+    assert spdy.HEADER_DICTIONARY.endswith(b"utf-,*,enq=0.")
+    assert hashlib.sha256(spdy.HEADER_DICTIONARY).hexdigest().startswith("51d27341373f923f")
+
+
+def test_compressed_header_blocks_name_the_dictionary():
+    block = spdy.HeaderCompressor().compress({"streamtype": "stdout"})
+    # zlib header, then FDICT's DICTID: the dictionary's Adler-32, big-endian.
+    assert block[2:6] == struct.pack(">I", 0xE3C6A7C2)
+    plain = zlib.decompressobj(zdict=spdy.HEADER_DICTIONARY).decompress(block)
+    assert plain == b"\x00\x00\x00\x01\x00\x00\x00\x0astreamtype\x00\x00\x00\x06stdout"
+
+
+def test_header_contexts_persist_across_blocks():
+    out, inp = spdy.HeaderCompressor(), spdy.HeaderDecompressor()
+    blocks = [{"streamtype": "error"}, {"streamtype": "stdin", "port": "80"}, {"requestid": ["1", "2"]}]
+    for headers in blocks:
+        decoded = inp.decompress(out.compress(headers))
+        assert decoded == {k: [v] if isinstance(v, str) else v for k, v in headers.items()}
+    # A fresh decompressor cannot read the middle of the stream: the context really is shared.
+    with pytest.raises(spdy.SpdyError):
+        spdy.HeaderDecompressor().decompress(out.compress({"a": "b"}))
+
+
+def test_header_block_rejects_hostile_input():
+    with pytest.raises(spdy.SpdyError):
+        spdy.decode_header_block(b"\x00\x00\x00\x02\x00\x00\x00\x01a\x00\x00\x00\x00")
+    with pytest.raises(spdy.SpdyError):
+        spdy.decode_header_block(b"\x00\x00\x00\x01\x00\x00\x00\x01A\x00\x00\x00\x00")
+    bomb = spdy.HeaderCompressor().compress({"x": "a" * 10000})
+    with pytest.raises(spdy.SpdyError):
+        spdy.HeaderDecompressor(max_block=1000).decompress(bomb)
+
+
+@pytest.mark.parametrize(
+    ("frame", "wire"),
+    [
+        (spdy.DataFrame(5, b"hi", spdy.FLAG_FIN), b"\x00\x00\x00\x05\x01\x00\x00\x02hi"),
+        (spdy.RstStream(3, spdy.CANCEL), b"\x80\x03\x00\x03\x00\x00\x00\x08\x00\x00\x00\x03\x00\x00\x00\x05"),
+        (spdy.Ping(7), b"\x80\x03\x00\x06\x00\x00\x00\x04\x00\x00\x00\x07"),
+        (spdy.GoAway(9, 0), b"\x80\x03\x00\x07\x00\x00\x00\x08\x00\x00\x00\x09\x00\x00\x00\x00"),
+        (spdy.WindowUpdate(1, 0x10000), b"\x80\x03\x00\x09\x00\x00\x00\x08\x00\x00\x00\x01\x00\x01\x00\x00"),
+        (spdy.Settings({7: 0x100000}),
+         b"\x80\x03\x00\x04\x00\x00\x00\x0c\x00\x00\x00\x01\x00\x00\x00\x07\x00\x10\x00\x00"),
+    ],
+)
+def test_frames_encode_and_decode_byte_for_byte(frame, wire):
+    assert spdy.encode_frame(frame) == wire
+    assert spdy.decode_frame(wire[:8], wire[8:], spdy.HeaderDecompressor()) == frame
+
+
+def test_syn_stream_layout_and_round_trip():
+    wire = spdy.encode_frame(spdy.SynStream(1, {"streamtype": ["error"]}, spdy.FLAG_FIN, 0, 2),
+                             spdy.HeaderCompressor())
+    assert wire[:5] == b"\x80\x03\x00\x01\x01"
+    assert struct.unpack(">I", wire[4:8])[0] & 0xFFFFFF == len(wire) - 8
+    assert wire[8:18] == b"\x00\x00\x00\x01\x00\x00\x00\x00\x40\x00"
+    frame = spdy.decode_frame(wire[:8], wire[8:], spdy.HeaderDecompressor())
+    assert frame == spdy.SynStream(1, {"streamtype": ["error"]}, spdy.FLAG_FIN, 0, 2)
+
+
+def test_wrong_version_and_unknown_types():
+    with pytest.raises(spdy.SpdyError):
+        spdy.parse_frame_header(b"\x80\x02\x00\x01\x00\x00\x00\x00")
+    assert spdy.decode_frame(b"\x80\x03\x00\x0a\x00\x00\x00\x00", b"", spdy.HeaderDecompressor()) is None
+
+
+async def _pair(**server_kwargs):
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_connection(sock=a)
+    rb, wb = await asyncio.open_connection(sock=b)
+    server = spdy.SpdyConnection(ra, wa, server=True, **server_kwargs)
+    client = spdy.SpdyConnection(rb, wb, server=False)
+    server.start()
+    client.start()
+    return server, client
+
+
+@aio
+async def test_streams_carry_data_both_ways_with_half_close():
+    server, client = await _pair()
+    try:
+        out = await client.open_stream({"streamtype": "stdin"})
+        incoming = await server.accept()
+        assert incoming.header("streamtype") == "stdin"
+        await incoming.reply()
+        await out.wait_reply()
+        payload = bytes(range(256)) * 20000  # 5 MB: well past every window
+        writer = asyncio.create_task(out.write(payload))
+        received = bytearray()
+        while len(received) < len(payload):
+            received += await incoming.read()
+        await writer
+        await out.close()
+        assert await incoming.read() == b""
+        assert received == payload
+        await incoming.write(b"back")
+        await incoming.close()
+        assert await out.read_all() == b"back"
+        await client.ping()
+    finally:
+        await client.close()
+        await server.close()
+
+
+@aio
+async def test_reset_and_connection_end_wake_readers():
+    server, client = await _pair()
+    try:
+        out = await client.open_stream({"streamtype": "data"})
+        incoming = await server.accept()
+        await incoming.reply()
+        reader = asyncio.create_task(incoming.read())
+        out.reset()
+        assert await reader == b""
+        with pytest.raises(spdy.StreamClosed):
+            await out.write(b"x")
+        other = await client.open_stream({"streamtype": "error"})
+        await server.accept()
+        pending = asyncio.create_task(other.read())
+        await server.close()
+        assert await pending == b""
+        assert await client.accept() is None
+    finally:
+        await client.close()
+
+
+@aio
+async def test_peer_without_flow_control_is_not_throttled():
+    # spdystream never sends WINDOW_UPDATE; a raw peer that only reads must still get everything.
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_connection(sock=a)
+    server = spdy.SpdyConnection(ra, wa, server=True)
+    server.start()
+    rb, wb = await asyncio.open_connection(sock=b)
+    comp, decomp = spdy.HeaderCompressor(), spdy.HeaderDecompressor()
+    wb.write(spdy.encode_frame(spdy.SynStream(1, {"streamtype": ["stdout"]}), comp))
+    stream = await server.accept()
+    await stream.reply()
+    await stream.write(b"z" * 300_000)
+    await stream.close()
+    got, fin = 0, False
+    while not fin:
+        head = await rb.readexactly(8)
+        payload = await rb.readexactly(spdy.parse_frame_header(head)[3])
+        frame = spdy.decode_frame(head, payload, decomp)
+        if isinstance(frame, spdy.DataFrame):
+            got += len(frame.data)
+            fin = bool(frame.flags & spdy.FLAG_FIN)
+    assert got == 300_000
+    wb.close()
+    await server.close()
