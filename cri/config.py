@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_FILE = Path("/etc/pycri/pycri.conf")
 ENV_PREFIX = "PYCRI_"
@@ -70,6 +70,12 @@ class RuntimeConfig(Section):
     pids_limit: int = Field(0, ge=0, description="0 = no limit unless the pod asks")
     log_size_max: int = Field(-1, description="bytes per container log file; -1 = unlimited")
     stop_timeout_min: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _default_is_a_handler(self) -> "RuntimeConfig":
+        if self.default_runtime not in self.handlers:
+            raise ValueError(f"default_runtime {self.default_runtime!r} is not in [runtime.handlers]")
+        return self
 
     @field_validator("default_capabilities")
     @classmethod

@@ -9,6 +9,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -47,16 +48,19 @@ class Runtime:
     streaming: Any = None
     events: Any = None
     services: list[Service] = field(default_factory=list)
+    _binaries: dict[str, str | None] = field(default_factory=dict)
 
     def runtime_condition(self) -> tuple[bool, str, str]:
-        handler = self.config.runtime.default_runtime
-        if self.config.runtime_path(handler) is None:
-            path = self.config.runtime.handlers[handler].path
-            return False, "OCIRuntimeMissing", f"default runtime {handler!r} ({path}) is not installed"
-        from shutil import which
-
-        if which(self.config.runtime.conmon) is None:
-            return False, "ConmonMissing", f"conmon ({self.config.runtime.conmon}) is not installed"
+        """Ready when the default runtime and conmon are installed; kubelet asks every few seconds."""
+        runtime = self.config.runtime
+        handler = runtime.default_runtime
+        for name, wanted, reason in ((f"default runtime {handler!r}", runtime.handlers[handler].path, "OCIRuntimeMissing"),
+                                     ("conmon", runtime.conmon, "ConmonMissing")):
+            found = self._binaries.get(wanted)
+            if found is None or not os.access(found, os.X_OK):
+                found = self._binaries[wanted] = shutil.which(wanted)
+            if found is None:
+                return False, reason, f"{name} ({wanted}) is not installed"
         return True, "", ""
 
     def network_condition(self) -> tuple[bool, str, str]:

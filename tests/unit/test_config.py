@@ -79,3 +79,9 @@ def test_printed_config_reads_back_identically(tmp_path):
     again = load_config(write(tmp_path / "round.conf", to_toml(c)), environ={})
     assert again == c
     assert isinstance(again, Config)
+
+
+def test_default_runtime_must_be_a_configured_handler(tmp_path):
+    main = write(tmp_path / "pycri.conf", '[runtime]\ndefault_runtime = "kata"\n')
+    with pytest.raises(ConfigError, match="kata"):
+        load_config(main, environ={})
