@@ -6,6 +6,7 @@ add a layer of indirection per call, and this is the hot path of every CRI reque
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import logging
@@ -28,14 +29,31 @@ def _level(name: str) -> int:
     return logging.DEBUG if name.startswith(_QUIET_PREFIXES) else logging.INFO
 
 
-def wrap_unary(name: str, handler: Callable, rt: Any) -> Callable:
+def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | None = None) -> Callable:
+    """Calls that change the host run to their end even when the caller gives up (a deadline, a
+    dropped connection): stopping half-way would leave work for reconciliation to undo. The
+    result of an abandoned call goes to `on_abandoned`, so that the caller's retry can claim it."""
     level = _level(name)
+    mutating = level == logging.INFO
+
+    async def run_to_end(request, context):
+        task = asyncio.ensure_future(handler(rt, request, context))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            log.warning("rpc=%s: the caller went away; finishing the operation anyway", name)
+            if on_abandoned is not None:
+                task.add_done_callback(
+                    lambda t: t.cancelled() or t.exception() is not None or on_abandoned(rt, request, t.result()))
+            raise
 
     async def call(request, context: grpc.aio.ServicerContext):
         rid = next(_ids)
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if mutating:
+                return await run_to_end(request, context)
             return await handler(rt, request, context)
         except Exception as exc:  # every failure leaves as a status, never as a crash
             code, message = status_for(exc)
@@ -69,10 +87,10 @@ def wrap_stream(name: str, handler: Callable, rt: Any) -> Callable:
     return call
 
 
-def wrap(name: str, handler: Callable, rt: Any) -> Callable:
+def wrap(name: str, handler: Callable, rt: Any, on_abandoned: Callable | None = None) -> Callable:
     if inspect.isasyncgenfunction(handler):
         return wrap_stream(name, handler, rt)
-    return wrap_unary(name, handler, rt)
+    return wrap_unary(name, handler, rt, on_abandoned)
 
 
 def unimplemented(name: str) -> Callable:

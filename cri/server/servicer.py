@@ -1,6 +1,8 @@
 """Registers every CRI v1 RPC on the gRPC server; the handlers live in the call-group modules.
 
-A module of this package that defines ``HANDLERS = {"RpcName": handler}`` serves those RPCs.
+A module of this package that defines ``HANDLERS = {"RpcName": handler}`` serves those RPCs; it may
+also define ``ABANDONED = {"RpcName": fn(rt, request, response)}`` to keep the result of a call
+whose caller gave up before it finished (see calls.wrap_unary).
 Every other RPC of both services answers UNIMPLEMENTED naming itself, so a new CRI call shows up
 as a clear error rather than a crash.
 """
@@ -19,10 +21,11 @@ from cri.server.calls import unimplemented, wrap
 _NOT_HANDLER_MODULES = {"servicer", "calls", "errors", "convert"}
 
 
-def discover_handlers() -> dict[str, Callable]:
+def discover_handlers() -> tuple[dict[str, Callable], dict[str, Callable]]:
     import cri.server as package
 
     handlers: dict[str, Callable] = {}
+    abandoned: dict[str, Callable] = {}
     for info in pkgutil.iter_modules(package.__path__):
         if info.name in _NOT_HANDLER_MODULES:
             continue
@@ -31,7 +34,8 @@ def discover_handlers() -> dict[str, Callable]:
             if name in handlers:
                 raise RuntimeError(f"RPC {name} has two handlers: {handlers[name].__module__} and {module.__name__}")
             handlers[name] = fn
-    return handlers
+        abandoned.update(getattr(module, "ABANDONED", {}))
+    return handlers, abandoned
 
 
 def _rpc_names(servicer_class: type) -> list[str]:
@@ -40,7 +44,7 @@ def _rpc_names(servicer_class: type) -> list[str]:
 
 def register(server: grpc.aio.Server, rt: Any) -> dict[str, Callable]:
     """Add both CRI services to `server`; return the implemented handlers by RPC name."""
-    handlers = discover_handlers()
+    handlers, abandoned = discover_handlers()
     known = set()
     for servicer_class, add in (
         (api_pb2_grpc.RuntimeServiceServicer, api_pb2_grpc.add_RuntimeServiceServicer_to_server),
@@ -50,7 +54,7 @@ def register(server: grpc.aio.Server, rt: Any) -> dict[str, Callable]:
         for name in _rpc_names(servicer_class):
             known.add(name)
             fn = handlers.get(name)
-            setattr(servicer, name, wrap(name, fn, rt) if fn else unimplemented(name))
+            setattr(servicer, name, wrap(name, fn, rt, abandoned.get(name)) if fn else unimplemented(name))
         add(servicer, server)
     stray = set(handlers) - known
     if stray:
