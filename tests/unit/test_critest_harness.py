@@ -10,9 +10,7 @@ import pytest
 from conformance import critest
 
 DIGEST_SPEC = "[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]"
-IDEMPOTENCE_SPEC = (
-    "[k8s.io] Idempotence runtime should support removing non-existing pod sandbox [Conformance]"
-)
+IDEMPOTENCE_SPEC = "[k8s.io] Idempotence StopPodSandbox should not return an error if not found"
 
 
 def summary_json(**overrides) -> dict:
