@@ -61,7 +61,7 @@ def main() -> int:
     daemon = None
     endpoint = args.endpoint
     if endpoint is None:
-        from tests.daemon import Daemon
+        from conformance.daemon import Daemon
 
         daemon = Daemon({"log_level": "info"}).start()
         endpoint = f"unix://{daemon.socket}"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.daemon import Daemon
+from conformance.daemon import Daemon
 
 if os.geteuid() != 0:
     pytest.skip("integration tests run the real runtime and need root", allow_module_level=True)

@@ -10,7 +10,7 @@ import pytest
 from cri_api.v1 import api_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.daemon import REPO, Daemon
+from conformance.daemon import REPO, Daemon
 
 pytestmark = pytest.mark.integration
 

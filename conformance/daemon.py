@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent  # the source tree, or site-packages when installed
 
 
 def toml_value(v) -> str:
