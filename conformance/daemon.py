@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import grpc
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from cri_api.v1 import api_pb2_grpc
+
+from conformance.client import Client
 
 REPO = Path(__file__).resolve().parent.parent  # the source tree, or site-packages when installed
 
@@ -161,19 +163,19 @@ class Daemon:
         self.stop()
         return self.start(**kwargs)
 
+    def client(self) -> Client:
+        return Client(f"unix://{self.socket}")
+
     def remove_everything(self) -> None:
         """Through CRI, as kubelet would: stop and remove every container and pod."""
-        if self.runtime is None:
-            return
+        client = self.client()
         try:
-            for c in self.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=30).containers:
-                self.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=c.id), timeout=60)
-            for s in self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
-                self.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=s.id), timeout=60)
-                self.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=s.id), timeout=60)
+            client.remove_everything()
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
+        finally:
+            client.close()
 
     def cleanup(self) -> list[str]:
         """Tear down whatever is left; return a description of leaks found (empty when clean)."""
