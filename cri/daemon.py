@@ -75,6 +75,14 @@ class Runtime:
 def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     """Wire the parts together; each appends itself to `services` if it has a lifetime."""
     rt = Runtime(config=config, unclean_start=unclean_start)
+    from cri.core.sandboxes import SandboxManager
+    from netplugins import CNIManager
+
+    net = config.network
+    rt.cni = CNIManager(net.cni_conf_dir, net.cni_plugin_dirs, config.root / "cni-cache", net.cni_timeout)
+    rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
+                                  default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr)
+    rt.services += [rt.cni, rt.sandboxes]
     return rt
 
 

@@ -61,7 +61,7 @@ def capability_args(pod: PodNetwork) -> dict[str, Any]:
     if pod.bandwidth:
         args["bandwidth"] = dict(pod.bandwidth)
     if pod.pod_cidr:
-        args["ipRanges"] = [[{"subnet": pod.pod_cidr}]]
+        args["ipRanges"] = [[{"subnet": cidr.strip()}] for cidr in pod.pod_cidr.split(",") if cidr.strip()]
     return args
 
 
@@ -100,7 +100,8 @@ class CNIManager:
         """Load the configuration and keep watching the directory."""
         self._watcher.start()
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Stop watching the conf dir (pod networks outlive the daemon)."""
         await self._watcher.stop()
 
     def reload(self) -> None:

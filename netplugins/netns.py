@@ -43,7 +43,7 @@ def _check(result: int, what: str) -> None:
         raise NamespaceError(f"{what}: {os.strerror(err)}")
 
 
-async def run_in_fresh_thread(fn: Callable[..., Any], *args: Any) -> Any:
+def start_in_fresh_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
     """Run `fn` on a new OS thread that ends afterwards, so namespace changes it makes die with it."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
@@ -61,7 +61,19 @@ async def run_in_fresh_thread(fn: Callable[..., Any], *args: Any) -> Any:
             loop.call_soon_threadsafe(deliver, True, value)
 
     threading.Thread(target=target, name="netns", daemon=True).start()
-    return await future
+    return future
+
+
+async def _await_thread(future: asyncio.Future, undo: Callable[[Any], None]) -> Any:
+    """Await a thread's result; if the caller is cancelled, let the thread finish and undo what it made."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        try:
+            undo(await future)
+        except Exception:
+            pass
+        raise
 
 
 def sysctl_path(key: str) -> Path:
@@ -132,7 +144,8 @@ async def pin_namespaces(directory: Path, kinds: Iterable[str] = ("net", "ipc", 
     if not kinds:
         return {}
     Path(directory).mkdir(parents=True, exist_ok=True)
-    return await run_in_fresh_thread(_pin_in_thread, Path(directory), kinds, hostname, dict(sysctls or {}))
+    future = start_in_fresh_thread(_pin_in_thread, Path(directory), kinds, hostname, dict(sysctls or {}))
+    return await _await_thread(future, lambda pinned: [unpin_namespace(p) for p in pinned.values()])
 
 
 def unpin_namespace(path: Path | str) -> None:
@@ -184,4 +197,5 @@ async def connect_in_netns(netns: Path | str, port: int, host: str = "127.0.0.1"
     """
     if not namespace_alive(netns):
         raise NamespaceError(f"network namespace {netns} does not exist")
-    return await run_in_fresh_thread(_connect_in_thread, str(netns), host, port, timeout)
+    future = start_in_fresh_thread(_connect_in_thread, str(netns), host, port, timeout)
+    return await _await_thread(future, lambda sock: sock.close())

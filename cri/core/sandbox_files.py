@@ -1,0 +1,84 @@
+"""Pure rules and renderings for sandboxes: sysctl validation, resolv.conf, hosts, hostname."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Iterable, Mapping
+
+from cri.errors import InvalidArgument
+
+# Sysctls that live in a namespace the pod owns (the list Kubernetes and CRI-O accept).
+_IPC_SYSCTLS = ("kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+                "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem")
+_IPC_PREFIXES = ("fs.mqueue.",)
+_NET_PREFIX = "net."
+_SYSCTL_NAME = re.compile(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", re.IGNORECASE)
+_MAX_SEARCHES = 32
+_MAX_SEARCH_CHARS = 2048
+
+
+def sysctl_kind(name: str) -> str | None:
+    """'ipc' or 'net' for a namespaced sysctl, None for a node-wide one."""
+    dotted = name.replace("/", ".")
+    if dotted in _IPC_SYSCTLS or dotted.startswith(_IPC_PREFIXES):
+        return "ipc"
+    if dotted.startswith(_NET_PREFIX):
+        return "net"
+    return None
+
+
+def validate_sysctls(sysctls: Mapping[str, str], host_network: bool, host_ipc: bool) -> dict[str, str]:
+    """The sysctls to apply inside the pod, keyed by /proc/sys-relative path; InvalidArgument on any other."""
+    out: dict[str, str] = {}
+    for name, value in sysctls.items():
+        if not _SYSCTL_NAME.match(name) or ".." in name:
+            raise InvalidArgument(f"sysctl {name!r} is not a valid sysctl name")
+        if not isinstance(value, str) or len(value) > 4096 or any(c in value for c in "\n\0"):
+            raise InvalidArgument(f"sysctl {name!r} has an invalid value")
+        kind = sysctl_kind(name)
+        if kind is None:
+            raise InvalidArgument(f"sysctl {name!r} is not namespaced and cannot be set for a pod")
+        if kind == "net" and host_network:
+            raise InvalidArgument(f"sysctl {name!r} cannot be set for a pod that uses the host network")
+        if kind == "ipc" and host_ipc:
+            raise InvalidArgument(f"sysctl {name!r} cannot be set for a pod that uses the host IPC namespace")
+        path = name if "/" in name else name.replace(".", "/")
+        out[path] = value
+    return out
+
+
+def validate_hostname(hostname: str) -> str:
+    if len(hostname) > 64 or not _HOSTNAME.match(hostname):
+        raise InvalidArgument(f"hostname {hostname!r} is not a valid host name (RFC 1123, at most 64 characters)")
+    return hostname
+
+
+def render_resolv_conf(servers: Iterable[str], searches: Iterable[str], options: Iterable[str]) -> str:
+    """resolv.conf text from a CRI DNSConfig; InvalidArgument on anything that could inject lines."""
+    servers, searches, options = list(servers), list(searches), list(options)
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise InvalidArgument(f"DNS server {server!r} is not an IP address") from None
+    if len(searches) > _MAX_SEARCHES or len(" ".join(searches)) > _MAX_SEARCH_CHARS:
+        raise InvalidArgument(f"DNS search list is longer than {_MAX_SEARCHES} domains or {_MAX_SEARCH_CHARS} characters")
+    for item in searches + options:
+        if not item or any(c.isspace() for c in item) or "\0" in item:
+            raise InvalidArgument(f"DNS search domain or option {item!r} is empty or contains whitespace")
+    lines = [f"nameserver {s}" for s in servers]
+    if searches:
+        lines.append("search " + " ".join(searches))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def render_hosts(hostname: str, ips: Iterable[str]) -> str:
+    """/etc/hosts with the loopback names and the pod's own addresses under its hostname."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+             "fe00::0\tip6-localnet", "fe00::0\tip6-mcastprefix", "fe00::1\tip6-allnodes", "fe00::2\tip6-allrouters"]
+    lines += [f"{ip}\t{hostname}" for ip in ips]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,223 @@
+"""Host-side pieces of a sandbox: the pod cgroup (v1 hierarchies and v2), the /dev/shm tmpfs, the infra process."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import functools
+import os
+import signal
+import time
+from pathlib import Path
+
+from cri.errors import Internal, InvalidArgument
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_MNT_DETACH = 2
+SHM_SIZE = 64 * 1024 * 1024
+
+
+# --- cgroups ---------------------------------------------------------------------------------------------
+
+@functools.cache
+def cgroup_mounts() -> tuple[Path, ...]:
+    """Mount points of every writable cgroup v1 hierarchy and of the v2 unified hierarchy, once per process."""
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype = right.split()[0]
+            fields = left.split()
+            if fstype in ("cgroup", "cgroup2") and "rw" in fields[5].split(","):
+                mounts.append(Path(fields[4].replace("\\040", " ")))
+    return tuple(mounts)
+
+
+def clean_cgroup_path(path: str) -> str:
+    """A normalized absolute cgroup path; InvalidArgument for anything that escapes the hierarchy."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise InvalidArgument(f"cgroup path {path!r} must not contain '..'")
+    return "/" + "/".join(parts)
+
+
+def create_cgroup(path: str) -> list[str]:
+    """Create `path` in every hierarchy; return the directories that did not exist before, top-down.
+
+    A new v1 cpuset cgroup inherits cpus and mems from its parent so processes can be placed in it.
+    """
+    created: list[str] = []
+    try:
+        for mount in cgroup_mounts():
+            current = mount
+            for part in clean_cgroup_path(path).strip("/").split("/"):
+                parent, current = current, current / part
+                try:
+                    os.mkdir(current, 0o755)
+                except FileExistsError:
+                    continue
+                created.append(str(current))
+                if (parent / "cpuset.cpus").exists():
+                    for name in ("cpuset.cpus", "cpuset.mems"):
+                        (current / name).write_text((parent / name).read_text())
+    except OSError as e:
+        remove_cgroups_now(created)
+        raise Internal(f"creating cgroup {path}: {e}") from e
+    return created
+
+
+def remove_cgroups_now(created: list[str]) -> list[str]:
+    """rmdir deepest first; return those still busy (a process not yet reaped)."""
+    busy = []
+    for directory in sorted(created, key=len, reverse=True):
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                raise
+            busy.append(directory)
+    return busy
+
+
+async def remove_cgroups(created: list[str], timeout: float = 5.0) -> None:
+    """Remove what create_cgroup made; a parent shared with another pod (not empty) is left in place."""
+    deadline = time.monotonic() + timeout
+    busy = remove_cgroups_now(created)
+    while busy:
+        ours = [d for d in busy if _has_no_subdirs(d)]
+        if not ours or time.monotonic() > deadline:
+            if ours:
+                raise Internal(f"cgroups still busy after {timeout:g}s: {ours}")
+            return
+        await asyncio.sleep(0.01)
+        busy = remove_cgroups_now(busy)
+
+
+def _has_no_subdirs(directory: str) -> bool:
+    """A cgroup without child cgroups is busy only because of processes: worth waiting for."""
+    try:
+        return not any(e.is_dir() for e in os.scandir(directory))
+    except FileNotFoundError:
+        return False
+
+
+def move_to_cgroup(pid: int, path: str) -> None:
+    for mount in cgroup_mounts():
+        with open(mount / clean_cgroup_path(path).lstrip("/") / "cgroup.procs", "w") as f:
+            f.write(str(pid))
+
+
+# --- /dev/shm ------------------------------------------------------------------------------------------
+
+def mount_shm(target: Path, size: int = SHM_SIZE) -> None:
+    target.mkdir(mode=0o755, exist_ok=True)
+    data = f"mode=1777,size={size}".encode()
+    if _libc.mount(b"shm", str(target).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, data) != 0:
+        raise Internal(f"mounting the pod's /dev/shm tmpfs on {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def unmount(target: Path | str) -> None:
+    """Unmount (lazily) every mount stacked on `target`; not mounted is fine."""
+    while _libc.umount2(str(target).encode(), _MNT_DETACH) == 0:
+        pass
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOENT):
+        raise Internal(f"unmounting {target}: {os.strerror(err)}")
+
+
+# --- the infra process ----------------------------------------------------------------------------------
+
+def process_start_time(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat (0 when the process is gone): with the pid it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str,
+                      timeout: float = 5.0) -> tuple[int, int, int]:
+    """Start catatonit as pid 1 of a new PID namespace, inside the pod's other namespaces and cgroup.
+
+    Returns (infra pid, its start time, pid of the `unshare` parent that holds it). posix_spawn keeps this
+    off the asyncio child watcher: the infra lives as long as the pod, not as long as a call.
+    """
+    argv = ["nsenter"] + [f"--{kind}={path}" for kind, path in sorted(namespaces.items())]
+    argv += ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", catatonit, "-P"]
+    if len(argv) == 1 + 6:
+        argv = argv[1:]  # no namespace to enter
+    parent = os.posix_spawnp(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, setsid=True)
+    try:
+        move_to_cgroup(parent, cgroup)
+        deadline = time.monotonic() + timeout
+        while True:
+            kids = _children(parent)
+            if kids and _comm(kids[0]) == "catatonit":
+                break
+            finished, _ = os.waitpid(parent, os.WNOHANG)
+            if finished:
+                raise Internal(f"infra process {' '.join(argv)} exited at start")
+            if time.monotonic() > deadline:
+                raise Internal(f"infra process did not start within {timeout:g}s")
+            await asyncio.sleep(0.001)
+        infra = kids[0]
+        move_to_cgroup(infra, cgroup)  # it may have forked before its parent was moved
+        return infra, process_start_time(infra), parent
+    except BaseException:
+        await stop_infra(0, 0, parent)
+        raise
+
+
+async def stop_infra(pid: int, start_time: int, parent: int, timeout: float = 5.0) -> None:
+    """SIGKILL the infra (pid 1 of its namespace, so every process in it dies too) and wait for its parent.
+
+    The parent (`unshare`) reaps the infra and exits; killing the parent first would orphan the infra onto
+    the daemon (a subreaper) as a zombie.
+    """
+    target = pid if pid and start_time and process_start_time(pid) == start_time else parent
+    if not target:
+        return
+    try:
+        os.kill(target, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if not parent:
+        return
+    deadline = time.monotonic() + timeout
+    while not _reaped(parent):
+        if time.monotonic() > deadline:
+            raise Internal(f"infra process {parent} did not exit within {timeout:g}s of SIGKILL")
+        await asyncio.sleep(0.002)
+
+
+def _reaped(pid: int) -> bool:
+    """Reap `pid` if it is our exited child; True once it is gone."""
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return bool(finished)
+    except ChildProcessError:  # not ours (started by an earlier daemon): gone once /proc forgets it
+        return not os.path.exists(f"/proc/{pid}")

@@ -1,0 +1,394 @@
+"""The pod sandbox manager: RunPodSandbox, Stop, Remove, Status and List, CRI-O style without a pause image.
+
+A sandbox is a set of pinned namespaces (net, ipc, uts), a /dev/shm tmpfs, a pod cgroup, generated
+resolv.conf/hosts/hostname files and, when the pod shares one PID namespace, an infra process (catatonit)
+holding it. Every step that changes the host registers its undo; a failure unwinds them in reverse.
+The record is written in state "creating" before the first host change, so that a daemon crash mid-way is
+finished (undone) by reconciliation at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+from cri.core import sandbox_host as host
+from cri.core.sandbox_files import render_hosts, render_resolv_conf, validate_hostname, validate_sysctls
+from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument
+from cri.state import Index, NameRegistry, RecordStore, new_id
+from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
+from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, namespace_alive,
+                        pin_namespaces, unpin_namespace)
+
+log = logging.getLogger(__name__)
+
+ContainerHook = Callable[[str], Awaitable[None]]
+DEFAULT_CGROUP_PARENT = "/pycri"
+
+
+class StepFailed(Exception):
+    """Internal marker: wraps the failure of one named step until the undo stack has run."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        super().__init__(step)
+        self.step = step
+        self.cause = cause
+
+
+def _named(step: str, error: BaseException) -> BaseException:
+    """The same kind of error (so the gRPC code stays right) with a message naming the failed step."""
+    if isinstance(error, (CRIError, NetPluginError)) and len(error.args) == 1 and isinstance(error.args[0], str):
+        error.args = (f"{step}: {error.args[0]}",)
+        return error
+    return Internal(f"{step}: {error}")
+
+
+class UndoStack:
+    """Undo actions of the steps done so far, run in reverse on failure; an undo failure is logged, not raised."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], Any]]] = []
+
+    def push(self, what: str, action: Callable[[], Any]) -> None:
+        self._steps.append((what, action))
+
+    async def unwind(self) -> None:
+        while self._steps:
+            what, action = self._steps.pop()
+            try:
+                result = action()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("undo of %r failed", what)
+
+
+async def _step(name: str, work: Awaitable[Any]) -> Any:
+    try:
+        return await work
+    except Exception as e:
+        raise StepFailed(name, e) from e
+
+
+@dataclass
+class SandboxStatus:
+    record: SandboxRecord
+    info: dict[str, Any]
+
+
+class SandboxManager:
+    """Owns every pod sandbox: its record, its namespaces, network, cgroup and files."""
+
+    def __init__(self, root: Path, state_dir: Path, cni: CNIManager | None, *, runtime_handlers: Iterable[str],
+                 default_runtime: str, pod_cidr: Callable[[], str] = lambda: "", catatonit: str = "catatonit",
+                 host_resolv_conf: Path = Path("/etc/resolv.conf"), host_hosts: Path = Path("/etc/hosts")) -> None:
+        self._store = RecordStore(Path(root) / "sandboxes", SandboxRecord)
+        self._dir = Path(state_dir) / "sandboxes"
+        self._cni = cni
+        self._handlers = set(runtime_handlers)
+        self._default_runtime = default_runtime
+        self._pod_cidr = pod_cidr
+        self._catatonit = catatonit
+        self._host_resolv_conf = host_resolv_conf
+        self._host_hosts = host_hosts
+        self._index: Index[SandboxRecord] = Index("pod sandbox")
+        self._names = NameRegistry("pod sandbox")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._stop_containers: ContainerHook | None = None
+        self._remove_containers: ContainerHook | None = None
+
+    # --- wiring and lifetime ---------------------------------------------------------------------------
+
+    def set_container_hooks(self, stop_all: ContainerHook, remove_all: ContainerHook) -> None:
+        """The container manager's callbacks: stop (resp. remove) every container of a sandbox id."""
+        self._stop_containers = stop_all
+        self._remove_containers = remove_all
+
+    async def start(self) -> None:
+        """Load records; undo sandboxes a crash left half-created; mark those whose namespaces died NotReady."""
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        for record in self._store.load_all():
+            if record.state == "creating":
+                log.warning("sandbox %s was being created when the daemon stopped; undoing it", record.id)
+                try:
+                    await self._destroy(record)
+                except Exception:
+                    log.exception("cleaning up half-created sandbox %s failed", record.id)
+                continue
+            self._names.reserve(record.reserved_name, record.id)
+            self._index.add(record.id, record)
+            if record.state == "ready" and record.netns_path and not namespace_alive(record.netns_path):
+                record.state = "notready"
+                self._store.save(record, durable=False)
+
+    async def stop(self) -> None:
+        """Sandboxes outlive the daemon: nothing to do at shutdown."""
+
+    # --- queries -------------------------------------------------------------------------------------------
+
+    def get(self, ref: str) -> SandboxRecord:
+        """The sandbox with this id or unique id prefix; NotFound otherwise."""
+        return self._index.get(ref)
+
+    def find(self, ref: str) -> SandboxRecord | None:
+        return self._index.find(ref)
+
+    def list(self, id_prefix: str = "", state: str | None = None,
+             labels: dict[str, str] | None = None) -> list[SandboxRecord]:
+        out = []
+        for record in self._index:
+            if id_prefix and not record.id.startswith(id_prefix):
+                continue
+            if state is not None and record.state != state:
+                continue
+            if labels and any(record.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(record)
+        return sorted(out, key=lambda r: r.created_at)
+
+    def status(self, ref: str) -> SandboxStatus:
+        record = self._index.get(ref)
+        info = {
+            "pid": record.infra_pid,
+            "netns": record.netns_path, "ipcns": record.ipc_path, "utsns": record.uts_path,
+            "sandboxDir": record.sandbox_dir, "shm": record.shm_path,
+            "resolvConf": record.resolv_conf_path, "hosts": record.hosts_path, "hostname": record.hostname,
+            "cgroupParent": record.cgroup_parent, "cgroupPath": record.cgroup_path,
+            "runtimeHandler": record.runtime_handler, "networkReady": record.network_ready,
+            "portMappings": [p.model_dump() for p in record.port_mappings],
+            "sysctls": record.sysctls, "config": record.config,
+        }
+        return SandboxStatus(record, info)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    # --- RunPodSandbox -------------------------------------------------------------------------------------
+
+    def _validate(self, spec: SandboxSpec) -> tuple[str, dict[str, str], str]:
+        opts = spec.namespace_options
+        if MODE_TARGET in (opts.network, opts.ipc, opts.pid):
+            raise InvalidArgument("namespace mode TARGET applies to containers, not to pod sandboxes")
+        handler = spec.runtime_handler or self._default_runtime
+        if handler not in self._handlers:
+            raise InvalidArgument(f"runtime handler {handler!r} is not configured (known: {sorted(self._handlers)})")
+        sysctls = validate_sysctls(spec.sysctls, opts.host_network, opts.host_ipc)
+        resolv = render_resolv_conf(spec.dns.servers, spec.dns.searches, spec.dns.options)
+        if spec.hostname:
+            validate_hostname(spec.hostname)
+        return handler, sysctls, resolv
+
+    async def run_pod(self, spec: SandboxSpec) -> SandboxRecord:
+        """Create a ready sandbox; on any failure everything done so far is undone and the error names the step."""
+        handler, sysctls, resolv = self._validate(spec)
+        opts = spec.namespace_options
+        if not opts.host_network:
+            if self._cni is None:
+                raise NetworkNotReady("no CNI network is configured")
+            ready, _, message = self._cni.ready()
+            if not ready:
+                self._cni.reload()
+                ready, _, message = self._cni.ready()
+                if not ready:
+                    raise NetworkNotReady(message)
+        sandbox_id = new_id()
+        sandbox_dir = self._dir / sandbox_id
+        if opts.host_network:
+            hostname = os.uname().nodename
+        else:
+            hostname = spec.hostname or sandbox_id[:12]
+        cgroup_parent = host.clean_cgroup_path(spec.cgroup_parent or DEFAULT_CGROUP_PARENT)
+        ns_dir = sandbox_dir / "ns"
+        record = SandboxRecord(
+            id=sandbox_id, name=spec.name, namespace=spec.namespace, uid=spec.uid, attempt=spec.attempt,
+            created_at=time.time_ns(), runtime_handler=handler, log_directory=spec.log_directory,
+            labels=spec.labels, annotations=spec.annotations, hostname=hostname,
+            namespace_options=opts, sandbox_dir=str(sandbox_dir),
+            # Known before they exist, so a record saved before the pinning lets reconciliation undo it.
+            netns_path="" if opts.host_network else str(ns_dir / "net"),
+            ipc_path="" if opts.host_ipc else str(ns_dir / "ipc"),
+            uts_path="" if opts.host_network else str(ns_dir / "uts"),
+            resolv_conf_path=str(sandbox_dir / "resolv.conf"), hosts_path=str(sandbox_dir / "hosts"),
+            hostname_path=str(sandbox_dir / "hostname"),
+            shm_path="/dev/shm" if opts.host_ipc else str(sandbox_dir / "shm"),
+            cgroup_parent=cgroup_parent, cgroup_path=f"{cgroup_parent.rstrip('/')}/pycri-{sandbox_id}",
+            port_mappings=[] if opts.host_network else spec.port_mappings, dns=spec.dns, sysctls=sysctls,
+            privileged=spec.privileged, config=spec.original)
+        self._names.reserve(record.reserved_name, sandbox_id)
+        undo = UndoStack()
+        undo.push("name reservation", lambda: self._names.release(record.reserved_name, sandbox_id))
+        try:
+            await self._create(record, resolv, undo)
+        except BaseException as e:
+            await undo.unwind()
+            if isinstance(e, StepFailed):
+                raise _named(e.step, e.cause) from e.cause
+            raise
+        return record
+
+    async def _create(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
+        opts = record.namespace_options
+        sandbox_dir = Path(record.sandbox_dir)
+        try:
+            sandbox_dir.mkdir(mode=0o711)
+        except OSError as e:
+            raise StepFailed("creating the sandbox directory", e) from e
+        undo.push("sandbox directory", lambda: shutil.rmtree(sandbox_dir, ignore_errors=True))
+        try:
+            self._store.save(record, durable=False)
+        except OSError as e:
+            raise StepFailed("saving the sandbox record", e) from e
+        undo.push("sandbox record", lambda: self._store.delete(record.id))
+
+        kinds = [k for k, host_mode in (("net", opts.host_network), ("ipc", opts.host_ipc),
+                                        ("uts", opts.host_network)) if not host_mode]
+        ns_dir = sandbox_dir / "ns"
+        undo.push("pinned namespaces", lambda: [unpin_namespace(ns_dir / k) for k in kinds])
+        await _step("creating the pod's namespaces",
+                    pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls))
+
+        # The CNI ADD is the slow part (tens of ms): everything else runs while the plugins do.
+        results = await asyncio.gather(self._setup_network(record, undo), self._setup_local(record, resolv, undo),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        record.state = "ready"
+        try:
+            self._store.save(record, durable=False)
+        except OSError as e:
+            raise StepFailed("saving the sandbox record", e) from e
+        self._index.add(record.id, record)
+
+    async def _setup_network(self, record: SandboxRecord, undo: UndoStack) -> None:
+        if record.namespace_options.host_network:
+            return
+        pod = self._pod_network(record)
+        undo.push("pod network", lambda: self._cni.teardown(pod))
+        result = await _step("setting up the pod network (CNI ADD)", self._cni.setup(pod))
+        record.ips = result.pod_ips()
+        record.network_ready = True
+        hosts = render_hosts(record.hostname, record.ips)
+        await _step("writing /etc/hosts", asyncio.to_thread(Path(record.hosts_path).write_text, hosts))
+
+    async def _setup_local(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
+        opts = record.namespace_options
+        sandbox_dir = Path(record.sandbox_dir)
+        try:
+            step = "writing resolv.conf"
+            if resolv:
+                (sandbox_dir / "resolv.conf").write_text(resolv)
+            else:
+                shutil.copyfile(self._host_resolv_conf, sandbox_dir / "resolv.conf")
+            step = "writing the hostname file"
+            (sandbox_dir / "hostname").write_text(record.hostname + "\n")
+            if opts.host_network:
+                step = "copying the host's /etc/hosts"
+                shutil.copyfile(self._host_hosts, record.hosts_path)
+            if not opts.host_ipc:
+                step = "mounting the pod's /dev/shm"
+                undo.push("shm mount", lambda: host.unmount(record.shm_path))
+                host.mount_shm(Path(record.shm_path))
+            step = "creating the pod cgroup"
+            record.cgroups_created = host.create_cgroup(record.cgroup_path)
+            undo.push("pod cgroup", lambda: host.remove_cgroups(record.cgroups_created))
+        except (OSError, CRIError) as e:
+            raise StepFailed(step, e) from e
+        if opts.pid == MODE_POD:
+            namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path}
+            infra = await _step("starting the infra process",
+                                host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
+                                                 record.cgroup_path))
+            record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
+            undo.push("infra process", lambda: host.stop_infra(*infra))
+
+    def _pod_network(self, record: SandboxRecord) -> PodNetwork:
+        return PodNetwork(
+            id=record.id, name=record.name, namespace=record.namespace, uid=record.uid, netns=record.netns_path,
+            port_mappings=tuple(PortMapping(p.host_port, p.container_port, p.protocol, p.host_ip)
+                                for p in record.port_mappings if p.host_port),
+            pod_cidr=self._pod_cidr() or None)
+
+    # --- StopPodSandbox / RemovePodSandbox -------------------------------------------------------------------
+
+    async def stop_pod(self, ref: str) -> None:
+        """Stop the pod's containers, tear its network down and kill the infra; the record stays. Idempotent."""
+        record = self._index.find(ref)
+        if record is None:
+            return
+        async with self._lock(record.id):
+            await self._stop_locked(record)
+
+    async def _stop_locked(self, record: SandboxRecord) -> None:
+        if self._stop_containers is not None:
+            await self._stop_containers(record.id)
+        work = []
+        if record.network_ready and self._cni is not None:
+            work.append(self._teardown_network(record))
+        if record.infra_parent_pid:
+            work.append(self._stop_infra(record))
+        errors = [r for r in await asyncio.gather(*work, return_exceptions=True) if isinstance(r, BaseException)]
+        record.state = "notready"
+        self._store.save(record, durable=False)
+        if errors:
+            raise errors[0]
+
+    async def _teardown_network(self, record: SandboxRecord) -> None:
+        try:
+            await self._cni.teardown(self._pod_network(record))
+        except Exception as e:
+            raise _named("tearing down the pod network (CNI DEL)", e) from e
+        record.network_ready = False
+
+    async def _stop_infra(self, record: SandboxRecord) -> None:
+        await host.stop_infra(record.infra_pid, record.infra_start_time, record.infra_parent_pid)
+        record.infra_pid = record.infra_start_time = record.infra_parent_pid = 0
+
+    async def remove_pod(self, ref: str) -> None:
+        """Stop if needed, then remove namespaces, mounts, cgroup, files, record and name. Idempotent."""
+        record = self._index.find(ref)
+        if record is None:
+            return
+        lock = self._lock(record.id)
+        async with lock:
+            if record.id not in self._index:
+                return  # removed while we waited for the lock
+            if self._remove_containers is not None:
+                await self._remove_containers(record.id)
+            await self._destroy(record)
+            self._index.remove(record.id)
+            self._names.release(record.reserved_name, record.id)
+        self._locks.pop(record.id, None)
+
+    async def _destroy(self, record: SandboxRecord) -> None:
+        """Undo everything a sandbox may have: used by Remove and by reconciliation of a half-created one."""
+        if record.network_ready or record.infra_parent_pid or record.state != "notready":
+            if record.state == "creating" and self._cni is not None and record.netns_path:
+                record.network_ready = True  # an ADD may have run before the crash: DEL is idempotent
+            await self._stop_locked(record)
+        if not record.namespace_options.host_ipc and record.shm_path:
+            host.unmount(record.shm_path)
+        for path in (record.netns_path, record.ipc_path, record.uts_path):
+            if path:
+                unpin_namespace(path)
+        sandbox_dir = Path(record.sandbox_dir)
+        for kind in ("net", "ipc", "uts"):  # pinned before the record learned their paths (crash mid-create)
+            unpin_namespace(sandbox_dir / "ns" / kind)
+        if record.cgroups_created:
+            await host.remove_cgroups(record.cgroups_created)
+        elif record.state == "creating":
+            await host.remove_cgroups(self._cgroup_dirs(record.cgroup_path))
+        shutil.rmtree(sandbox_dir, ignore_errors=True)
+        self._store.delete(record.id)
+
+    @staticmethod
+    def _cgroup_dirs(path: str) -> list[str]:
+        """The sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)."""
+        return [str(m / path.lstrip("/")) for m in host.cgroup_mounts()]

@@ -1,0 +1,55 @@
+"""Conversions between CRI sandbox messages and the core's sandbox types (shared by the sandbox_* handlers)."""
+
+from __future__ import annotations
+
+from cri_api.v1 import api_pb2
+from google.protobuf.json_format import MessageToDict
+
+from cri.errors import InvalidArgument
+from cri.state.sandbox_record import DNSSettings, NamespaceOptions, PortMappingSpec, SandboxRecord, SandboxSpec
+
+_PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
+STATE_TO_CRI = {"ready": api_pb2.SANDBOX_READY, "notready": api_pb2.SANDBOX_NOTREADY}
+STATE_FROM_CRI = {api_pb2.SANDBOX_READY: "ready", api_pb2.SANDBOX_NOTREADY: "notready"}
+
+
+def spec_from_request(request: api_pb2.RunPodSandboxRequest) -> SandboxSpec:
+    """The core's SandboxSpec; InvalidArgument for what a CRI client must always send."""
+    config = request.config
+    meta = config.metadata
+    for field in ("name", "namespace", "uid"):
+        if not getattr(meta, field):
+            raise InvalidArgument(f"PodSandboxConfig.Metadata.{field.capitalize()} must not be empty")
+    if meta.attempt < 0:
+        raise InvalidArgument("PodSandboxConfig.Metadata.Attempt must not be negative")
+    linux = config.linux
+    security = linux.security_context
+    ns = security.namespace_options
+    ports = []
+    for p in config.port_mappings:
+        if p.protocol not in _PROTOCOLS:
+            raise InvalidArgument(f"unknown port mapping protocol {p.protocol}")
+        if not (0 <= p.container_port <= 65535 and 0 <= p.host_port <= 65535):
+            raise InvalidArgument(f"port mapping {p.host_port}:{p.container_port} is out of range")
+        ports.append(PortMappingSpec(protocol=_PROTOCOLS[p.protocol], container_port=p.container_port,
+                                     host_port=p.host_port, host_ip=p.host_ip))
+    return SandboxSpec(
+        name=meta.name, namespace=meta.namespace, uid=meta.uid, attempt=meta.attempt,
+        hostname=config.hostname, log_directory=config.log_directory, runtime_handler=request.runtime_handler,
+        labels=dict(config.labels), annotations=dict(config.annotations),
+        dns=DNSSettings(servers=list(config.dns_config.servers), searches=list(config.dns_config.searches),
+                        options=list(config.dns_config.options)),
+        port_mappings=ports, cgroup_parent=linux.cgroup_parent, sysctls=dict(linux.sysctls),
+        namespace_options=NamespaceOptions(network=ns.network, pid=ns.pid, ipc=ns.ipc, target_id=ns.target_id),
+        privileged=security.privileged,
+        original=MessageToDict(config, preserving_proto_field_name=True))
+
+
+def metadata(record: SandboxRecord) -> api_pb2.PodSandboxMetadata:
+    return api_pb2.PodSandboxMetadata(name=record.name, uid=record.uid, namespace=record.namespace,
+                                      attempt=record.attempt)
+
+
+def namespace_option(record: SandboxRecord) -> api_pb2.NamespaceOption:
+    opts = record.namespace_options
+    return api_pb2.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc, target_id=opts.target_id)

@@ -1,0 +1,15 @@
+"""RemovePodSandbox: an unknown id is not an error (kubelet and critest rely on that)."""
+
+from cri_api.v1 import api_pb2
+
+from cri.errors import InvalidArgument
+
+
+async def remove_pod_sandbox(rt, request, context):
+    if not request.pod_sandbox_id:
+        raise InvalidArgument("PodSandboxId must not be empty")
+    await rt.sandboxes.remove_pod(request.pod_sandbox_id)
+    return api_pb2.RemovePodSandboxResponse()
+
+
+HANDLERS = {"RemovePodSandbox": remove_pod_sandbox}

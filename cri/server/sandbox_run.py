@@ -1,0 +1,13 @@
+"""RunPodSandbox."""
+
+from cri_api.v1 import api_pb2
+
+from cri.server.sandbox_convert import spec_from_request
+
+
+async def run_pod_sandbox(rt, request, context):
+    record = await rt.sandboxes.run_pod(spec_from_request(request))
+    return api_pb2.RunPodSandboxResponse(pod_sandbox_id=record.id)
+
+
+HANDLERS = {"RunPodSandbox": run_pod_sandbox}

@@ -1,0 +1,15 @@
+"""StopPodSandbox: an unknown id is not an error (kubelet and critest rely on that)."""
+
+from cri_api.v1 import api_pb2
+
+from cri.errors import InvalidArgument
+
+
+async def stop_pod_sandbox(rt, request, context):
+    if not request.pod_sandbox_id:
+        raise InvalidArgument("PodSandboxId must not be empty")
+    await rt.sandboxes.stop_pod(request.pod_sandbox_id)
+    return api_pb2.StopPodSandboxResponse()
+
+
+HANDLERS = {"StopPodSandbox": stop_pod_sandbox}

@@ -1,0 +1,112 @@
+"""The persisted record of a pod sandbox, and the validated request the sandbox manager runs from."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SandboxState = Literal["creating", "ready", "notready"]
+# CRI NamespaceMode values: POD=0, CONTAINER=1, NODE=2, TARGET=3.
+NamespaceMode = Literal[0, 1, 2, 3]
+MODE_POD, MODE_CONTAINER, MODE_NODE, MODE_TARGET = 0, 1, 2, 3
+
+
+class DNSSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    servers: list[str] = []
+    searches: list[str] = []
+    options: list[str] = []
+
+
+class PortMappingSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    container_port: int = Field(ge=0, le=65535)
+    host_port: int = Field(0, ge=0, le=65535)
+    host_ip: str = ""
+
+
+class NamespaceOptions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    network: NamespaceMode = MODE_POD
+    pid: NamespaceMode = MODE_CONTAINER
+    ipc: NamespaceMode = MODE_POD
+    target_id: str = ""
+
+    @property
+    def host_network(self) -> bool:
+        return self.network == MODE_NODE
+
+    @property
+    def host_ipc(self) -> bool:
+        return self.ipc == MODE_NODE
+
+    @property
+    def host_pid(self) -> bool:
+        return self.pid == MODE_NODE
+
+
+class SandboxSpec(BaseModel):
+    """What RunPodSandbox asked for, already free of protobuf; `original` is the request config as a dict."""
+
+    name: str
+    namespace: str
+    uid: str
+    attempt: int = 0
+    hostname: str = ""
+    log_directory: str = ""
+    runtime_handler: str = ""
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    dns: DNSSettings = DNSSettings()
+    port_mappings: list[PortMappingSpec] = []
+    cgroup_parent: str = ""
+    sysctls: dict[str, str] = {}
+    namespace_options: NamespaceOptions = NamespaceOptions()
+    privileged: bool = False
+    original: dict[str, Any] = {}
+
+
+class SandboxRecord(BaseModel):
+    """Everything needed to report, stop, remove or reconcile a sandbox, including after a daemon restart."""
+
+    id: str
+    name: str
+    namespace: str
+    uid: str
+    attempt: int = 0
+    state: SandboxState = "creating"
+    created_at: int = 0                  # nanoseconds since the epoch
+    runtime_handler: str = ""
+    log_directory: str = ""
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    hostname: str = ""
+    namespace_options: NamespaceOptions = NamespaceOptions()
+    sandbox_dir: str = ""                # holds the pinned namespaces, shm, resolv.conf, hosts, hostname
+    netns_path: str = ""                 # "" when the pod uses the host's namespace
+    ipc_path: str = ""
+    uts_path: str = ""
+    shm_path: str = ""                   # per-pod tmpfs, or /dev/shm with host IPC
+    resolv_conf_path: str = ""
+    hosts_path: str = ""
+    hostname_path: str = ""
+    infra_pid: int = 0                   # pid 1 of the pod's PID namespace when it is shared (catatonit)
+    infra_start_time: int = 0            # /proc/<pid>/stat start time, so a reused pid is never killed
+    infra_parent_pid: int = 0
+    ips: list[str] = []
+    network_ready: bool = False          # a CNI ADD succeeded and no DEL has run since
+    cgroup_parent: str = ""              # the pod-level cgroup (containers go below it)
+    cgroup_path: str = ""                # the sandbox's own cgroup below the parent (holds the infra)
+    cgroups_created: list[str] = []      # absolute dirs this sandbox created, removed on RemovePodSandbox
+    port_mappings: list[PortMappingSpec] = []
+    dns: DNSSettings = DNSSettings()
+    sysctls: dict[str, str] = {}
+    privileged: bool = False
+    config: dict[str, Any] = {}          # the original PodSandboxConfig, for containers and verbose status
+
+    @property
+    def reserved_name(self) -> str:
+        """The CRI name kubelet derives from metadata; unique until RemovePodSandbox."""
+        return f"{self.name}_{self.namespace}_{self.uid}_{self.attempt}"

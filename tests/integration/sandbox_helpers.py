@@ -1,0 +1,84 @@
+"""Helpers for the sandbox and CNI integration tests: a private bridge network and leak checks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from cri_api.v1 import api_pb2
+
+_counter = itertools.count(1)
+
+
+class PrivateNetwork:
+    """A bridge network of our own (unique bridge name, 10.123.N.0/24, host-local data in a temp dir)."""
+
+    def __init__(self, base: Path, with_portmap: bool = True) -> None:
+        n = next(_counter)
+        self.index = (os.getpid() + n) % 200 + 10
+        self.name = f"pycri-test-{os.getpid()}-{n}"
+        self.bridge = f"pct{os.getpid() % 100000}n{n}"[:15]
+        self.subnet = f"10.123.{self.index}.0/24"
+        self.conf_dir = base / "cni-conf"
+        self.ipam_dir = base / "cni-ipam"
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        plugins = [{"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {"type": "host-local", "dataDir": str(self.ipam_dir),
+                             "ranges": [[{"subnet": self.subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}}]
+        if with_portmap:
+            plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+        self.conflist = {"cniVersion": "1.0.0", "name": self.name, "plugins": plugins}
+
+    def install(self, file_name: str = "10-test.conflist") -> None:
+        (self.conf_dir / file_name).write_text(json.dumps(self.conflist))
+
+    def leases(self) -> list[str]:
+        d = self.ipam_dir / self.name
+        return sorted(p.name for p in d.iterdir() if p.name[0].isdigit()) if d.exists() else []
+
+    def cleanup(self) -> None:
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+def veths_on(bridge: str) -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True).stdout
+    return [line.split(":")[1].strip() for line in out.splitlines() if line.strip()]
+
+
+def iptables_rules_mentioning(text: str) -> list[str]:
+    rules = []
+    for table in ("nat", "filter"):
+        out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
+        rules += [line for line in out.splitlines() if text in line]
+    return rules
+
+
+def mounts_below(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+
+
+def cgroup_exists(cgroup_path: str) -> list[str]:
+    found = []
+    for mount in ("cpu", "memory", "pids", "unified"):
+        p = Path("/sys/fs/cgroup") / mount / cgroup_path.lstrip("/")
+        if p.exists():
+            found.append(str(p))
+    return found
+
+
+def pod_config(name: str, **kwargs) -> api_pb2.PodSandboxConfig:
+    """A pod config with unique metadata; kwargs set top-level fields."""
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name=name, namespace="test-ns", uid=f"uid-{name}", attempt=0),
+        hostname=kwargs.pop("hostname", name), **kwargs)
+    return config
+
+
+def in_netns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True, text=True, timeout=timeout)
