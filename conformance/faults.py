@@ -1,0 +1,203 @@
+"""Fault injection: kill the daemon with SIGKILL at a named point inside an operation, restart it,
+and check that nothing leaked, no record is corrupt, and kubelet's retry of the call succeeds.
+
+The points are `cri.faults.crash_point(...)` calls in the core; a point is armed by starting the
+daemon with PYCRI_FAULT_POINT=<name>. tests/integration/test_faults.py runs every scenario.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+from cri_api.v1 import api_pb2
+
+from conformance.client import Client, container_config, pod_config
+from conformance.daemon import Daemon
+from conformance.hostcheck import leaks, snapshot
+
+
+@dataclass
+class World:
+    """What a scenario made before the crash, for the call and its retry."""
+
+    image: str
+    pod: api_pb2.PodSandboxConfig | None = None
+    pod_id: str = ""
+    container: api_pb2.ContainerConfig | None = None
+    container_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Scenario:
+    point: str
+    prepare: Callable[[Client, World], None]
+    call: Callable[[Client, World], None]
+    check_after_restart: Callable[[Client, World], None]
+
+
+def _new_pod(c: Client, w: World) -> None:
+    w.pod = pod_config(f"fault-{uuid.uuid4().hex[:8]}")
+
+
+def _running_pod(c: Client, w: World) -> None:
+    c.pull(w.image)
+    _new_pod(c, w)
+    w.pod_id = c.run_pod(w.pod)
+
+
+def _new_container(c: Client, w: World) -> None:
+    _running_pod(c, w)
+    w.container = container_config("sleeper", w.image, command=["sleep", "3600"])
+
+
+def _created_container(c: Client, w: World) -> None:
+    _new_container(c, w)
+    w.container_id = c.create(w.pod_id, w.container, w.pod)
+
+
+def _running_container(c: Client, w: World) -> None:
+    _created_container(c, w)
+    c.start(w.container_id)
+
+
+def _run_pod(c: Client, w: World) -> None:
+    w.pod_id = c.run_pod(w.pod)
+
+
+def _retry_run_pod(c: Client, w: World) -> None:
+    """kubelet retries with the same config: it must get a ready pod, not 'name is reserved'."""
+    w.pod_id = c.run_pod(w.pod)
+    assert c.pod_state(w.pod_id) == api_pb2.SANDBOX_READY
+
+
+def _create(c: Client, w: World) -> None:
+    w.container_id = c.create(w.pod_id, w.container, w.pod)
+
+
+def _retry_create(c: Client, w: World) -> None:
+    w.container_id = c.create(w.pod_id, w.container, w.pod)
+    c.start(w.container_id)
+    assert c.container_state(w.container_id) == api_pb2.CONTAINER_RUNNING
+
+
+def _start(c: Client, w: World) -> None:
+    c.start(w.container_id)
+
+
+def _retry_start(c: Client, w: World) -> None:
+    state = c.container_state(w.container_id)
+    if state == api_pb2.CONTAINER_CREATED:
+        c.start(w.container_id)
+    elif state != api_pb2.CONTAINER_RUNNING:  # kubelet would recreate it
+        c.remove(w.container_id)
+        _retry_create(c, w)
+    assert c.container_state(w.container_id) == api_pb2.CONTAINER_RUNNING
+
+
+def _stop(c: Client, w: World) -> None:
+    c.stop(w.container_id, grace=2)
+
+
+def _retry_stop(c: Client, w: World) -> None:
+    c.stop(w.container_id, grace=2)
+    assert c.container_state(w.container_id) == api_pb2.CONTAINER_EXITED
+
+
+def _remove(c: Client, w: World) -> None:
+    c.remove(w.container_id)
+
+
+def _retry_remove(c: Client, w: World) -> None:
+    c.remove(w.container_id)
+    req = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(id=w.container_id))
+    assert not c.runtime.ListContainers(req).containers
+
+
+def _stop_pod(c: Client, w: World) -> None:
+    c.stop_pod(w.pod_id)
+
+
+def _retry_stop_pod(c: Client, w: World) -> None:
+    c.stop_pod(w.pod_id)
+    assert c.pod_state(w.pod_id) == api_pb2.SANDBOX_NOTREADY
+
+
+def _remove_pod(c: Client, w: World) -> None:
+    c.remove_pod(w.pod_id)
+
+
+def _retry_remove_pod(c: Client, w: World) -> None:
+    c.remove_pod(w.pod_id)
+    req = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(id=w.pod_id))
+    assert not c.runtime.ListPodSandbox(req).items
+
+
+def _pull(c: Client, w: World) -> None:
+    c.pull(w.image)
+
+
+def _retry_pull(c: Client, w: World) -> None:
+    image_ref = c.pull(w.image)
+    status = c.images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=w.image)))
+    assert status.image.id == image_ref
+
+
+def _nothing(c: Client, w: World) -> None:
+    pass
+
+
+SCENARIOS = [
+    Scenario("sandbox.run.after_record", _new_pod, _run_pod, _retry_run_pod),
+    Scenario("sandbox.run.after_namespaces", _new_pod, _run_pod, _retry_run_pod),
+    Scenario("sandbox.run.after_network", _new_pod, _run_pod, _retry_run_pod),
+    Scenario("sandbox.stop.after_network", _running_pod, _stop_pod, _retry_stop_pod),
+    Scenario("sandbox.remove.after_namespaces", _running_pod, _remove_pod, _retry_remove_pod),
+    Scenario("container.create.after_record", _new_container, _create, _retry_create),
+    Scenario("container.create.after_rootfs", _new_container, _create, _retry_create),
+    Scenario("container.create.after_runtime", _new_container, _create, _retry_create),
+    Scenario("container.start.after_runtime", _created_container, _start, _retry_start),
+    Scenario("container.stop.after_signal", _running_container, _stop, _retry_stop),
+    Scenario("container.remove.after_runtime", _running_container, _remove, _retry_remove),
+    Scenario("image.pull.after_blobs", _nothing, _pull, _retry_pull),
+]
+POINTS = [s.point for s in SCENARIOS]
+
+
+def run(scenario: Scenario, settings: dict, image: str) -> dict[str, list[str]]:
+    """Run one scenario in a fresh daemon root; return the leaks found (empty when clean)."""
+    daemon = Daemon(settings)
+    before = snapshot(cgroup_marker="pycri", iptables_marker=daemon.base.name)
+    world = World(image=image)
+    try:
+        daemon.start()
+        client = daemon.client()
+        scenario.prepare(client, world)
+        client.close()
+        daemon.stop()
+
+        daemon.start(env={"PYCRI_FAULT_POINT": scenario.point})
+        client = daemon.client()
+        try:
+            scenario.call(client, world)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise AssertionError(f"{scenario.point}: the call failed with {e.code().name}: {e.details()}") from None
+        finally:
+            client.close()
+        if daemon.proc.wait(timeout=30) != -9:
+            raise AssertionError(f"{scenario.point}: the daemon did not crash at the point (was it reached?)")
+
+        daemon.start()
+        client = daemon.client()
+        scenario.check_after_restart(client, world)
+        client.remove_everything()
+        client.close()
+        daemon.stop()
+    finally:
+        daemon.cleanup()
+    after = snapshot(cgroup_marker="pycri", iptables_marker=daemon.base.name)
+    return leaks(before, after)
