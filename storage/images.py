@@ -1,0 +1,498 @@
+"""The image store: pulls, image records, lookups, removal, GC, and container root filesystems.
+
+Layout under root:
+    blobs/sha256/<hex>    verified content (manifests, configs, compressed layers)
+    ingest/               downloads in progress (emptied at start)
+    layers/<chain hex>/   unpacked layers (see layers.py); l/ short links to them
+    images/<id hex>.json  image records, written atomically after everything they name exists
+    containers/<id>/      per-container overlay upper/work/merged (see rootfs.py)
+
+An image becomes visible only when its record is written, after all its blobs and layers are in
+place, so a crash or failure mid-pull never shows a half image; whatever it left unreferenced is
+removed at the next start (or by the failed pull itself).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import tenacity
+from pydantic import BaseModel, Field
+
+from storage import reference as refs
+from storage.auth import AuthFile, Credentials
+from storage.content import ContentStore
+from storage.errors import (DigestMismatch, HostileLayer, ImageInUse, ImageNotFound, InvalidReference,
+                            StorageError, UnsupportedManifest)
+from storage.fsutil import atomic_write_json, remove_tree, syncfs, usage
+from storage.layers import LayerStore, chain_ids as compute_chain_ids
+from storage.registries import RegistriesConfig
+from storage.registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, Manifest, RegistryClient, TokenCache,
+                              TransientRegistryError, choose_platform)
+from storage.rootfs import Rootfs, RootfsManager
+from storage.unpack import UnpackLimits
+
+log = logging.getLogger("pycri.storage")
+
+MAX_CONFIG_BYTES = 8 << 20
+_PULL_WORKERS = 4
+_HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
+
+
+class ImageRecord(BaseModel):
+    id: str                                   # sha256:<config digest>
+    repo_tags: list[str] = Field(default_factory=list)
+    repo_digests: list[str] = Field(default_factory=list)
+    size: int = 0                             # uncompressed bytes of all layers
+    user: str = ""
+    env: list[str] = Field(default_factory=list)
+    entrypoint: list[str] = Field(default_factory=list)
+    cmd: list[str] = Field(default_factory=list)
+    working_dir: str = ""
+    volumes: list[str] = Field(default_factory=list)
+    stop_signal: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    chain_ids: list[str] = Field(default_factory=list)
+    created: str = ""                         # from the config, RFC 3339
+    blobs: list[str] = Field(default_factory=list)   # manifests, config, layers: kept while the image is
+    updated_ns: int = 0                       # the newest record wins a tag found on two records
+
+
+@dataclass
+class FsUsage:
+    """One ImageFsInfo entry: a directory, what it holds, and its use."""
+    kind: str          # "image" or "container"
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+
+
+@dataclass
+class GCReport:
+    blobs_removed: list[str] = field(default_factory=list)
+    layers_removed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _LayerDesc:
+    digest: str
+    size: int
+    media_type: str
+
+
+def _retrying(fn, *args):
+    """Call fn, retrying transient registry failures with exponential backoff."""
+    for attempt in tenacity.Retrying(retry=tenacity.retry_if_exception_type(TransientRegistryError),
+                                     stop=tenacity.stop_after_attempt(4),
+                                     wait=tenacity.wait_exponential(multiplier=0.2, max=3.0), reraise=True):
+        with attempt:
+            return fn(*args)
+
+
+class ImageStore:
+    """Thread-safe; every public method is blocking (call it from a worker thread in async code)."""
+
+    def __init__(self, root: Path, registries: RegistriesConfig | None = None, auth_file: Path | None = None,
+                 progress_timeout: float = 60.0, *, limits: UnpackLimits = UnpackLimits(), durable: bool = True):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.registries = registries or RegistriesConfig()
+        self.auth_file_path = auth_file
+        self.progress_timeout = progress_timeout
+        self.durable = durable
+        self.content = ContentStore(self.root)
+        self.layers = LayerStore(self.root, limits)
+        self.rootfs = RootfsManager(self.root, self.layers)
+        self.records_dir = self.root / "images"
+        self.records_dir.mkdir(exist_ok=True)
+        self._tokens = TokenCache()
+        self._lock = threading.RLock()
+        self._records: dict[str, ImageRecord] = {}
+        self._pins: dict[str, int] = {}
+        self._inflight: dict[tuple, Future] = {}
+        self._load()
+        self._sweep(self.content.all_digests() | self.layers.all_chain_ids())
+
+    # ---- records -----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        for path in sorted(self.records_dir.iterdir()):
+            if path.name.startswith("."):
+                path.unlink(missing_ok=True)  # a temp file of an interrupted atomic write
+                continue
+            try:
+                record = ImageRecord.model_validate_json(path.read_bytes())
+            except ValueError as exc:
+                log.error("ignoring unreadable image record %s: %s", path, exc)
+                continue
+            self._records[record.id] = record
+        owner: dict[str, ImageRecord] = {}
+        for record in sorted(self._records.values(), key=lambda r: r.updated_ns):
+            for tag in record.repo_tags:
+                previous = owner.get(tag)
+                if previous is not None and tag in previous.repo_tags:
+                    previous.repo_tags.remove(tag)  # a crash between moving a tag and saving its old owner
+                owner[tag] = record
+
+    def _save(self, record: ImageRecord) -> None:
+        atomic_write_json(self.records_dir / f"{record.id.removeprefix('sha256:')}.json",
+                          record.model_dump(), durable=self.durable)
+
+    # ---- lookups -----------------------------------------------------------------------
+
+    def _candidates(self, text: str) -> list[refs.Reference]:
+        """The names `text` may mean: a short name is tried against each search registry."""
+        if refs.is_short_name(text):
+            return [refs.parse(text, default_domain=d) for d in self.registries.search_domains()]
+        return [refs.parse(text)]
+
+    def _lookup(self, text: str) -> ImageRecord | None:
+        full_id = refs.parse_image_id(text)
+        if full_id and full_id in self._records:
+            return self._records[full_id]
+        try:
+            candidates = self._candidates(text)
+        except InvalidReference:
+            candidates = []
+        for ref in candidates:
+            key = str(ref.with_digest(ref.digest)) if ref.digest else str(ref)
+            for record in self._records.values():
+                if key in (record.repo_digests if ref.digest else record.repo_tags):
+                    return record
+        match = _HEX_PREFIX_RE.fullmatch(text)
+        if match:
+            found = [r for r in self._records.values() if r.id[7:].startswith(match.group(1))]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise InvalidReference(f"image id prefix {text!r} is ambiguous ({len(found)} images match)")
+        return None
+
+    def get(self, name_or_id: str) -> ImageRecord | None:
+        """By name:tag, name@digest, id, or unique id prefix; None if no image matches."""
+        with self._lock:
+            record = self._lookup(name_or_id)
+            return record.model_copy(deep=True) if record else None
+
+    def list(self, filter_ref: str | None = None) -> list[ImageRecord]:
+        with self._lock:
+            if filter_ref:
+                record = self._lookup(filter_ref)
+                return [record.model_copy(deep=True)] if record else []
+            return [r.model_copy(deep=True) for r in self._records.values()]
+
+    # ---- pulling -----------------------------------------------------------------------
+
+    def pull(self, ref: str, credentials: Credentials | None = None) -> ImageRecord:
+        """Pull `ref` (registries.conf applies) and return its record; concurrent pulls of the same
+        name coalesce into one."""
+        candidates = self._candidates(ref)
+        key = (tuple(str(c) for c in candidates), credentials)
+        with self._lock:
+            running = self._inflight.get(key)
+            if running is None:
+                mine = self._inflight[key] = Future()
+        if running is not None:
+            return running.result().model_copy(deep=True)
+        try:
+            record = self._pull_candidates(candidates, credentials)
+            mine.set_result(record)
+            return record.model_copy(deep=True)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._inflight[key]
+
+    def _pull_candidates(self, candidates: list[refs.Reference], credentials: Credentials | None) -> ImageRecord:
+        auth_file = AuthFile.load(self.auth_file_path)
+        last_error: StorageError | None = None
+        for ref in candidates:
+            sources = self.registries.pull_sources(ref)
+            for source in sources:
+                client = RegistryClient(source, credentials=credentials, auth_file=auth_file,
+                                        token_cache=self._tokens, progress_timeout=self.progress_timeout)
+                try:
+                    return self._pull_from(client, ref)
+                except (HostileLayer, DigestMismatch) as exc:
+                    if source is sources[-1] and ref is candidates[-1]:
+                        raise
+                    last_error = exc  # a bad mirror: the next source may be honest
+                except StorageError as exc:
+                    if source is sources[-1] and ref is candidates[-1]:
+                        raise
+                    log.info("pull %s from %s failed, trying the next source: %s", ref, client.where, exc)
+                    last_error = exc
+        raise last_error or ImageNotFound(f"no source to pull {candidates[0]} from")
+
+    def _pull_from(self, client: RegistryClient, ref: refs.Reference) -> ImageRecord:
+        top = _retrying(client.get_manifest, ref.reference)
+        manifests = [top]
+        manifest = top
+        if top.media_type in INDEX_TYPES:
+            desc = choose_platform(top.json(), f"{ref}")
+            digest = refs.validate_digest(str(desc.get("digest", "")))
+            manifest = _retrying(client.get_manifest, digest)
+            if manifest.media_type not in IMAGE_MANIFEST_TYPES:
+                raise UnsupportedManifest(f"{ref}: index entry {digest} is not an image manifest")
+            manifests.append(manifest)
+        config_desc, layer_descs = _parse_image_manifest(manifest, str(ref))
+
+        def fetch(desc_digest: str, size: int, write) -> None:
+            client.fetch_blob(desc_digest, size, write)
+
+        record = self._install(config_desc, layer_descs, manifests, fetch, where=str(ref))
+        return self._commit(record, ref, top.digest)
+
+    def _install(self, config_desc: _LayerDesc, layer_descs: list[_LayerDesc], manifests: list[Manifest],
+                 fetch: Callable[[str, int, Callable[[bytes], object]], None], *, where: str) -> ImageRecord:
+        """Make config, layers and manifests exist in the store; return an (uncommitted) record.
+        On failure, whatever this call created and no one else uses is removed again."""
+        if config_desc.size > MAX_CONFIG_BYTES:
+            raise UnsupportedManifest(f"{where}: image config of {config_desc.size} bytes is too large")
+        pins = {config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)}
+        self._pin(pins)
+        created_chains: list[str] = []
+        try:
+            _retrying(self.content.ensure, config_desc.digest, config_desc.size,
+                      lambda write: fetch(config_desc.digest, config_desc.size, write))
+            config = _parse_config(self.content.read(config_desc.digest, MAX_CONFIG_BYTES), where)
+            diff_ids = config["rootfs"]["diff_ids"]
+            if len(diff_ids) != len(layer_descs):
+                raise UnsupportedManifest(f"{where}: the manifest has {len(layer_descs)} layers but the config "
+                                          f"lists {len(diff_ids)} diff ids")
+            chains = compute_chain_ids(diff_ids)
+            self._pin(set(chains))
+            pins |= set(chains)
+
+            def one_layer(i: int) -> int:
+                desc = layer_descs[i]
+                blob = _retrying(self.content.ensure, desc.digest, desc.size,
+                                 lambda write: fetch(desc.digest, desc.size, write))
+                layer, made = self.layers.ensure(chains[i], diff_ids[i], blob)
+                if made:
+                    created_chains.append(chains[i])
+                return layer.size
+
+            if len(layer_descs) <= 1:
+                sizes = [one_layer(i) for i in range(len(layer_descs))]
+            else:
+                with ThreadPoolExecutor(min(_PULL_WORKERS, len(layer_descs)), thread_name_prefix="pull") as pool:
+                    futures = [pool.submit(one_layer, i) for i in range(len(layer_descs))]
+                    try:
+                        sizes = [f.result() for f in futures]
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
+            for m in manifests:
+                self.content.put(m.body, durable=False)
+            if self.durable and created_chains:
+                syncfs(self.root)  # one flush for every file the unpacked layers wrote
+            conf = config.get("config") or {}
+            return ImageRecord(
+                id=config_desc.digest, size=sum(sizes), user=str(conf.get("User") or ""),
+                env=_strings(conf.get("Env")), entrypoint=_strings(conf.get("Entrypoint")),
+                cmd=_strings(conf.get("Cmd")), working_dir=str(conf.get("WorkingDir") or ""),
+                volumes=sorted((conf.get("Volumes") or {}).keys()) if isinstance(conf.get("Volumes"), dict) else [],
+                stop_signal=str(conf.get("StopSignal") or ""),
+                labels={str(k): str(v) for k, v in (conf.get("Labels") or {}).items()} if isinstance(conf.get("Labels"), dict) else {},
+                chain_ids=chains, created=str(config.get("created") or ""),
+                blobs=sorted({config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)}))
+        except BaseException:
+            self._unpin(pins)
+            self._sweep(pins)
+            raise
+
+    def _commit(self, record: ImageRecord, ref: refs.Reference | None, top_digest: str | None,
+                extra_tags: list[str] = ()) -> ImageRecord:
+        """Publish the record, adding ref's tag and digest; a tag moves off any image that had it."""
+        pins = set(record.blobs) | set(record.chain_ids)
+        try:
+            with self._lock:
+                existing = self._records.get(record.id)
+                if existing is not None:
+                    record.repo_tags, record.repo_digests = list(existing.repo_tags), list(existing.repo_digests)
+                    record.blobs = sorted(set(existing.blobs) | set(record.blobs))
+                tags = list(extra_tags)
+                if ref is not None and ref.tag and not ref.digest:
+                    tags.append(str(ref))
+                if ref is not None and top_digest:
+                    digest_name = str(ref.with_digest(top_digest))
+                    if digest_name not in record.repo_digests:
+                        record.repo_digests.append(digest_name)
+                for tag in tags:
+                    for other in self._records.values():
+                        if other.id != record.id and tag in other.repo_tags:
+                            other.repo_tags.remove(tag)
+                            other.updated_ns = time.time_ns()
+                            self._save(other)
+                    if tag not in record.repo_tags:
+                        record.repo_tags.append(tag)
+                record.updated_ns = time.time_ns()
+                self._save(record)
+                self._records[record.id] = record
+                return record.model_copy(deep=True)
+        finally:
+            self._unpin(pins)
+
+    # ---- pins, removal, GC -------------------------------------------------------------
+
+    def _pin(self, keys: set[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._pins[key] = self._pins.get(key, 0) + 1
+
+    def _unpin(self, keys: set[str]) -> None:
+        with self._lock:
+            for key in keys:
+                left = self._pins.get(key, 0) - 1
+                if left > 0:
+                    self._pins[key] = left
+                else:
+                    self._pins.pop(key, None)
+
+    def _referenced(self) -> set[str]:
+        used: set[str] = set(self._pins)
+        for record in self._records.values():
+            used.update(record.blobs)
+            used.update(record.chain_ids)
+        used.update(self.rootfs.referenced_chain_ids())
+        return used
+
+    def _sweep(self, candidates: set[str]) -> GCReport:
+        """Delete the blobs and layers among `candidates` that nothing references or pins."""
+        report = GCReport()
+        doomed: list[Path] = []
+        with self._lock:
+            used = self._referenced()
+            for key in sorted(candidates - used):
+                if self.content.has(key):
+                    self.content.delete(key)
+                    report.blobs_removed.append(key)
+                path = self.layers.detach(key)
+                if path is not None:
+                    doomed.append(path)
+                    report.layers_removed.append(key)
+        for path in doomed:
+            remove_tree(path)
+        return report
+
+    def remove(self, name_or_id: str, in_use: Callable[[str], bool] = lambda image_id: False) -> bool:
+        """Remove the image (all its tags) unless a container uses it; False if there was none."""
+        with self._lock:
+            record = self._lookup(name_or_id)
+            if record is None:
+                return False
+            if in_use(record.id):
+                raise ImageInUse(f"image {name_or_id} ({record.id}) is in use by a container")
+            (self.records_dir / f"{record.id.removeprefix('sha256:')}.json").unlink(missing_ok=True)
+            del self._records[record.id]
+        self._sweep(set(record.blobs) | set(record.chain_ids))
+        return True
+
+    def gc(self, in_use: Callable[[str], bool] = lambda image_id: False) -> GCReport:
+        """Remove blobs and layers no image, container or pull references. Images themselves stay
+        (kubelet decides which images go); `in_use` is accepted for the contract's symmetry."""
+        del in_use
+        return self._sweep(self.content.all_digests() | self.layers.all_chain_ids())
+
+    def fs_info(self) -> list[FsUsage]:
+        blobs_bytes, blobs_inodes = usage(self.content.blobs)
+        layer_bytes, layer_inodes = self.layers.usage()
+        c_bytes, c_inodes = self.rootfs.usage()
+        return [FsUsage("image", str(self.root), blobs_bytes + layer_bytes, blobs_inodes + layer_inodes),
+                FsUsage("container", str(self.rootfs.dir), c_bytes, c_inodes)]
+
+    # ---- archives ----------------------------------------------------------------------
+
+    def import_archive(self, path: Path) -> list[ImageRecord]:
+        from storage.archive import read_archive
+        imported = []
+        with read_archive(Path(path)) as archive:
+            for image in archive.images():
+                record = self._install(image.config, image.layers, image.manifests, image.fetch,
+                                       where=f"{path}:{image.where}")
+                committed = self._commit(record, None, None, extra_tags=[str(t) for t in image.tags])
+                if image.tags and image.manifests:
+                    with self._lock:
+                        stored = self._records[committed.id]
+                        for tag in image.tags:
+                            name = str(tag.with_digest(image.manifests[0].digest))
+                            if name not in stored.repo_digests:
+                                stored.repo_digests.append(name)
+                        self._save(stored)
+                        committed = stored.model_copy(deep=True)
+                imported.append(committed)
+        return imported
+
+    # ---- root filesystems --------------------------------------------------------------
+
+    def create_rootfs(self, container_id: str, image_id: str) -> Rootfs:
+        with self._lock:
+            record = self._lookup(image_id)
+            if record is None:
+                raise ImageNotFound(f"image {image_id} not found")
+            return self.rootfs.create(container_id, record.id, record.chain_ids)
+
+    def remove_rootfs(self, container_id: str) -> None:
+        self.rootfs.remove(container_id)
+
+    def ensure_rootfs_mounted(self, container_id: str) -> Rootfs:
+        return self.rootfs.ensure_mounted(container_id)
+
+    def writable_layer_usage(self, container_id: str) -> tuple[int, int]:
+        return self.rootfs.writable_usage(container_id)
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, str):
+        return [value]
+    return []
+
+
+def _descriptor(raw: object, where: str) -> _LayerDesc:
+    if not isinstance(raw, dict):
+        raise UnsupportedManifest(f"{where}: descriptor is not an object")
+    digest, size = raw.get("digest"), raw.get("size")
+    if not isinstance(digest, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise UnsupportedManifest(f"{where}: descriptor needs a digest and a non-negative size: {raw!r}"[:300])
+    refs.validate_digest(digest)
+    if not digest.startswith("sha256:"):
+        raise UnsupportedManifest(f"{where}: digest algorithm of {digest} is not supported")
+    return _LayerDesc(digest, size, str(raw.get("mediaType") or ""))
+
+
+def _parse_image_manifest(manifest: Manifest, where: str) -> tuple[_LayerDesc, list[_LayerDesc]]:
+    doc = manifest.json()
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise UnsupportedManifest(f"{where}: manifest {manifest.digest} has no layers list")
+    return _descriptor(doc.get("config"), where), [_descriptor(layer, where) for layer in layers]
+
+
+def _parse_config(data: bytes, where: str) -> dict:
+    try:
+        config = json.loads(data)
+        diff_ids = config["rootfs"]["diff_ids"]
+        if not isinstance(diff_ids, list):
+            raise TypeError("diff_ids is not a list")
+        for diff_id in diff_ids:
+            refs.validate_digest(diff_id)
+    except (ValueError, KeyError, TypeError, InvalidReference) as exc:
+        raise UnsupportedManifest(f"{where}: invalid image config: {exc}") from None
+    if config.get("os", "linux") != "linux":
+        raise UnsupportedManifest(f"{where}: image is for os {config.get('os')!r}, not linux")
+    return config

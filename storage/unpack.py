@@ -1,0 +1,325 @@
+"""Layer unpacking: a (gzip|zstd|plain) tar stream into a directory, in overlayfs form, safely.
+
+Every entry is created relative to a directory fd that was reached from the layer root one
+component at a time with O_NOFOLLOW, so no symlink (in the layer or planted by an earlier entry)
+is ever followed out of the root; '..' components are refused and absolute names are taken as
+relative to the root. Whiteouts become what overlayfs reads: `.wh.NAME` a 0/0 character device,
+`.wh..wh..opq` the trusted.overlay.opaque=y xattr on its directory. Overlay xattrs coming from the
+layer itself are dropped (they could redirect lookups outside the layer). Sizes are capped: the
+decompressed stream, the entry count, and the header records tarfile would otherwise read whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from storage.errors import HostileLayer
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+_FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+_MAX_HEADER_RECORD = 1 << 20  # GNU long names and pax headers larger than this are hostile
+_MAX_PATH = 4096
+_COPY_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    max_bytes: int = 64 << 30      # decompressed tar stream of one layer
+    max_entries: int = 10_000_000  # tar entries in one layer
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    diff_id: str   # sha256 of the uncompressed tar, as the image config lists it
+    size: int      # bytes of the uncompressed tar
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Refuses oversized GNU long-name and pax records before tarfile reads them into memory."""
+
+    def _proc_gnulong(self, tar):
+        if self.size > _MAX_HEADER_RECORD:
+            raise HostileLayer(f"tar long-name record of {self.size} bytes")
+        return super()._proc_gnulong(tar)
+
+    def _proc_pax(self, tar):
+        if self.size > _MAX_HEADER_RECORD:
+            raise HostileLayer(f"tar pax header of {self.size} bytes")
+        return super()._proc_pax(tar)
+
+
+class _CountingReader:
+    """Hashes and counts the decompressed stream, and stops it at the size cap."""
+
+    def __init__(self, raw: BinaryIO, limit: int):
+        self.raw = raw
+        self.limit = limit
+        self.hasher = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size if size is not None and size >= 0 else _COPY_CHUNK)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise HostileLayer(f"layer expands beyond {self.limit} bytes")
+        self.hasher.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_COPY_CHUNK):
+            pass
+
+
+def open_decompressed(path: Path) -> BinaryIO:
+    """The layer's tar stream, decompressed according to its magic bytes (media types lie)."""
+    f = open(path, "rb")
+    try:
+        magic = f.read(4)
+        f.seek(0)
+        if magic.startswith(GZIP_MAGIC):
+            from isal import igzip_threaded  # ISA-L inflate in its own thread: fastest here, see bench/pull.py
+            f.close()
+            return igzip_threaded.open(path, "rb", threads=1)
+        if magic == ZSTD_MAGIC:
+            import zstandard
+            return zstandard.ZstdDecompressor().stream_reader(f, read_size=_COPY_CHUNK, closefd=True)
+        return f
+    except BaseException:
+        f.close()
+        raise
+
+
+def _components(name: str, what: str) -> list[str]:
+    """Split a tar name into path components under the layer root; '..' is hostile."""
+    if len(name) > _MAX_PATH or "\x00" in name:
+        raise HostileLayer(f"{what} {name[:100]!r}: invalid or too long")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise HostileLayer(f"{what} {name!r} contains '..'")
+    return parts
+
+
+class _Extractor:
+    def __init__(self, root: Path):
+        self.root_fd = os.open(root, _DIR_FLAGS)
+        self._cached: tuple[tuple[str, ...], int] | None = None
+        self._deferred_dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
+
+    def close(self) -> None:
+        self._drop_cache()
+        os.close(self.root_fd)
+
+    def _drop_cache(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    def _dir_fd(self, parts: tuple[str, ...], *, create: bool) -> int:
+        """An fd of directory root/parts, reached without following any symlink. The caller does
+        not close it (the last one is cached: tar entries come grouped by directory)."""
+        if self._cached is not None and self._cached[0] == parts:
+            return self._cached[1]
+        self._drop_cache()
+        fd = os.dup(self.root_fd)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise HostileLayer(f"{'/'.join(parts[:i + 1])!r} does not exist in the layer") from None
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise HostileLayer(f"path {'/'.join(parts)!r} goes through {'/'.join(parts[:i + 1])!r}, "
+                                           "which is a symlink or not a directory") from None
+                    raise
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        self._cached = (parts, fd)
+        return fd
+
+    def _clear(self, parent: int, name: str, *, keep_dir: bool) -> bool:
+        """Remove what an earlier entry put at `name` (a later entry wins); True if a directory
+        was kept because the new entry is a directory too."""
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            self._drop_cache()  # the cached fd may be inside the tree we delete
+            shutil.rmtree(name, dir_fd=parent)
+        else:
+            os.unlink(name, dir_fd=parent)
+        return False
+
+    def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = _components(member.name, "entry")
+        if not parts:
+            if member.isdir():
+                self._deferred_dirs.append(((), member))  # "./": the layer root's own metadata
+            return
+        parent_parts, name = tuple(parts[:-1]), parts[-1]
+        if name == OPAQUE_MARKER:
+            os.setxattr(self._dir_fd(parent_parts, create=True), OPAQUE_XATTR, b"y")
+            return
+        if name.startswith(WHITEOUT_PREFIX):
+            if name.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+                return  # other aufs metadata (.wh..wh.plnk and the like) means nothing to overlayfs
+            target = name[len(WHITEOUT_PREFIX):]
+            parent = self._dir_fd(parent_parts, create=True)
+            self._clear(parent, target, keep_dir=False)
+            parent = self._dir_fd(parent_parts, create=True)
+            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+            return
+        parent = self._dir_fd(parent_parts, create=True)
+        if member.isdir():
+            if not self._clear(parent, name, keep_dir=True):
+                parent = self._dir_fd(parent_parts, create=True)
+                os.mkdir(name, 0o700, dir_fd=parent)
+            self._deferred_dirs.append((tuple(parts), member))
+            return
+        self._clear(parent, name, keep_dir=False)
+        parent = self._dir_fd(parent_parts, create=True)
+        if member.isreg():
+            self._regular(tar, member, parent, name)
+            return
+        if member.islnk():
+            link_parts = _components(member.linkname, "hardlink target")
+            if not link_parts:
+                raise HostileLayer(f"hardlink {member.name!r} points at the layer root")
+            link_parent = os.dup(self._dir_fd(tuple(link_parts[:-1]), create=False))
+            try:
+                parent = self._dir_fd(parent_parts, create=True)
+                os.link(link_parts[-1], name, src_dir_fd=link_parent, dst_dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: target not in this layer") from None
+            finally:
+                os.close(link_parent)
+            return  # a hard link shares the target's inode and metadata
+        if member.issym():
+            os.symlink(member.linkname, name, dir_fd=parent)
+        elif member.ischr() or member.isblk():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(name, kind | (member.mode & 0o7777), os.makedev(member.devmajor, member.devminor), dir_fd=parent)
+        elif member.isfifo():
+            os.mkfifo(name, member.mode & 0o7777, dir_fd=parent)
+        else:
+            raise HostileLayer(f"entry {member.name!r} has unsupported tar type {member.type!r}")
+        self._metadata_at(parent, name, member)
+
+    def _regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: int, name: str) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            source = tar.extractfile(member)
+            remaining = member.size
+            while remaining > 0:
+                chunk = source.read(min(remaining, _COPY_CHUNK))
+                if not chunk:
+                    raise HostileLayer(f"entry {member.name!r} is truncated")
+                remaining -= len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
+            for key, value in _xattrs(member):
+                _set_xattr(fd, key, value)
+            os.utime(fd, ns=(_ns(member.mtime), _ns(member.mtime)))
+        finally:
+            os.close(fd)
+
+    def _metadata_at(self, parent: int, name: str, member: tarfile.TarInfo) -> None:
+        os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        if not member.issym():
+            os.chmod(name, member.mode & 0o7777, dir_fd=parent)
+        for key, value in _xattrs(member):
+            _set_xattr(f"/proc/self/fd/{parent}/{name}", key, value, follow_symlinks=False)
+        os.utime(name, ns=(_ns(member.mtime), _ns(member.mtime)), dir_fd=parent, follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Directory metadata last, deepest first, so writing children does not disturb mtimes."""
+        for parts, member in reversed(self._deferred_dirs):
+            if parts:
+                self._metadata_at(self._dir_fd(parts[:-1], create=False), parts[-1], member)
+            else:
+                os.fchown(self.root_fd, member.uid, member.gid)
+                os.fchmod(self.root_fd, member.mode & 0o7777)
+                os.utime(self.root_fd, ns=(_ns(member.mtime), _ns(member.mtime)))
+
+
+def _ns(mtime: float) -> int:
+    return int(mtime * 1_000_000_000)
+
+
+def _xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+    found = []
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            attr = key[len("SCHILY.xattr."):]
+            if attr.startswith(_FORBIDDEN_XATTR_PREFIXES):
+                continue
+            found.append((attr, value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value))
+    return found
+
+
+def _set_xattr(target, key: str, value: bytes, *, follow_symlinks: bool = True) -> None:
+    try:
+        os.setxattr(target, key, value, follow_symlinks=follow_symlinks)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            raise
+
+
+def unpack_layer(blob: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) -> LayerStats:
+    """Extract the layer in file `blob` into the empty directory `dest`; returns its diff id.
+    On error `dest` holds a partial tree that the caller deletes."""
+    raw = open_decompressed(blob)
+    reader = _CountingReader(raw, limits.max_bytes)
+    extractor = _Extractor(dest)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_GuardedTarInfo, bufsize=_COPY_CHUNK,
+                          errorlevel=2) as tar:
+            for count, member in enumerate(tar, 1):
+                if count > limits.max_entries:
+                    raise HostileLayer(f"layer has more than {limits.max_entries} entries")
+                extractor.entry(tar, member)
+                tar.members.clear()  # stream mode needs no history; keep memory flat
+        extractor.finish()
+        reader.drain()
+    except HostileLayer:
+        raise
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise HostileLayer(f"malformed layer: {exc}") from None
+    except OSError as exc:
+        if exc.errno is None:  # gzip.BadGzipFile and friends: bad data, not a failed syscall
+            raise HostileLayer(f"corrupt compressed layer: {exc}") from None
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("zstandard"):
+            raise HostileLayer(f"corrupt zstd layer: {exc}") from None
+        raise
+    finally:
+        extractor.close()
+        raw.close()
+    return LayerStats(f"sha256:{reader.hasher.hexdigest()}", reader.count)

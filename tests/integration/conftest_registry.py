@@ -1,0 +1,208 @@
+"""Registry fixtures: Debian's docker-registry (distribution 2.8) on 127.0.0.1, in a temp dir.
+
+`registry`          anonymous, plain HTTP
+`private_registry`  htpasswd (Basic) auth; user/password in .credentials
+`token_registry`    Bearer token auth against a token server of our own (JWT signed with openssl)
+
+Each yields a `Registry` with .host ("127.0.0.1:PORT") and .push(repo, tag, image_or_index).
+The processes are killed and their directories deleted even when a test fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.imagebuild import Image, Index, push_to_registry
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+TOKEN_SERVICE = "pycri-test-registry"
+TOKEN_ISSUER = "pycri-test-issuer"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Registry:
+    host: str
+    credentials: tuple[str, str] | None = None
+    token_server: "TokenServer | None" = None
+
+    def push(self, repository: str, tag: str, item: Image | Index) -> str:
+        bearer = self.token_server.issue(repository, ["pull", "push"]) if self.token_server else None
+        return push_to_registry(self.host, repository, tag, item, auth=None if bearer else self.credentials,
+                                bearer=bearer)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """Issues JWTs that docker-registry's `auth: token` accepts, to callers with the right password."""
+
+    def __init__(self, workdir: Path, username: str, password: str):
+        self.key = workdir / "token.key"
+        self.cert = workdir / "token.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
+                        "-out", str(self.cert), "-days", "2", "-subj", "/CN=pycri-token"],
+                       check=True, capture_output=True, timeout=60)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True,
+                             capture_output=True, timeout=30).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.username, self.password = username, password
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, form: dict[str, str], basic_ok: bool) -> None:
+                server.requests.append(dict(form, method=self.command))
+                refresh_ok = form.get("grant_type") == "refresh_token" and form.get("refresh_token") == "refresh-" + server.password
+                if not (basic_ok or refresh_ok):
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                scope = form.get("scope", "")
+                _, name, actions = (scope.split(":") + ["", "", ""])[:3]
+                token = server.issue(name, actions.split(","))
+                body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                expected = "Basic " + base64.b64encode(f"{server.username}:{server.password}".encode()).decode()
+                self._answer(query, self.headers.get("Authorization") == expected)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                self._answer(form, False)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def issue(self, repository: str, actions: list[str]) -> str:
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        claims = {"iss": TOKEN_ISSUER, "sub": self.username, "aud": TOKEN_SERVICE, "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(),
+                  "access": [{"type": "repository", "name": repository, "actions": [a for a in actions if a]}]}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing_input.encode(),
+                                   check=True, capture_output=True, timeout=30).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def start_registry(workdir: Path, auth_yaml: str = "") -> Iterator[str]:
+    """Run docker-registry on a free loopback port until the generator is closed; yields host:port."""
+    port = free_port()
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.yml"
+    config.write_text(f"""version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {workdir / 'data'}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+  secret: {os.urandom(16).hex()}
+{auth_yaml}""")
+    log = open(workdir / "registry.log", "wb")
+    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {(workdir / 'registry.log').read_text()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/v2/")
+                status = conn.getresponse().status
+                conn.close()
+                if status in (200, 401):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("docker-registry did not come up within 30s")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Iterator[Registry]:
+    workdir = tmp_path_factory.mktemp("registry")
+    gen = start_registry(workdir)
+    try:
+        yield Registry(next(gen))
+    finally:
+        gen.close()
+
+
+@pytest.fixture(scope="session")
+def private_registry(tmp_path_factory) -> Iterator[Registry]:
+    workdir = tmp_path_factory.mktemp("private-registry")
+    user, password = "alice", "s3cret-" + os.urandom(4).hex()
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], check=True, capture_output=True,
+                              text=True, timeout=30).stdout
+    (workdir / "htpasswd").write_text(htpasswd)
+    gen = start_registry(workdir, f"auth:\n  htpasswd:\n    realm: pycri-test\n    path: {workdir / 'htpasswd'}\n")
+    try:
+        yield Registry(next(gen), credentials=(user, password))
+    finally:
+        gen.close()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory) -> Iterator[Registry]:
+    workdir = tmp_path_factory.mktemp("token-registry")
+    server = TokenServer(workdir, "bob", "t0ken-" + os.urandom(4).hex())
+    gen = None
+    try:
+        auth = (f"auth:\n  token:\n    realm: {server.realm}\n    service: {TOKEN_SERVICE}\n"
+                f"    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {server.cert}\n")
+        gen = start_registry(workdir, auth)
+        yield Registry(next(gen), credentials=(server.username, server.password), token_server=server)
+    finally:
+        if gen is not None:
+            gen.close()
+        server.close()
