@@ -102,6 +102,7 @@ def _setup_logging(config: Config) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("grpc").setLevel(max(level, logging.INFO))  # its debug lines are per-call noise
 
 
 class DaemonError(Exception):
