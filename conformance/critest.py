@@ -1,16 +1,18 @@
 """Run cri-tools' critest against pycri through the shared critest kit and judge the result.
 
-    python -m conformance.critest [--endpoint unix:///run/pycri/pycri.sock]
+    python -m conformance.critest [--endpoint unix:///run/pycri/pycri.sock | --start-daemon]
                                   [--focus REGEX] [--skip REGEX] [--benchmark]
 
 The kit's run-critest.sh does the running (offline images, registry checks, ginkgo reports) and
 writes `<log>.summary.json`; this module only finds the tools, calls the script and reads the
 summary. It is safe in CI: without critest (``$CRITEST`` or ``critest`` on PATH) or without the
-kit it prints why it skipped and exits 0.
+kit it prints why it skipped and exits 0. With --start-daemon it runs its own pycri in a temporary
+root, with the kit's registries.conf and a bridge network of its own, and afterwards reports
+whatever that daemon left on the host (processes, mounts) as a failure.
 
-Exit status: 0 when every failure is an expected one (or the run was skipped), 1 when a spec
-failed unexpectedly or a suite node (BeforeSuite...) failed, 2 when critest could not run or
-ran no spec.
+Exit status: 0 when every failure is an expected one (or the run was skipped); 1 when a spec
+failed unexpectedly, a suite node (BeforeSuite...) failed or a daemon we started leaked; 2 when
+critest could not run, the daemon did not start, or no spec ran.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,9 @@ FALLBACK_KIT = Path("/work/shared/critest")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # critest's own suite timeout is the kit's TIMEOUT (3h); the wrapper allows a little more.
 RUN_TIMEOUT_S = 3 * 3600 + 600
+# The network of a daemon started with --start-daemon: apart from the kit's containerd (ctrd0,
+# 10.87.0.0/16) so both can run on one host.
+BRIDGE, POD_SUBNET = "pycrict0", "10.89.0.0/16"
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_NOT_RUN = 0, 1, 2
 
@@ -179,6 +185,70 @@ def critest_args(focus: str | None, skip: str | None) -> list[str]:
     return args
 
 
+def cni_conflist(bridge: str, subnet: str, ipam_dir: Path) -> dict:
+    """A bridge + portmap network like the kit gives containerd, with leases under ipam_dir."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": "pycri-critest",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(ipam_dir),
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def delete_link(name: str, timeout: float = 10.0) -> None:
+    """Remove a network device the CNI bridge plugin created (it never removes its bridge)."""
+    proc = subprocess.run(["ip", "link", "delete", name], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 and "Cannot find device" not in proc.stderr:
+        raise RuntimeError(f"ip link delete {name}: {proc.stderr.strip()}")
+
+
+def start_daemon(kit: Path):
+    """A pycri daemon in a temporary root, configured for the kit's registry and our bridge."""
+    from conformance.daemon import Daemon  # grpc and the CRI stubs: only when a daemon is wanted
+
+    base = Path(tempfile.mkdtemp(prefix="pycri-critest-", dir="/tmp"))
+    cni_dir = base / "cni"
+    cni_dir.mkdir()
+    (cni_dir / "10-pycri-critest.conflist").write_text(
+        json.dumps(cni_conflist(BRIDGE, POD_SUBNET, base / "ipam"), indent=2)
+    )
+    settings = {
+        "log_level": "info",
+        "storage": {"registries_conf": str(kit / "registries.conf")},
+        "network": {"cni_conf_dir": str(cni_dir)},
+    }
+    daemon = Daemon(settings, base=base)
+    try:
+        return daemon.start()
+    except BaseException:
+        daemon.cleanup()
+        raise
+
+
+def stop_daemon(daemon) -> list[str]:
+    """Stop the daemon and remove its root and bridge; return what it had left behind."""
+    log_tail = daemon.log_tail(20)
+    leaks = daemon.cleanup()
+    delete_link(BRIDGE)
+    if leaks:
+        print(f"critest: the daemon's last log lines:\n{log_tail}", file=sys.stderr)
+    return leaks
+
+
 def run_kit(kit: Path, endpoint: str, args: list[str], env: dict[str, str], timeout: float) -> int:
     """Run run-critest.sh with its output on our stdout (the run is long; progress matters)."""
     try:
@@ -192,7 +262,10 @@ def run_kit(kit: Path, endpoint: str, args: list[str], env: dict[str, str], time
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conformance.critest", description=__doc__.split("\n")[0])
-    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    target.add_argument("--start-daemon", action="store_true",
+                        help="run a pycri daemon of our own in a temporary root for the suite")
     parser.add_argument("--focus", help="only specs whose name matches this regex")
     parser.add_argument("--skip", help="also skip specs whose name matches this regex")
     parser.add_argument("--benchmark", action="store_true", help="run critest's benchmarks instead")
@@ -214,7 +287,22 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     env["MODE"] = "benchmark" if opts.benchmark else "validate"
     log = log_path(env, opts.benchmark)
     env["OUT"] = str(log)
-    rc = run_kit(kit, opts.endpoint, critest_args(opts.focus, opts.skip), env, RUN_TIMEOUT_S)
+    args = critest_args(opts.focus, opts.skip)
+    if opts.start_daemon:
+        try:
+            daemon = start_daemon(kit)
+        except RuntimeError as exc:
+            print(f"critest: pycri did not start: {exc}", file=sys.stderr)
+            return EXIT_NOT_RUN
+        try:
+            rc = run_kit(kit, f"unix://{daemon.socket}", args, env, RUN_TIMEOUT_S)
+        finally:
+            leaks = stop_daemon(daemon)
+        for leak in leaks:
+            print(f"critest: LEAK after the suite: {leak}")
+    else:
+        leaks = []
+        rc = run_kit(kit, opts.endpoint, args, env, RUN_TIMEOUT_S)
     summary_file = log.with_suffix(".summary.json")
     if rc != 0 or not summary_file.is_file():
         print(f"critest: could not run (run-critest.sh exit {rc}); see {log}", file=sys.stderr)
@@ -229,7 +317,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         return EXIT_NOT_RUN
     verdict = classify(summary)
     print(report(summary, verdict))
-    return verdict.exit_code
+    return EXIT_UNEXPECTED if leaks else verdict.exit_code
 
 
 if __name__ == "__main__":

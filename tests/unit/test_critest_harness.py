@@ -170,3 +170,19 @@ def test_a_run_without_a_summary_or_with_no_spec_is_not_a_pass(tmp_path):
     assert critest.main([], env=_fake_kit(tmp_path / "a", None, rc=1)) == critest.EXIT_NOT_RUN
     empty = summary_json(ran=0, passed=0, failed=0, failed_specs=[])
     assert critest.main([], env=_fake_kit(tmp_path / "b", empty)) == critest.EXIT_NOT_RUN
+
+
+def test_own_daemon_network_is_a_bridge_with_leases_in_our_dir_and_host_ports(tmp_path):
+    conflist = critest.cni_conflist("br-test", "10.99.0.0/16", tmp_path / "ipam")
+    bridge, portmap = conflist["plugins"]
+    assert (bridge["type"], bridge["bridge"]) == ("bridge", "br-test")
+    assert bridge["ipam"]["dataDir"] == str(tmp_path / "ipam")
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.99.0.0/16"}]]
+    assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}}
+    assert critest.POD_SUBNET != "10.87.0.0/16" and critest.BRIDGE != "ctrd0"  # the kit's containerd
+
+
+def test_endpoint_and_start_daemon_exclude_each_other(tmp_path):
+    env = _fake_kit(tmp_path, summary_json())
+    with pytest.raises(SystemExit):
+        critest.main(["--endpoint", "unix:///x.sock", "--start-daemon"], env=env)
