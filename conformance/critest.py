@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -221,17 +222,21 @@ def start_daemon(kit: Path):
     from conformance.daemon import Daemon  # grpc and the CRI stubs: only when a daemon is wanted
 
     base = Path(tempfile.mkdtemp(prefix="pycri-critest-", dir="/tmp"))
-    cni_dir = base / "cni"
-    cni_dir.mkdir()
-    (cni_dir / "10-pycri-critest.conflist").write_text(
-        json.dumps(cni_conflist(BRIDGE, POD_SUBNET, base / "ipam"), indent=2)
-    )
-    settings = {
-        "log_level": "info",
-        "storage": {"registries_conf": str(kit / "registries.conf")},
-        "network": {"cni_conf_dir": str(cni_dir)},
-    }
-    daemon = Daemon(settings, base=base)
+    try:
+        cni_dir = base / "cni"
+        cni_dir.mkdir()
+        (cni_dir / "10-pycri-critest.conflist").write_text(
+            json.dumps(cni_conflist(BRIDGE, POD_SUBNET, base / "ipam"), indent=2)
+        )
+        settings = {
+            "log_level": "info",
+            "storage": {"registries_conf": str(kit / "registries.conf")},
+            "network": {"cni_conf_dir": str(cni_dir)},
+        }
+        daemon = Daemon(settings, base=base)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     try:
         return daemon.start()
     except BaseException:
@@ -250,14 +255,33 @@ def stop_daemon(daemon) -> list[str]:
 
 
 def run_kit(kit: Path, endpoint: str, args: list[str], env: dict[str, str], timeout: float) -> int:
-    """Run run-critest.sh with its output on our stdout (the run is long; progress matters)."""
+    """Run run-critest.sh with its output on our stdout (the run is long; progress matters).
+
+    The script runs in a session of its own, so that on a timeout or an interrupt critest and the
+    script's other children are stopped with it, not left running against the endpoint.
+    """
+    proc = subprocess.Popen([str(kit / "run-critest.sh"), endpoint, *args], env=env, start_new_session=True)
     try:
-        return subprocess.run(
-            [str(kit / "run-critest.sh"), endpoint, *args], env=env, timeout=timeout, check=False
-        ).returncode
+        return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"critest: run-critest.sh did not finish within {timeout:.0f} s", file=sys.stderr)
         return -1
+    finally:
+        if proc.poll() is None:
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
@@ -291,8 +315,8 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     if opts.start_daemon:
         try:
             daemon = start_daemon(kit)
-        except RuntimeError as exc:
-            print(f"critest: pycri did not start: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - any start failure means "could not run"
+            print(f"critest: pycri did not start: {exc!r}", file=sys.stderr)
             return EXIT_NOT_RUN
         try:
             rc = run_kit(kit, f"unix://{daemon.socket}", args, env, RUN_TIMEOUT_S)

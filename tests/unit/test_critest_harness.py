@@ -186,3 +186,19 @@ def test_endpoint_and_start_daemon_exclude_each_other(tmp_path):
     env = _fake_kit(tmp_path, summary_json())
     with pytest.raises(SystemExit):
         critest.main(["--endpoint", "unix:///x.sock", "--start-daemon"], env=env)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_run_past_its_timeout_is_stopped_with_its_children(tmp_path):
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    _executable(kit / "run-critest.sh", f"#!/bin/sh\nsleep 300 &\necho $! > {tmp_path}/child\nwait\n")
+    rc = critest.run_kit(kit, "unix:///x.sock", [], {"PATH": os.defpath}, timeout=1)
+    assert rc == -1
+    assert _gone(int((tmp_path / "child").read_text()))
