@@ -83,7 +83,20 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr)
     rt.services += [rt.cni, rt.sandboxes]
+    rt.images = _build_images(config)
     return rt
+
+
+def _build_images(config: Config):
+    """The image store under <root>/storage, with registries.conf and the auth file from config."""
+    from cri.core.images import ImageService
+    from storage import registries
+    from storage.images import ImageStore
+
+    st = config.storage
+    store = ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
+                       st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads)
+    return ImageService(store)
 
 
 def _setup_logging(config: Config) -> None:

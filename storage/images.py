@@ -44,7 +44,6 @@ from storage.unpack import UnpackLimits
 log = logging.getLogger("pycri.storage")
 
 MAX_CONFIG_BYTES = 8 << 20
-_PULL_WORKERS = 4
 _HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
 
 
@@ -102,13 +101,15 @@ class ImageStore:
     """Thread-safe; every public method is blocking (call it from a worker thread in async code)."""
 
     def __init__(self, root: Path, registries: RegistriesConfig | None = None, auth_file: Path | None = None,
-                 progress_timeout: float = 60.0, *, limits: UnpackLimits = UnpackLimits(), durable: bool = True):
+                 progress_timeout: float = 60.0, *, parallel_downloads: int = 4,
+                 limits: UnpackLimits = UnpackLimits(), durable: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registries = registries or RegistriesConfig()
         self.auth_file_path = auth_file
         self.progress_timeout = progress_timeout
         self.durable = durable
+        self.parallel_downloads = parallel_downloads
         self.content = ContentStore(self.root)
         self.layers = LayerStore(self.root, limits)
         self.rootfs = RootfsManager(self.root, self.layers)
@@ -287,7 +288,7 @@ class ImageStore:
             if len(layer_descs) <= 1:
                 sizes = [one_layer(i) for i in range(len(layer_descs))]
             else:
-                with ThreadPoolExecutor(min(_PULL_WORKERS, len(layer_descs)), thread_name_prefix="pull") as pool:
+                with ThreadPoolExecutor(min(self.parallel_downloads, len(layer_descs)), thread_name_prefix="pull") as pool:
                     futures = [pool.submit(one_layer, i) for i in range(len(layer_descs))]
                     try:
                         sizes = [f.result() for f in futures]
@@ -439,11 +440,18 @@ class ImageStore:
     # ---- root filesystems --------------------------------------------------------------
 
     def create_rootfs(self, container_id: str, image_id: str) -> Rootfs:
+        """Mount a new root for the container; its layers are pinned meanwhile so that a removal
+        of the image cannot delete them before the rootfs record names them."""
         with self._lock:
             record = self._lookup(image_id)
             if record is None:
                 raise ImageNotFound(f"image {image_id} not found")
+            pins = set(record.chain_ids)
+            self._pin(pins)
+        try:
             return self.rootfs.create(container_id, record.id, record.chain_ids)
+        finally:
+            self._unpin(pins)
 
     def remove_rootfs(self, container_id: str) -> None:
         self.rootfs.remove(container_id)

@@ -162,13 +162,14 @@ def merge(documents: list[tuple[Path, dict]]) -> RegistriesConfig:
     return RegistriesConfig(tuple(entries.values()), search)
 
 
-def load(path: Path | None = DEFAULT_CONF) -> RegistriesConfig:
-    """Read `path` and `<path>.d/*.conf` (sorted by name); missing files mean no configuration."""
+def load(path: Path | None = DEFAULT_CONF, dropin_dir: Path | None = None) -> RegistriesConfig:
+    """Read `path` and then the drop-ins `dropin_dir/*.conf` (default `<path>.d`, sorted by name);
+    missing files mean no configuration."""
     if path is None:
         return RegistriesConfig()
     path = Path(path)
     files = [path] if path.is_file() else []
-    dropin_dir = Path(f"{path}.d")
+    dropin_dir = Path(dropin_dir) if dropin_dir is not None else Path(f"{path}.d")
     if dropin_dir.is_dir():
         files += sorted(p for p in dropin_dir.iterdir() if p.suffix == ".conf" and p.is_file())
     documents = []

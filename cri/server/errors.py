@@ -12,6 +12,7 @@ import grpc
 
 from cri import errors
 from netplugins import errors as net_errors
+from storage import errors as storage_errors
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
@@ -25,6 +26,19 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (net_errors.NetworkNotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (net_errors.CNITimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (net_errors.NetPluginError, grpc.StatusCode.INTERNAL),
+    (storage_errors.InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
+    (storage_errors.ImageNotFound, grpc.StatusCode.NOT_FOUND),
+    (storage_errors.ImageInUse, grpc.StatusCode.FAILED_PRECONDITION),
+    (storage_errors.BlockedRegistry, grpc.StatusCode.PERMISSION_DENIED),
+    (storage_errors.AuthError, grpc.StatusCode.PERMISSION_DENIED),
+    (storage_errors.UnsupportedManifest, grpc.StatusCode.FAILED_PRECONDITION),
+    (storage_errors.DigestMismatch, grpc.StatusCode.DATA_LOSS),
+    (storage_errors.HostileLayer, grpc.StatusCode.FAILED_PRECONDITION),
+    (storage_errors.PullTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (storage_errors.RegistryError, grpc.StatusCode.UNAVAILABLE),
+    (storage_errors.ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
+    (storage_errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (storage_errors.StorageError, grpc.StatusCode.INTERNAL),
     (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 

@@ -1,0 +1,56 @@
+"""The image service the server and the container manager use: the blocking storage.ImageStore
+run in worker threads, so pulls and unpacking never stall the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+from storage.auth import Credentials
+from storage.images import FsUsage, GCReport, ImageRecord, ImageStore
+from storage.rootfs import Rootfs
+
+
+class ImageService:
+    def __init__(self, store: ImageStore):
+        self.store = store
+        self._in_use: Callable[[str], bool] = lambda image_id: False
+
+    def set_in_use(self, in_use: Callable[[str], bool]) -> None:
+        """The container manager says which image ids its containers use (checked on removal)."""
+        self._in_use = in_use
+
+    async def pull(self, ref: str, credentials: Credentials | None = None) -> ImageRecord:
+        return await asyncio.to_thread(self.store.pull, ref, credentials)
+
+    def status(self, ref: str) -> ImageRecord | None:
+        """In-memory lookup: cheap enough for the event loop (kubelet asks often)."""
+        return self.store.get(ref)
+
+    def list(self, filter_ref: str | None = None) -> list[ImageRecord]:
+        return self.store.list(filter_ref)
+
+    async def remove(self, ref: str) -> bool:
+        return await asyncio.to_thread(self.store.remove, ref, self._in_use)
+
+    async def fs_info(self) -> list[FsUsage]:
+        return await asyncio.to_thread(self.store.fs_info)
+
+    async def gc(self) -> GCReport:
+        return await asyncio.to_thread(self.store.gc, self._in_use)
+
+    async def import_archive(self, path: Path) -> list[ImageRecord]:
+        return await asyncio.to_thread(self.store.import_archive, path)
+
+    async def create_rootfs(self, container_id: str, image_id: str) -> Rootfs:
+        return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id)
+
+    async def remove_rootfs(self, container_id: str) -> None:
+        await asyncio.to_thread(self.store.remove_rootfs, container_id)
+
+    async def ensure_rootfs_mounted(self, container_id: str) -> Rootfs:
+        return await asyncio.to_thread(self.store.ensure_rootfs_mounted, container_id)
+
+    async def writable_layer_usage(self, container_id: str) -> tuple[int, int]:
+        return await asyncio.to_thread(self.store.writable_layer_usage, container_id)
