@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -97,7 +98,10 @@ async def exec_plugin(path: Path, env: Mapping[str, str], stdin: bytes, timeout:
         stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except (asyncio.TimeoutError, asyncio.CancelledError) as e:
         if proc.returncode is None:
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the plugin and whatever it started (iptables, ipam)
+            except ProcessLookupError:
+                pass
         await proc.wait()
         if isinstance(e, asyncio.CancelledError):
             raise

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from .cache import ResultCache
 from .config import ConfigWatcher, NetworkConfig, parse_network, InvalidNetworkConfig
 from .errors import CNIError, NetPluginError, NetworkNotReady
-from .invoke import cni_args, decode_json, exec_plugin, find_plugin, plugin_env, plugin_stdin
+from .invoke import PluginNotFound, cni_args, decode_json, exec_plugin, find_plugin, plugin_env, plugin_stdin
 from .result import InvalidResult, NetworkResult, parse_result
 
 log = logging.getLogger(__name__)
@@ -128,17 +128,40 @@ class CNIManager:
 
     async def _run_chain(self, network: NetworkConfig, command: str, pod: PodNetwork, netns: str,
                          caps: dict[str, Any], prev_result: dict[str, Any] | None) -> dict[str, Any] | None:
-        plugins = list(network.plugins) if command != "DEL" else list(reversed(network.plugins))
+        """ADD/CHECK stop at the first failing plugin; DEL runs every plugin (reverse order) and then raises
+        the first error, so one broken plugin cannot keep the others from releasing what they hold."""
+        if command == "DEL":
+            return await self._del_chain(network, pod, netns, caps, prev_result)
         args = cni_args(pod.namespace, pod.name, pod.id, pod.uid)
-        env = None
-        for plugin in plugins:
+        env = plugin_env(command, pod.id, netns, pod.ifname, args, self.plugin_dirs)
+        for plugin in network.plugins:
             binary = find_plugin(plugin["type"], self.plugin_dirs)
-            env = plugin_env(command, pod.id, netns, pod.ifname, args, self.plugin_dirs)
             stdin = plugin_stdin(network.name, network.cni_version, plugin, prev_result, caps)
             stdout = await exec_plugin(binary, env, stdin, self.timeout)
             if command == "ADD":
                 prev_result = decode_json(binary.name, command, stdout)
         return prev_result
+
+    async def _del_chain(self, network: NetworkConfig, pod: PodNetwork, netns: str, caps: dict[str, Any],
+                         prev_result: dict[str, Any] | None) -> None:
+        args = cni_args(pod.namespace, pod.name, pod.id, pod.uid)
+        env = plugin_env("DEL", pod.id, netns, pod.ifname, args, self.plugin_dirs)
+        first_error: Exception | None = None
+        for plugin in reversed(network.plugins):
+            try:
+                binary = find_plugin(plugin["type"], self.plugin_dirs)
+            except PluginNotFound as e:
+                # A plugin that is not installed holds nothing to release; failing here would block Stop forever.
+                log.warning("skipping DEL of %s for %s: %s", plugin["type"], pod.id[:12], e)
+                continue
+            stdin = plugin_stdin(network.name, network.cni_version, plugin, prev_result, caps)
+            try:
+                await exec_plugin(binary, env, stdin, self.timeout)
+            except NetPluginError as e:
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+        return None
 
     async def setup(self, pod: PodNetwork) -> NetworkResult:
         """ADD the pod to the default network; on failure everything the chain did is DELeted again."""

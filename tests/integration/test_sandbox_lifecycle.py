@@ -11,8 +11,8 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.sandbox_helpers import (PrivateNetwork, cgroup_exists, in_netns, iptables_rules_mentioning,
-                                               mounts_below, pod_config, veths_on)
+from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, in_netns, iptables_rules_mentioning,
+                                               mounts_below, pod_config, remove_all_pods, veths_on)
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,10 @@ def network(tmp_path):
 def pods(daemon_factory, network):
     """A daemon on the private network; returns (daemon, network)."""
     d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
-    return d, network
+    try:
+        yield d, network
+    finally:
+        remove_all_pods(d)
 
 
 def run(d, config, handler="") -> str:

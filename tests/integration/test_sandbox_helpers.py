@@ -82,3 +82,12 @@ def pod_config(name: str, **kwargs) -> api_pb2.PodSandboxConfig:
 
 def in_netns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def remove_all_pods(d) -> None:
+    """Stop and remove every pod through CRI (a failed test leaves its pods to this)."""
+    if d.proc is None or d.proc.poll() is not None:
+        return
+    for pod in d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
+        d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+        d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)

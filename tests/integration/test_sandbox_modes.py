@@ -1,0 +1,183 @@
+"""Sandbox options through the real daemon: sysctls, host namespaces, shared PID, names, filters, restarts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, mounts_below, pod_config,
+                                               remove_all_pods, veths_on)
+from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def network(tmp_path):
+    net = PrivateNetwork(tmp_path)
+    net.install()
+    try:
+        yield net
+    finally:
+        net.cleanup()
+
+
+@pytest.fixture
+def pods(daemon_factory, network):
+    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
+    try:
+        yield d, network
+    finally:
+        remove_all_pods(d)
+
+
+def linux(**namespace_modes) -> api_pb2.LinuxPodSandboxConfig:
+    return api_pb2.LinuxPodSandboxConfig(security_context=api_pb2.LinuxSandboxSecurityContext(
+        namespace_options=api_pb2.NamespaceOption(**namespace_modes)))
+
+
+def test_namespaced_sysctls_are_applied_inside_and_others_rejected(pods):
+    d, network = pods
+    config = pod_config("sysctl", linux=api_pb2.LinuxPodSandboxConfig(
+        sysctls={"kernel.shm_rmid_forced": "1", "net.ipv4.ping_group_range": "0 2147483647"}))
+    pod_id = run(d, config)
+    details = info(d, pod_id)
+    inside = subprocess.run(["nsenter", f"--net={details['netns']}", f"--ipc={details['ipcns']}", "cat",
+                             "/proc/sys/kernel/shm_rmid_forced", "/proc/sys/net/ipv4/ping_group_range"],
+                            capture_output=True, text=True)
+    assert inside.stdout.split() == ["1", "0", "2147483647"]
+    assert Path("/proc/sys/kernel/shm_rmid_forced").read_text().strip() == "0"  # the host is untouched
+
+    for name, sysctls, modes in [("unsafe", {"kernel.pid_max": "100000"}, {}),
+                                 ("net-on-host", {"net.ipv4.ip_forward": "1"}, {"network": api_pb2.NODE}),
+                                 ("ipc-on-host", {"kernel.shm_rmid_forced": "1"}, {"ipc": api_pb2.NODE})]:
+        bad = pod_config(name, linux=api_pb2.LinuxPodSandboxConfig(
+            sysctls=sysctls, security_context=api_pb2.LinuxSandboxSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(**modes))))
+        with pytest.raises(grpc.RpcError) as err:
+            run(d, bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(sysctls)[0] in err.value.details()
+    items = d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items
+    assert [p.id for p in items] == [pod_id]
+
+
+def test_host_network_and_ipc_mode(pods):
+    d, network = pods
+    pod_id = run(d, pod_config("hostnet", linux=linux(network=api_pb2.NODE, ipc=api_pb2.NODE)))
+    st = status(d, pod_id).status
+    details = info(d, pod_id)
+    assert st.state == api_pb2.SANDBOX_READY
+    assert st.linux.namespaces.options.network == api_pb2.NODE
+    assert details["netns"] == "" and details["ipcns"] == "" and details["shm"] == "/dev/shm"
+    assert details["hostname"] == os.uname().nodename
+    assert Path(details["resolvConf"]).read_bytes() == Path("/etc/resolv.conf").read_bytes()
+    assert Path(details["hosts"]).read_bytes() == Path("/etc/hosts").read_bytes()
+    assert veths_on(network.bridge) == [] and network.leases() == []
+    stop(d, pod_id)
+    remove(d, pod_id)
+    assert not mounts_below(d.state_dir)
+
+
+def test_shared_pid_namespace_has_an_infra_process_in_the_pod_cgroup(pods):
+    d, network = pods
+    pod_id = run(d, pod_config("sharedpid", linux=linux(pid=api_pb2.POD)))
+    details = info(d, pod_id)
+    pid = details["pid"]
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "catatonit"
+    assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(details["netns"]).st_ino
+    assert f"{details['cgroupPath']}\n" in Path(f"/proc/{pid}/cgroup").read_text().replace(":", "\n")
+    stop(d, pod_id)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/comm").read_text().strip() != "catatonit"
+    remove(d, pod_id)
+    assert cgroup_exists(details["cgroupPath"]) == []
+
+
+def test_name_stays_reserved_until_remove_and_list_filters(pods):
+    d, network = pods
+    config = pod_config("named", labels={"app": "one", "tier": "web"})
+    first = run(d, config)
+    with pytest.raises(grpc.RpcError) as err:
+        run(d, config)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and first in err.value.details()
+    other = run(d, pod_config("other", labels={"app": "two"}))
+    stop(d, first)
+    with pytest.raises(grpc.RpcError):
+        run(d, config)  # still reserved while stopped
+
+    def listed(**filter_fields):
+        request = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(**filter_fields))
+        return sorted(p.id for p in d.runtime.ListPodSandbox(request, timeout=10).items)
+
+    assert listed() == sorted([first, other])
+    assert listed(id=first[:10]) == [first]
+    assert listed(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)) == [other]
+    assert listed(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_NOTREADY)) == [first]
+    assert listed(label_selector={"app": "one"}) == [first]
+    assert listed(label_selector={"app": "one", "tier": "db"}) == []
+    assert status(d, first[:12]).status.id == first  # a unique prefix finds the pod
+    remove(d, first)
+    again = run(d, config)
+    assert again != first
+    for pod_id in (again, other):
+        stop(d, pod_id)
+        remove(d, pod_id)
+
+
+def test_twenty_concurrent_pods_get_distinct_ips_and_all_clean_up(pods):
+    d, network = pods
+    with ThreadPoolExecutor(20) as pool:
+        ids = list(pool.map(lambda i: run(d, pod_config(f"many-{i}")), range(20)))
+        ips = [status(d, pod_id).status.network.ip for pod_id in ids]
+        assert len(set(ips)) == 20 and all(ips)
+        assert len(network.leases()) == 20 and len(veths_on(network.bridge)) == 20
+        list(pool.map(lambda pod_id: stop(d, pod_id), ids))
+        list(pool.map(lambda pod_id: remove(d, pod_id), ids))
+    assert network.leases() == [] and veths_on(network.bridge) == []
+    assert not mounts_below(d.state_dir)
+
+
+def test_network_is_torn_down_after_a_daemon_restart(pods):
+    d, network = pods
+    pod_id = run(d, pod_config("restart"))
+    details = info(d, pod_id)
+    assert len(network.leases()) == 1
+    d.restart()
+    assert status(d, pod_id).status.state == api_pb2.SANDBOX_READY
+    stop(d, pod_id)
+    assert network.leases() == [] and veths_on(network.bridge) == []
+    remove(d, pod_id)
+    assert not Path(details["netns"]).exists()
+
+
+def test_config_installed_after_start_makes_the_network_ready(daemon_factory, tmp_path):
+    network = PrivateNetwork(tmp_path)
+    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
+    try:
+        def network_ready() -> bool:
+            conditions = d.runtime.Status(api_pb2.StatusRequest(), timeout=10).status.conditions
+            return next(c.status for c in conditions if c.type == "NetworkReady")
+
+        assert not network_ready()
+        with pytest.raises(grpc.RpcError) as err:
+            run(d, pod_config("early"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        network.install()
+        for _ in range(300):  # the watcher polls every second
+            if network_ready():
+                break
+            time.sleep(0.02)
+        assert network_ready()
+        pod_id = run(d, pod_config("late"))
+        stop(d, pod_id)
+        remove(d, pod_id)
+    finally:
+        network.cleanup()
