@@ -82,7 +82,7 @@ class GCReport:
 
 
 @dataclass(frozen=True)
-class _LayerDesc:
+class Descriptor:
     digest: str
     size: int
     media_type: str
@@ -247,7 +247,7 @@ class ImageStore:
             if manifest.media_type not in IMAGE_MANIFEST_TYPES:
                 raise UnsupportedManifest(f"{ref}: index entry {digest} is not an image manifest")
             manifests.append(manifest)
-        config_desc, layer_descs = _parse_image_manifest(manifest, str(ref))
+        config_desc, layer_descs = parse_image_manifest(manifest, str(ref))
 
         def fetch(desc_digest: str, size: int, write) -> None:
             client.fetch_blob(desc_digest, size, write)
@@ -255,7 +255,7 @@ class ImageStore:
         record = self._install(config_desc, layer_descs, manifests, fetch, where=str(ref))
         return self._commit(record, ref, top.digest)
 
-    def _install(self, config_desc: _LayerDesc, layer_descs: list[_LayerDesc], manifests: list[Manifest],
+    def _install(self, config_desc: Descriptor, layer_descs: list[Descriptor], manifests: list[Manifest],
                  fetch: Callable[[str, int, Callable[[bytes], object]], None], *, where: str) -> ImageRecord:
         """Make config, layers and manifests exist in the store; return an (uncommitted) record.
         On failure, whatever this call created and no one else uses is removed again."""
@@ -471,7 +471,7 @@ def _strings(value) -> list[str]:
     return []
 
 
-def _descriptor(raw: object, where: str) -> _LayerDesc:
+def descriptor(raw: object, where: str) -> Descriptor:
     if not isinstance(raw, dict):
         raise UnsupportedManifest(f"{where}: descriptor is not an object")
     digest, size = raw.get("digest"), raw.get("size")
@@ -480,15 +480,15 @@ def _descriptor(raw: object, where: str) -> _LayerDesc:
     refs.validate_digest(digest)
     if not digest.startswith("sha256:"):
         raise UnsupportedManifest(f"{where}: digest algorithm of {digest} is not supported")
-    return _LayerDesc(digest, size, str(raw.get("mediaType") or ""))
+    return Descriptor(digest, size, str(raw.get("mediaType") or ""))
 
 
-def _parse_image_manifest(manifest: Manifest, where: str) -> tuple[_LayerDesc, list[_LayerDesc]]:
+def parse_image_manifest(manifest: Manifest, where: str) -> tuple[Descriptor, list[Descriptor]]:
     doc = manifest.json()
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise UnsupportedManifest(f"{where}: manifest {manifest.digest} has no layers list")
-    return _descriptor(doc.get("config"), where), [_descriptor(layer, where) for layer in layers]
+    return descriptor(doc.get("config"), where), [descriptor(layer, where) for layer in layers]
 
 
 def _parse_config(data: bytes, where: str) -> dict:

@@ -1,0 +1,82 @@
+"""`pycri image import FILE` and `pycri image ls`: work on the image store directly, for loading
+images onto a node without a registry (what `kind load` does with `ctr images import`).
+
+They open the store the daemon uses, holding the daemon's root lock meanwhile: with a running
+daemon they refuse (two processes sweeping one store would delete each other's blobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def _store(args) -> Iterator:
+    from cri.cli import _config_from
+    from storage import registries
+    from storage.images import ImageStore
+
+    config = _config_from(args)
+    config.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.root / "pycri.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"pycri image: the daemon is running on {config.root}; stop it first") from None
+        st = config.storage
+        yield ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
+                         st.auth_file, st.pull_progress_timeout)
+    finally:
+        os.close(fd)
+
+
+def _import(args) -> int:
+    from storage.errors import StorageError
+    with _store(args) as store:
+        try:
+            records = store.import_archive(Path(args.file))
+        except StorageError as exc:
+            print(f"pycri image import: {exc}", file=sys.stderr)
+            return 1
+    for record in records:
+        print(f"{record.id} {' '.join(record.repo_tags) or '<untagged>'}")
+    return 0
+
+
+def _ls(args) -> int:
+    with _store(args) as store:
+        records = store.list()
+    print(f"{'IMAGE':60} {'ID':19} {'SIZE':>10}")
+    for record in sorted(records, key=lambda r: (r.repo_tags or [""])[0]):
+        for name in record.repo_tags or ["<none>"]:
+            print(f"{name:60} {record.id[7:19]:19} {_human(record.size):>10}")
+    return 0
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.1f}{unit}" if unit != "B" else f"{size}B"
+        size /= 1000
+    return f"{size}"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from cri.cli import _add_config_flags
+
+    image = subparsers.add_parser("image", help="manage the image store directly (daemon stopped)")
+    commands = image.add_subparsers(dest="image_command", required=True)
+    importer = commands.add_parser("import", help="load an OCI layout or docker-archive tarball")
+    importer.add_argument("file", help="OCI layout directory or tarball, or a `docker save` tarball")
+    _add_config_flags(importer)
+    importer.set_defaults(func=_import)
+    lister = commands.add_parser("ls", help="list images")
+    _add_config_flags(lister)
+    lister.set_defaults(func=_ls)
