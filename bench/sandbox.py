@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""RunPodSandbox / StopPodSandbox / RemovePodSandbox latency, p50 and p90, sequential and in parallel.
+
+    bench/sandbox.py [--endpoint unix:///run/pycri/pycri.sock] [-n 20] [--parallel 10] [--compare ENDPOINT]
+
+Without --endpoint it starts a pycri daemon in a temporary root, on a private bridge network built like
+cri/default-bridge.conflist (ipMasq on; --no-masq matches the critest kit's containerd network, which has
+it off). With --compare it measures that runtime too (e.g. the kit's containerd) and prints the ratios.
+Reference medians from critest's benchmark on this machine: run 89 ms containerd / 133 ms CRI-O,
+stop 82 / 162, remove 21 / 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc  # noqa: E402
+from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+
+STEPS = ("run", "stop", "remove")
+REFERENCE = {"run": (89, 133), "stop": (82, 162), "remove": (21, 16)}  # containerd, CRI-O medians (ms)
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def lifecycle(stub: api_pb2_grpc.RuntimeServiceStub, name: str) -> dict[str, float]:
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name, attempt=0),
+        hostname=name, log_directory=f"/tmp/{name}", linux=api_pb2.LinuxPodSandboxConfig())
+    times = {}
+    t0 = time.perf_counter()
+    pod_id = stub.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config), timeout=120).pod_sandbox_id
+    t1 = time.perf_counter()
+    stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    t2 = time.perf_counter()
+    stub.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    t3 = time.perf_counter()
+    times["run"], times["stop"], times["remove"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+    return times
+
+
+def measure(endpoint: str, rounds: int, parallel: int) -> dict[str, dict[str, tuple[float, float]]]:
+    channel = grpc.insecure_channel(endpoint)
+    stub = api_pb2_grpc.RuntimeServiceStub(channel)
+    tag = f"b{os.getpid()}-{int(time.time())}"
+    lifecycle(stub, f"{tag}-warm")
+    out = {}
+    sequential = [lifecycle(stub, f"{tag}-s{i}") for i in range(rounds)]
+    out["sequential"] = {s: (statistics.median(x[s] for x in sequential),
+                             percentile([x[s] for x in sequential], 90)) for s in STEPS}
+    with ThreadPoolExecutor(parallel) as pool:
+        concurrent = list(pool.map(lambda i: lifecycle(stub, f"{tag}-p{i}"), range(rounds * parallel // 2)))
+    out[f"{parallel} in parallel"] = {s: (statistics.median(x[s] for x in concurrent),
+                                          percentile([x[s] for x in concurrent], 90)) for s in STEPS}
+    channel.close()
+    return out
+
+
+def private_network(base: Path, masquerade: bool) -> Path:
+    conf = json.loads((Path(__file__).resolve().parent.parent / "cri" / "default-bridge.conflist").read_text())
+    bridge = conf["plugins"][0]
+    bridge.update(bridge="pycribench0", ipMasq=masquerade)
+    bridge["ipam"]["ranges"] = [[{"subnet": "10.124.0.0/16"}]]
+    bridge["ipam"]["dataDir"] = str(base / "ipam")
+    conf["name"] = "pycri-bench"
+    conf_dir = base / "cni"
+    conf_dir.mkdir(parents=True)
+    (conf_dir / "10-bench.conflist").write_text(json.dumps(conf))
+    return conf_dir
+
+
+def report(label: str, figures: dict[str, dict[str, tuple[float, float]]]) -> None:
+    for mode, steps in figures.items():
+        line = "  ".join(f"{s} p50 {p50:6.1f} p90 {p90:6.1f}" for s, (p50, p90) in steps.items())
+        print(f"{label:10s} {mode:15s} {line}  (ms)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--endpoint")
+    ap.add_argument("--compare")
+    ap.add_argument("-n", type=int, default=20, help="sequential rounds (parallel runs n*parallel/2 lifecycles)")
+    ap.add_argument("--parallel", type=int, default=10)
+    ap.add_argument("--no-masq", action="store_true", help="ipMasq off, like the critest kit's containerd network")
+    args = ap.parse_args()
+    daemon = None
+    base = None
+    endpoint = args.endpoint
+    if endpoint is None:
+        from conformance.daemon import Daemon
+
+        base = Path(tempfile.mkdtemp(prefix="pycri-bench"))
+        conf_dir = private_network(base, masquerade=not args.no_masq)
+        daemon = Daemon({"log_level": "info", "network": {"cni_conf_dir": str(conf_dir)}}).start()
+        endpoint = f"unix://{daemon.socket}"
+    try:
+        ours = measure(endpoint, args.n, args.parallel)
+        report("pycri", ours)
+        seq = ours["sequential"]
+        for step, (containerd, crio) in REFERENCE.items():
+            best = min(containerd, crio)
+            print(f"target     {step:7s} p50 {seq[step][0]:6.1f} ms vs best reference {best} ms "
+                  f"(containerd {containerd}, CRI-O {crio}): ratio {seq[step][0] / best:.2f}")
+        if args.compare and os.path.exists(args.compare.removeprefix("unix://")):
+            theirs = measure(args.compare, args.n, args.parallel)
+            report("reference", theirs)
+            for mode in ours:
+                print(f"ratio      {mode:15s} " + "  ".join(
+                    f"{s} {ours[mode][s][0] / theirs[mode][s][0]:.2f}" for s in STEPS) + "  (p50 pycri/reference)")
+    finally:
+        if daemon is not None:
+            daemon.cleanup()
+            subprocess.run(["ip", "link", "del", "pycribench0"], capture_output=True)
+        if base is not None:
+            subprocess.run(["rm", "-rf", str(base)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
