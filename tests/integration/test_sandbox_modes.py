@@ -181,3 +181,53 @@ def test_config_installed_after_start_makes_the_network_ready(daemon_factory, tm
         remove(d, pod_id)
     finally:
         network.cleanup()
+
+
+def test_pod_cidr_from_update_runtime_config_reaches_host_local(daemon_factory, tmp_path):
+    network = PrivateNetwork(tmp_path)
+    network.conflist["plugins"][0]["capabilities"] = {"ipRanges": True}
+    del network.conflist["plugins"][0]["ipam"]["ranges"]  # host-local adds runtime ranges to static ones
+    network.install()
+    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
+    cidr = f"10.125.{network.index}.0/24"
+    try:
+        d.runtime.UpdateRuntimeConfig(api_pb2.UpdateRuntimeConfigRequest(runtime_config=api_pb2.RuntimeConfig(
+            network_config=api_pb2.NetworkConfig(pod_cidr=cidr))), timeout=10)
+        pod_id = run(d, pod_config("cidr"))
+        assert status(d, pod_id).status.network.ip.startswith(f"10.125.{network.index}.")
+        stop(d, pod_id)
+        remove(d, pod_id)
+    finally:
+        remove_all_pods(d)
+        network.cleanup()
+
+
+def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_factory, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    slow = plugins / "slow"
+    slow.write_text('#!/bin/sh\ncat >/dev/null\nif [ "$CNI_COMMAND" = ADD ]; then sleep 3; fi\n'
+                    'echo \'{"cniVersion":"1.0.0"}\'\n')
+    slow.chmod(0o755)
+    network = PrivateNetwork(tmp_path)
+    network.conflist["plugins"] = [{"type": "slow"}]
+    network.install()
+    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir),
+                                    "cni_plugin_dirs": [str(plugins)]}})
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(run, d, pod_config("crashed"))
+        records = d.root / "sandboxes"
+        for _ in range(1000):  # until the record of the sandbox being created is on disk
+            if records.exists() and any(records.glob("*.json")):
+                break
+            time.sleep(0.005)
+        d.kill()
+        with pytest.raises(grpc.RpcError):
+            pending.result()
+    assert mounts_below(d.state_dir), "the crash should have left pinned namespaces for the restart to undo"
+    d.start()
+    assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
+    assert not mounts_below(d.state_dir)
+    assert list(records.glob("*.json")) == []
+    pod_id = run(d, pod_config("crashed"))  # the name was never kept
+    remove(d, pod_id)
