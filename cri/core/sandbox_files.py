@@ -82,3 +82,29 @@ def render_hosts(hostname: str, ips: Iterable[str]) -> str:
              "fe00::0\tip6-localnet", "fe00::0\tip6-mcastprefix", "fe00::1\tip6-allnodes", "fe00::2\tip6-allrouters"]
     lines += [f"{ip}\t{hostname}" for ip in ips]
     return "\n".join(lines) + "\n"
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_MULTIPLIERS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
+INGRESS_ANNOTATION = "kubernetes.io/ingress-bandwidth"
+EGRESS_ANNOTATION = "kubernetes.io/egress-bandwidth"
+_MAX_BURST = (1 << 31) - 1  # what kubelet's CNI code passes: no burst limit of its own
+
+
+def parse_bandwidth(annotations: Mapping[str, str]) -> dict[str, int] | None:
+    """The CNI `bandwidth` capability from kubernetes.io/{ingress,egress}-bandwidth (bits per second)."""
+    out: dict[str, int] = {}
+    for key, direction in ((INGRESS_ANNOTATION, "ingress"), (EGRESS_ANNOTATION, "egress")):
+        raw = annotations.get(key)
+        if raw is None:
+            continue
+        match = _QUANTITY.match(raw.strip())
+        if not match:
+            raise InvalidArgument(f"annotation {key}={raw!r} is not a quantity such as 10M")
+        rate = int(float(match.group(1)) * _MULTIPLIERS[match.group(2)])
+        if not 1000 <= rate <= 32 * 10**12:
+            raise InvalidArgument(f"annotation {key}={raw!r} is outside 1k..32T bits per second")
+        out[f"{direction}Rate"] = rate
+        out[f"{direction}Burst"] = _MAX_BURST
+    return out or None

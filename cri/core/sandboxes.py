@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
 from cri.core import sandbox_host as host
-from cri.core.sandbox_files import render_hosts, render_resolv_conf, validate_hostname, validate_sysctls
+from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
+                                    validate_sysctls)
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument
 from cri.state import Index, NameRegistry, RecordStore, new_id
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
@@ -183,6 +184,9 @@ class SandboxManager:
         resolv = render_resolv_conf(spec.dns.servers, spec.dns.searches, spec.dns.options)
         if spec.hostname:
             validate_hostname(spec.hostname)
+        parse_bandwidth(spec.annotations)
+        if spec.log_directory and not os.path.isabs(spec.log_directory):
+            raise InvalidArgument(f"log directory {spec.log_directory!r} must be an absolute path")
         return handler, sysctls, resolv
 
     async def run_pod(self, spec: SandboxSpec) -> SandboxRecord:
@@ -246,6 +250,12 @@ class SandboxManager:
         except OSError as e:
             raise StepFailed("saving the sandbox record", e) from e
         undo.push("sandbox record", lambda: self._store.delete(record.id))
+        if record.log_directory and not os.path.isdir(record.log_directory):
+            try:
+                os.makedirs(record.log_directory, mode=0o700)
+            except OSError as e:
+                raise StepFailed("creating the log directory", e) from e
+            undo.push("log directory", lambda: shutil.rmtree(record.log_directory, ignore_errors=True))
 
         kinds = [k for k, host_mode in (("net", opts.host_network), ("ipc", opts.host_ipc),
                                         ("uts", opts.host_network)) if not host_mode]
@@ -314,6 +324,7 @@ class SandboxManager:
             id=record.id, name=record.name, namespace=record.namespace, uid=record.uid, netns=record.netns_path,
             port_mappings=tuple(PortMapping(p.host_port, p.container_port, p.protocol, p.host_ip)
                                 for p in record.port_mappings if p.host_port),
+            bandwidth=parse_bandwidth(record.annotations),
             pod_cidr=self._pod_cidr() or None)
 
     # --- StopPodSandbox / RemovePodSandbox -------------------------------------------------------------------
@@ -324,7 +335,8 @@ class SandboxManager:
         if record is None:
             return
         async with self._lock(record.id):
-            await self._stop_locked(record)
+            if record.id in self._index:  # not removed while we waited for the lock
+                await self._stop_locked(record)
 
     async def _stop_locked(self, record: SandboxRecord) -> None:
         if self._stop_containers is not None:

@@ -231,3 +231,23 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
     assert list(records.glob("*.json")) == []
     pod_id = run(d, pod_config("crashed"))  # the name was never kept
     remove(d, pod_id)
+
+
+def test_bandwidth_annotations_shape_the_pod_interface(daemon_factory, tmp_path):
+    network = PrivateNetwork(tmp_path)
+    network.conflist["plugins"].append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
+    network.install()
+    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
+    try:
+        pod_id = run(d, pod_config("shaped", annotations={"kubernetes.io/ingress-bandwidth": "10M"}))
+        [veth] = veths_on(network.bridge)
+        qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", veth.split("@")[0]], capture_output=True, text=True)
+        assert "tbf" in qdiscs.stdout and "10Mbit" in qdiscs.stdout, qdiscs.stdout + qdiscs.stderr
+        with pytest.raises(grpc.RpcError) as err:
+            run(d, pod_config("badly-shaped", annotations={"kubernetes.io/egress-bandwidth": "lots"}))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stop(d, pod_id)
+        remove(d, pod_id)
+    finally:
+        remove_all_pods(d)
+        network.cleanup()

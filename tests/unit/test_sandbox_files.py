@@ -72,3 +72,14 @@ def test_valid_hostnames(name):
 def test_invalid_hostnames(name):
     with pytest.raises(InvalidArgument):
         validate_hostname(name)
+
+
+def test_bandwidth_annotations_become_the_cni_capability():
+    from cri.core.sandbox_files import parse_bandwidth
+
+    assert parse_bandwidth({}) is None
+    assert parse_bandwidth({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "1Mi"}) == {
+        "ingressRate": 10_000_000, "ingressBurst": 2**31 - 1, "egressRate": 1 << 20, "egressBurst": 2**31 - 1}
+    for bad in ("fast", "10X", "1", "-5M"):
+        with pytest.raises(InvalidArgument):
+            parse_bandwidth({"kubernetes.io/ingress-bandwidth": bad})
