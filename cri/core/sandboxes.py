@@ -123,9 +123,12 @@ class SandboxManager:
                 except Exception:
                     log.exception("cleaning up half-created sandbox %s failed", record.id)
                 continue
-            self._names.reserve(record.reserved_name, record.id)
+            try:
+                self._names.reserve(record.reserved_name, record.id)
+            except CRIError as e:
+                log.error("sandbox %s: %s; it stays listed so it can be removed", record.id, e)
             self._index.add(record.id, record)
-            if record.state == "ready" and record.netns_path and not namespace_alive(record.netns_path):
+            if record.state == "ready" and not self._alive(record):
                 record.state = "notready"
                 self._store.save(record, durable=False)
 
@@ -145,6 +148,7 @@ class SandboxManager:
              labels: dict[str, str] | None = None) -> list[SandboxRecord]:
         out = []
         for record in self._index:
+            self._refresh(record)
             if id_prefix and not record.id.startswith(id_prefix):
                 continue
             if state is not None and record.state != state:
@@ -155,7 +159,7 @@ class SandboxManager:
         return sorted(out, key=lambda r: r.created_at)
 
     def status(self, ref: str) -> SandboxStatus:
-        record = self._index.get(ref)
+        record = self._refresh(self._index.get(ref))
         info = {
             "pid": record.infra_pid,
             "netns": record.netns_path, "ipcns": record.ipc_path, "utsns": record.uts_path,
@@ -167,6 +171,22 @@ class SandboxManager:
             "sysctls": record.sysctls, "config": record.config,
         }
         return SandboxStatus(record, info)
+
+    @staticmethod
+    def _alive(record: SandboxRecord) -> bool:
+        """Whether what holds the pod together still exists: its network namespace and its infra process."""
+        if record.netns_path and not namespace_alive(record.netns_path):
+            return False
+        if record.infra_pid and host.process_start_time(record.infra_pid) != record.infra_start_time:
+            return False
+        return True
+
+    def _refresh(self, record: SandboxRecord) -> SandboxRecord:
+        """A ready pod whose infra process died is NotReady (kubelet then recreates it)."""
+        if record.state == "ready" and record.infra_pid and not self._alive(record):
+            record.state = "notready"
+            self._store.save(record, durable=False)
+        return record
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -318,6 +338,10 @@ class SandboxManager:
                                                  record.cgroup_path))
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
             undo.push("infra process", lambda: host.stop_infra(*infra))
+        try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
+            self._store.save(record, durable=False)
+        except OSError as e:
+            raise StepFailed("saving the sandbox record", e) from e
 
     def _pod_network(self, record: SandboxRecord) -> PodNetwork:
         return PodNetwork(
@@ -339,7 +363,7 @@ class SandboxManager:
                 await self._stop_locked(record)
 
     async def _stop_locked(self, record: SandboxRecord) -> None:
-        if self._stop_containers is not None:
+        if self._stop_containers is not None and record.state != "creating":
             await self._stop_containers(record.id)
         work = []
         if record.network_ready and self._cni is not None:

@@ -251,3 +251,17 @@ def test_bandwidth_annotations_shape_the_pod_interface(daemon_factory, tmp_path)
     finally:
         remove_all_pods(d)
         network.cleanup()
+
+
+def test_a_pod_whose_infra_process_died_is_not_ready(pods):
+    d, network = pods
+    pod_id = run(d, pod_config("infra-dies", linux=linux(pid=api_pb2.POD)))
+    os.kill(info(d, pod_id)["pid"], 9)
+    for _ in range(500):
+        if status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY:
+            break
+        time.sleep(0.01)
+    assert status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY
+    stop(d, pod_id)
+    remove(d, pod_id)
+    assert network.leases() == []
