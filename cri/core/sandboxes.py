@@ -22,11 +22,11 @@ from typing import Any, Awaitable, Callable, Iterable
 from cri.core import sandbox_host as host
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls)
-from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument
+from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, Unavailable
 from cri.state import Index, NameRegistry, RecordStore, new_id
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
-from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, namespace_alive,
-                        pin_namespaces, unpin_namespace)
+from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, connect_in_netns,
+                        namespace_alive, pin_namespaces, unpin_namespace)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,21 @@ class SandboxManager:
             record.state = "notready"
             self._store.save(record, durable=False)
         return record
+
+    async def open_port(self, ref: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP stream to localhost:`port` inside the pod's network namespace (the port-forward backend)."""
+        record = self._refresh(self._index.get(ref))
+        if record.state != "ready":
+            raise FailedPrecondition(f"pod sandbox {record.id} is not ready")
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"port {port} is out of range")
+        try:
+            if record.netns_path:
+                sock = await connect_in_netns(record.netns_path, port)
+                return await asyncio.open_connection(sock=sock)
+            return await asyncio.open_connection("127.0.0.1", port)
+        except (OSError, NetPluginError) as e:
+            raise Unavailable(f"connecting to port {port} in pod sandbox {record.id}: {e}") from e
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())

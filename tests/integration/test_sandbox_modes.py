@@ -206,7 +206,9 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     slow = plugins / "slow"
-    slow.write_text('#!/bin/sh\ncat >/dev/null\nif [ "$CNI_COMMAND" = ADD ]; then sleep 3; fi\n'
+    release = tmp_path / "release"  # the ADD waits for it (at most 10 s), so the crash lands mid-ADD
+    slow.write_text('#!/bin/sh\ncat >/dev/null\nif [ "$CNI_COMMAND" = ADD ]; then i=0; '
+                    f'while [ ! -e {release} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; fi\n'
                     'echo \'{"cniVersion":"1.0.0"}\'\n')
     slow.chmod(0o755)
     network = PrivateNetwork(tmp_path)
@@ -224,6 +226,7 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
         d.kill()
         with pytest.raises(grpc.RpcError):
             pending.result()
+    release.touch()
     assert mounts_below(d.state_dir), "the crash should have left pinned namespaces for the restart to undo"
     d.start()
     assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
