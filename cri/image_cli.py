@@ -53,10 +53,10 @@ def _import(args) -> int:
 def _ls(args) -> int:
     with _store(args) as store:
         records = store.list()
+    rows = sorted(((name, record) for record in records for name in record.repo_tags or ["<none>"]), key=lambda row: row[0])
     print(f"{'IMAGE':60} {'ID':19} {'SIZE':>10}")
-    for record in sorted(records, key=lambda r: (r.repo_tags or [""])[0]):
-        for name in record.repo_tags or ["<none>"]:
-            print(f"{name:60} {record.id[7:19]:19} {_human(record.size):>10}")
+    for name, record in rows:
+        print(f"{name:60} {record.id[7:19]:19} {_human(record.size):>10}")
     return 0
 
 

@@ -264,38 +264,42 @@ class ImageStore:
         pins = {config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)}
         self._pin(pins)
         created_chains: list[str] = []
+        # Layer downloads start at once, alongside the config they need only to unpack.
+        config_ready: Future = Future()
+
+        def one_layer(i: int) -> int:
+            desc = layer_descs[i]
+            blob = _retrying(self.content.ensure, desc.digest, desc.size,
+                             lambda write: fetch(desc.digest, desc.size, write))
+            diff_ids, chains = config_ready.result()
+            layer, made = self.layers.ensure(chains[i], diff_ids[i], blob)
+            if made:
+                created_chains.append(chains[i])
+            return layer.size
+
         try:
-            _retrying(self.content.ensure, config_desc.digest, config_desc.size,
-                      lambda write: fetch(config_desc.digest, config_desc.size, write))
-            config = _parse_config(self.content.read(config_desc.digest, MAX_CONFIG_BYTES), where)
-            diff_ids = config["rootfs"]["diff_ids"]
-            if len(diff_ids) != len(layer_descs):
-                raise UnsupportedManifest(f"{where}: the manifest has {len(layer_descs)} layers but the config "
-                                          f"lists {len(diff_ids)} diff ids")
-            chains = compute_chain_ids(diff_ids)
-            self._pin(set(chains))
-            pins |= set(chains)
-
-            def one_layer(i: int) -> int:
-                desc = layer_descs[i]
-                blob = _retrying(self.content.ensure, desc.digest, desc.size,
-                                 lambda write: fetch(desc.digest, desc.size, write))
-                layer, made = self.layers.ensure(chains[i], diff_ids[i], blob)
-                if made:
-                    created_chains.append(chains[i])
-                return layer.size
-
-            if len(layer_descs) <= 1:
-                sizes = [one_layer(i) for i in range(len(layer_descs))]
-            else:
-                with ThreadPoolExecutor(min(self.parallel_downloads, len(layer_descs)), thread_name_prefix="pull") as pool:
-                    futures = [pool.submit(one_layer, i) for i in range(len(layer_descs))]
-                    try:
-                        sizes = [f.result() for f in futures]
-                    except BaseException:
-                        for f in futures:
-                            f.cancel()
-                        raise
+            with ThreadPoolExecutor(max(1, min(self.parallel_downloads, len(layer_descs))),
+                                    thread_name_prefix="pull") as pool:
+                futures = [pool.submit(one_layer, i) for i in range(len(layer_descs))]
+                try:
+                    _retrying(self.content.ensure, config_desc.digest, config_desc.size,
+                              lambda write: fetch(config_desc.digest, config_desc.size, write))
+                    config = _parse_config(self.content.read(config_desc.digest, MAX_CONFIG_BYTES), where)
+                    diff_ids = config["rootfs"]["diff_ids"]
+                    if len(diff_ids) != len(layer_descs):
+                        raise UnsupportedManifest(f"{where}: the manifest has {len(layer_descs)} layers but the "
+                                                  f"config lists {len(diff_ids)} diff ids")
+                    chains = compute_chain_ids(diff_ids)
+                    self._pin(set(chains))
+                    pins |= set(chains)
+                    config_ready.set_result((diff_ids, chains))
+                    sizes = [f.result() for f in futures]
+                except BaseException as exc:
+                    if not config_ready.done():
+                        config_ready.set_exception(exc)
+                    for f in futures:
+                        f.cancel()
+                    raise
             for m in manifests:
                 self.content.put(m.body, durable=False)
             if self.durable and created_chains:

@@ -1,0 +1,126 @@
+"""Cold image pulls through CRI from a loopback registry: MB/s, time, and the runtime's peak RSS.
+
+By default it starts a docker-registry and a pycri daemon of its own in a temp dir. With
+--endpoint it pulls through another runtime instead (containerd, CRI-O) from --registry, naming
+images with --name-prefix (a registry name that runtime maps to the registry), and reads that
+runtime's peak RSS from --pid. Each pull is cold: the image is removed through CRI first.
+
+    python bench/pull.py [--big-mb 200] [--runs 3] [--busybox-runs 10]
+    python bench/pull.py --endpoint unix:///run/containerd/containerd.sock --registry 127.0.0.1:5000 \\
+        --name-prefix registry.k8s.io --pid $(pidof containerd)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc  # noqa: E402
+from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+
+from tests.imagebuild import Entry, build_busybox_image, build_image, tar_layer  # noqa: E402
+
+
+def compressible_layer(size: int, seed: int) -> bytes:
+    """A tar of a few files of word-like text: compresses about 2:1 with gzip, like real layers."""
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 8)).hex().encode() for _ in range(5000)]
+    files, per_file = [], 8 << 20
+    for i in range(max(1, size // per_file)):
+        parts, n = [], 0
+        while n < per_file:
+            chunk = b" ".join(rng.choices(words, k=2000))
+            parts.append(chunk)
+            n += len(chunk)
+        files.append(Entry(f"data/{seed}/{i}.txt", data=b"".join(parts)[:per_file]))
+    return tar_layer([Entry("data", "dir"), Entry(f"data/{seed}", "dir"), *files])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cold_pull(images: api_pb2_grpc.ImageServiceStub, name: str) -> float:
+    images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=name)), timeout=600)
+    start = time.perf_counter()
+    images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=name)), timeout=600)
+    return time.perf_counter() - start
+
+
+def report(label: str, times: list[float], size: int) -> None:
+    med = statistics.median(times)
+    print(f"{label:28} runs={len(times):<3} median={med * 1000:9.1f} ms  min={min(times) * 1000:9.1f} ms  "
+          f"{size / med / 1e6:8.1f} MB/s (compressed {size / 1e6:.1f} MB)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--big-mb", type=int, default=200, help="uncompressed size of the 5-layer image")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--busybox-runs", type=int, default=10)
+    parser.add_argument("--endpoint", help="CRI endpoint of another runtime (default: start pycri)")
+    parser.add_argument("--registry", help="host:port of a running registry (default: start one)")
+    parser.add_argument("--name-prefix", help="registry name the runtime maps to --registry")
+    parser.add_argument("--pid", type=int, help="runtime pid, for its peak RSS")
+    args = parser.parse_args()
+
+    print(f"building a {args.big_mb} MB 5-layer gzip image and a busybox image ...", flush=True)
+    layers = [compressible_layer((args.big_mb << 20) // 5, seed) for seed in range(5)]
+    big = build_image(layers)
+    busybox = build_busybox_image()
+    big_size = sum(len(b) for b in big.blobs.values())
+    busybox_size = sum(len(b) for b in busybox.blobs.values())
+
+    with tempfile.TemporaryDirectory(prefix="pycri-bench-") as tmp:
+        closers = []
+        try:
+            registry = args.registry
+            if registry is None:
+                from tests.integration.conftest_registry import start_registry
+                gen = start_registry(Path(tmp) / "registry")
+                registry = next(gen)
+                closers.append(gen.close)
+            from tests.imagebuild import push_to_registry
+            push_to_registry(registry, "bench/big", "1", big)
+            push_to_registry(registry, "bench/busybox", "1", busybox)
+            prefix = args.name_prefix or registry
+            endpoint, pid = args.endpoint, args.pid
+            if endpoint is None:
+                from conformance.daemon import Daemon
+                conf = Path(tmp) / "registries.conf"
+                conf.write_text(f'[[registry]]\nprefix = "{prefix}"\nlocation = "{registry}"\ninsecure = true\n')
+                (Path(tmp) / "d").mkdir()
+                daemon = Daemon({"log_level": "info", "storage": {"registries_conf": str(conf)}}, base=Path(tmp) / "d")
+                daemon.start()
+                closers.append(daemon.cleanup)
+                endpoint, pid = f"unix://{daemon.socket}", daemon.proc.pid
+            channel = grpc.insecure_channel(endpoint)
+            closers.append(channel.close)
+            images = api_pb2_grpc.ImageServiceStub(channel)
+            print(f"endpoint {endpoint}, registry {registry}, names {prefix}/bench/...")
+            report("busybox cold pull", [cold_pull(images, f"{prefix}/bench/busybox:1") for _ in range(args.busybox_runs)],
+                   busybox_size)
+            report(f"{args.big_mb} MB 5-layer cold pull", [cold_pull(images, f"{prefix}/bench/big:1") for _ in range(args.runs)],
+                   big_size)
+            images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=f"{prefix}/bench/big:1")))
+            if pid:
+                print(f"runtime peak RSS (VmHWM of pid {pid}): {peak_rss_mb(pid):.1f} MB")
+        finally:
+            for close in reversed(closers):
+                close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""`pycri image import`: OCI layouts (directory and tarball, several images, an index) and
+docker-archive tarballs load into the store and show in `pycri image ls`; bad archives fail
+clearly and leave nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from storage.errors import ArchiveError
+from storage.images import ImageStore
+from storage.registry import host_platform
+from tests.imagebuild import Entry, build_busybox_image, build_index, write_docker_archive, write_oci_layout
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers needs root")]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pycri_image(*args: str, root: Path) -> subprocess.CompletedProcess:
+    code = "import sys; from cri import cli, image_cli; p = cli.build_parser(); " \
+           "image_cli.register(p._subparsers._group_actions[0]); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+    config = root.parent / "pycri.conf"
+    config.write_text(f'[storage]\nregistries_conf = "{root.parent / "no-registries.conf"}"\n')
+    return subprocess.run([sys.executable, "-c", code, "image", *args, "--root", str(root), "--config", str(config)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def tar_dir(source: Path, target: Path) -> Path:
+    with tarfile.open(target, "w") as tar:
+        for item in sorted(source.rglob("*")):
+            tar.add(item, arcname=str(item.relative_to(source)), recursive=False)
+    return target
+
+
+def test_import_oci_layout_directory_and_tarball_and_docker_archive(tmp_path):
+    arch, _ = host_platform()
+    app = build_busybox_image(extra_layers=[[Entry("app", data=b"1")]], config={"User": "nobody"})
+    mine = build_busybox_image(extra_layers=[[Entry("arch", data=b"mine")]])
+    other = build_busybox_image(extra_layers=[[Entry("arch", data=b"other")]], architecture="s390x")
+    index = build_index([(other, {"os": "linux", "architecture": "s390x"}), (mine, {"os": "linux", "architecture": arch})])
+    layout = write_oci_layout(tmp_path / "layout", [(app, "example.test/team/app:1"), (index, "example.test/multi:2")])
+    saved = write_docker_archive(tmp_path / "saved.tar", build_busybox_image(extra_layers=[[Entry("d", data=b"d")]]),
+                                 ["docker.io/library/saved:3", "example.test/saved:4"])
+    root = tmp_path / "root"
+
+    first = pycri_image("import", str(layout), root=root)
+    assert first.returncode == 0, first.stderr
+    assert f"{app.id} example.test/team/app:1" in first.stdout and f"{mine.id} example.test/multi:2" in first.stdout
+    again = pycri_image("import", str(tar_dir(layout, tmp_path / "layout.tar")), root=root)
+    assert again.returncode == 0, again.stderr  # the same images again: nothing changes
+    docker = pycri_image("import", str(saved), root=root)
+    assert docker.returncode == 0 and "docker.io/library/saved:3 example.test/saved:4" in docker.stdout, docker.stderr
+    listing = pycri_image("ls", root=root)
+    assert listing.returncode == 0
+    names = [line.split()[0] for line in listing.stdout.splitlines()[1:]]
+    assert names == ["docker.io/library/saved:3", "example.test/multi:2", "example.test/saved:4", "example.test/team/app:1"]
+
+    store = ImageStore(root / "storage")
+    multi = store.get("example.test/multi:2")
+    assert multi.id == mine.id and multi.repo_digests == [f"example.test/multi@{index.digest}"]
+    assert store.get("example.test/team/app:1").user == "nobody"
+    rootfs = store.create_rootfs("c-imported", mine.id)
+    try:
+        assert (rootfs.path / "arch").read_bytes() == b"mine"
+    finally:
+        store.remove_rootfs("c-imported")
+
+
+def empty_dir(d: Path) -> Path:
+    (d / "empty").mkdir()
+    return d / "empty"
+
+
+def junk_file(d: Path) -> Path:
+    (d / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    return d / "junk.tar"
+
+
+def broken_index(d: Path) -> Path:
+    (d / "x").mkdir()
+    (d / "x/index.json").write_text("{")
+    return d / "x"
+
+
+@pytest.mark.parametrize("make, message", [(empty_dir, "neither an OCI layout"), (junk_file, "not a readable tar"),
+                                           (broken_index, "not valid JSON")])
+def test_bad_archives_fail_naming_the_problem(tmp_path, make, message):
+    store = ImageStore(tmp_path / "root")
+    with pytest.raises(ArchiveError, match=message):
+        store.import_archive(make(tmp_path))
+    assert store.list() == []
+
+
+def test_an_archive_missing_a_layer_leaves_nothing(tmp_path):
+    image = build_busybox_image(extra_layers=[[Entry("x", data=b"x")]])
+    layout = write_oci_layout(tmp_path / "layout", [(image, "example.test/broken:1")])
+    os.unlink(next(p for p in (layout / "blobs/sha256").iterdir() if p.stat().st_size < 500 and p.name != image.digest[7:]
+                   and p.name != image.config_digest[7:]))
+    store = ImageStore(tmp_path / "root")
+    with pytest.raises(ArchiveError, match="missing"):
+        store.import_archive(layout)
+    assert store.list() == []
+    assert os.listdir(store.root / "layers") == [] and os.listdir(store.root / "blobs/sha256") == []
