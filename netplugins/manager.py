@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from .cache import ResultCache
-from .config import ConfigWatcher, NetworkConfig, parse_network, InvalidNetworkConfig
+from .config import ConfigWatcher, InvalidNetworkConfig, NetworkConfig, parse_network
 from .errors import CNIError, NetPluginError, NetworkNotReady
 from .invoke import PluginNotFound, cni_args, decode_json, exec_plugin, find_plugin, plugin_env, plugin_stdin
+from .netns import namespace_alive
 from .result import InvalidResult, NetworkResult, parse_result
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,6 @@ def _version_at_least(version: str, minimum: tuple[int, int, int]) -> bool:
         return False
 
 
-@dataclass
-class _State:
-    networks: list[NetworkConfig] = field(default_factory=list)
-
-
 class CNIManager:
     """Runs the default network's plugin chain for pods and remembers every ADD on disk."""
 
@@ -86,12 +81,12 @@ class CNIManager:
         self.plugin_dirs = [Path(d) for d in plugin_dirs]
         self.cache = ResultCache(Path(cache_dir))
         self.timeout = timeout
-        self._state = _State()
+        self._networks: list[NetworkConfig] = []
         self._watcher = ConfigWatcher(self.conf_dir, self._on_change, poll_interval)
 
     def _on_change(self, networks: list[NetworkConfig]) -> None:
         before = self.default_network()
-        self._state.networks = networks
+        self._networks = networks
         after = self.default_network()
         if before != after:
             log.info("default CNI network is now %s", f"{after.name} ({after.source})" if after else "none")
@@ -109,7 +104,7 @@ class CNIManager:
         self._watcher.poll()
 
     def default_network(self) -> NetworkConfig | None:
-        return self._state.networks[0] if self._state.networks else None
+        return self._networks[0] if self._networks else None
 
     def ready(self) -> tuple[bool, str, str]:
         """(ready, reason, message) for the NetworkReady runtime condition."""
@@ -197,7 +192,7 @@ class CNIManager:
 
         Idempotent: DEL of a pod never added, or whose netns is gone, succeeds (the path is then passed empty).
         """
-        netns = pod.netns if pod.netns and os.path.exists(pod.netns) else ""
+        netns = pod.netns if pod.netns and namespace_alive(pod.netns) else ""
         entries = await asyncio.to_thread(self.cache.find, pod.id, pod.ifname)
         if not entries:
             network = self.default_network()

@@ -1,0 +1,36 @@
+"""The sandbox manager's undo stack and step naming."""
+
+import asyncio
+
+from cri.core.sandboxes import UndoStack, _named
+from cri.errors import InvalidArgument, Internal
+from netplugins.errors import CNIError
+
+
+def test_undo_runs_in_reverse_and_survives_a_failing_step():
+    done = []
+
+    async def async_undo():
+        done.append("async")
+
+    def failing():
+        raise RuntimeError("cannot undo")
+
+    stack = UndoStack()
+    stack.push("first", lambda: done.append("first"))
+    stack.push("second", async_undo)
+    stack.push("broken", failing)
+    stack.push("last", lambda: done.append("last"))
+    asyncio.run(stack.unwind())
+    assert done == ["last", "async", "first"]
+    asyncio.run(stack.unwind())  # each undo runs once
+    assert done == ["last", "async", "first"]
+
+
+def test_named_errors_keep_their_kind_and_name_the_step():
+    err = _named("creating the pod cgroup", InvalidArgument("bad path"))
+    assert isinstance(err, InvalidArgument) and str(err) == "creating the pod cgroup: bad path"
+    cni = _named("CNI ADD", CNIError("bridge", "ADD", 7, "boom"))
+    assert isinstance(cni, CNIError) and str(cni).startswith("CNI ADD: CNI plugin bridge ADD failed (code 7)")
+    other = _named("mounting shm", OSError(28, "No space left on device"))
+    assert isinstance(other, Internal) and "mounting shm" in str(other) and "No space" in str(other)
