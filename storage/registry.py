@@ -113,6 +113,17 @@ def _drop_connection(scheme: str, host: str, timeout: float) -> None:
         conn.close()
 
 
+def _discard(resp: http.client.HTTPResponse, scheme: str, host: str, timeout: float) -> bytes:
+    """Read a (small) body we will not use; a connection with unread bytes left cannot be reused."""
+    try:
+        data = resp.read(65536)
+    except (OSError, http.client.HTTPException):
+        data = b""
+    if not resp.isclosed():
+        _drop_connection(scheme, host, timeout)
+    return data
+
+
 def _registry_message(body: bytes) -> str:
     """The registry's own words from an error body ({"errors":[{"code","message"}]}), if any."""
     try:
@@ -210,7 +221,10 @@ class RegistryClient:
         """One request whose whole (small) answer is read; network failures become transient errors."""
         resp = self._send(scheme, host, method, path, headers, body)
         try:
-            return resp.status, resp.headers, resp.read(MAX_MANIFEST_BYTES)
+            data = resp.read(MAX_MANIFEST_BYTES)
+            if not resp.isclosed():
+                _drop_connection(scheme, host, self.timeout)
+            return resp.status, resp.headers, data
         except socket.timeout:
             _drop_connection(scheme, host, self.timeout)
             raise PullTimeout(f"registry {host}: no data for {self.timeout:g}s") from None
@@ -252,7 +266,7 @@ class RegistryClient:
                 headers["Authorization"] = auth
             resp = self._send(scheme, host, "GET", url_path, headers)
             if resp.status == 401 and same_registry and not authorised:
-                data = resp.read(65536)
+                data = _discard(resp, scheme, host, self.timeout)
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 if not challenge:
                     raise AuthError(f"registry {host}: 401 without a WWW-Authenticate challenge: {_registry_message(data)}")
@@ -262,7 +276,7 @@ class RegistryClient:
                 authorised = True
                 continue
             if resp.status in (301, 302, 303, 307, 308):
-                resp.read()
+                _discard(resp, scheme, host, self.timeout)
                 location = resp.headers.get("Location")
                 if not location:
                     raise RegistryError(f"registry {host}: redirect without a Location")
@@ -274,8 +288,7 @@ class RegistryClient:
                 continue
             if 200 <= resp.status < 300:
                 return resp
-            data = resp.read(65536)
-            message = _registry_message(data)
+            message = _registry_message(_discard(resp, scheme, host, self.timeout))
             if resp.status in (401, 403):
                 who = f"as {self.credentials.username!r}" if self.credentials and self.credentials.username else "anonymously"
                 raise AuthError(f"registry {host}: access to {self.source.repository} denied {who} (HTTP {resp.status}): {message}")

@@ -221,6 +221,8 @@ class _Extractor:
                 os.link(link_parts[-1], name, src_dir_fd=link_parent, dst_dir_fd=parent, follow_symlinks=False)
             except FileNotFoundError:
                 raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: target not in this layer") from None
+            except (PermissionError, IsADirectoryError):
+                raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: target is a directory") from None
             finally:
                 os.close(link_parent)
             return  # a hard link shares the target's inode and metadata

@@ -105,6 +105,7 @@ def test_absolute_names_are_contained_in_the_root(area):
     ([Entry("h", "hardlink", linkname="../outside/bait")], "'..'"),
     ([Entry("esc", "symlink", linkname="../outside"), Entry("h", "hardlink", linkname="esc/bait")], "symlink"),
     ([Entry("h", "hardlink", linkname="missing")], "not in this layer"),
+    ([Entry("d", "dir"), Entry("h", "hardlink", linkname="d")], "directory"),
     ([Entry("esc", "symlink", linkname="../outside"), Entry("esc/.wh.bait")], "symlink"),
     ([Entry("esc", "symlink", linkname="../outside"), Entry("esc/.wh..wh..opq")], "symlink"),
 ])
