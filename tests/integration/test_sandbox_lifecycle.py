@@ -18,8 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def network(tmp_path):
+def network(tmp_path, request):
+    """The private network; parametrize it indirectly with True to turn ipMasq on."""
     net = PrivateNetwork(tmp_path)
+    net.conflist["plugins"][0]["ipMasq"] = getattr(request, "param", False)
     net.install()
     try:
         yield net
@@ -69,6 +71,7 @@ def assert_no_leftovers(d, network, pod_id, details):
     assert not Path(details["sandboxDir"]).exists()
 
 
+@pytest.mark.parametrize("network", [True], indirect=True, ids=["ipmasq"])  # per-pod NAT rules to clean up
 def test_pod_gets_ip_answers_ping_and_cleans_up(pods):
     d, network = pods
     pod_id = run(d, pod_config("web", dns_config=api_pb2.DNSConfig(
@@ -87,10 +90,12 @@ def test_pod_gets_ip_answers_ping_and_cleans_up(pods):
     assert "/dev/shm" not in details["shm"] and details["shm"] in mounts_below(d.state_dir)
     assert len(veths_on(network.bridge)) == 1
     assert cgroup_exists(details["cgroupPath"])
+    assert iptables_rules_mentioning(pod_id), "ipMasq made no rule naming the pod"
 
     stop(d, pod_id)
     assert status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY
     assert network.leases() == [] and veths_on(network.bridge) == []
+    assert iptables_rules_mentioning(pod_id) == []
     stop(d, pod_id)  # idempotent
     remove(d, pod_id)
     assert_no_leftovers(d, network, pod_id, details)
