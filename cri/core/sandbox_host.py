@@ -166,10 +166,9 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str,
     Returns (infra pid, its start time, pid of the `unshare` parent that holds it). posix_spawn keeps this
     off the asyncio child watcher: the infra lives as long as the pod, not as long as a call.
     """
-    argv = ["nsenter"] + [f"--{kind}={path}" for kind, path in sorted(namespaces.items())]
-    argv += ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", catatonit, "-P"]
-    if len(argv) == 1 + 6:
-        argv = argv[1:]  # no namespace to enter
+    argv = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", catatonit, "-P"]
+    if namespaces:
+        argv = ["nsenter", *(f"--{kind}={path}" for kind, path in sorted(namespaces.items()))] + argv
     parent = os.posix_spawnp(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, setsid=True)
     try:
         move_to_cgroup(parent, cgroup)
