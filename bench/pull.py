@@ -13,7 +13,6 @@ runtime's peak RSS from --pid. Each pull is cold: the image is removed through C
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys

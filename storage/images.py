@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -31,8 +30,7 @@ from pydantic import BaseModel, Field
 from storage import reference as refs
 from storage.auth import AuthFile, Credentials
 from storage.content import ContentStore
-from storage.errors import (DigestMismatch, HostileLayer, ImageInUse, ImageNotFound, InvalidReference,
-                            StorageError, UnsupportedManifest)
+from storage.errors import ImageInUse, ImageNotFound, InvalidReference, StorageError, UnsupportedManifest
 from storage.fsutil import atomic_write_json, remove_tree, syncfs, usage
 from storage.layers import LayerStore, chain_ids as compute_chain_ids
 from storage.registries import RegistriesConfig
@@ -225,13 +223,9 @@ class ImageStore:
                                         token_cache=self._tokens, progress_timeout=self.progress_timeout)
                 try:
                     return self._pull_from(client, ref)
-                except (HostileLayer, DigestMismatch) as exc:
-                    if source is sources[-1] and ref is candidates[-1]:
-                        raise
-                    last_error = exc  # a bad mirror: the next source may be honest
                 except StorageError as exc:
                     if source is sources[-1] and ref is candidates[-1]:
-                        raise
+                        raise type(exc)(f"pull {ref}: {exc}") from None
                     log.info("pull %s from %s failed, trying the next source: %s", ref, client.where, exc)
                     last_error = exc
         raise last_error or ImageNotFound(f"no source to pull {candidates[0]} from")
