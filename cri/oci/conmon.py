@@ -1,0 +1,188 @@
+"""conmon 2.1.6 as the per-container monitor, driven the way CRI-O drives it.
+
+conmon runs ``<runtime> create`` itself, holds the container's stdio (CRI log file, attach socket, ctl fifo),
+and writes ``<exit_dir>/<id>`` with the exit status when the container ends. It double-forks, so containers keep
+running while the daemon is down; with the daemon a child subreaper (see ``reaper``) the detached conmon is
+re-parented to us, and we reap it when it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cri.oci.runtime import OCIRuntime, RuntimeError_
+
+CREATE_TIMEOUT = 60.0
+
+
+class ConmonError(RuntimeError_):
+    """conmon or the runtime it ran failed to create the container."""
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    """Files conmon and the runtime keep in a container's bundle directory."""
+
+    bundle: Path
+
+    @property
+    def config(self) -> Path:
+        return self.bundle / "config.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.bundle / "pidfile"
+
+    @property
+    def conmon_pid_file(self) -> Path:
+        return self.bundle / "conmon-pidfile"
+
+    @property
+    def attach_socket(self) -> Path:
+        return self.bundle / "attach"
+
+    @property
+    def ctl_fifo(self) -> Path:
+        return self.bundle / "ctl"
+
+    @property
+    def oom_file(self) -> Path:
+        return self.bundle / "oom"
+
+
+@dataclass(frozen=True)
+class Created:
+    pid: int
+    conmon_pid: int
+
+
+class Conmon:
+    def __init__(self, path: str, exit_dir: Path | str, log_level: str = "error", no_sync_log: bool = True):
+        self.path = path
+        self.exit_dir = Path(exit_dir)
+        self.log_level = log_level
+        self.no_sync_log = no_sync_log
+
+    def exit_file(self, container_id: str) -> Path:
+        return self.exit_dir / container_id
+
+    async def create_container(self, runtime: OCIRuntime, container_id: str, bundle: Path, log_path: str,
+                               name: str, stdin: bool = False, stdin_once: bool = False, tty: bool = False,
+                               log_size_max: int = -1, timeout: float = CREATE_TIMEOUT) -> Created:
+        """Start conmon, which runs ``runtime create``; return the container's init pid once it exists."""
+        paths = BundlePaths(bundle)
+        self.exit_file(container_id).unlink(missing_ok=True)  # a stale exit file would mark the new one exited
+        for stale in (paths.oom_file, paths.pid_file, paths.conmon_pid_file):
+            stale.unlink(missing_ok=True)
+        args = [
+            self.path, "--api-version", "1", "-c", container_id, "-u", container_id, "-n", name,
+            "-r", runtime.path, "-b", str(bundle), "-p", str(paths.pid_file), "-P", str(paths.conmon_pid_file),
+            "--exit-dir", str(self.exit_dir), "--socket-dir-path", str(bundle.parent), "--full-attach",
+            "-l", f"k8s-file:{log_path}", "--log-level", self.log_level,
+        ]
+        for arg in runtime.global_args:
+            args += ["--runtime-arg", arg]
+        if log_size_max > 0:
+            args += ["--log-size-max", str(log_size_max)]
+        if self.no_sync_log:
+            args.append("--no-sync-log")
+        if stdin:
+            args.append("-i")
+            if not stdin_once:
+                args.append("--leave-stdin-open")
+        if tty:
+            args.append("-t")
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+               "_OCI_SYNCPIPE": str(sync_w), "_OCI_STARTPIPE": str(start_r)}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args, cwd=str(bundle), env=env, pass_fds=(sync_w, start_r), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except BaseException:
+            for fd in (sync_r, sync_w, start_r, start_w):
+                os.close(fd)
+            raise
+        os.close(sync_w)
+        os.close(start_r)
+        try:
+            os.write(start_w, b"0")
+        finally:
+            os.close(start_w)
+        try:
+            message = await asyncio.wait_for(asyncio.to_thread(_read_sync_message, sync_r), timeout)
+        except asyncio.TimeoutError:
+            raise ConmonError(f"conmon did not report the container pid within {timeout}s") from None
+        finally:
+            os.close(sync_r)
+            stderr = await _finish(proc)
+        pid = _reported_pid(message)
+        if pid <= 0:
+            detail = (message or {}).get("message") or stderr or "conmon exited without reporting a pid"
+            raise ConmonError(f"{runtime.name} create failed: {detail.strip()}", detail)
+        try:
+            conmon_pid = int(paths.conmon_pid_file.read_text().strip())
+        except (OSError, ValueError):
+            conmon_pid = 0
+        return Created(pid=pid, conmon_pid=conmon_pid)
+
+    @staticmethod
+    def reopen_log(bundle: Path) -> None:
+        """Ask conmon to reopen the log file (after kubelet rotated it)."""
+        _write_ctl(BundlePaths(bundle).ctl_fifo, "2 0 0\n")
+
+    @staticmethod
+    def resize(bundle: Path, height: int, width: int) -> None:
+        _write_ctl(BundlePaths(bundle).ctl_fifo, f"1 {int(height)} {int(width)}\n")
+
+
+def _write_ctl(fifo: Path, line: str) -> None:
+    # O_NONBLOCK: a dead conmon has no reader and must not hang the caller.
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise ConmonError(f"conmon control fifo {fifo} is not open: {err}") from err
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _reported_pid(message: dict | None) -> int:
+    """conmon 2.x names the field "data" (older releases "pid"); negative means the runtime failed."""
+    if not message:
+        return -1
+    value = message.get("data", message.get("pid", -1))
+    return value if isinstance(value, int) else -1
+
+
+def _read_sync_message(fd: int) -> dict | None:
+    """First JSON line conmon writes on the sync pipe: {"data": pid} or {"data": -1, "message": "..."}."""
+    buf = b""
+    while b"\n" not in buf:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    line = buf.split(b"\n", 1)[0]
+    if not line:
+        return None
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {"data": -1, "message": line.decode(errors="replace")}
+
+
+async def _finish(proc: asyncio.subprocess.Process) -> str:
+    """conmon's first process exits right after its fork; reap it and return what it said on stderr."""
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    except asyncio.TimeoutError:
+        proc.kill()
+        _, err = await proc.communicate()
+    return (err or b"").decode(errors="replace").strip()

@@ -1,0 +1,69 @@
+"""Watch conmon's exit directory with inotify (ctypes, no thread) and report each container exit once."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+
+
+def read_exit_status(path: Path) -> int | None:
+    """The exit code conmon wrote, or None while the file is absent or incomplete."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+class ExitWatcher:
+    """Calls ``on_exit(container_id)`` on the event loop when conmon writes ``<dir>/<container_id>``."""
+
+    def __init__(self, directory: Path | str, on_exit: Callable[[str], None]):
+        self.directory = Path(directory)
+        self.on_exit = on_exit
+        self._fd = -1
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        if libc.inotify_add_watch(fd, os.fsencode(self.directory), IN_CLOSE_WRITE | IN_MOVED_TO) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"inotify_add_watch {self.directory} failed")
+        self._fd = fd
+        asyncio.get_running_loop().add_reader(fd, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            _, _, _, length = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0").decode(errors="replace")
+            offset += _EVENT.size + length
+            if name and "." not in name:  # conmon writes a temp file first, then renames it
+                self.on_exit(name)
+
+    def stop(self) -> None:
+        if self._fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,53 @@
+"""Child subreaper: detached conmons (and anything they orphan) are re-parented to the daemon and reaped here.
+
+This host's PID 1 does not reap orphans, so without this every exited conmon would stay a zombie. asyncio
+already waits for the children it spawned, so we never call waitpid(-1): we reap only pids handed to ``watch``
+(conmon's, from its pid file), through a pidfd, which cannot race with asyncio's own child watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process instead of PID 1; False if the kernel refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+class Reaper:
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+
+    def watch(self, pid: int) -> None:
+        """Reap ``pid`` when it exits if it is (or becomes) our child; a pid that is not our child is ignored."""
+        if pid <= 0 or pid in self._fds:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            return
+        self._fds[pid] = fd
+        asyncio.get_running_loop().add_reader(fd, self._on_exit, pid)
+
+    def _on_exit(self, pid: int) -> None:
+        fd = self._fds.pop(pid)
+        asyncio.get_running_loop().remove_reader(fd)
+        try:
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child (started by an earlier daemon): its parent reaps it
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in self._fds.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+        self._fds.clear()

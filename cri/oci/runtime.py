@@ -1,0 +1,169 @@
+"""One typed async wrapper around an OCI runtime binary (runc or crun)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TIMEOUT = 30.0
+EXEC_OUTPUT_CAP = 16 << 20
+
+
+class RuntimeError_(Exception):
+    """The runtime binary failed; the message carries the command and its stderr."""
+
+    def __init__(self, message: str, stderr: str = "", returncode: int | None = None):
+        super().__init__(message)
+        self.stderr = stderr
+        self.returncode = returncode
+
+
+class ContainerMissing(RuntimeError_):
+    """The runtime does not know the container (never created, or already deleted)."""
+
+
+class RuntimeTimeout(RuntimeError_):
+    """The runtime did not answer in time; it was killed."""
+
+
+_MISSING_MARKERS = ("does not exist", "not found", "no such file or directory", "container not running")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+
+
+class _Capped:
+    """Collects a pipe into a buffer capped at ``cap`` bytes, reading on so the writer never blocks."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.data = bytearray()
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            room = self.cap - len(self.data)
+            if room > 0:
+                self.data += chunk[:room]
+
+
+# After the process exits, how long its pipes may stay open (held by a background child) before we stop reading.
+_PIPE_GRACE = 2.0
+
+
+class OCIRuntime:
+    """runc/crun with its own state root; every call has a timeout and puts the tool's stderr into its error."""
+
+    def __init__(self, name: str, path: str, root: Path | str, timeout: float = DEFAULT_TIMEOUT,
+                 extra_args: tuple[str, ...] = ()):
+        self.name = name
+        self.path = path
+        self.root = Path(root)
+        self.timeout = timeout
+        self.extra_args = extra_args
+
+    @property
+    def global_args(self) -> list[str]:
+        return ["--root", str(self.root), *self.extra_args]
+
+    async def _run(self, *args: str, stdin: bytes | None = None, timeout: float | None = None) -> bytes:
+        cmd = [self.path, *self.global_args, *args]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout or self.timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeTimeout(f"{self.name} {args[0]} timed out after {timeout or self.timeout}s") from None
+        if proc.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            message = f"{self.name} {' '.join(args[:1])} {args[-1] if len(args) > 1 else ''}: {text}".strip()
+            cls = ContainerMissing if any(m in text.lower() for m in _MISSING_MARKERS) else RuntimeError_
+            raise cls(message, text, proc.returncode)
+        return out
+
+    async def state(self, container_id: str) -> dict:
+        return json.loads(await self._run("state", container_id))
+
+    async def start(self, container_id: str) -> None:
+        await self._run("start", container_id)
+
+    async def kill(self, container_id: str, sig: int = signal.SIGTERM, all_processes: bool = False) -> None:
+        args = ["kill"] + (["--all"] if all_processes else []) + [container_id, str(int(sig))]
+        await self._run(*args)
+
+    async def delete(self, container_id: str, force: bool = False) -> None:
+        """Delete; a container the runtime no longer knows counts as deleted."""
+        try:
+            await self._run("delete", *(["--force"] if force else []), container_id)
+        except ContainerMissing:
+            pass
+
+    async def update(self, container_id: str, resources: dict) -> None:
+        await self._run("update", "--resources", "-", container_id, stdin=json.dumps(resources).encode())
+
+    async def exec_sync(self, container_id: str, argv: list[str], timeout: float | None, pid_file: Path,
+                        output_cap: int = EXEC_OUTPUT_CAP) -> ExecResult:
+        """Run ``argv`` in the container and collect its output; on timeout kill the process itself.
+
+        Killing the exec'd process (not runc) lets runc reap it, so no zombie and no orphan is left behind.
+        """
+        cmd = [self.path, *self.global_args, "exec", "--pid-file", str(pid_file), container_id, *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = _Capped(output_cap), _Capped(output_cap)
+        readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout if timeout and timeout > 0 else None)
+            except asyncio.TimeoutError:
+                timed_out = True
+                _kill_from_pid_file(pid_file)
+                try:
+                    await asyncio.wait_for(proc.wait(), self.timeout)
+                except asyncio.TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            try:
+                await asyncio.wait_for(asyncio.shield(readers), _PIPE_GRACE)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            readers.cancel()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            try:
+                pid_file.unlink()
+            except FileNotFoundError:
+                pass
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        return ExecResult(code, bytes(out.data), bytes(err.data), timed_out)
+
+    async def features_version(self) -> str:
+        proc = await asyncio.create_subprocess_exec(self.path, "--version", stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+        return out.decode(errors="replace").splitlines()[0] if out else ""
+
+
+def _kill_from_pid_file(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return  # runc has not started the process yet: killing runc below covers it
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
