@@ -5,6 +5,12 @@ By default it starts a docker-registry and a pycri daemon of its own in a temp d
 images with --name-prefix (a registry name that runtime maps to the registry), and reads that
 runtime's peak RSS from --pid. Each pull is cold: the image is removed through CRI first.
 
+Decompressor choice (storage/unpack.py), measured here on 200 MB of word-like text, gzip -6 to
+87 MB, read in 1 MiB chunks and hashed with sha256 as the unpacker does (2 cores, Debian 12):
+    zlib (gzip module) 221 MB/s | isal.igzip 539 MB/s | isal.igzip_threaded 679 MB/s | `gzip -dc` pipe 164 MB/s
+so layers use ISA-L, in its own thread from 8 MiB of compressed layer up (below that the thread
+start costs more than it saves). 256 KiB buffers keep the peak RSS of a 5-layer pull near 70 MB.
+
     python bench/pull.py [--big-mb 200] [--runs 3] [--busybox-runs 10]
     python bench/pull.py --endpoint unix:///run/containerd/containerd.sock --registry 127.0.0.1:5000 \\
         --name-prefix registry.k8s.io --pid $(pidof containerd)
