@@ -57,5 +57,9 @@ class ConfigError(StorageError):
     """registries.conf or the auth file cannot be read."""
 
 
+class NoSpace(StorageError):
+    """The disk (or quota) under the store filled up; the failed operation left nothing behind."""
+
+
 class MountError(StorageError):
     """Mounting or unmounting a container root filesystem failed."""

@@ -14,15 +14,17 @@ removed at the next start (or by the failed pull itself).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import tenacity
 from pydantic import BaseModel, Field
@@ -30,7 +32,7 @@ from pydantic import BaseModel, Field
 from storage import reference as refs
 from storage.auth import AuthFile, Credentials
 from storage.content import ContentStore
-from storage.errors import ImageInUse, ImageNotFound, InvalidReference, StorageError, UnsupportedManifest
+from storage.errors import ImageInUse, ImageNotFound, InvalidReference, NoSpace, StorageError, UnsupportedManifest
 from storage.fsutil import atomic_write_json, remove_tree, syncfs, usage
 from storage.layers import LayerStore, chain_ids as compute_chain_ids
 from storage.registries import RegistriesConfig
@@ -203,7 +205,8 @@ class ImageStore:
         if running is not None:
             return running.result().model_copy(deep=True)
         try:
-            record = self._pull_candidates(candidates, credentials)
+            with self._no_space_error(f"pull {candidates[0]}"):
+                record = self._pull_candidates(candidates, credentials)
             mine.set_result(record)
             return record.model_copy(deep=True)
         except BaseException as exc:
@@ -212,6 +215,16 @@ class ImageStore:
         finally:
             with self._lock:
                 del self._inflight[key]
+
+    @contextmanager
+    def _no_space_error(self, what: str) -> Iterator[None]:
+        """A full disk is a clear error of its own; whatever the operation wrote is gone by then."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"{what}: no space left under {self.root}") from None
+            raise
 
     def _pull_candidates(self, candidates: list[refs.Reference], credentials: Credentials | None) -> ImageRecord:
         auth_file = AuthFile.load(self.auth_file_path)
@@ -418,7 +431,7 @@ class ImageStore:
     def import_archive(self, path: Path) -> list[ImageRecord]:
         from storage.archive import read_archive
         imported = []
-        with read_archive(Path(path)) as archive:
+        with self._no_space_error(f"import {path}"), read_archive(Path(path)) as archive:
             for image in archive.images():
                 record = self._install(image.config, image.layers, image.manifests, image.fetch,
                                        where=f"{path}:{image.where}")
@@ -450,6 +463,10 @@ class ImageStore:
             return self.rootfs.create(container_id, record.id, record.chain_ids)
         finally:
             self._unpin(pins)
+
+    def rootfs_ids(self) -> list[str]:
+        """Containers that have a root filesystem here (for reconciliation at start)."""
+        return sorted(self.rootfs.referenced_ids())
 
     def remove_rootfs(self, container_id: str) -> None:
         self.rootfs.remove(container_id)

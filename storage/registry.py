@@ -346,26 +346,31 @@ class RegistryClient:
         resp = self._get(f"/v2/{self.source.repository}/blobs/{digest}")
         hasher = hashlib.sha256()
         received = 0
-        try:
-            while True:
+        while True:
+            try:
                 chunk = resp.read(CHUNK)
-                if not chunk:
-                    break
-                received += len(chunk)
+            except socket.timeout:
+                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                raise PullTimeout(f"registry {self.source.host}: blob {digest}: no data for {self.timeout:g}s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                raise TransientRegistryError(f"registry {self.source.host}: blob {digest}: {exc or type(exc).__name__}") from None
+            if not chunk:
+                break
+            received += len(chunk)
+            try:
                 if received > size:
                     raise DigestMismatch(f"{self.where}: blob {digest} is larger than the {size} bytes its descriptor says")
                 hasher.update(chunk)
                 sink(chunk)
-        except socket.timeout:
-            _drop_connection(self.source.scheme, self.source.host, self.timeout)
-            raise PullTimeout(f"registry {self.source.host}: blob {digest}: no data for {self.timeout:g}s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            _drop_connection(self.source.scheme, self.source.host, self.timeout)
-            raise TransientRegistryError(f"registry {self.source.host}: blob {digest}: {exc or type(exc).__name__}") from None
-        except DigestMismatch:
-            _drop_connection(self.source.scheme, self.source.host, self.timeout)
-            raise
+            except BaseException:  # the rest of the body is unread: this connection is done
+                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                raise
         if received != size:
+            if resp.length:  # the server promised more bytes than came: the connection dropped
+                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                raise TransientRegistryError(f"registry {self.source.host}: blob {digest}: connection closed after "
+                                             f"{received} of {size} bytes")
             raise DigestMismatch(f"{self.where}: blob {digest} has {received} bytes, its descriptor says {size}")
         if hasher.hexdigest() != expected:
             raise DigestMismatch(f"{self.where}: blob {digest} arrived with digest sha256:{hasher.hexdigest()}")

@@ -92,6 +92,10 @@ class RootfsManager:
         base = self.dir / container_id
         return Rootfs(container_id, image_id, base / "merged", base / "upper")
 
+    def referenced_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._chains)
+
     def referenced_chain_ids(self) -> set[str]:
         with self._lock:
             return {c for chains in self._chains.values() for c in chains}

@@ -46,6 +46,9 @@ class ImageService:
     async def create_rootfs(self, container_id: str, image_id: str) -> Rootfs:
         return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id)
 
+    def rootfs_ids(self) -> list[str]:
+        return self.store.rootfs_ids()
+
     async def remove_rootfs(self, container_id: str) -> None:
         await asyncio.to_thread(self.store.remove_rootfs, container_id)
 

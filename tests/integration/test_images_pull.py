@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import pytest
 
 from storage.auth import Credentials
 from storage.errors import (AuthError, BlockedRegistry, DigestMismatch, HostileLayer, ImageInUse, ImageNotFound,
-                            PullTimeout, UnsupportedManifest)
+                            NoSpace, PullTimeout, RegistryError, UnsupportedManifest)
 from storage.images import ImageStore
 from storage.registries import Mirror, RegistriesConfig, RegistryEntry
 from storage.registry import host_platform
@@ -65,6 +66,7 @@ class FakeRegistry:
         self.hits: dict[str, int] = {}
         self.fail_first: dict[str, int] = {}     # path -> number of 500s before answering
         self.stall_after: dict[str, int] = {}    # path -> bytes sent before going silent
+        self.drops: dict[str, int] = {}          # path -> times to hang up halfway through the body
         self.delay = 0.0
         self.stop_stalling = threading.Event()
         fake = self
@@ -96,6 +98,13 @@ class FakeRegistry:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if fake.drops.get(self.path, 0) > 0:
+                    fake.drops[self.path] -= 1
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 cut = fake.stall_after.get(self.path)
                 if cut is None:
                     self.wfile.write(body)
@@ -339,3 +348,39 @@ def test_many_layers_mount_and_tags_move_and_survive_a_restart(registry, store_f
     assert reopened.get(f"{registry.host}/many/layers:1").id == small.id
     assert reopened.get(record.id).repo_tags == []
     assert reopened.get(f"{registry.host}/many/layers@{big.digest}").id == big.id
+
+
+def test_a_dropped_connection_is_retried_and_a_dead_one_fails_leaving_nothing(fake, store_factory):
+    image = build_busybox_image(extra_layers=[[Entry("d", data=os.urandom(100_000))]])
+    layer = f"/v2/drop/app/blobs/{json.loads(image.manifest)['layers'][1]['digest']}"
+    fake.serve("drop/app", "1", image)
+    store = store_factory(insecure(fake.host))
+    fake.drops[layer] = 1
+    assert store.pull(f"{fake.host}/drop/app:1").id == image.id
+    assert fake.hits[layer] == 2
+    store.remove(image.id)
+    fake.drops[layer] = 100
+    with pytest.raises(RegistryError, match="drop/app"):
+        store.pull(f"{fake.host}/drop/app:1")
+    assert leftovers(store.root) == EMPTY
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a disk that fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_the_pull_clearly_and_leaves_nothing(registry, small_disk):
+    image = build_busybox_image(extra_layers=[[Entry("big", data=os.urandom(6 << 20))]])
+    registry.push("full/app", "1", image)
+    store = ImageStore(small_disk / "root", insecure(registry.host))
+    with pytest.raises(NoSpace, match="full/app"):
+        store.pull(f"{registry.host}/full/app:1")
+    assert leftovers(store.root) == EMPTY
