@@ -93,9 +93,14 @@ def _build_images(config: Config):
     from storage import registries
     from storage.images import ImageStore
 
+    from storage.errors import StorageError
+
     st = config.storage
-    store = ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
-                       st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads)
+    try:
+        store = ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
+                           st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads)
+    except StorageError as exc:
+        raise DaemonError(f"image store: {exc}") from None
     return ImageService(store)
 
 

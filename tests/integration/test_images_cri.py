@@ -96,3 +96,11 @@ def test_private_registry_needs_the_credentials_kubelet_passes(mapped_daemon, pr
     assert ref == image.id
     status = images.ImageStatus(api_pb2.ImageStatusRequest(image=spec("private.test/team/app:v1"))).image
     assert list(status.repo_tags) == ["private.test/team/app:v1"]
+
+
+def test_a_broken_registries_conf_stops_the_daemon_naming_the_file(daemon_factory, tmp_path):
+    conf = tmp_path / "registries.conf"
+    conf.write_text("[[registry]\nprefix = 'x'\n")
+    with pytest.raises(RuntimeError) as err:
+        daemon_factory({"storage": {"registries_conf": str(conf)}})
+    assert str(conf) in str(err.value) and "invalid TOML" in str(err.value)
