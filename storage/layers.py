@@ -42,6 +42,8 @@ class Layer:
     diff_id: str
     size: int     # bytes of the uncompressed tar stream
     link: str     # name under l/
+    disk_bytes: int = 0   # what the unpacked files take on disk, measured once after unpacking,
+    inodes: int = 0       # so that ImageFsInfo (asked every few seconds) never walks the layers
 
 
 class LayerStore:
@@ -73,7 +75,7 @@ class LayerStore:
             doc = json.loads((self.path(chain_id) / "layer.json").read_text())
         except FileNotFoundError:
             return None
-        return Layer(doc["chain_id"], doc["diff_id"], doc["size"], doc["link"])
+        return Layer(**doc)
 
     def all_chain_ids(self) -> set[str]:
         return {f"sha256:{name}" for name in os.listdir(self.dir) if not name.startswith(_TMP_PREFIX)}
@@ -99,7 +101,8 @@ class LayerStore:
                     raise DigestMismatch(f"layer {blob.name[:12]}: uncompressed digest {stats.diff_id} does not "
                                          f"match {diff_id} in the image config")
                 link_path = self._new_link(chain_id)
-                layer = Layer(chain_id, diff_id, stats.size, link_path.name)
+                disk_bytes, inodes = usage(tmp / "diff")
+                layer = Layer(chain_id, diff_id, stats.size, link_path.name, disk_bytes, inodes)
                 atomic_write_json(tmp / "layer.json", layer.__dict__, durable=False)
                 os.rename(tmp, self.path(chain_id))
             except BaseException:
@@ -131,4 +134,11 @@ class LayerStore:
         return doomed
 
     def usage(self) -> tuple[int, int]:
-        return usage(self.dir)
+        """(bytes, inodes) of all unpacked layers, from what each layer recorded."""
+        total_bytes = total_inodes = 0
+        for chain_id in self.all_chain_ids():
+            layer = self.get(chain_id)
+            if layer is not None:
+                total_bytes += layer.disk_bytes
+                total_inodes += layer.inodes
+        return total_bytes, total_inodes
