@@ -1,0 +1,578 @@
+"""The container manager: create, start, stop, remove, status, list, exec, update, logs, stats and events.
+
+States (written down as data below) move one way: creating -> created -> running -> exited. Records are saved
+before the host is changed, so a crash leaves a record that names what to undo. Each container has its own lock;
+no lock is held across containers. Exits arrive from conmon's exit files through an inotify watcher and are
+applied without the lock (one synchronous update on the event loop), so a stop waiting for an exit cannot
+deadlock with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cri.core import events as ev
+from cri.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from cri.oci import cgroups, host, spec as oci_spec
+from cri.oci.conmon import BundlePaths, Conmon
+from cri.oci.exitwatch import ExitWatcher, read_exit_status
+from cri.oci.reaper import Reaper
+from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file
+from cri.oci.runtime import OCIRuntime, RuntimeError_
+from cri.oci.users import UserRequest, UserResolutionError, resolve_user
+from cri.state.container_record import ContainerRecord, ContainerRequest, ResourcesSpec
+from cri.state.ids import new_id
+from cri.state.index import Index, NameRegistry
+from cri.state.store import RecordStore, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+# CRI state names, and which moves each RPC may make.
+CRI_STATE = {"creating": 0, "created": 0, "running": 1, "exited": 2}
+STARTABLE = {"created"}
+EXEC_STATES = {"running"}
+MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
+KILL_WAIT = 10.0  # after SIGKILL, how long conmon may take to report the exit
+
+
+class StepFailed(Internal):
+    def __init__(self, step: str, cause: BaseException):
+        super().__init__(f"{step}: {cause}")
+        self.step = step
+
+
+class UndoStack:
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Any]] = []
+
+    def push(self, what: str, action) -> None:
+        self._steps.append((what, action))
+
+    async def unwind(self) -> None:
+        for what, action in reversed(self._steps):
+            try:
+                result = action()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("undo step %r failed", what)
+        self._steps.clear()
+
+
+@dataclass
+class ContainerStats:
+    record: ContainerRecord
+    cgroup: cgroups.Stats
+    usage_nano_cores: int | None
+    writable_bytes: int
+    writable_inodes: int
+
+
+def signal_number(name: str) -> int:
+    """"SIGTERM", "TERM", "15" or "SIGRTMIN+3" -> the number; InvalidArgument when unknown."""
+    if not name:
+        return int(signal.SIGTERM)
+    text = name.strip().upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    if text.startswith("SIGRTMIN+") and text[9:].isdigit():
+        return int(signal.SIGRTMIN) + int(text[9:])
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        raise InvalidArgument(f"unknown stop signal {name!r}") from None
+
+
+def exit_reason(exit_code: int, oom: bool) -> str:
+    if oom:
+        return "OOMKilled"
+    return "Completed" if exit_code == 0 else "Error"
+
+
+class ContainerManager:
+    def __init__(self, config, sandboxes, images, bus: ev.EventBus):
+        self.config = config
+        self.sandboxes = sandboxes
+        self.images = images
+        self.events = bus
+        self._store = RecordStore(Path(config.root) / "containers", ContainerRecord)
+        self._dir = Path(config.state_dir) / "containers"
+        self._exit_dir = Path(config.state_dir) / "exits"
+        self._index: Index[ContainerRecord] = Index("container")
+        self._names = NameRegistry("container")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._runtimes: dict[str, OCIRuntime] = {}
+        self._conmon = Conmon(config.runtime.conmon, self._exit_dir)
+        self._watcher = ExitWatcher(self._exit_dir, self._on_exit_file)
+        self._reaper = Reaper()
+        self._cpu_samples: dict[str, tuple[int, int]] = {}
+
+    # --- lifetime ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load records; apply exits that happened while the daemon was down; watch for new ones."""
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self._watcher.start()
+        for record in self._store.load_all():
+            if record.state == "creating":
+                log.warning("container %s was being created when the daemon stopped; undoing it", record.id)
+                await self._destroy(record)
+                continue
+            self._names.reserve(record.reserved_name, record.id)
+            self._index.add(record.id, record)
+            if record.state in ("created", "running"):
+                if read_exit_status(self._conmon.exit_file(record.id)) is not None:
+                    self._apply_exit(record)
+                elif record.conmon_pid:
+                    self._reaper.watch(record.conmon_pid)
+        self.sandboxes.set_container_hooks(self.stop_all_in_sandbox, self.remove_all_in_sandbox)
+        self.images.set_in_use(self.image_in_use)
+
+    async def stop(self) -> None:
+        """Containers outlive the daemon: only stop watching."""
+        self._watcher.stop()
+        self._reaper.close()
+
+    def image_in_use(self, image_id: str) -> bool:
+        return any(r.image_id == image_id for r in self._index)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    def runtime(self, handler: str) -> OCIRuntime:
+        name = handler or self.config.runtime.default_runtime
+        rt = self._runtimes.get(name)
+        if rt is None:
+            spec = self.config.runtime.handlers.get(name)
+            if spec is None:
+                raise InvalidArgument(f"runtime handler {name!r} is not configured")
+            path = shutil.which(spec.path)
+            if path is None:
+                raise FailedPrecondition(f"runtime handler {name!r}: {spec.path} is not installed")
+            root = spec.runtime_root or Path(self.config.state_dir) / "runtimes" / name
+            rt = self._runtimes[name] = OCIRuntime(name, path, root)
+        return rt
+
+    def get(self, ref: str) -> ContainerRecord:
+        return self._index.get(ref)
+
+    def find(self, ref: str) -> ContainerRecord | None:
+        return self._index.find(ref)
+
+    def _save(self, record: ContainerRecord) -> None:
+        # Not fsynced: a killed daemon keeps the page cache; reconciliation covers the rest.
+        self._store.save(record, durable=False)
+
+    def _publish(self, record: ContainerRecord, kind: int) -> None:
+        self.events.publish(ev.ContainerEvent(record.id, record.sandbox_id, kind, time.time_ns()))
+
+    # --- create -----------------------------------------------------------------------------------------
+
+    async def create(self, request: ContainerRequest) -> ContainerRecord:
+        sandbox = self.sandboxes.get(request.sandbox_id)
+        if sandbox.state != "ready":
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready (state {sandbox.state})")
+        if not request.name:
+            raise InvalidArgument("container metadata name must not be empty")
+        image = self.images.status(request.image)
+        if image is None:
+            raise NotFound(f"image {request.image!r} not found")
+        self._check_lsm(request)
+        container_id = new_id()
+        reserved = f"{request.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{request.attempt}"
+        self._names.reserve(reserved, container_id)
+        handler = sandbox.runtime_handler or self.config.runtime.default_runtime
+        runtime = self.runtime(handler)
+        bundle = self._dir / container_id
+        parent = (sandbox.cgroup_parent or "/pycri").rstrip("/")
+        log_path = os.path.join(sandbox.log_directory, request.log_path) if request.log_path else ""
+        record = ContainerRecord(
+            id=container_id, sandbox_id=sandbox.id, name=request.name, attempt=request.attempt,
+            reserved_name=reserved, created_at=time.time_ns(), image=request.image,
+            image_ref=(image.repo_digests[0] if image.repo_digests else image.id), image_id=image.id,
+            runtime_handler=handler, bundle=str(bundle), log_path=log_path,
+            cgroups_path=f"{parent}/pycri-{container_id}", stop_signal=request.stop_signal or image.stop_signal,
+            labels=request.labels, annotations=request.annotations, mounts=request.mounts,
+            resources=request.resources, tty=request.tty, stdin=request.stdin, stdin_once=request.stdin_once,
+            request=request.model_dump(mode="json"))
+        undo = UndoStack()
+        undo.push("release the name", lambda: self._names.release(reserved, container_id))
+        try:
+            self._save(record)
+            undo.push("delete the record", lambda: self._store.delete(container_id))
+            bundle.mkdir(mode=0o700)
+            undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
+            try:
+                rootfs = await self.images.create_rootfs(container_id, image.id)
+            except Exception as e:
+                raise StepFailed("mounting the container rootfs", e) from e
+            undo.push("remove the rootfs", lambda: self.images.remove_rootfs(container_id))
+            record.rootfs = str(rootfs.path)
+            spec = await asyncio.to_thread(self._build_spec, record, request, sandbox, image, rootfs.path)
+            atomic_write_bytes(BundlePaths(bundle).config, json.dumps(spec).encode(), durable=False)
+            if log_path:
+                os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            undo.push("delete the runtime container", lambda: self._delete_runtime(record))
+            try:
+                created = await self._conmon.create_container(
+                    runtime, container_id, bundle, log_path or os.devnull, request.name, stdin=request.stdin,
+                    stdin_once=request.stdin_once, tty=request.tty, log_size_max=self.config.runtime.log_size_max)
+            except RuntimeError_ as e:
+                raise StepFailed(f"{handler} create", e) from e
+            self._reaper.watch(created.conmon_pid)
+            record.pid, record.conmon_pid = created.pid, created.conmon_pid
+            record.state = "created"
+            self._save(record)
+        except BaseException:
+            await undo.unwind()
+            raise
+        self._index.add(container_id, record)
+        self._publish(record, ev.CREATED)
+        return record
+
+    def _check_lsm(self, request: ContainerRequest) -> None:
+        sec = request.security
+        if sec.apparmor == "localhost" and not host.apparmor_enabled():
+            raise FailedPrecondition(
+                f"AppArmor profile {sec.apparmor_localhost!r} was asked for, but AppArmor is not enabled on this host")
+
+    def _build_spec(self, record: ContainerRecord, request: ContainerRequest, sandbox, image, rootfs: Path) -> dict:
+        """Everything that reads the host or the image, then the pure spec function (runs in a thread)."""
+        sec = request.security
+        try:
+            user = resolve_user(
+                UserRequest(run_as_user=sec.run_as_user, run_as_username=sec.run_as_username,
+                            run_as_group=sec.run_as_group, supplemental_groups=tuple(sec.supplemental_groups),
+                            strict_supplemental_groups=sec.strict_supplemental_groups, image_user=image.user),
+                read_rootfs_file(rootfs, "/etc/passwd"), read_rootfs_file(rootfs, "/etc/group"))
+            for volume in image.volumes:
+                ensure_rootfs_dir(rootfs, volume)
+        except (UserResolutionError, RootfsPathError) as e:
+            raise InvalidArgument(str(e)) from e
+        record.uid, record.gid = user.uid, user.gid
+        record.supplemental_groups = [user.gid, *user.additional_gids]
+        opts = sandbox.namespace_options
+        pid_mode = MODE_NAMES.get(sec.pid_mode, "CONTAINER")
+        target_pid = 0
+        if pid_mode == "TARGET":
+            target = self._index.find(sec.target_id)
+            if target is None or target.state != "running":
+                raise NotFound(f"target container {sec.target_id!r} for the pid namespace is not running")
+            target_pid = target.pid
+        devices = []
+        for device in request.devices:
+            found = host.device_request(device.host_path, device.container_path, device.permissions)
+            if found is None:
+                raise InvalidArgument(f"device {device.host_path!r} is not a device node on this host")
+            devices.append(found)
+        profile = None
+        seccomp_kind = sec.seccomp
+        if seccomp_kind == "runtime/default" and self.config.runtime.seccomp_profile:
+            seccomp_kind, profile = "localhost", self._load_profile(str(self.config.runtime.seccomp_profile))
+        elif seccomp_kind == "localhost" and not sec.privileged:
+            profile = self._load_profile(sec.seccomp_localhost)
+        r = request.resources
+        inputs = oci_spec.ContainerInputs(
+            container_id=record.id, rootfs=str(rootfs), command=request.command, args=request.args,
+            image_entrypoint=image.entrypoint, image_cmd=image.cmd, image_env=image.env, envs=request.envs,
+            working_dir=request.working_dir, image_working_dir=image.working_dir, tty=request.tty,
+            stdin=request.stdin, user=user, hostname=sandbox.hostname, readonly_rootfs=sec.readonly_rootfs,
+            mounts=[oci_spec.MountRequest(m.container_path, m.host_path, m.readonly, m.propagation,
+                                          m.recursive_read_only) for m in request.mounts],
+            devices=devices, host_devices=host.host_devices() if sec.privileged else [],
+            hosts_path=sandbox.hosts_path, resolv_path=sandbox.resolv_conf_path, hostname_path=sandbox.hostname_path,
+            shm_path=sandbox.shm_path,
+            network_mode="NODE" if opts.host_network else "POD", ipc_mode="NODE" if opts.host_ipc else "POD",
+            pid_mode=pid_mode, netns_path=sandbox.netns_path, ipcns_path=sandbox.ipc_path,
+            utsns_path=sandbox.uts_path, pod_pid=sandbox.infra_pid, target_pid=target_pid,
+            userns_mode=MODE_NAMES.get(sec.userns_mode, "NODE"),
+            uid_mappings=[oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in sec.uid_mappings],
+            gid_mappings=[oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in sec.gid_mappings],
+            privileged=sec.privileged, add_capabilities=sec.add_capabilities,
+            drop_capabilities=sec.drop_capabilities, add_ambient_capabilities=sec.add_ambient_capabilities,
+            host_capabilities=host.daemon_capabilities(),
+            default_capabilities=tuple("CAP_" + c for c in self.config.runtime.default_capabilities),
+            no_new_privs=sec.no_new_privs, seccomp=seccomp_kind, seccomp_localhost_profile=profile,
+            masked_paths=sec.masked_paths, readonly_paths=sec.readonly_paths,
+            resources=self._resources(r), oom_score_adj_floor=host.oom_score_adj_floor(),
+            swap_accounting=cgroups.swap_accounting(), cgroups_path=record.cgroups_path,
+            annotations={**request.annotations, "io.kubernetes.cri.container-name": request.name,
+                         "io.kubernetes.cri.sandbox-id": sandbox.id, "io.kubernetes.cri.container-type": "container"},
+        )
+        try:
+            return oci_spec.container_spec(inputs)
+        except oci_spec.SpecError as e:
+            raise InvalidArgument(str(e)) from e
+
+    def _resources(self, r: ResourcesSpec) -> oci_spec.Resources:
+        return oci_spec.Resources(
+            cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares, cpuset_cpus=r.cpuset_cpus,
+            cpuset_mems=r.cpuset_mems, memory_limit=r.memory_limit_in_bytes,
+            memory_swap_limit=r.memory_swap_limit_in_bytes, oom_score_adj=r.oom_score_adj,
+            hugepage_limits=tuple((size, limit) for size, limit in r.hugepage_limits), unified=r.unified,
+            pids_limit=self.config.runtime.pids_limit)
+
+    @staticmethod
+    def _load_profile(path: str) -> dict:
+        if not path or not os.path.isabs(path):
+            raise InvalidArgument(f"localhost seccomp profile path {path!r} must be absolute")
+        try:
+            with open(path, "rb") as f:
+                return json.loads(f.read(1 << 20))
+        except FileNotFoundError:
+            raise NotFound(f"seccomp profile {path} does not exist") from None
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"seccomp profile {path} cannot be read: {e}") from None
+
+    # --- start / exit -----------------------------------------------------------------------------------
+
+    async def start_container(self, ref: str) -> None:
+        record = self.get(ref)
+        async with self._lock(record.id):
+            if record.state not in STARTABLE:
+                raise FailedPrecondition(f"container {record.id} is {record.state}, only a created one can start")
+            try:
+                await self.runtime(record.runtime_handler).start(record.id)
+            except RuntimeError_ as e:
+                raise Internal(f"starting container {record.id}: {e}") from e
+            if record.state == "created":  # an immediate exit may already have been applied
+                record.state = "running"
+                record.started_at = time.time_ns()
+                self._save(record)
+            self._publish(record, ev.STARTED)
+
+    def _on_exit_file(self, container_id: str) -> None:
+        record = self._index.find(container_id) if len(container_id) == 64 else None
+        if record is not None and record.state in ("created", "running"):
+            self._apply_exit(record)
+
+    def _apply_exit(self, record: ContainerRecord) -> None:
+        """Record an exit conmon reported; synchronous, so it needs no lock."""
+        exit_file = self._conmon.exit_file(record.id)
+        code = read_exit_status(exit_file)
+        if code is None:
+            return
+        try:
+            finished = exit_file.stat().st_mtime_ns
+        except OSError:
+            finished = time.time_ns()
+        oom = BundlePaths(Path(record.bundle)).oom_file.exists()
+        if record.started_at == 0:
+            record.started_at = finished
+        record.state = "exited"
+        record.finished_at = finished
+        record.exit_code = code
+        record.reason = exit_reason(code, oom)
+        self._save(record)
+        self._cpu_samples.pop(record.id, None)
+        waiter = self._exited.pop(record.id, None)
+        if waiter is not None:
+            waiter.set()
+        self._publish(record, ev.STOPPED)
+
+    async def _wait_exit(self, record: ContainerRecord, timeout: float) -> bool:
+        if record.state == "exited":
+            return True
+        waiter = self._exited.setdefault(record.id, asyncio.Event())
+        if self._conmon.exit_file(record.id).exists():  # written before we started waiting
+            self._apply_exit(record)
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except asyncio.TimeoutError:
+            return record.state == "exited"
+        return True
+
+    # --- stop / remove ----------------------------------------------------------------------------------
+
+    async def stop_container(self, ref: str, timeout: int) -> None:
+        """Stop signal, then SIGKILL after ``timeout`` seconds; idempotent, and an unknown id is not an error."""
+        record = self.find(ref)
+        if record is None:
+            return
+        async with self._lock(record.id):
+            await self._stop_locked(record, timeout)
+
+    async def _stop_locked(self, record: ContainerRecord, timeout: float) -> None:
+        if record.state not in ("created", "running"):
+            return
+        runtime = self.runtime(record.runtime_handler)
+        if timeout > 0:
+            try:
+                await runtime.kill(record.id, signal_number(record.stop_signal))
+            except RuntimeError_ as e:
+                log.debug("stop signal to %s: %s", record.id, e)
+            if await self._wait_exit(record, timeout):
+                return
+        try:
+            await runtime.kill(record.id, signal.SIGKILL, all_processes=True)
+        except RuntimeError_ as e:
+            log.debug("SIGKILL to %s: %s", record.id, e)
+        if not await self._wait_exit(record, KILL_WAIT):
+            raise Internal(f"container {record.id} did not exit {KILL_WAIT}s after SIGKILL")
+
+    async def remove_container(self, ref: str) -> None:
+        """Kill if running, then delete everything of the container; an unknown id is not an error."""
+        record = self.find(ref)
+        if record is None:
+            return
+        async with self._lock(record.id):
+            if record.id not in self._index:
+                return
+            await self._stop_locked(record, 0)
+            await self._destroy(record)
+            self._index.remove(record.id)
+            self._names.release(record.reserved_name, record.id)
+        self._locks.pop(record.id, None)
+        self._publish(record, ev.DELETED)
+
+    async def _delete_runtime(self, record: ContainerRecord) -> None:
+        await self.runtime(record.runtime_handler).delete(record.id, force=True)
+        # runc and crun leave the container's cgroup parents (and on v1 sometimes the cgroup) behind.
+        failed = await asyncio.to_thread(cgroups.remove, record.cgroups_path)
+        if failed:
+            log.warning("container %s: cgroups not removed: %s", record.id, failed)
+
+    async def _destroy(self, record: ContainerRecord) -> None:
+        """Undo everything a container may have; used by remove and for half-created records."""
+        errors = []
+        try:
+            await self._delete_runtime(record)
+        except Exception as e:
+            errors.append(e)
+        try:
+            await self.images.remove_rootfs(record.id)
+        except Exception as e:
+            errors.append(e)
+        if errors:
+            raise Internal(f"removing container {record.id}: {errors[0]}") from errors[0]
+        if record.bundle:
+            shutil.rmtree(record.bundle, ignore_errors=True)
+        self._conmon.exit_file(record.id).unlink(missing_ok=True)
+        self._store.delete(record.id)
+
+    async def stop_all_in_sandbox(self, sandbox_id: str) -> None:
+        records = [r for r in self._index if r.sandbox_id == sandbox_id]
+        await asyncio.gather(*(self.stop_container(r.id, 0) for r in records))
+
+    async def remove_all_in_sandbox(self, sandbox_id: str) -> None:
+        records = [r for r in self._index if r.sandbox_id == sandbox_id]
+        await asyncio.gather(*(self.remove_container(r.id) for r in records))
+
+    # --- queries ----------------------------------------------------------------------------------------
+
+    def list(self, id_prefix: str = "", state: int | None = None, sandbox_id: str = "",
+             labels: dict[str, str] | None = None) -> list[ContainerRecord]:
+        out = []
+        for record in self._index:
+            if record.state == "creating":
+                continue
+            if id_prefix and not record.id.startswith(id_prefix):
+                continue
+            if state is not None and CRI_STATE[record.state] != state:
+                continue
+            if sandbox_id and not record.sandbox_id.startswith(sandbox_id):
+                continue
+            if labels and any(record.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(record)
+        return out
+
+    def verbose_info(self, record: ContainerRecord) -> dict[str, str]:
+        info = {
+            "sandboxID": record.sandbox_id, "pid": record.pid, "conmonPid": record.conmon_pid,
+            "runtimeHandler": record.runtime_handler, "bundle": record.bundle, "rootfs": record.rootfs,
+            "cgroupsPath": record.cgroups_path, "request": record.request,
+        }
+        try:
+            info["runtimeSpec"] = json.loads(BundlePaths(Path(record.bundle)).config.read_text())
+        except (OSError, ValueError):
+            pass
+        return {"info": json.dumps(info)}
+
+    # --- exec, update, logs -----------------------------------------------------------------------------
+
+    async def exec_sync(self, ref: str, argv: list[str], timeout: float):
+        record = self.get(ref)
+        if record.state not in EXEC_STATES:
+            raise FailedPrecondition(f"container {record.id} is not running (state {record.state})")
+        if not argv:
+            raise InvalidArgument("exec command must not be empty")
+        pid_file = Path(record.bundle) / f"exec-{os.urandom(6).hex()}.pid"
+        try:
+            return await self.runtime(record.runtime_handler).exec_sync(record.id, argv, timeout, pid_file)
+        except RuntimeError_ as e:
+            raise Internal(f"exec in container {record.id}: {e}") from e
+
+    async def update_resources(self, ref: str, resources: ResourcesSpec) -> None:
+        record = self.get(ref)
+        async with self._lock(record.id):
+            if record.state not in ("created", "running"):
+                raise FailedPrecondition(f"container {record.id} is {record.state}; only a live one can be updated")
+            try:
+                body = oci_spec.resources_object(self._resources(resources), swap_accounting=cgroups.swap_accounting())
+            except oci_spec.SpecError as e:
+                raise InvalidArgument(str(e)) from e
+            try:
+                await self.runtime(record.runtime_handler).update(record.id, body)
+            except RuntimeError_ as e:
+                raise Internal(f"updating resources of {record.id}: {e}") from e
+            record.resources = resources
+            self._save(record)
+
+    async def reopen_log(self, ref: str) -> None:
+        record = self.get(ref)
+        if record.state != "running":
+            raise FailedPrecondition(f"container {record.id} is not running; its log cannot be reopened")
+        try:
+            Conmon.reopen_log(Path(record.bundle))
+        except RuntimeError_ as e:
+            raise Internal(str(e)) from e
+
+    # --- stats ------------------------------------------------------------------------------------------
+
+    async def stats(self, ref: str) -> ContainerStats:
+        record = self.get(ref)
+        return await self._stats(record)
+
+    async def _stats(self, record: ContainerRecord) -> ContainerStats:
+        sample = await asyncio.to_thread(cgroups.read_stats, record.cgroups_path)
+        try:
+            used, inodes = await self.images.writable_layer_usage(record.id)
+        except Exception:
+            used, inodes = 0, 0
+        return ContainerStats(record, sample, self._nano_cores(record.id, sample), used, inodes)
+
+    def _nano_cores(self, key: str, sample: cgroups.Stats) -> int | None:
+        """CPU use rate since the previous sample of the same cgroup (kubelet asks every few seconds)."""
+        if sample.cpu_usage_ns is None:
+            return None
+        previous = self._cpu_samples.get(key)
+        self._cpu_samples[key] = (sample.timestamp_ns, sample.cpu_usage_ns)
+        if previous is None or sample.timestamp_ns <= previous[0]:
+            return None
+        return max(0, (sample.cpu_usage_ns - previous[1]) * 1_000_000_000 // (sample.timestamp_ns - previous[0]))
+
+    async def list_stats(self, id_prefix: str = "", sandbox_id: str = "",
+                         labels: dict[str, str] | None = None) -> list[ContainerStats]:
+        records = [r for r in self.list(id_prefix, None, sandbox_id, labels) if r.state in ("created", "running")]
+        return list(await asyncio.gather(*(self._stats(r) for r in records)))
+
+    async def sandbox_stats(self, sandbox) -> tuple[cgroups.Stats, int | None, list[ContainerStats]]:
+        """The pod cgroup's figures, its CPU rate, and each live container's stats."""
+        sample = await asyncio.to_thread(cgroups.read_stats, sandbox.cgroup_parent or "/pycri")
+        containers = await self.list_stats(sandbox_id=sandbox.id)
+        return sample, self._nano_cores("pod:" + sandbox.id, sample), containers

@@ -1,0 +1,51 @@
+"""Container lifecycle events (created, started, stopped, deleted) broadcast to GetContainerEvents streams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+CREATED, STARTED, STOPPED, DELETED = 0, 1, 2, 3  # CRI ContainerEventType values
+QUEUE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    container_id: str
+    sandbox_id: str
+    kind: int
+    timestamp_ns: int
+
+
+class EventBus:
+    """Fan-out without back-pressure on the runtime: a subscriber too slow to keep up is dropped (it receives
+    None and ends its stream), never waited for."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue] = set()
+
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(QUEUE_LIMIT)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self._subscribers.discard(queue)
+
+    def publish(self, event: ContainerEvent) -> None:
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("container event subscriber fell %d events behind; dropping it", QUEUE_LIMIT)
+                self._subscribers.discard(queue)
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)  # tells the stream to end; kubelet re-subscribes and relists
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)

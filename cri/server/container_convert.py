@@ -1,0 +1,165 @@
+"""Conversions between CRI container messages and the core's container types (shared by container_* handlers)."""
+
+from __future__ import annotations
+
+from cri_api.v1 import api_pb2
+
+from cri.core.containers import CRI_STATE, ContainerStats
+from cri.errors import InvalidArgument
+from cri.state.container_record import (ContainerRecord, ContainerRequest, DeviceSpec, IDMapSpec, MountSpec,
+                                        ResourcesSpec, SecuritySpec)
+
+_PROPAGATION = {api_pb2.PROPAGATION_PRIVATE: "private", api_pb2.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+                api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared"}
+_PROPAGATION_TO_CRI = {v: k for k, v in _PROPAGATION.items()}
+_PROFILE_KIND = {api_pb2.SecurityProfile.RuntimeDefault: "runtime/default",
+                 api_pb2.SecurityProfile.Unconfined: "unconfined", api_pb2.SecurityProfile.Localhost: "localhost"}
+
+
+def resources_from_proto(r: api_pb2.LinuxContainerResources) -> ResourcesSpec:
+    return ResourcesSpec(
+        cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares,
+        memory_limit_in_bytes=r.memory_limit_in_bytes, oom_score_adj=r.oom_score_adj, cpuset_cpus=r.cpuset_cpus,
+        cpuset_mems=r.cpuset_mems, hugepage_limits=[(h.page_size, h.limit) for h in r.hugepage_limits],
+        unified=dict(r.unified), memory_swap_limit_in_bytes=r.memory_swap_limit_in_bytes)
+
+
+def resources_to_proto(r: ResourcesSpec) -> api_pb2.LinuxContainerResources:
+    return api_pb2.LinuxContainerResources(
+        cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares,
+        memory_limit_in_bytes=r.memory_limit_in_bytes, oom_score_adj=r.oom_score_adj, cpuset_cpus=r.cpuset_cpus,
+        cpuset_mems=r.cpuset_mems,
+        hugepage_limits=[api_pb2.HugepageLimit(page_size=s, limit=lim) for s, lim in r.hugepage_limits],
+        unified=r.unified, memory_swap_limit_in_bytes=r.memory_swap_limit_in_bytes)
+
+
+def _seccomp(sc: api_pb2.LinuxContainerSecurityContext) -> tuple[str, str]:
+    """The typed field wins; the deprecated path string is the fallback; neither means unconfined."""
+    if sc.HasField("seccomp"):
+        return _PROFILE_KIND[sc.seccomp.profile_type], sc.seccomp.localhost_ref
+    path = sc.seccomp_profile_path
+    if path in ("runtime/default", "docker/default"):
+        return "runtime/default", ""
+    if path.startswith("localhost/"):
+        return "localhost", path[len("localhost"):]
+    if path in ("", "unconfined"):
+        return "unconfined", ""
+    raise InvalidArgument(f"unknown seccomp profile path {path!r}")
+
+
+def _apparmor(sc: api_pb2.LinuxContainerSecurityContext) -> tuple[str, str]:
+    if sc.HasField("apparmor"):
+        return _PROFILE_KIND[sc.apparmor.profile_type], sc.apparmor.localhost_ref
+    name = sc.apparmor_profile
+    if name.startswith("localhost/"):
+        return "localhost", name[len("localhost/"):]
+    return ({"runtime/default": "runtime/default", "unconfined": "unconfined"}.get(name, ""), "")
+
+
+def request_from_proto(request: api_pb2.CreateContainerRequest) -> ContainerRequest:
+    config = request.config
+    if not request.pod_sandbox_id:
+        raise InvalidArgument("PodSandboxId must not be empty")
+    if not config.metadata.name:
+        raise InvalidArgument("ContainerConfig.Metadata.Name must not be empty")
+    if not config.image.image:
+        raise InvalidArgument("ContainerConfig.Image.Image must not be empty")
+    sc = config.linux.security_context
+    seccomp, seccomp_ref = _seccomp(sc)
+    apparmor, apparmor_ref = _apparmor(sc)
+    if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
+        raise InvalidArgument("RunAsGroup is set without RunAsUser or RunAsUsername")
+    ns = sc.namespace_options
+    userns = ns.userns_options
+    security = SecuritySpec(
+        privileged=sc.privileged, add_capabilities=list(sc.capabilities.add_capabilities),
+        drop_capabilities=list(sc.capabilities.drop_capabilities),
+        add_ambient_capabilities=list(sc.capabilities.add_ambient_capabilities),
+        run_as_user=sc.run_as_user.value if sc.HasField("run_as_user") else None,
+        run_as_group=sc.run_as_group.value if sc.HasField("run_as_group") else None,
+        run_as_username=sc.run_as_username, readonly_rootfs=sc.readonly_rootfs,
+        supplemental_groups=list(sc.supplemental_groups),
+        strict_supplemental_groups=sc.supplemental_groups_policy == api_pb2.SupplementalGroupsPolicy.Strict,
+        no_new_privs=sc.no_new_privs, masked_paths=list(sc.masked_paths), readonly_paths=list(sc.readonly_paths),
+        seccomp=seccomp, seccomp_localhost=seccomp_ref, apparmor=apparmor, apparmor_localhost=apparmor_ref,
+        selinux={k: getattr(sc.selinux_options, k) for k in ("user", "role", "type", "level")
+                 if getattr(sc.selinux_options, k)},
+        pid_mode=ns.pid, target_id=ns.target_id, userns_mode=userns.mode if ns.HasField("userns_options") else 2,
+        uid_mappings=[IDMapSpec(container_id=m.container_id, host_id=m.host_id, length=m.length) for m in userns.uids],
+        gid_mappings=[IDMapSpec(container_id=m.container_id, host_id=m.host_id, length=m.length) for m in userns.gids])
+    mounts = []
+    for m in config.mounts:
+        if m.propagation not in _PROPAGATION:
+            raise InvalidArgument(f"unknown mount propagation {m.propagation}")
+        mounts.append(MountSpec(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                                propagation=_PROPAGATION[m.propagation], selinux_relabel=m.selinux_relabel,
+                                recursive_read_only=m.recursive_read_only))
+    return ContainerRequest(
+        sandbox_id=request.pod_sandbox_id, name=config.metadata.name, attempt=config.metadata.attempt,
+        image=config.image.image, command=list(config.command), args=list(config.args),
+        working_dir=config.working_dir, envs=[(kv.key, kv.value) for kv in config.envs], mounts=mounts,
+        devices=[DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions or "rwm")
+                 for d in config.devices],
+        labels=dict(config.labels), annotations=dict(config.annotations), log_path=config.log_path,
+        stdin=config.stdin, stdin_once=config.stdin_once, tty=config.tty,
+        resources=resources_from_proto(config.linux.resources), security=security,
+        stop_signal=api_pb2.Signal.Name(config.stop_signal) if config.stop_signal else "")
+
+
+def metadata(record: ContainerRecord) -> api_pb2.ContainerMetadata:
+    return api_pb2.ContainerMetadata(name=record.name, attempt=record.attempt)
+
+
+def container_message(record: ContainerRecord) -> api_pb2.Container:
+    return api_pb2.Container(
+        id=record.id, pod_sandbox_id=record.sandbox_id, metadata=metadata(record),
+        image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
+        state=CRI_STATE[record.state], created_at=record.created_at, labels=record.labels,
+        annotations=record.annotations)
+
+
+def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
+    return api_pb2.ContainerStatus(
+        id=record.id, metadata=metadata(record), state=CRI_STATE[record.state], created_at=record.created_at,
+        started_at=record.started_at, finished_at=record.finished_at, exit_code=record.exit_code,
+        image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
+        reason=record.reason, message=record.message, labels=record.labels, annotations=record.annotations,
+        mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                              selinux_relabel=m.selinux_relabel, propagation=_PROPAGATION_TO_CRI[m.propagation],
+                              recursive_read_only=m.recursive_read_only) for m in record.mounts],
+        log_path=record.log_path,
+        resources=api_pb2.ContainerResources(linux=resources_to_proto(record.resources)),
+        user=api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(
+            uid=record.uid, gid=record.gid, supplemental_groups=record.supplemental_groups)))
+
+
+def stats_message(stats: ContainerStats) -> api_pb2.ContainerStats:
+    record, sample = stats.record, stats.cgroup
+    return api_pb2.ContainerStats(
+        attributes=api_pb2.ContainerAttributes(id=record.id, metadata=metadata(record), labels=record.labels,
+                                               annotations=record.annotations),
+        cpu=cpu_message(sample, stats.usage_nano_cores),
+        memory=memory_message(sample),
+        writable_layer=api_pb2.FilesystemUsage(
+            timestamp=sample.timestamp_ns, fs_id=api_pb2.FilesystemIdentifier(mountpoint=record.rootfs),
+            used_bytes=api_pb2.UInt64Value(value=stats.writable_bytes),
+            inodes_used=api_pb2.UInt64Value(value=stats.writable_inodes)))
+
+
+def _u64(value: int | None) -> api_pb2.UInt64Value | None:
+    return api_pb2.UInt64Value(value=value) if value is not None else None
+
+
+def cpu_message(sample, nano_cores: int | None) -> api_pb2.CpuUsage:
+    return api_pb2.CpuUsage(timestamp=sample.timestamp_ns, usage_core_nano_seconds=_u64(sample.cpu_usage_ns),
+                            usage_nano_cores=_u64(nano_cores if nano_cores is not None else 0))
+
+
+def memory_message(sample) -> api_pb2.MemoryUsage:
+    available = None
+    if sample.memory_limit is not None and sample.memory_working_set is not None:
+        available = max(0, sample.memory_limit - sample.memory_working_set)
+    return api_pb2.MemoryUsage(
+        timestamp=sample.timestamp_ns, working_set_bytes=_u64(sample.memory_working_set),
+        available_bytes=_u64(available), usage_bytes=_u64(sample.memory_usage), rss_bytes=_u64(sample.memory_rss),
+        page_faults=_u64(sample.page_faults), major_page_faults=_u64(sample.major_page_faults))

@@ -1,0 +1,13 @@
+"""CreateContainer: validate and convert the request; the manager builds the spec and runs conmon."""
+
+from cri_api.v1 import api_pb2
+
+from cri.server.container_convert import request_from_proto
+
+
+async def create_container(rt, request, context):
+    record = await rt.containers.create(request_from_proto(request))
+    return api_pb2.CreateContainerResponse(container_id=record.id)
+
+
+HANDLERS = {"CreateContainer": create_container}

@@ -1,0 +1,15 @@
+"""RemoveContainer: kills a running container first; an unknown id is not an error."""
+
+from cri_api.v1 import api_pb2
+
+from cri.errors import InvalidArgument
+
+
+async def remove_container(rt, request, context):
+    if not request.container_id:
+        raise InvalidArgument("ContainerId must not be empty")
+    await rt.containers.remove_container(request.container_id)
+    return api_pb2.RemoveContainerResponse()
+
+
+HANDLERS = {"RemoveContainer": remove_container}

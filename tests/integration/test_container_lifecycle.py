@@ -1,0 +1,83 @@
+"""Container lifecycle through the real daemon with runc and conmon: logs, status, events, stop, remove."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from tests.integration.test_container_helpers import *  # noqa: F401,F403  (fixtures and helpers)
+from tests.integration.test_container_helpers import (EventCollector, container_config, create, env, exec_sync,  # noqa: F401
+                                                      log_lines, registry, run, status, wait_log, wait_state)
+
+pytestmark = pytest.mark.integration
+
+
+def test_lifecycle_logs_status_and_events_in_order(env):
+    d, pod, pod_cfg = env
+    events = EventCollector(d)
+    try:
+        cid = create(d, pod, pod_cfg, container_config(
+            "lc", ["sh", "-c", "echo hello; printf part; sleep 0.3; echo rest; echo oops >&2; exit 3"],
+            labels={"app": "lc"}, annotations={"note": "x"}))
+        st = status(d, cid).status
+        assert st.state == api_pb2.CONTAINER_CREATED and st.created_at > 0 and st.started_at == 0
+        assert st.labels["app"] == "lc" and st.annotations["note"] == "x"
+        d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid), timeout=30)
+        st = wait_state(d, cid, api_pb2.CONTAINER_EXITED)
+        assert st.state == api_pb2.CONTAINER_EXITED
+        assert st.exit_code == 3 and st.reason == "Error"
+        assert st.created_at <= st.started_at <= st.finished_at
+        assert st.image.image.endswith("ctr/busybox:1") and st.image_ref
+        assert st.log_path.endswith("lc.log")
+        lines = wait_log(pod_cfg, "lc", lambda ls: len(ls) >= 4)
+        assert ("stdout", "F", "hello") in lines
+        assert ("stdout", "P", "part") in lines and ("stdout", "F", "rest") in lines
+        assert ("stderr", "F", "oops") in lines
+        listed = d.runtime.ListContainers(api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(
+            label_selector={"app": "lc"}))).containers
+        assert [c.id for c in listed] == [cid]
+        assert d.runtime.ListContainers(api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(
+            state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING)))).containers == []
+        d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
+        d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)  # idempotent
+        with pytest.raises(grpc.RpcError) as err:
+            status(d, cid)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        deadline = time.monotonic() + 5
+        while len(events.kinds_for(cid)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert events.kinds_for(cid) == [api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
+                                         api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_DELETED_EVENT]
+    finally:
+        events.close()
+
+
+def test_sigterm_ignoring_process_is_killed_after_the_timeout(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("stubborn", ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"]))
+    wait_log(pod_cfg, "stubborn", lambda ls: ("stdout", "F", "ready") in ls)
+    d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1), timeout=30)
+    st = status(d, cid).status
+    assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 137 and st.reason == "Error"
+    d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1), timeout=30)  # idempotent
+    d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id="f" * 64, timeout=1), timeout=30)  # unknown
+
+
+def test_exec_sync_output_exit_code_and_timeout_kills_the_process(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("ex", ["sleep", "600"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    r = exec_sync(d, cid, ["sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert (r.stdout, r.stderr, r.exit_code) == (b"out\n", b"err\n", 7)
+    with pytest.raises(grpc.RpcError) as err:
+        exec_sync(d, cid, ["sh", "-c", "exec sleep 1234"], timeout=1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    left = exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
+    assert "sleep 1234" not in left
+    d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    with pytest.raises(grpc.RpcError) as err:
+        exec_sync(d, cid, ["true"])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
