@@ -84,6 +84,12 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr)
     rt.services += [rt.cni, rt.sandboxes]
     rt.images = _build_images(config)
+    from cri.core.containers import ContainerManager
+    from cri.core.events import EventBus
+
+    rt.events = EventBus()
+    rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
+    rt.services.append(rt.containers)
     return rt
 
 
