@@ -1,0 +1,109 @@
+"""Resources, OOM, stats, log reopen and crun, observed from inside containers and through CRI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from cri.oci import cgroups, host
+from tests.integration.test_container_helpers import (container_config, env, exec_sync, registry, run,  # noqa: F401
+                                                      status, wait_log, wait_state)
+
+pytestmark = pytest.mark.integration
+MiB = 1 << 20
+
+
+def init_oom_score_adj(d, cid) -> int:
+    """Of the container's first process, seen from the host (in a pod pid namespace it is not pid 1)."""
+    pid = json.loads(status(d, cid, verbose=True).info["info"])["pid"]
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+
+
+def cgroup_file(d, cid, controller_file: str) -> str:
+    return exec_sync(d, cid, ["cat", f"/sys/fs/cgroup/{controller_file}"]).stdout.decode().strip()
+
+
+@pytest.mark.skipif(cgroups.layout().is_v2, reason="reads cgroup v1 files")
+def test_limits_are_applied_and_updated(env):
+    d, pod, pod_cfg = env
+    resources = api_pb2.LinuxContainerResources(cpu_shares=512, cpu_quota=50000, cpu_period=100000,
+                                                memory_limit_in_bytes=64 * MiB, oom_score_adj=500)
+    cid = run(d, pod, pod_cfg, container_config("lim", ["sleep", "600"],
+                                                linux=api_pb2.LinuxContainerConfig(resources=resources)))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    assert cgroup_file(d, cid, "cpu/cpu.shares") == "512"
+    assert cgroup_file(d, cid, "cpu/cpu.cfs_quota_us") == "50000"
+    assert cgroup_file(d, cid, "memory/memory.limit_in_bytes") == str(64 * MiB)
+    assert init_oom_score_adj(d, cid) == 500
+    d.runtime.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(
+        container_id=cid, linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=96 * MiB, cpu_shares=256)))
+    assert cgroup_file(d, cid, "memory/memory.limit_in_bytes") == str(96 * MiB)
+    assert cgroup_file(d, cid, "cpu/cpu.shares") == "256"
+    assert status(d, cid).status.resources.linux.memory_limit_in_bytes == 96 * MiB
+
+
+def test_oom_score_adj_below_the_daemons_own_is_clamped(env):
+    floor = host.oom_score_adj_floor()
+    if floor is None:
+        pytest.skip("the daemon has CAP_SYS_RESOURCE: negative scores are honoured")
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("oomadj", ["sleep", "600"], linux=api_pb2.LinuxContainerConfig(
+        resources=api_pb2.LinuxContainerResources(oom_score_adj=-997))))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    assert init_oom_score_adj(d, cid) == floor
+
+
+def test_memory_hog_is_reported_oomkilled_with_137(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config(
+        "hog", ["sh", "-c", "head -c 200m /dev/zero | tail"],
+        linux=api_pb2.LinuxContainerConfig(resources=api_pb2.LinuxContainerResources(
+            memory_limit_in_bytes=24 * MiB, memory_swap_limit_in_bytes=24 * MiB))))
+    st = wait_state(d, cid, api_pb2.CONTAINER_EXITED, timeout=60)
+    assert (st.state, st.exit_code, st.reason) == (api_pb2.CONTAINER_EXITED, 137, "OOMKilled")
+
+
+def test_stats_move_under_load(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("busy", ["sh", "-c", "yes > /dev/null"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+
+    def sample():
+        return d.runtime.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
+
+    first = sample()
+    assert first.attributes.id == cid and first.memory.working_set_bytes.value > 0
+    deadline = time.monotonic() + 20
+    second = sample()
+    while second.cpu.usage_core_nano_seconds.value <= first.cpu.usage_core_nano_seconds.value:
+        assert time.monotonic() < deadline, "CPU usage never grew"
+        time.sleep(0.1)
+        second = sample()
+    assert second.cpu.usage_nano_cores.value > 0
+    listed = d.runtime.ListContainerStats(api_pb2.ListContainerStatsRequest()).stats
+    assert [s.attributes.id for s in listed] == [cid]
+    pod_stats = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod)).stats
+    assert pod_stats.attributes.id == pod and pod_stats.linux.cpu.usage_core_nano_seconds.value > 0
+    assert [c.attributes.id for c in pod_stats.linux.containers] == [cid]
+    listed_pods = d.runtime.ListPodSandboxStats(api_pb2.ListPodSandboxStatsRequest()).stats
+    assert [p.attributes.id for p in listed_pods] == [pod]
+
+
+def test_reopen_log_after_rotation(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("rot", ["sh", "-c", "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done"]))
+    log = Path(pod_cfg.log_directory) / "rot.log"
+    wait_log(pod_cfg, "rot", lambda ls: len(ls) >= 2)
+    log.rename(log.with_suffix(".log.1"))
+    d.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
+    lines = wait_log(pod_cfg, "rot", lambda ls: len(ls) >= 2)
+    assert len(lines) >= 2 and all(tag == "F" for _, tag, _ in lines)
+    d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
