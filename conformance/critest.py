@@ -133,6 +133,36 @@ def load_summary(path: Path) -> Summary:
         raise SummaryError(f"cannot read {path}: {exc}") from exc
 
 
+def rpc_errors(report_json: object) -> dict[str, str]:
+    """The gRPC status line ("rpc error: code = ... desc = ...") of each failed spec in ginkgo's
+    report.json, keyed like the summary's failed_specs; the summary's one-line reason often stops
+    at critest's own words ("failed to exec in container ...") before the status that says why."""
+    out: dict[str, str] = {}
+    suites = report_json if isinstance(report_json, list) else []
+    for suite in suites:
+        specs = suite.get("SpecReports") if isinstance(suite, dict) else None
+        for spec in specs if isinstance(specs, list) else []:
+            if not isinstance(spec, dict) or spec.get("LeafNodeType") != "It":
+                continue
+            failure = spec.get("Failure")
+            message = failure.get("Message") if isinstance(failure, dict) else None
+            texts = [*(spec.get("ContainerHierarchyTexts") or []), spec.get("LeafNodeText") or ""]
+            if not isinstance(message, str) or not all(isinstance(t, str) for t in texts):
+                continue
+            status = next((ln.strip() for ln in message.splitlines() if "rpc error: code =" in ln), None)
+            if status:
+                out[" ".join(t for t in texts if t)] = status[:240]
+    return out
+
+
+def load_rpc_errors(path: Path) -> dict[str, str]:
+    """rpc_errors of a report file; an unreadable report only costs the extra detail."""
+    try:
+        return rpc_errors(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 def classify(summary: Summary, expected: tuple[ExpectedFailure, ...] = EXPECTED_FAILURES) -> Verdict:
     """Split failures into expected and unexpected; a failed suite node is always unexpected."""
     patterns = [re.compile(e.pattern) for e in expected]
@@ -141,8 +171,9 @@ def classify(summary: Summary, expected: tuple[ExpectedFailure, ...] = EXPECTED_
     return Verdict(unexpected=misses + tuple(f"[suite] {e}" for e in summary.suite_errors), expected=hits)
 
 
-def report(summary: Summary, verdict: Verdict) -> str:
-    """The text printed after a run: counts, then each failing spec with its reason."""
+def report(summary: Summary, verdict: Verdict, rpc_status: dict[str, str] | None = None) -> str:
+    """The text printed after a run: counts, then each failing spec with its reason and, when the
+    reason does not already carry it, the gRPC status the runtime answered."""
     lines = [
         f"critest: ran {summary.ran}, passed {summary.passed}, failed {summary.failed} "
         f"({len(verdict.expected)} expected), skipped {summary.skipped}"
@@ -150,8 +181,12 @@ def report(summary: Summary, verdict: Verdict) -> str:
     ]
     for spec in verdict.unexpected:
         lines.append(f"  UNEXPECTED FAIL {spec}")
-        if reason := summary.failure_reasons.get(spec):
+        reason = summary.failure_reasons.get(spec, "")
+        if reason:
             lines.append(f"      -- {reason}")
+        status = (rpc_status or {}).get(spec)
+        if status and status not in reason:
+            lines.append(f"      -- {status}")
     for spec in verdict.expected:
         lines.append(f"  expected fail   {spec}")
     lines.append("result: " + ("FAILED" if verdict.unexpected else "ok"))
@@ -340,7 +375,8 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         print(f"critest: no spec ran (focus/skip too narrow?); see {log}", file=sys.stderr)
         return EXIT_NOT_RUN
     verdict = classify(summary)
-    print(report(summary, verdict))
+    rpc_status = load_rpc_errors(log.with_name(log.stem + "-report") / "report.json")
+    print(report(summary, verdict, rpc_status))
     return EXIT_UNEXPECTED if leaks else verdict.exit_code
 
 

@@ -202,3 +202,54 @@ def test_a_run_past_its_timeout_is_stopped_with_its_children(tmp_path):
     rc = critest.run_kit(kit, "unix:///x.sock", [], {"PATH": os.defpath}, timeout=1)
     assert rc == -1
     assert _gone(int((tmp_path / "child").read_text()))
+
+
+EXEC_SPEC = (
+    "[k8s.io] Streaming runtime should support streaming interfaces "
+    "runtime should support exec with tty=false and stdin=false [Conformance]"
+)
+
+
+def ginkgo_report() -> list:
+    """The parts of ginkgo's report.json the harness reads, as critest 1.36 writes them."""
+    return [{"SpecReports": [
+        {"LeafNodeType": "BeforeSuite", "State": "passed"},
+        {
+            "LeafNodeType": "It",
+            "State": "failed",
+            "ContainerHierarchyTexts": ["[k8s.io] Streaming", "runtime should support streaming interfaces"],
+            "LeafNodeText": "runtime should support exec with tty=false and stdin=false [Conformance]",
+            "Failure": {"Message": 'failed to exec in container "f16"\nUnexpected error:\n'
+                        "    <*status.Error | 0x24ba9c5466c8>: \n"
+                        "    rpc error: code = Unimplemented desc = Exec is not implemented by pycri\n"
+                        "    {\n        s: {}\n    }\noccurred"},
+        },
+        {"LeafNodeType": "It", "State": "passed", "ContainerHierarchyTexts": ["[k8s.io] Runtime info"],
+         "LeafNodeText": "runtime should return version info"},
+    ]}]
+
+
+def test_rpc_errors_finds_the_status_line_of_each_failed_spec():
+    assert critest.rpc_errors(ginkgo_report()) == {
+        EXEC_SPEC: "rpc error: code = Unimplemented desc = Exec is not implemented by pycri"
+    }
+
+
+@pytest.mark.parametrize("bad", [None, {}, [1], [{"SpecReports": "x"}],
+                                  [{"SpecReports": [{"LeafNodeType": "It", "Failure": "x"}]}], [{"SpecReports": [{"LeafNodeType": "It",
+                                  "Failure": {"Message": 7}}]}]])
+def test_rpc_errors_ignores_what_it_cannot_read(bad):
+    assert critest.rpc_errors(bad) == {}
+
+
+def test_report_adds_the_rpc_status_only_when_the_reason_lacks_it():
+    summary = critest.parse_summary(summary_json(
+        failed=2, failed_specs=[EXEC_SPEC, IDEMPOTENCE_SPEC],
+        failure_reasons={EXEC_SPEC: 'failed to exec in container "f16"',
+                         IDEMPOTENCE_SPEC: "rpc error: code = NotFound desc = gone"},
+    ))
+    status = {EXEC_SPEC: "rpc error: code = Unimplemented desc = Exec is not implemented by pycri",
+              IDEMPOTENCE_SPEC: "rpc error: code = NotFound desc = gone"}
+    text = critest.report(summary, critest.classify(summary), status)
+    assert '-- failed to exec in container "f16"\n      -- rpc error: code = Unimplemented' in text
+    assert text.count("code = NotFound") == 1
