@@ -1,0 +1,59 @@
+"""Both runtime handlers (runc and crun) run the same container; containers outlive a daemon restart."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2
+
+from cri.oci import cgroups
+from tests.integration.test_container_helpers import (container_config, env, exec_sync, pod_config,  # noqa: F401
+                                                      registry, run, status, wait_log, wait_state)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_each_handler_runs_execs_and_stops(env, handler, tmp_path):
+    if handler == "crun" and cgroups.crun_hybrid_problem():
+        pytest.skip(cgroups.crun_hybrid_problem())
+    d, _, _ = env
+    cfg = pod_config(tmp_path)
+    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
+                                  timeout=60).pod_sandbox_id
+    cid = run(d, pod, cfg, container_config("h", ["sh", "-c", "echo up; exec sleep 600"],
+                                            linux=api_pb2.LinuxContainerConfig(
+                                                resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=64 << 20))))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    info = json.loads(status(d, cid, verbose=True).info["info"])
+    assert info["runtimeHandler"] == handler
+    assert exec_sync(d, cid, ["echo", "hi"]).stdout == b"hi\n"
+    assert ("stdout", "F", "up") in wait_log(cfg, "h", lambda ls: bool(ls))
+    d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=5), timeout=30)
+    st = status(d, cid).status
+    assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 143  # SIGTERM
+    d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    assert d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+    assert cgroups.remove(info["cgroupsPath"]) == []  # nothing was left to remove
+    assert not Path(info["bundle"]).exists()
+
+
+def test_containers_outlive_the_daemon_and_exits_while_down_are_seen(env):
+    d, pod, pod_cfg = env
+    keeps = run(d, pod, pod_cfg, container_config("keeps", ["sleep", "600"]))
+    ends = run(d, pod, pod_cfg, container_config("ends", ["sh", "-c", "read x < /dev/stdin; exit 5"], stdin=True))
+    for cid in (keeps, ends):
+        assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    pid = json.loads(status(d, keeps, verbose=True).info["info"])["pid"]
+    d.kill()
+    os.kill(pid, 0)  # still running without the daemon
+    ends_pid_info = Path(d.state_dir) / "containers" / ends / "pidfile"
+    os.kill(int(ends_pid_info.read_text()), 9)
+    d.start()
+    assert status(d, keeps).status.state == api_pb2.CONTAINER_RUNNING
+    st = wait_state(d, ends, api_pb2.CONTAINER_EXITED)
+    assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 137
+    assert exec_sync(d, keeps, ["true"]).exit_code == 0
