@@ -218,5 +218,15 @@ def _reaped(pid: int) -> bool:
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
         return bool(finished)
-    except ChildProcessError:  # not ours (started by an earlier daemon): gone once /proc forgets it
-        return not os.path.exists(f"/proc/{pid}")
+    except ChildProcessError:  # not ours (started by an earlier daemon): its reaper may be a PID 1 that never reaps
+        return _state(pid) in ("", "Z", "X")
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc/<pid>/stat; "" when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    return stat[stat.rindex(b")") + 2:][:1].decode()

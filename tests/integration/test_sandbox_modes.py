@@ -268,3 +268,18 @@ def test_a_pod_whose_infra_process_died_is_not_ready(pods):
     stop(d, pod_id)
     remove(d, pod_id)
     assert network.leases() == []
+
+
+def test_infra_started_by_a_previous_daemon_is_stopped_after_a_restart(pods):
+    d, network = pods
+    pod_id = run(d, pod_config("infra-restart", linux=linux(pid=api_pb2.POD)))
+    pid = info(d, pod_id)["pid"]
+    d.restart()
+    assert status(d, pod_id).status.state == api_pb2.SANDBOX_READY
+    stop(d, pod_id)
+    remove(d, pod_id)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z")
