@@ -420,23 +420,21 @@ class SandboxManager:
 
     async def _destroy(self, record: SandboxRecord) -> None:
         """Undo everything a sandbox may have: used by Remove and by reconciliation of a half-created one."""
+        half_created = record.state == "creating"
+        if half_created and self._cni is not None and record.netns_path:
+            record.network_ready = True  # an ADD may have run before the crash: DEL is idempotent
         if record.network_ready or record.infra_parent_pid or record.state != "notready":
-            if record.state == "creating" and self._cni is not None and record.netns_path:
-                record.network_ready = True  # an ADD may have run before the crash: DEL is idempotent
             await self._stop_locked(record)
         if not record.namespace_options.host_ipc and record.shm_path:
             host.unmount(record.shm_path)
         for path in (record.netns_path, record.ipc_path, record.uts_path):
             if path:
                 unpin_namespace(path)
-        sandbox_dir = Path(record.sandbox_dir)
-        for kind in ("net", "ipc", "uts"):  # pinned before the record learned their paths (crash mid-create)
-            unpin_namespace(sandbox_dir / "ns" / kind)
         if record.cgroups_created:
             await host.remove_cgroups(record.cgroups_created)
-        elif record.state == "creating":
+        elif half_created:  # the crash may have come before the record learned which cgroups it made
             await host.remove_cgroups(self._cgroup_dirs(record.cgroup_path))
-        shutil.rmtree(sandbox_dir, ignore_errors=True)
+        shutil.rmtree(record.sandbox_dir, ignore_errors=True)
         self._store.delete(record.id)
 
     @staticmethod

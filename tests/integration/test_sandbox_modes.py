@@ -223,6 +223,7 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
             if records.exists() and any(records.glob("*.json")):
                 break
             time.sleep(0.005)
+        [half_created] = [p.stem for p in records.glob("*.json")]
         d.kill()
         with pytest.raises(grpc.RpcError):
             pending.result()
@@ -232,6 +233,7 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
     assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
     assert not mounts_below(d.state_dir)
     assert list(records.glob("*.json")) == []
+    assert cgroup_exists(f"/pycri/pycri-{half_created}") == []
     pod_id = run(d, pod_config("crashed"))  # the name was never kept
     remove(d, pod_id)
 
