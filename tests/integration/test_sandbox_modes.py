@@ -224,6 +224,11 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
                 break
             time.sleep(0.005)
         [half_created] = [p.stem for p in records.glob("*.json")]
+        for _ in range(1000):  # and until its cgroup exists, so the restart has it to remove
+            if cgroup_exists(f"/pycri/pycri-{half_created}"):
+                break
+            time.sleep(0.005)
+        assert cgroup_exists(f"/pycri/pycri-{half_created}")
         d.kill()
         with pytest.raises(grpc.RpcError):
             pending.result()
