@@ -1,0 +1,305 @@
+"""The streaming server end to end over loopback, with an in-test backend: what a kubelet client sees."""
+
+import asyncio
+import functools
+import hashlib
+import os
+
+import pytest
+
+from cri.config import StreamingConfig
+from cri.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest, TerminalSize
+from cri.streaming.server import StreamingServer
+from tests.streamclient import HttpError, SpdyPortForward, SpdySession, WebSocketClient, spdy_connect, spdy_exec
+
+
+def aio(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 30))
+    return wrapper
+
+
+class FakeBackend:
+    """Commands: echo ARGS, cat (stdin to stdout), fail N, err TEXT, sizes (report resizes), hang, boom."""
+
+    def __init__(self, echo_port: int = 0):
+        self.echo_port = echo_port
+        self.cancelled = asyncio.Event()
+        self.sizes: list[TerminalSize] = []
+        self.attached: list[str] = []
+
+    async def exec(self, container_id, cmd, tty, stdin, stdout, stderr, resize):
+        name, args = cmd[0], cmd[1:]
+        if name == "echo":
+            await stdout.write((" ".join(args) + "\n").encode())
+        elif name == "cat":
+            while chunk := await stdin.read(65536):
+                await stdout.write(chunk)
+        elif name == "fail":
+            return int(args[0])
+        elif name == "err":
+            await stderr.write(args[0].encode())
+        elif name == "sizes":
+            async for size in resize:
+                await stdout.write(f"{size.width}x{size.height}\n".encode())
+        elif name == "hang":
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.cancelled.set()
+        elif name == "boom":
+            raise RuntimeError("no such container")
+        return 0
+
+    async def attach(self, container_id, tty, stdin, stdout, stderr, resize):
+        self.attached.append(container_id)
+        await stdout.write(b"attached\n")
+
+    async def port_forward(self, sandbox_id, port):
+        if port != 80:
+            raise ConnectionRefusedError(f"nothing listens on {port}")
+        return await asyncio.open_connection("127.0.0.1", self.echo_port)
+
+
+async def echo_server():
+    async def echo(reader, writer):
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def streaming(backend, **config):
+    server = StreamingServer(StreamingConfig(**config), backend)
+    await server.start()
+    return server
+
+
+def exec_url(server, *cmd, **flags):
+    return server.url_for_exec(ExecRequest("c1", tuple(cmd), **flags))
+
+
+@aio
+async def test_exec_reports_output_and_success():
+    server = await streaming(FakeBackend())
+    try:
+        url = exec_url(server, "echo", "hi")
+        assert url.startswith(f"http://127.0.0.1:{server.port}/exec/")
+        result = await spdy_exec(url)
+        assert result.protocol == "v4.channel.k8s.io"
+        assert result.stdout == b"hi\n"
+        assert result.status == {"metadata": {}, "status": "Success"}
+        assert result.exit_code == 0
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_non_zero_exit_code_is_a_metav1_status():
+    server = await streaming(FakeBackend())
+    try:
+        result = await spdy_exec(exec_url(server, "fail", "3"))
+        assert result.exit_code == 3
+        assert result.status["reason"] == "NonZeroExitCode"
+        assert result.status["details"] == {"causes": [{"reason": "ExitCode", "message": "3"}]}
+        assert result.status["message"].startswith("command terminated with non-zero exit code: ")
+        failed = await spdy_exec(exec_url(server, "boom"))
+        assert failed.status["reason"] == "InternalError"
+        assert "no such container" in failed.status["message"]
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_older_protocols_write_only_failure_text():
+    server = await streaming(FakeBackend())
+    try:
+        for version in ("v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"):
+            ok = await spdy_exec(exec_url(server, "err", "oops"), protocols=(version,))
+            assert (ok.protocol, ok.stderr, ok.error) == (version, b"oops", b"")
+            failed = await spdy_exec(exec_url(server, "fail", "2"), protocols=(version,))
+            assert b"non-zero exit code" in failed.error
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_stdin_is_copied_and_its_close_ends_the_command():
+    server = await streaming(FakeBackend())
+    try:
+        payload = os.urandom(3 << 20)
+        result = await spdy_exec(exec_url(server, "cat", stdin=True, stderr=False), stdin=payload, stderr=False)
+        assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
+        assert result.exit_code == 0
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_tty_resize_events_reach_the_backend():
+    server = await streaming(FakeBackend())
+    try:
+        session = await SpdySession.open(exec_url(server, "sizes", tty=True, stdin=True, stderr=False),
+                                         stdin=True, tty=True)
+        assert "resize" in session.streams and "stderr" not in session.streams
+        await session.resize(80, 24)
+        await session.resize(132, 43)
+        await session.read_until(b"132x43\n")
+        await session.streams["resize"].close()
+        result = await session.finish()
+        assert result.exit_code == 0
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_attach_uses_the_attach_request():
+    backend = FakeBackend()
+    server = await streaming(backend)
+    try:
+        result = await spdy_exec(server.url_for_attach(AttachRequest("c9", stderr=False)), stderr=False)
+        assert (result.stdout, result.exit_code, backend.attached) == (b"attached\n", 0, ["c9"])
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_tokens_are_single_use_and_unknown_ones_404():
+    server = await streaming(FakeBackend())
+    try:
+        url = exec_url(server, "echo", "once")
+        await spdy_exec(url)
+        for bad in (url, f"http://127.0.0.1:{server.port}/exec/nosuchtoken",
+                    f"http://127.0.0.1:{server.port}/attach/" + url.rsplit("/", 1)[1]):
+            with pytest.raises(HttpError) as err:
+                await spdy_exec(bad)
+            assert err.value.status == 404
+        # A token for exec is no good on the attach path.
+        with pytest.raises(HttpError) as err:
+            await spdy_exec(exec_url(server, "echo").replace("/exec/", "/attach/"))
+        assert err.value.status == 404
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_unsupported_protocol_is_refused_with_the_accepted_list():
+    server = await streaming(FakeBackend())
+    try:
+        with pytest.raises(HttpError) as err:
+            await spdy_connect(exec_url(server, "echo"), ["v9.channel.k8s.io"])
+        assert err.value.status == 403
+        assert err.value.headers["x-accepted-stream-protocol-versions"] == [
+            "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
+        conn, chosen = await spdy_connect(exec_url(server, "echo"), ["v9.channel.k8s.io", "v2.channel.k8s.io"])
+        assert chosen == "v2.channel.k8s.io"
+        await conn.close()
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_abrupt_disconnect_cancels_the_command_and_frees_the_session():
+    backend = FakeBackend()
+    server = await streaming(backend)
+    try:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        session = await SpdySession.open(exec_url(server, "hang", stdin=True), stdin=True)
+        session.conn._writer.transport.abort()
+        await backend.cancelled.wait()
+        while server.active_sessions:
+            await asyncio.sleep(0.01)
+        await session.conn.close()
+        assert len(os.listdir("/proc/self/fd")) <= fds_before
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_port_forward_many_connections_and_a_large_transfer():
+    echo, echo_port = await echo_server()
+    server = await streaming(FakeBackend(echo_port))
+    try:
+        forwarder = await SpdyPortForward.open(server.url_for_port_forward(PortForwardRequest("p1", (80,))))
+
+        async def roundtrip(size: int) -> bool:
+            data, error = await forwarder.connect(80)
+            payload = os.urandom(size)
+            sender = asyncio.create_task(data.write(payload))
+            received = bytearray()
+            while chunk := await data.read():
+                received += chunk
+                if len(received) == size:
+                    break
+            await sender
+            await data.close()
+            assert await data.read() == b""
+            assert await error.read_all() == b""
+            return hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+        results = await asyncio.gather(roundtrip(20 << 20), *(roundtrip(4096 * (i + 1)) for i in range(20)))
+        assert all(results)
+        data, error = await forwarder.connect(81)
+        assert b"nothing listens on 81" in await error.read_all()
+        assert await data.read() == b""
+        await forwarder.close()
+    finally:
+        await server.stop()
+        echo.close()
+
+
+@pytest.mark.parametrize("protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io", "v4.base64.channel.k8s.io"])
+@aio
+async def test_websocket_exec(protocol):
+    server = await streaming(FakeBackend())
+    try:
+        client = await WebSocketClient.open(exec_url(server, "cat", stdin=True, stderr=False), [protocol])
+        assert client.protocol == protocol
+        await client.send(0, b"hello over websocket")
+        assert await client.read_until(1, 20) == b"hello over websocket"
+        if protocol == "v5.channel.k8s.io":
+            await client.close_channel(0)
+            channels = await client.run_to_close()
+            assert channels[3] == b'{"metadata":{},"status":"Success"}'
+        await client.close()
+        failed = await WebSocketClient.open(exec_url(server, "fail", "4"), [protocol])
+        channels = await failed.run_to_close()
+        assert b'"message":"4"' in channels[3]
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_websocket_port_forward():
+    echo, echo_port = await echo_server()
+    server = await streaming(FakeBackend(echo_port))
+    try:
+        url = server.url_for_port_forward(PortForwardRequest("p1")) + "?port=80"
+        client = await WebSocketClient.open(url, ["v4.channel.k8s.io"])
+        assert await client.read_until(0, 2) == (80).to_bytes(2, "little")
+        assert await client.read_until(1, 2) == (80).to_bytes(2, "little")
+        await client.send(0, b"ping")
+        assert await client.read_until(0, 6) == b"\x50\x00ping"
+        await client.close()
+    finally:
+        await server.stop()
+        echo.close()
+
+
+@aio
+async def test_plain_http_and_bad_upgrades_are_refused():
+    server = await streaming(FakeBackend())
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET /exec/{exec_url(server, 'echo').rsplit('/', 1)[1]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert (await reader.readline()).startswith(b"HTTP/1.1 400")
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"garbage\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 400")
+        writer.close()
+    finally:
+        await server.stop()
