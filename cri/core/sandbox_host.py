@@ -159,14 +159,15 @@ def _comm(pid: int) -> str:
         return ""
 
 
-async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str,
+async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, workdir: str,
                       timeout: float = 5.0) -> tuple[int, int, int]:
     """Start catatonit as pid 1 of a new PID namespace, inside the pod's other namespaces and cgroup.
 
     Returns (infra pid, its start time, pid of the `unshare` parent that holds it). posix_spawn keeps this
     off the asyncio child watcher: the infra lives as long as the pod, not as long as a call.
     """
-    argv = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", catatonit, "-P"]
+    # --wd puts the sandbox dir on the command line, so a sweep for the pod's processes finds the infra too.
+    argv = ["unshare", f"--wd={workdir}", "--pid", "--fork", "--kill-child=SIGKILL", catatonit, "-P"]
     if namespaces:
         argv = ["nsenter", *(f"--{kind}={path}" for kind, path in sorted(namespaces.items()))] + argv
     parent = os.posix_spawnp(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, setsid=True)

@@ -350,7 +350,7 @@ class SandboxManager:
             namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path}
             infra = await _step("starting the infra process",
                                 host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
-                                                 record.cgroup_path))
+                                                 record.cgroup_path, record.sandbox_dir))
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
             undo.push("infra process", lambda: host.stop_infra(*infra))
         try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
