@@ -86,7 +86,13 @@ class Client:
         return self.runtime.PodSandboxStatus(req, timeout=self.timeout).status.state
 
     def remove_everything(self) -> None:
-        for c in self.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=self.timeout).containers:
+        try:
+            containers = self.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=self.timeout).containers
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            containers = []
+        for c in containers:
             self.remove(c.id)
         for s in self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=self.timeout).items:
             self.stop_pod(s.id)
