@@ -37,16 +37,13 @@ class RegistryEntry:
 
 @dataclass(frozen=True)
 class PullSource:
-    """One place to try: the registry host (host[:port]), the repository path there, and http or https."""
+    """One place to try: the registry host (host[:port]) and the repository path there. `insecure`
+    allows TLS without certificate checks and plain HTTP."""
 
     host: str
     repository: str
     insecure: bool
     is_mirror: bool = False
-
-    @property
-    def scheme(self) -> str:
-        return "http" if self.insecure else "https"
 
 
 @dataclass(frozen=True)

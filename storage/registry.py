@@ -89,22 +89,50 @@ class _Connections(threading.local):
 
 
 _connections = _Connections()
-_ssl_context: ssl.SSLContext | None = None
+_contexts: dict[bool, ssl.SSLContext] = {}
+INSECURE_HTTPS = "https+insecure"  # TLS without certificate checks, for registries.conf `insecure`
+_insecure_schemes: dict[str, str] = {}  # insecure host -> the scheme it answered on
+
+
+def _context(verify: bool) -> ssl.SSLContext:
+    context = _contexts.get(verify)
+    if context is None:
+        context = ssl.create_default_context()
+        if not verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        _contexts[verify] = context
+    return context
 
 
 def _connection(scheme: str, host: str, timeout: float) -> http.client.HTTPConnection:
-    global _ssl_context
     key = (scheme, host, timeout)
     conn = _connections.pool.get(key)
     if conn is None:
-        if scheme == "https":
-            if _ssl_context is None:
-                _ssl_context = ssl.create_default_context()
-            conn = http.client.HTTPSConnection(host, timeout=timeout, context=_ssl_context)
-        else:
+        if scheme == "http":
             conn = http.client.HTTPConnection(host, timeout=timeout)
+        else:
+            conn = http.client.HTTPSConnection(host, timeout=timeout, context=_context(scheme == "https"))
         _connections.pool[key] = conn
     return conn
+
+
+def insecure_scheme(host: str, timeout: float) -> str:
+    """An `insecure` registry is tried over TLS without verification first, then over plain HTTP,
+    as containers/image does; the answer is remembered for the life of the process."""
+    scheme = _insecure_schemes.get(host)
+    if scheme is None:
+        conn = http.client.HTTPSConnection(host, timeout=min(timeout, 10.0), context=_context(False))
+        try:
+            conn.request("GET", "/v2/", headers={"User-Agent": _USER_AGENT})
+            conn.getresponse().read(65536)
+            scheme = INSECURE_HTTPS
+        except (OSError, http.client.HTTPException):
+            scheme = "http"
+        finally:
+            conn.close()
+        _insecure_schemes[host] = scheme
+    return scheme
 
 
 def _drop_connection(scheme: str, host: str, timeout: float) -> None:
@@ -146,6 +174,13 @@ class RegistryClient:
         self.timeout = progress_timeout
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._scope = f"repository:{source.repository}:pull"
+        self._scheme: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        if self._scheme is None:
+            self._scheme = insecure_scheme(self.source.host, self.timeout) if self.source.insecure else "https"
+        return self._scheme
 
     @property
     def where(self) -> str:
@@ -242,6 +277,9 @@ class RegistryClient:
             except socket.timeout:
                 _drop_connection(scheme, host, self.timeout)
                 raise PullTimeout(f"registry {host}: no answer for {self.timeout:g}s") from None
+            except ssl.SSLError as exc:  # a certificate problem does not fix itself: no retries
+                _drop_connection(scheme, host, self.timeout)
+                raise RegistryError(f"registry {host}: TLS: {exc}") from None
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 _drop_connection(scheme, host, self.timeout)
                 if attempt:
@@ -253,14 +291,14 @@ class RegistryClient:
 
     def _get(self, path: str, accept: str | None = None) -> http.client.HTTPResponse:
         """GET a registry path with auth and redirects; returns a 2xx response, raises otherwise."""
-        scheme, host = self.source.scheme, self.source.host
+        scheme, host = self.scheme, self.source.host
         url_path = path
         authorised = False
         for _ in range(_MAX_REDIRECTS + 1):
             headers = {"User-Agent": _USER_AGENT}
             if accept:
                 headers["Accept"] = accept
-            same_registry = (scheme, host) == (self.source.scheme, self.source.host)
+            same_registry = (scheme, host) == (self.scheme, self.source.host)
             auth = self._auth_header() if same_registry else None
             if auth:
                 headers["Authorization"] = auth
@@ -280,10 +318,13 @@ class RegistryClient:
                 location = resp.headers.get("Location")
                 if not location:
                     raise RegistryError(f"registry {host}: redirect without a Location")
-                target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{scheme}://{host}{url_path}", location))
+                base = f"{scheme.partition('+')[0]}://{host}{url_path}"
+                target = urllib.parse.urlsplit(urllib.parse.urljoin(base, location))
                 if target.scheme not in ("http", "https"):
                     raise RegistryError(f"registry {host}: redirect to unsupported URL {location!r}")
-                scheme, host = target.scheme, target.netloc
+                same_host_tls = target.netloc == self.source.host and target.scheme == "https"
+                scheme = self.scheme if same_host_tls and self.scheme == INSECURE_HTTPS else target.scheme
+                host = target.netloc
                 url_path = (target.path or "/") + (f"?{target.query}" if target.query else "")
                 continue
             if 200 <= resp.status < 300:
@@ -312,13 +353,13 @@ class RegistryClient:
             if len(body) > MAX_MANIFEST_BYTES:
                 raise UnsupportedManifest(f"{self.where}:{reference}: manifest exceeds {MAX_MANIFEST_BYTES} bytes")
         except socket.timeout:
-            _drop_connection(self.source.scheme, self.source.host, self.timeout)
+            _drop_connection(self.scheme, self.source.host, self.timeout)
             raise PullTimeout(f"registry {self.source.host}: no data for {self.timeout:g}s") from None
         except (OSError, http.client.HTTPException) as exc:
-            _drop_connection(self.source.scheme, self.source.host, self.timeout)
+            _drop_connection(self.scheme, self.source.host, self.timeout)
             raise TransientRegistryError(f"registry {self.source.host}: {exc}") from None
         except UnsupportedManifest:
-            _drop_connection(self.source.scheme, self.source.host, self.timeout)
+            _drop_connection(self.scheme, self.source.host, self.timeout)
             raise
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and reference != digest:
@@ -350,10 +391,10 @@ class RegistryClient:
             try:
                 chunk = resp.read(CHUNK)
             except socket.timeout:
-                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                _drop_connection(self.scheme, self.source.host, self.timeout)
                 raise PullTimeout(f"registry {self.source.host}: blob {digest}: no data for {self.timeout:g}s") from None
             except (OSError, http.client.HTTPException) as exc:
-                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                _drop_connection(self.scheme, self.source.host, self.timeout)
                 raise TransientRegistryError(f"registry {self.source.host}: blob {digest}: {exc or type(exc).__name__}") from None
             if not chunk:
                 break
@@ -364,11 +405,11 @@ class RegistryClient:
                 hasher.update(chunk)
                 sink(chunk)
             except BaseException:  # the rest of the body is unread: this connection is done
-                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                _drop_connection(self.scheme, self.source.host, self.timeout)
                 raise
         if received != size:
             if resp.length:  # the server promised more bytes than came: the connection dropped
-                _drop_connection(self.source.scheme, self.source.host, self.timeout)
+                _drop_connection(self.scheme, self.source.host, self.timeout)
                 raise TransientRegistryError(f"registry {self.source.host}: blob {digest}: connection closed after "
                                              f"{received} of {size} bytes")
             raise DigestMismatch(f"{self.where}: blob {digest} has {received} bytes, its descriptor says {size}")

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import io
 import json
+import ssl
 import tarfile
 import urllib.parse
 from dataclasses import dataclass, field
@@ -220,15 +221,16 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str, body: byt
 
 
 def push_to_registry(registry: str, repository: str, tag: str, item: Image | Index, *,
-                     auth: tuple[str, str] | None = None, bearer: str | None = None) -> str:
-    """Push an image or index (with every child) to http://registry/repository:tag; returns the
-    pushed manifest's digest."""
+                     auth: tuple[str, str] | None = None, bearer: str | None = None, tls: bool = False) -> str:
+    """Push an image or index (with every child) to http://registry/repository:tag (https without
+    certificate checks with `tls`); returns the pushed manifest's digest."""
     headers: dict[str, str] = {}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
-    conn = http.client.HTTPConnection(registry, timeout=60)
+    conn = (http.client.HTTPSConnection(registry, timeout=60, context=ssl._create_unverified_context()) if tls
+            else http.client.HTTPConnection(registry, timeout=60))
     try:
         images = item.images if isinstance(item, Index) else [item]
         for image in images:

@@ -3,6 +3,7 @@
 `registry`          anonymous, plain HTTP
 `private_registry`  htpasswd (Basic) auth; user/password in .credentials
 `token_registry`    Bearer token auth against a token server of our own (JWT signed with openssl)
+`tls_registry`      HTTPS with a self-signed certificate (for registries.conf `insecure`)
 
 Each yields a `Registry` with .host ("127.0.0.1:PORT") and .push(repo, tag, image_or_index).
 The processes are killed and their directories deleted even when a test fails.
@@ -15,6 +16,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -44,11 +46,12 @@ class Registry:
     host: str
     credentials: tuple[str, str] | None = None
     token_server: "TokenServer | None" = None
+    tls: bool = False
 
     def push(self, repository: str, tag: str, item: Image | Index) -> str:
         bearer = self.token_server.issue(repository, ["pull", "push"]) if self.token_server else None
         return push_to_registry(self.host, repository, tag, item, auth=None if bearer else self.credentials,
-                                bearer=bearer)
+                                bearer=bearer, tls=self.tls)
 
 
 def _b64url(data: bytes) -> str:
@@ -123,10 +126,12 @@ class TokenServer:
         self.httpd.server_close()
 
 
-def start_registry(workdir: Path, auth_yaml: str = "") -> Iterator[str]:
-    """Run docker-registry on a free loopback port until the generator is closed; yields host:port."""
+def start_registry(workdir: Path, auth_yaml: str = "", tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Run docker-registry on a free loopback port until the generator is closed; yields host:port.
+    `tls` is (certificate, key) to serve HTTPS."""
     port = free_port()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
+    tls_yaml = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
     config = workdir / "config.yml"
     config.write_text(f"""version: 0.1
 log:
@@ -141,7 +146,7 @@ storage:
 http:
   addr: 127.0.0.1:{port}
   secret: {os.urandom(16).hex()}
-{auth_yaml}""")
+{tls_yaml}{auth_yaml}""")
     log = open(workdir / "registry.log", "wb")
     proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -150,7 +155,8 @@ http:
             if proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {(workdir / 'registry.log').read_text()[-2000:]}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=ssl._create_unverified_context())
+                        if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=2))
                 conn.request("GET", "/v2/")
                 status = conn.getresponse().status
                 conn.close()
@@ -206,3 +212,17 @@ def token_registry(tmp_path_factory) -> Iterator[Registry]:
         if gen is not None:
             gen.close()
         server.close()
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory) -> Iterator[Registry]:
+    workdir = tmp_path_factory.mktemp("tls-registry")
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    gen = start_registry(workdir, tls=(cert, key))
+    try:
+        yield Registry(next(gen), tls=True)
+    finally:
+        gen.close()

@@ -384,3 +384,13 @@ def test_a_full_disk_fails_the_pull_clearly_and_leaves_nothing(registry, small_d
     with pytest.raises(NoSpace, match="full/app"):
         store.pull(f"{registry.host}/full/app:1")
     assert leftovers(store.root) == EMPTY
+
+
+def test_insecure_means_tls_without_verification_and_secure_checks_certificates(tls_registry, store_factory):
+    image = build_busybox_image(extra_layers=[[Entry("tls", data=b"1")]])
+    tls_registry.push("tls/app", "1", image)
+    store = store_factory(RegistriesConfig((RegistryEntry("secure.test", tls_registry.host),
+                                            RegistryEntry("insecure.test", tls_registry.host, insecure=True))))
+    with pytest.raises(RegistryError, match="certificate"):
+        store.pull("secure.test/tls/app:1")
+    assert store.pull("insecure.test/tls/app:1").id == image.id

@@ -44,19 +44,19 @@ def conf():
 
 
 def sources(conf, text):
-    return [(s.host, s.repository, s.scheme, s.is_mirror) for s in conf.pull_sources(parse(text))]
+    return [(s.host, s.repository, "insecure" if s.insecure else "tls", s.is_mirror) for s in conf.pull_sources(parse(text))]
 
 
 def test_prefix_is_replaced_by_location_and_the_longest_prefix_wins(conf):
-    assert sources(conf, "registry.k8s.io/pause:3.9") == [("127.0.0.1:5000", "pause", "http", False)]
-    assert sources(conf, "registry.k8s.io/e2e/busybox:1") == [("127.0.0.1:5000", "e2e/busybox", "http", False)]
+    assert sources(conf, "registry.k8s.io/pause:3.9") == [("127.0.0.1:5000", "pause", "insecure", False)]
+    assert sources(conf, "registry.k8s.io/e2e/busybox:1") == [("127.0.0.1:5000", "e2e/busybox", "insecure", False)]
     # example.com/teamx is not under the prefix example.com/team: path boundaries matter
-    assert sources(conf, "example.com/teamx/app") == [("example.com", "teamx/app", "https", False)]
+    assert sources(conf, "example.com/teamx/app") == [("example.com", "teamx/app", "tls", False)]
 
 
 def test_mirrors_come_first_and_respect_pull_from_mirror(conf):
     assert sources(conf, "example.com/team/app:1") == [
-        ("fast.local", "team/app", "http", True), ("mirror.internal", "example-team/app", "https", False)]
+        ("fast.local", "team/app", "insecure", True), ("mirror.internal", "example-team/app", "tls", False)]
     digest = "sha256:" + "ab" * 32
     assert [s[0] for s in sources(conf, f"example.com/team/app@{digest}")] == [
         "fast.local", "digests.local", "mirror.internal"]
@@ -68,9 +68,9 @@ def test_blocked_registry_refuses_naming_it(conf):
 
 
 def test_wildcard_prefix_keeps_the_host_and_docker_io_goes_to_registry_1(conf):
-    assert sources(conf, "git.corp.example/tools/x") == [("cache.local", "tools/x", "https", True),
-                                                         ("git.corp.example", "tools/x", "https", False)]
-    assert sources(conf, "busybox") == [("registry-1.docker.io", "library/busybox", "https", False)]
+    assert sources(conf, "git.corp.example/tools/x") == [("cache.local", "tools/x", "tls", True),
+                                                         ("git.corp.example", "tools/x", "tls", False)]
+    assert sources(conf, "busybox") == [("registry-1.docker.io", "library/busybox", "tls", False)]
 
 
 def test_search_registries_and_defaults(conf):
@@ -87,7 +87,7 @@ def test_drop_ins_override_by_prefix_and_replace_the_search_list(tmp_path):
     (dropins / "20-search.conf").write_text('unqualified-search-registries = ["quay.io"]\n')
     (dropins / "ignored.txt").write_text("not toml at all [[[")
     conf = registries.load(main)
-    assert sources(conf, "registry.k8s.io/pause") == [("other:6000", "pause", "https", False)]
+    assert sources(conf, "registry.k8s.io/pause") == [("other:6000", "pause", "tls", False)]
     assert conf.search_domains() == ("quay.io",)
     assert registries.load(tmp_path / "missing.conf") == registries.RegistriesConfig()
 
