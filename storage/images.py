@@ -469,7 +469,8 @@ class ImageStore:
         return sorted(self.rootfs.referenced_ids())
 
     def remove_rootfs(self, container_id: str) -> None:
-        self.rootfs.remove(container_id)
+        """Unmount and delete the container's root; layers of an image removed meanwhile go too."""
+        self._sweep(set(self.rootfs.remove(container_id)))
 
     def ensure_rootfs_mounted(self, container_id: str) -> Rootfs:
         return self.rootfs.ensure_mounted(container_id)

@@ -141,8 +141,8 @@ class RootfsManager:
                 raise
         return self._rootfs(container_id, image_id)
 
-    def remove(self, container_id: str) -> None:
-        """Unmount and delete; nothing to do if it does not exist."""
+    def remove(self, container_id: str) -> list[str]:
+        """Unmount and delete; nothing to do if it does not exist. Returns the layers it used."""
         if not _ID_RE.fullmatch(container_id):
             raise InvalidReference(f"invalid container id {container_id!r}")
         base = self.dir / container_id
@@ -150,8 +150,9 @@ class RootfsManager:
             if os.path.lexists(base / "merged"):
                 _unmount(base / "merged")
             (base / "rootfs.json").unlink(missing_ok=True)
-            self._chains.pop(container_id, None)
+            chains = self._chains.pop(container_id, [])
         remove_tree(base)
+        return chains
 
     def _ensure_mounted_locked(self, container_id: str) -> Rootfs:
         record = self._read(container_id)

@@ -187,8 +187,9 @@ def test_whiteouts_and_opaque_dirs_through_the_overlay_and_rootfs_lifecycle(regi
     assert store.list() == []
     assert (again.path / "bin/busybox").exists()
     store.remove_rootfs("c-wh")
-    store.remove_rootfs("c-wh")  # idempotent
     assert not (store.root / "containers/c-wh").exists()
+    assert sorted(os.listdir(store.root / "layers")) == []  # the removed image's layers went with the last user
+    store.remove_rootfs("c-wh")  # idempotent
     store.gc()
     assert leftovers(store.root) == EMPTY
 
