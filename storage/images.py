@@ -62,7 +62,7 @@ class ImageRecord(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     chain_ids: list[str] = Field(default_factory=list)
     created: str = ""                         # from the config, RFC 3339
-    blobs: list[str] = Field(default_factory=list)   # manifests, config, layers: kept while the image is
+    blobs: list[str] = Field(default_factory=list)   # manifests, config, layers: kept while the image exists
     updated_ns: int = 0                       # the newest record wins a tag found on two records
 
 

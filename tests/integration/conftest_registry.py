@@ -30,6 +30,8 @@ import pytest
 
 from tests.imagebuild import Image, Index, push_to_registry
 
+__all__ = ["Registry", "start_registry", "registry", "private_registry", "token_registry", "tls_registry"]
+
 REGISTRY_BIN = "/usr/bin/docker-registry"
 TOKEN_SERVICE = "pycri-test-registry"
 TOKEN_ISSUER = "pycri-test-issuer"

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def pycri_image(*args: str, root: Path) -> subprocess.CompletedProcess:
     code = "import sys; from cri import cli, image_cli; p = cli.build_parser(); " \
            "image_cli.register(p._subparsers._group_actions[0]); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
-    config = root.parent / "pycri.conf"
+    config = root.parent / "image-cli.conf"
     config.write_text(f'[storage]\nregistries_conf = "{root.parent / "no-registries.conf"}"\n')
     return subprocess.run([sys.executable, "-c", code, "image", *args, "--root", str(root), "--config", str(config)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -107,3 +107,10 @@ def test_an_archive_missing_a_layer_leaves_nothing(tmp_path):
         store.import_archive(layout)
     assert store.list() == []
     assert os.listdir(store.root / "layers") == [] and os.listdir(store.root / "blobs/sha256") == []
+
+
+def test_import_refuses_while_the_daemon_runs_on_the_root(daemon_factory, tmp_path):
+    daemon = daemon_factory()
+    layout = write_oci_layout(tmp_path / "layout", [(build_busybox_image(), "example.test/app:1")])
+    result = pycri_image("import", str(layout), root=daemon.root)
+    assert result.returncode != 0 and "daemon is running" in result.stderr
