@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from cri.core import sandbox_host as host
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls)
+from cri.faults import crash_point
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, Unavailable
 from cri.state import Index, NameRegistry, RecordStore, new_id
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
@@ -103,6 +104,8 @@ class SandboxManager:
         self._names = NameRegistry("pod sandbox")
         self._locks: dict[str, asyncio.Lock] = {}
         self._stop_containers: ContainerHook | None = None
+        self._abandoned: set[str] = set()           # reserved names whose RunPodSandbox caller gave up
+        self._creating: dict[str, asyncio.Event] = {}  # reserved name -> set when its creation ends
         self._remove_containers: ContainerHook | None = None
 
     # --- wiring and lifetime ---------------------------------------------------------------------------
@@ -224,8 +227,30 @@ class SandboxManager:
             raise InvalidArgument(f"log directory {spec.log_directory!r} must be an absolute path")
         return handler, sysctls, resolv
 
+    def mark_abandoned(self, spec: SandboxSpec) -> None:
+        """The caller gave up before RunPodSandbox returned: its retry gets that sandbox, not 'name is reserved'."""
+        self._abandoned.add(spec.reserved_name)
+
+    async def _claim_abandoned(self, spec: SandboxSpec) -> SandboxRecord | None:
+        name = spec.reserved_name
+        if name not in self._abandoned:
+            return None
+        creating = self._creating.get(name)
+        if creating is not None:  # the retry came while the first attempt still runs: wait for it
+            await creating.wait()
+        self._abandoned.discard(name)
+        holder = self._names.holder(name)
+        record = self._index.find(holder) if holder else None
+        if record is not None and record.state == "ready" and record.config == spec.original:
+            return record
+        return None
+
     async def run_pod(self, spec: SandboxSpec) -> SandboxRecord:
         """Create a ready sandbox; on any failure everything done so far is undone and the error names the step."""
+        claimed = await self._claim_abandoned(spec)
+        if claimed is not None:
+            log.info("sandbox %s: handing the result of an abandoned RunPodSandbox to its retry", claimed.id)
+            return claimed
         handler, sysctls, resolv = self._validate(spec)
         opts = spec.namespace_options
         if not opts.host_network:
@@ -263,6 +288,7 @@ class SandboxManager:
         self._names.reserve(record.reserved_name, sandbox_id)
         undo = UndoStack()
         undo.push("name reservation", lambda: self._names.release(record.reserved_name, sandbox_id))
+        creating = self._creating[record.reserved_name] = asyncio.Event()
         try:
             await self._create(record, resolv, undo)
         except BaseException as e:
@@ -270,6 +296,9 @@ class SandboxManager:
             if isinstance(e, StepFailed):
                 raise _named(e.step, e.cause) from e.cause
             raise
+        finally:
+            creating.set()
+            del self._creating[record.reserved_name]
         return record
 
     async def _create(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
@@ -285,6 +314,7 @@ class SandboxManager:
         except OSError as e:
             raise StepFailed("saving the sandbox record", e) from e
         undo.push("sandbox record", lambda: self._store.delete(record.id))
+        crash_point("sandbox.run.after_record")
         if record.log_directory and not os.path.isdir(record.log_directory):
             try:
                 os.makedirs(record.log_directory, mode=0o700)
@@ -298,6 +328,7 @@ class SandboxManager:
         undo.push("pinned namespaces", lambda: [unpin_namespace(ns_dir / k) for k in kinds])
         await _step("creating the pod's namespaces",
                     pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls))
+        crash_point("sandbox.run.after_namespaces")
 
         # The CNI ADD is the slow part (tens of ms): everything else runs while the plugins do.
         results = await asyncio.gather(self._setup_network(record, undo), self._setup_local(record, resolv, undo),
@@ -305,6 +336,7 @@ class SandboxManager:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        crash_point("sandbox.run.after_network")
         record.state = "ready"
         try:
             self._store.save(record, durable=False)
@@ -386,6 +418,7 @@ class SandboxManager:
         if record.infra_parent_pid:
             work.append(self._stop_infra(record))
         errors = [r for r in await asyncio.gather(*work, return_exceptions=True) if isinstance(r, BaseException)]
+        crash_point("sandbox.stop.after_network")
         record.state = "notready"
         self._store.save(record, durable=False)
         if errors:
@@ -430,6 +463,7 @@ class SandboxManager:
         for path in (record.netns_path, record.ipc_path, record.uts_path):
             if path:
                 unpin_namespace(path)
+        crash_point("sandbox.remove.after_namespaces")
         if record.cgroups_created:
             await host.remove_cgroups(record.cgroups_created)
         elif half_created:  # the crash may have come before the record learned which cgroups it made

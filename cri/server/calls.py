@@ -31,8 +31,9 @@ def _level(name: str) -> int:
 
 def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | None = None) -> Callable:
     """Calls that change the host run to their end even when the caller gives up (a deadline, a
-    dropped connection): stopping half-way would leave work for reconciliation to undo. The
-    result of an abandoned call goes to `on_abandoned`, so that the caller's retry can claim it."""
+    dropped connection): stopping half-way would leave work for reconciliation to undo. An
+    abandoned call is reported to `on_abandoned(rt, request)` at once, so that the caller's retry,
+    which may arrive while the work still runs, can wait for it and claim its result."""
     level = _level(name)
     mutating = level == logging.INFO
 
@@ -43,8 +44,7 @@ def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | N
         except asyncio.CancelledError:
             log.warning("rpc=%s: the caller went away; finishing the operation anyway", name)
             if on_abandoned is not None:
-                task.add_done_callback(
-                    lambda t: t.cancelled() or t.exception() is not None or on_abandoned(rt, request, t.result()))
+                on_abandoned(rt, request)
             raise
 
     async def call(request, context: grpc.aio.ServicerContext):

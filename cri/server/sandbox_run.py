@@ -10,4 +10,9 @@ async def run_pod_sandbox(rt, request, context):
     return api_pb2.RunPodSandboxResponse(pod_sandbox_id=record.id)
 
 
+def keep_abandoned(rt, request) -> None:
+    rt.sandboxes.mark_abandoned(spec_from_request(request))
+
+
 HANDLERS = {"RunPodSandbox": run_pod_sandbox}
+ABANDONED = {"RunPodSandbox": keep_abandoned}

@@ -1,8 +1,8 @@
 """Registers every CRI v1 RPC on the gRPC server; the handlers live in the call-group modules.
 
 A module of this package that defines ``HANDLERS = {"RpcName": handler}`` serves those RPCs; it may
-also define ``ABANDONED = {"RpcName": fn(rt, request, response)}`` to keep the result of a call
-whose caller gave up before it finished (see calls.wrap_unary).
+also define ``ABANDONED = {"RpcName": fn(rt, request)}``, told when a caller gives up before the call
+finished, so that its retry can claim the result (see calls.wrap_unary).
 Every other RPC of both services answers UNIMPLEMENTED naming itself, so a new CRI call shows up
 as a clear error rather than a crash.
 """

@@ -67,6 +67,11 @@ class SandboxSpec(BaseModel):
     privileged: bool = False
     original: dict[str, Any] = {}
 
+    @property
+    def reserved_name(self) -> str:
+        """The CRI name kubelet derives from metadata; unique until RemovePodSandbox."""
+        return f"{self.name}_{self.namespace}_{self.uid}_{self.attempt}"
+
 
 class SandboxRecord(BaseModel):
     """Everything needed to report, stop, remove or reconcile a sandbox, including after a daemon restart."""

@@ -1,0 +1,58 @@
+"""Crash safety: SIGKILL the daemon at every named point, restart it, and require no leak, no corrupt
+record, and a successful retry of the call kubelet would repeat (conformance/faults.py)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from conformance import faults
+from conformance.client import pod_config
+from tests.imagebuild import build_busybox_image
+from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
+from tests.integration.test_sandbox_helpers import PrivateNetwork
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "faults.test/busybox:1"
+
+
+@pytest.fixture
+def world_settings(registry, tmp_path):  # noqa: F811
+    """Daemon settings with a private CNI network and a registry that serves IMAGE."""
+    registry.push("busybox", "1", build_busybox_image())
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'unqualified-search-registries = []\n[[registry]]\nprefix = "faults.test"\n'
+                    f'location = "{registry.host}"\ninsecure = true\n')
+    net = PrivateNetwork(tmp_path)
+    net.install()
+    try:
+        yield {"storage": {"registries_conf": str(conf)}, "network": {"cni_conf_dir": str(net.conf_dir)}}, net
+    finally:
+        net.cleanup()
+
+
+@pytest.mark.parametrize("scenario", faults.SCENARIOS, ids=lambda s: s.point)
+def test_crash_at_point_leaves_nothing_and_the_retry_succeeds(world_settings, scenario):
+    settings, net = world_settings
+    leaked = faults.run(scenario, settings, IMAGE)
+    assert not leaked, f"after a crash at {scenario.point}: {leaked}"
+    assert net.leases() == [], "an IP lease outlived its pod"
+
+
+def test_a_run_whose_caller_gave_up_is_handed_to_the_retry(daemon_factory, world_settings):
+    settings, _ = world_settings
+    d = daemon_factory(settings)
+    config = pod_config("impatient")
+    with pytest.raises(grpc.RpcError) as e:  # the CNI ADD alone takes longer than this
+        d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config), timeout=0.005)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    pod_id = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+    assert len(d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items) == 1
+    status = d.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert status.state == api_pb2.SANDBOX_READY
+    with pytest.raises(grpc.RpcError) as e:  # claimed once: a second RunPodSandbox is a real duplicate
+        d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config), timeout=60)
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert pod_id in e.value.details()
