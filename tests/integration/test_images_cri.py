@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
 from tests.imagebuild import Entry, build_busybox_image
 from tests.integration.conftest_registry import *  # noqa: F401,F403  (registry fixtures)
+from tests.integration.fake_registry import EMPTY, FakeRegistry, leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +109,27 @@ def test_a_broken_registries_conf_stops_the_daemon_naming_the_file(daemon_factor
     with pytest.raises(RuntimeError) as err:
         daemon_factory({"storage": {"registries_conf": str(conf)}})
     assert str(conf) in str(err.value) and "invalid TOML" in str(err.value)
+
+
+def test_a_daemon_killed_mid_pull_shows_and_keeps_nothing_after_restart(daemon_factory, tmp_path):
+    fake = FakeRegistry()
+    try:
+        image = build_busybox_image()
+        fake.serve("slow/app", "1", image)
+        fake.stall_after[f"/v2/slow/app/blobs/{json.loads(image.manifest)['layers'][0]['digest']}"] = 1000
+        conf = tmp_path / "registries.conf"
+        conf.write_text(f'[[registry]]\nprefix = "slow.test"\nlocation = "{fake.host}"\ninsecure = true\n')
+        daemon = daemon_factory({"storage": {"registries_conf": str(conf)}})
+        pending = daemon.images.PullImage.future(api_pb2.PullImageRequest(image=spec("slow.test/slow/app:1")))
+        ingest = daemon.root / "storage" / "ingest"
+        deadline = time.monotonic() + 30
+        while not os.listdir(ingest):
+            assert time.monotonic() < deadline, "the pull never started downloading"
+            time.sleep(0.02)
+        daemon.kill()
+        pending.cancel()
+        daemon.start()
+        assert list(daemon.images.ListImages(api_pb2.ListImagesRequest()).images) == []
+        assert leftovers(daemon.root / "storage") == EMPTY
+    finally:
+        fake.close()
