@@ -116,7 +116,8 @@ class ImageStore:
         self.records_dir = self.root / "images"
         self.records_dir.mkdir(exist_ok=True)
         self._tokens = TokenCache()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()          # the in-memory index, pins and in-flight pulls
+        self._persist_lock = threading.Lock()   # record files: one writer at a time, in order
         self._records: dict[str, ImageRecord] = {}
         self._pins: dict[str, int] = {}
         self._inflight: dict[tuple, Future] = {}
@@ -144,9 +145,9 @@ class ImageStore:
                     previous.repo_tags.remove(tag)  # a crash between moving a tag and saving its old owner
                 owner[tag] = record
 
-    def _save(self, record: ImageRecord) -> None:
-        atomic_write_json(self.records_dir / f"{record.id.removeprefix('sha256:')}.json",
-                          record.model_dump(), durable=self.durable)
+    def _save(self, snapshot: dict) -> None:
+        atomic_write_json(self.records_dir / f"{snapshot['id'].removeprefix('sha256:')}.json", snapshot,
+                          durable=self.durable)
 
     # ---- lookups -----------------------------------------------------------------------
 
@@ -260,7 +261,7 @@ class ImageStore:
             client.fetch_blob(desc_digest, size, write)
 
         record = self._install(config_desc, layer_descs, manifests, fetch, where=str(ref))
-        return self._commit(record, ref, top.digest)
+        return self._commit(record, [(ref, top.digest)])
 
     def _install(self, config_desc: Descriptor, layer_descs: list[Descriptor], manifests: list[Manifest],
                  fetch: Callable[[str, int, Callable[[bytes], object]], None], *, where: str) -> ImageRecord:
@@ -326,35 +327,39 @@ class ImageStore:
             self._sweep(pins)
             raise
 
-    def _commit(self, record: ImageRecord, ref: refs.Reference | None, top_digest: str | None,
-                extra_tags: list[str] = ()) -> ImageRecord:
-        """Publish the record, adding ref's tag and digest; a tag moves off any image that had it."""
+    def _commit(self, record: ImageRecord, names: list[tuple[refs.Reference, str | None]]) -> ImageRecord:
+        """Publish the record under `names`, (reference, manifest digest) pairs: a tagged name adds
+        its tag (moving it off any image that had it), a digest adds name@digest. Records are
+        written outside the index lock, so lookups never wait on the disk."""
         pins = set(record.blobs) | set(record.chain_ids)
         try:
-            with self._lock:
-                existing = self._records.get(record.id)
-                if existing is not None:
-                    record.repo_tags, record.repo_digests = list(existing.repo_tags), list(existing.repo_digests)
-                    record.blobs = sorted(set(existing.blobs) | set(record.blobs))
-                tags = list(extra_tags)
-                if ref is not None and ref.tag and not ref.digest:
-                    tags.append(str(ref))
-                if ref is not None and top_digest:
-                    digest_name = str(ref.with_digest(top_digest))
-                    if digest_name not in record.repo_digests:
-                        record.repo_digests.append(digest_name)
-                for tag in tags:
-                    for other in self._records.values():
-                        if other.id != record.id and tag in other.repo_tags:
-                            other.repo_tags.remove(tag)
-                            other.updated_ns = time.time_ns()
-                            self._save(other)
-                    if tag not in record.repo_tags:
-                        record.repo_tags.append(tag)
-                record.updated_ns = time.time_ns()
-                self._save(record)
-                self._records[record.id] = record
-                return record.model_copy(deep=True)
+            with self._persist_lock:
+                with self._lock:
+                    existing = self._records.get(record.id)
+                    if existing is not None:
+                        record.repo_tags, record.repo_digests = list(existing.repo_tags), list(existing.repo_digests)
+                        record.blobs = sorted(set(existing.blobs) | set(record.blobs))
+                    changed = {record.id: record}
+                    for ref, digest in names:
+                        if digest and str(ref.with_digest(digest)) not in record.repo_digests:
+                            record.repo_digests.append(str(ref.with_digest(digest)))
+                        if not ref.tag or ref.digest:
+                            continue
+                        tag = str(ref)
+                        for other in self._records.values():
+                            if other.id != record.id and tag in other.repo_tags:
+                                other.repo_tags.remove(tag)
+                                other.updated_ns = time.time_ns()
+                                changed[other.id] = other
+                        if tag not in record.repo_tags:
+                            record.repo_tags.append(tag)
+                    record.updated_ns = time.time_ns()
+                    self._records[record.id] = record
+                    snapshots = [r.model_dump() for r in changed.values()]
+                    result = record.model_copy(deep=True)
+                for snapshot in snapshots:
+                    self._save(snapshot)
+            return result
         finally:
             self._unpin(pins)
 
@@ -402,7 +407,7 @@ class ImageStore:
 
     def remove(self, name_or_id: str, in_use: Callable[[str], bool] = lambda image_id: False) -> bool:
         """Remove the image (all its tags) unless a container uses it; False if there was none."""
-        with self._lock:
+        with self._persist_lock, self._lock:
             record = self._lookup(name_or_id)
             if record is None:
                 return False
@@ -435,17 +440,8 @@ class ImageStore:
             for image in archive.images():
                 record = self._install(image.config, image.layers, image.manifests, image.fetch,
                                        where=f"{path}:{image.where}")
-                committed = self._commit(record, None, None, extra_tags=[str(t) for t in image.tags])
-                if image.tags and image.manifests:
-                    with self._lock:
-                        stored = self._records[committed.id]
-                        for tag in image.tags:
-                            name = str(tag.with_digest(image.manifests[0].digest))
-                            if name not in stored.repo_digests:
-                                stored.repo_digests.append(name)
-                        self._save(stored)
-                        committed = stored.model_copy(deep=True)
-                imported.append(committed)
+                digest = image.manifests[0].digest if image.manifests else None
+                imported.append(self._commit(record, [(tag, digest) for tag in image.tags]))
         return imported
 
     # ---- root filesystems --------------------------------------------------------------

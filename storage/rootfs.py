@@ -14,8 +14,10 @@ import os
 import re
 import subprocess
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from storage.errors import InvalidReference, MountError
 from storage.fsutil import atomic_write_json, remove_tree, usage
@@ -75,6 +77,7 @@ class RootfsManager:
         self.layers = layers
         self._lock = threading.Lock()
         self._chains: dict[str, list[str]] = {}
+        self._container_locks: dict[str, threading.Lock] = {}
         for name in os.listdir(self.dir):
             record = self._read(name)
             if record is None:
@@ -119,23 +122,35 @@ class RootfsManager:
             options, relative_to = self._options(container_id, chain_ids, relative=True), self.root
         _mount_overlay(self.dir / container_id / "merged", options, relative_to)
 
-    def create(self, container_id: str, image_id: str, chain_ids: list[str]) -> Rootfs:
-        """Make and mount the container's root; if it already exists, make sure it is mounted."""
+    @contextmanager
+    def _container_lock(self, container_id: str) -> Iterator[None]:
+        """Serialise work on one container without holding the shared lock across a mount."""
         if not _ID_RE.fullmatch(container_id):
             raise InvalidReference(f"invalid container id {container_id!r}")
-        base = self.dir / container_id
         with self._lock:
-            if container_id in self._chains:
-                return self._ensure_mounted_locked(container_id)
+            lock = self._container_locks.setdefault(container_id, threading.Lock())
+        with lock:
+            yield
+
+    def create(self, container_id: str, image_id: str, chain_ids: list[str]) -> Rootfs:
+        """Make and mount the container's root; if it already exists, make sure it is mounted."""
+        base = self.dir / container_id
+        with self._container_lock(container_id):
+            with self._lock:
+                exists = container_id in self._chains
+            if exists:
+                return self._ensure_mounted(container_id)
             base.mkdir()
             try:
                 for sub in ("upper", "work", "merged", *(() if chain_ids else ("empty",))):
                     (base / sub).mkdir()
                 atomic_write_json(base / "rootfs.json", {"image_id": image_id, "chain_ids": chain_ids})
-                self._chains[container_id] = list(chain_ids)
+                with self._lock:
+                    self._chains[container_id] = list(chain_ids)
                 self._mount(container_id, chain_ids)
             except BaseException:
-                self._chains.pop(container_id, None)
+                with self._lock:
+                    self._chains.pop(container_id, None)
                 _unmount(base / "merged")
                 remove_tree(base)
                 raise
@@ -143,18 +158,17 @@ class RootfsManager:
 
     def remove(self, container_id: str) -> list[str]:
         """Unmount and delete; nothing to do if it does not exist. Returns the layers it used."""
-        if not _ID_RE.fullmatch(container_id):
-            raise InvalidReference(f"invalid container id {container_id!r}")
         base = self.dir / container_id
-        with self._lock:
+        with self._container_lock(container_id):
             if os.path.lexists(base / "merged"):
                 _unmount(base / "merged")
             (base / "rootfs.json").unlink(missing_ok=True)
-            chains = self._chains.pop(container_id, [])
-        remove_tree(base)
-        return chains
+            remove_tree(base)
+            with self._lock:
+                self._container_locks.pop(container_id, None)
+                return self._chains.pop(container_id, [])
 
-    def _ensure_mounted_locked(self, container_id: str) -> Rootfs:
+    def _ensure_mounted(self, container_id: str) -> Rootfs:
         record = self._read(container_id)
         if record is None:
             raise MountError(f"container {container_id} has no root filesystem")
@@ -165,10 +179,8 @@ class RootfsManager:
 
     def ensure_mounted(self, container_id: str) -> Rootfs:
         """After a reboot (or an unmount behind our back), mount the existing upper layer again."""
-        if not _ID_RE.fullmatch(container_id):
-            raise InvalidReference(f"invalid container id {container_id!r}")
-        with self._lock:
-            return self._ensure_mounted_locked(container_id)
+        with self._container_lock(container_id):
+            return self._ensure_mounted(container_id)
 
     def writable_usage(self, container_id: str) -> tuple[int, int]:
         return usage(self.dir / container_id / "upper")
