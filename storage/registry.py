@@ -76,6 +76,10 @@ class TokenCache:
             self._tokens.pop(key, None)
             return None
 
+    def drop(self, key: tuple) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+
     def put(self, key: tuple, token: str, lifetime: float) -> None:
         with self._lock:
             self._tokens[key] = (token, time.monotonic() + max(lifetime - 10.0, lifetime * 0.5))
@@ -175,6 +179,7 @@ class RegistryClient:
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._scope = f"repository:{source.repository}:pull"
         self._scheme: str | None = None
+        self._token_key: tuple | None = None
 
     @property
     def scheme(self) -> str:
@@ -210,8 +215,10 @@ class RegistryClient:
             raise AuthError(f"registry {self.source.host}: Bearer challenge without a realm")
         service = params.get("service", "")
         creds = self.credentials
-        who = (creds.username, creds.identity_token) if creds else ("", "")
-        key = (realm, service, self._scope, who)
+        # a token is only reused for the very same secrets, never for the same user name alone
+        who = hashlib.sha256(repr((creds.username, creds.password, creds.identity_token)).encode()).hexdigest() \
+            if creds else ""
+        key = self._token_key = (realm, service, self._scope, who)
         token = self.tokens.get(key)
         if token:
             return token
@@ -305,6 +312,8 @@ class RegistryClient:
             resp = self._send(scheme, host, "GET", url_path, headers)
             if resp.status == 401 and same_registry and not authorised:
                 data = _discard(resp, scheme, host, self.timeout)
+                if self._token_key is not None:
+                    self.tokens.drop(self._token_key)  # the registry no longer takes the cached token
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 if not challenge:
                     raise AuthError(f"registry {host}: 401 without a WWW-Authenticate challenge: {_registry_message(data)}")

@@ -127,6 +127,8 @@ def test_token_auth_with_password_identity_token_and_the_token_cache(token_regis
     assert len(issued) == 1, issued  # one token per repository scope, reused
     assert issued[0]["scope"] == "repository:tok/app:pull" and issued[0]["service"]
     store.remove(image.id)
+    with pytest.raises(AuthError):  # the cached token belongs to the right password only
+        store.pull(f"{token_registry.host}/tok/app:1", Credentials(user, "wrong"))
     assert store.pull(f"{token_registry.host}/tok/app:1", Credentials(identity_token=f"refresh-{password}")).id == image.id
     assert token_registry.token_server.requests[-1]["method"] == "POST"
 
