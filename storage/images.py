@@ -34,7 +34,7 @@ from storage.auth import AuthFile, Credentials
 from storage.content import ContentStore
 from storage.errors import ImageInUse, ImageNotFound, InvalidReference, NoSpace, StorageError, UnsupportedManifest
 from storage.fsutil import atomic_write_json, remove_tree, syncfs, usage
-from storage.layers import LayerStore, chain_ids as compute_chain_ids
+from storage.layers import MAX_LAYERS, LayerStore, chain_ids as compute_chain_ids
 from storage.registries import RegistriesConfig
 from storage.registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, Manifest, RegistryClient, TokenCache,
                               TransientRegistryError, choose_platform)
@@ -500,6 +500,8 @@ def parse_image_manifest(manifest: Manifest, where: str) -> tuple[Descriptor, li
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise UnsupportedManifest(f"{where}: manifest {manifest.digest} has no layers list")
+    if len(layers) > MAX_LAYERS:
+        raise UnsupportedManifest(f"{where}: {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
     return descriptor(doc.get("config"), where), [descriptor(layer, where) for layer in layers]
 
 

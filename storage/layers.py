@@ -2,7 +2,7 @@
 
 layers/<chain hex>/diff holds the layer's own files in overlayfs form and layer.json its facts;
 l/<short> is a short symlink to the diff so that mount options for images with many layers stay
-under the kernel's one-page limit (the scheme containers/storage uses). A layer is unpacked in a
+under the kernel's one-page limit (the scheme containers/storage uses, with shorter names). A layer is unpacked in a
 temp directory and renamed into place, so a layer directory that exists is always complete.
 """
 
@@ -23,6 +23,8 @@ from storage.unpack import UnpackLimits, unpack_layer
 
 _TMP_PREFIX = ".tmp-"
 LINK_DIR = "l"
+LINK_LENGTH = 6  # 32**6 names; 500 of them (overlayfs' deepest stack) fit in one page of mount options
+MAX_LAYERS = 500  # overlayfs refuses to stack more lower directories than this
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
@@ -114,7 +116,7 @@ class LayerStore:
 
     def _new_link(self, chain_id: str) -> Path:
         while True:
-            name = base64.b32encode(os.urandom(10)).decode().rstrip("=")[:12]
+            name = base64.b32encode(os.urandom(5)).decode()[:LINK_LENGTH]
             path = self.links / name
             try:
                 os.symlink(f"../layers/{chain_id.removeprefix('sha256:')}/diff", path)

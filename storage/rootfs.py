@@ -21,7 +21,7 @@ from typing import Iterator
 
 from storage.errors import InvalidReference, MountError
 from storage.fsutil import atomic_write_json, remove_tree, usage
-from storage.layers import LINK_DIR, LayerStore
+from storage.layers import LayerStore
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _MAX_OPTIONS = 4000  # the kernel copies one page of mount data
@@ -110,7 +110,7 @@ class RootfsManager:
             layer = self.layers.get(chain)
             if layer is None:
                 raise MountError(f"container {container_id}: layer {chain} is missing from the store")
-            lowers.append(f"{LINK_DIR}/{layer.link}" if relative else str(self.layers.links / layer.link))
+            lowers.append(layer.link if relative else str(self.layers.links / layer.link))
         if not lowers:
             lowers.append(str(base / "empty"))
         return f"lowerdir={':'.join(lowers)},upperdir={base / 'upper'},workdir={base / 'work'}"
@@ -119,7 +119,7 @@ class RootfsManager:
         options = self._options(container_id, chain_ids, relative=False)
         relative_to = None
         if len(options) > _MAX_OPTIONS:
-            options, relative_to = self._options(container_id, chain_ids, relative=True), self.root
+            options, relative_to = self._options(container_id, chain_ids, relative=True), self.layers.links
         _mount_overlay(self.dir / container_id / "merged", options, relative_to)
 
     @contextmanager

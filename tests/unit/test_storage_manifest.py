@@ -68,3 +68,16 @@ def test_bad_descriptors_are_refused(raw):
 def test_image_user_as_the_cri_reports_it(user, expected):
     fields = user_fields(user)
     assert {k: (v.value if k == "uid" else v) for k, v in fields.items()} == expected
+
+
+def test_more_layers_than_overlayfs_can_stack_are_refused_at_pull():
+    import json
+
+    from storage.images import parse_image_manifest
+    from storage.registry import Manifest
+    desc = {"mediaType": "x", "digest": "sha256:" + "a" * 64, "size": 1}
+    body = json.dumps({"schemaVersion": 2, "config": desc, "layers": [desc] * 501}).encode()
+    with pytest.raises(UnsupportedManifest, match="501 layers"):
+        parse_image_manifest(Manifest(body, OCI, "sha256:" + "b" * 64), "big")
+    config, layers = parse_image_manifest(Manifest(json.dumps({"config": desc, "layers": [desc] * 500}).encode(), OCI, "d"), "ok")
+    assert len(layers) == 500
