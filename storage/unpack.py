@@ -31,6 +31,8 @@ _MAX_HEADER_RECORD = 1 << 20  # GNU long names and pax headers larger than this 
 _MAX_PATH = 4096
 _COPY_CHUNK = 256 << 10  # bigger buys no speed here and costs memory per parallel layer
 _THREADED_GZIP_FROM = 8 << 20
+# failures of this host (not of the layer's content), reported as they are
+_HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -312,7 +314,14 @@ def unpack_layer(blob: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) 
             for count, member in enumerate(tar, 1):
                 if count > limits.max_entries:
                     raise HostileLayer(f"layer has more than {limits.max_entries} entries")
-                extractor.entry(tar, member)
+                try:
+                    extractor.entry(tar, member)
+                except OSError as exc:
+                    if exc.errno in _HOST_ERRNOS:
+                        raise
+                    raise HostileLayer(f"entry {member.name[:200]!r}: {exc.strerror or exc}") from None
+                except OverflowError:
+                    raise HostileLayer(f"entry {member.name[:200]!r}: owner, mode or time out of range") from None
                 tar.members.clear()  # stream mode needs no history; keep memory flat
         extractor.finish()
         reader.drain()

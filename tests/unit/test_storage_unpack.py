@@ -106,6 +106,9 @@ def test_absolute_names_are_contained_in_the_root(area):
     ([Entry("esc", "symlink", linkname="../outside"), Entry("h", "hardlink", linkname="esc/bait")], "symlink"),
     ([Entry("h", "hardlink", linkname="missing")], "not in this layer"),
     ([Entry("d", "dir"), Entry("h", "hardlink", linkname="d")], "directory"),
+    ([Entry("s", "symlink", linkname="x" * 5000)], "'s'"),
+    ([Entry("n" * 300, data=b"")], "too long"),
+    ([Entry("owner", data=b"", uid=2**32 + 5)], "'owner'"),
     ([Entry("esc", "symlink", linkname="../outside"), Entry("esc/.wh.bait")], "symlink"),
     ([Entry("esc", "symlink", linkname="../outside"), Entry("esc/.wh..wh..opq")], "symlink"),
 ])
