@@ -1,4 +1,5 @@
-"""Child subreaper: detached conmons (and anything they orphan) are re-parented to the daemon and reaped here.
+"""Reaping for a daemon that is a child subreaper (cri.daemon makes it one): detached conmons are re-parented
+to the daemon, and this reaps them.
 
 This host's PID 1 does not reap orphans, so without this every exited conmon would stay a zombie. asyncio
 already waits for the children it spawned, so we never call waitpid(-1): we reap only pids handed to ``watch``
@@ -8,17 +9,7 @@ already waits for the children it spawned, so we never call waitpid(-1): we reap
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Make orphaned descendants re-parent to this process instead of PID 1; False if the kernel refused."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-
 
 class Reaper:
     def __init__(self) -> None:

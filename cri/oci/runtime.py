@@ -167,3 +167,4 @@ def _kill_from_pid_file(pid_file: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
