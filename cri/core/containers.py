@@ -27,7 +27,7 @@ from cri.oci.conmon import BundlePaths, Conmon
 from cri.oci.exitwatch import ExitWatcher, read_exit_status
 from cri.oci.reaper import Reaper
 from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file
-from cri.oci.runtime import OCIRuntime, RuntimeError_
+from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 from cri.oci.users import UserRequest, UserResolutionError, resolve_user
 from cri.state.container_record import ContainerRecord, ContainerRequest, ResourcesSpec
 from cri.state.ids import new_id
@@ -232,7 +232,7 @@ class ContainerManager:
                 created = await self._conmon.create_container(
                     runtime, container_id, bundle, log_path or os.devnull, request.name, stdin=request.stdin,
                     stdin_once=request.stdin_once, tty=request.tty, log_size_max=self.config.runtime.log_size_max)
-            except RuntimeError_ as e:
+            except OCIRuntimeError as e:
                 raise StepFailed(f"{handler} create", e) from e
             self._reaper.watch(created.conmon_pid)
             record.pid, record.conmon_pid = created.pid, created.conmon_pid
@@ -348,7 +348,7 @@ class ContainerManager:
                 raise FailedPrecondition(f"container {record.id} is {record.state}, only a created one can start")
             try:
                 await self.runtime(record.runtime_handler).start(record.id)
-            except RuntimeError_ as e:
+            except OCIRuntimeError as e:
                 raise Internal(f"starting container {record.id}: {e}") from e
             if record.state == "created":  # an immediate exit may already have been applied
                 record.state = "running"
@@ -417,13 +417,13 @@ class ContainerManager:
         if timeout > 0:
             try:
                 await runtime.kill(record.id, signal_number(record.stop_signal))
-            except RuntimeError_ as e:
+            except OCIRuntimeError as e:
                 log.debug("stop signal to %s: %s", record.id, e)
             if await self._wait_exit(record, timeout):
                 return
         try:
             await runtime.kill(record.id, signal.SIGKILL, all_processes=True)
-        except RuntimeError_ as e:
+        except OCIRuntimeError as e:
             log.debug("SIGKILL to %s: %s", record.id, e)
         if not await self._wait_exit(record, KILL_WAIT):
             raise Internal(f"container {record.id} did not exit {KILL_WAIT}s after SIGKILL")
@@ -524,7 +524,7 @@ class ContainerManager:
         pid_file = Path(record.bundle) / f"exec-{os.urandom(6).hex()}.pid"
         try:
             return await self.runtime(record.runtime_handler).exec_sync(record.id, argv, timeout, pid_file)
-        except RuntimeError_ as e:
+        except OCIRuntimeError as e:
             raise Internal(f"exec in container {record.id}: {e}") from e
 
     async def update_resources(self, ref: str, resources: ResourcesSpec) -> None:
@@ -538,7 +538,7 @@ class ContainerManager:
                 raise InvalidArgument(str(e)) from e
             try:
                 await self.runtime(record.runtime_handler).update(record.id, body)
-            except RuntimeError_ as e:
+            except OCIRuntimeError as e:
                 raise Internal(f"updating resources of {record.id}: {e}") from e
             record.resources = resources
             self._save(record)
@@ -549,7 +549,7 @@ class ContainerManager:
             raise FailedPrecondition(f"container {record.id} is not running; its log cannot be reopened")
         try:
             Conmon.reopen_log(Path(record.bundle))
-        except RuntimeError_ as e:
+        except OCIRuntimeError as e:
             raise Internal(str(e)) from e
 
     # --- stats ------------------------------------------------------------------------------------------

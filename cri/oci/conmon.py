@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cri.oci.runtime import OCIRuntime, RuntimeError_
+from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 
 CREATE_TIMEOUT = 60.0
 
 
-class ConmonError(RuntimeError_):
+class ConmonError(OCIRuntimeError):
     """conmon or the runtime it ran failed to create the container."""
 
 

@@ -13,7 +13,7 @@ DEFAULT_TIMEOUT = 30.0
 EXEC_OUTPUT_CAP = 16 << 20
 
 
-class RuntimeError_(Exception):
+class OCIRuntimeError(Exception):
     """The runtime binary failed; the message carries the command and its stderr."""
 
     def __init__(self, message: str, stderr: str = "", returncode: int | None = None):
@@ -22,11 +22,11 @@ class RuntimeError_(Exception):
         self.returncode = returncode
 
 
-class ContainerMissing(RuntimeError_):
+class ContainerMissing(OCIRuntimeError):
     """The runtime does not know the container (never created, or already deleted)."""
 
 
-class RuntimeTimeout(RuntimeError_):
+class RuntimeTimeout(OCIRuntimeError):
     """The runtime did not answer in time; it was killed."""
 
 
@@ -88,7 +88,7 @@ class OCIRuntime:
         if proc.returncode != 0:
             text = err.decode(errors="replace").strip()
             message = f"{self.name} {' '.join(args[:1])} {args[-1] if len(args) > 1 else ''}: {text}".strip()
-            cls = ContainerMissing if any(m in text.lower() for m in _MISSING_MARKERS) else RuntimeError_
+            cls = ContainerMissing if any(m in text.lower() for m in _MISSING_MARKERS) else OCIRuntimeError
             raise cls(message, text, proc.returncode)
         return out
 
@@ -151,12 +151,6 @@ class OCIRuntime:
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
         return ExecResult(code, bytes(out.data), bytes(err.data), timed_out)
 
-    async def features_version(self) -> str:
-        proc = await asyncio.create_subprocess_exec(self.path, "--version", stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        return out.decode(errors="replace").splitlines()[0] if out else ""
-
 
 def _kill_from_pid_file(pid_file: Path) -> None:
     try:
@@ -167,4 +161,3 @@ def _kill_from_pid_file(pid_file: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
