@@ -9,8 +9,10 @@ import os
 import stat
 import tarfile
 import io
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from storage.errors import HostileLayer
 from storage.unpack import UnpackLimits, unpack_layer
@@ -160,3 +162,37 @@ def test_truncated_or_corrupt_layers_are_refused(area):
     blob.write_bytes(bytes(corrupt))
     with pytest.raises(HostileLayer):
         unpack_layer(blob, root)
+
+
+_parts = st.sampled_from(["esc", "esc", "a", "..", ".", "", ".wh.a", ".wh..wh..opq", "bait"])
+_names = st.lists(_parts, min_size=1, max_size=3).map("/".join)
+_targets = st.sampled_from(["../outside", "../outside", "..", "/", "a", "esc/bait", "../outside/bait", "b/../.."])
+_entries = st.lists(st.one_of(
+    st.builds(lambda n: Entry(n, data=b"pwned"), _names),
+    st.builds(lambda n: Entry(n, "dir"), _names),
+    st.builds(lambda n, t: Entry(n, "symlink", linkname=t), _names, _targets),
+    st.builds(lambda n, t: Entry(n, "hardlink", linkname=t), _names, _names),
+), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=_entries)
+def test_no_layer_writes_outside_its_root(tmp_path, entries):
+    """Whatever a layer holds, it unpacks or fails as hostile; nothing outside the root changes."""
+    import shutil
+    import tempfile
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    try:
+        root, outside = base / "layer", base / "outside"
+        root.mkdir()
+        outside.mkdir()
+        (outside / "bait").write_text("original")
+        try:
+            unpack(base, root, entries)
+        except HostileLayer:
+            pass
+        assert sorted(os.listdir(base)) == ["blob", "layer", "outside"]
+        assert os.listdir(outside) == ["bait"] and (outside / "bait").read_text() == "original"
+        assert os.listxattr(outside) == [] and os.listxattr(base) == []
+    finally:
+        shutil.rmtree(base)
