@@ -22,7 +22,7 @@ from typing import Any
 
 from cri.core import events as ev
 from cri.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
-from cri.oci import cgroups, host, spec as oci_spec
+from cri.oci import cgroups, host, mounts as oci_mounts, spec as oci_spec
 from cri.oci.conmon import BundlePaths, Conmon
 from cri.oci.exitwatch import ExitWatcher, read_exit_status
 from cri.oci.reaper import Reaper
@@ -274,6 +274,9 @@ class ContainerManager:
             if target is None or target.state != "running":
                 raise NotFound(f"target container {sec.target_id!r} for the pid namespace is not running")
             target_pid = target.pid
+        problems = oci_mounts.host_propagation_problems([(m.host_path, m.propagation) for m in request.mounts])
+        if problems:
+            raise FailedPrecondition(problems[0])
         devices = []
         for device in request.devices:
             found = host.device_request(device.host_path, device.container_path, device.permissions)
