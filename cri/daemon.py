@@ -90,6 +90,11 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
     rt.services.append(rt.containers)
+    from cri.core.streams import CoreStreams
+    from cri.streaming.server import StreamingServer
+
+    rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
+    rt.services.append(rt.streaming)
     return rt
 
 

@@ -1,0 +1,177 @@
+"""Exec, attach and port-forward through the real daemon: the gRPC call hands out a URL, our SPDY client uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from tests.integration.test_container_helpers import (container_config, env, registry, run,  # noqa: F401
+                                                      status, wait_state)
+from tests.streamclient import HttpError, SpdyPortForward, SpdySession, spdy_exec
+
+pytestmark = pytest.mark.integration
+
+
+def exec_url(d, cid, cmd, **flags) -> str:
+    flags.setdefault("stdout", True)
+    return d.runtime.Exec(api_pb2.ExecRequest(container_id=cid, cmd=cmd, **flags), timeout=30).url
+
+
+def sleeper(d, pod, cfg, name="s", **kwargs) -> str:
+    cid = run(d, pod, cfg, container_config(name, ["sleep", "600"], **kwargs))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    return cid
+
+
+def processes_running(marker: str, exact: bool = False) -> list[int]:
+    """Pids whose command line contains marker (is exactly marker, NUL-separated, when exact)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                if cmdline == marker.encode() if exact else marker.encode() in cmdline:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_exec_without_tty_reports_output_and_exit_codes(env):
+    d, pod, cfg = env
+    cid = sleeper(d, pod, cfg)
+    url = exec_url(d, cid, ["echo", "hi"], stderr=True)
+    assert url.startswith("http://127.0.0.1:")
+    result = asyncio.run(spdy_exec(url))
+    assert (result.stdout, result.exit_code) == (b"hi\n", 0)
+    result = asyncio.run(spdy_exec(exec_url(d, cid, ["sh", "-c", "echo out; echo err >&2; exit 3"], stderr=True)))
+    assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 3)
+    payload = os.urandom(1 << 20)
+    result = asyncio.run(spdy_exec(exec_url(d, cid, ["cat"], stdin=True), stdin=payload, stderr=False))
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
+    with pytest.raises(HttpError) as err:
+        asyncio.run(spdy_exec(url))  # the token was used
+    assert err.value.status == 404
+
+
+def test_exec_requests_kubelet_refuses_are_refused(env):
+    d, pod, cfg = env
+    cid = sleeper(d, pod, cfg)
+    for flags in ({"tty": True, "stderr": True}, {"stdout": False}):
+        with pytest.raises(grpc.RpcError) as err:
+            d.runtime.Exec(api_pb2.ExecRequest(container_id=cid, cmd=["true"], **flags), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.Exec(api_pb2.ExecRequest(container_id="0" * 64, cmd=["true"], stdout=True), timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_exec_with_tty_stdin_and_resize(env):
+    d, pod, cfg = env
+    cid = sleeper(d, pod, cfg)
+    url = exec_url(d, cid, ["sh", "-c", "while read line; do stty size; done; exit 7"], tty=True, stdin=True)
+
+    async def session() -> tuple[bytes, int]:
+        s = await SpdySession.open(url, stdin=True, tty=True)
+        await s.resize(100, 40)
+        seen = b""
+        while b"40 100" not in seen:  # the resize travels on its own stream; ask until the terminal shows it
+            await s.write_stdin(b"again\n")
+            seen += await s.read_until(b"\n")
+        await s.close_stdin()  # sends Ctrl-D to the terminal: read fails, the loop ends
+        result = await s.finish()
+        return seen, result.exit_code
+
+    seen, code = asyncio.run(session())
+    assert b"40 100" in seen and code == 7
+
+
+def test_attach_reaches_the_main_process(env):
+    d, pod, cfg = env
+    cid = run(d, pod, cfg, container_config("attached", ["sh", "-c", "while read l; do echo got $l; done"],
+                                            stdin=True))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    url = d.runtime.Attach(api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True),
+                           timeout=30).url
+    assert "/attach/" in url
+
+    async def session() -> bytes:
+        s = await SpdySession.open(url, stdin=True)
+        await s.write_stdin(b"hello\n")
+        out = await s.read_until(b"got hello\n")
+        await s.close_stdin()  # not stdin_once: detach and leave the container running
+        result = await s.finish()
+        assert result.exit_code == 0
+        return out
+
+    assert b"got hello" in asyncio.run(session())
+    assert status(d, cid).status.state == api_pb2.CONTAINER_RUNNING
+
+
+def test_client_disconnect_kills_the_exec_and_leaks_nothing(env):
+    d, pod, cfg = env
+    cid = sleeper(d, pod, cfg)
+    marker = "4242.5"
+    url = exec_url(d, cid, ["sleep", marker], stdin=True)
+
+    async def abandon() -> None:
+        s = await SpdySession.open(url, stdin=True, stderr=False)
+        deadline = time.monotonic() + 30
+        command = f"sleep\0{marker}\0"
+        while not processes_running(command, exact=True) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert processes_running(command, exact=True)
+        s.conn._writer.transport.abort()
+
+    def leftovers() -> list:
+        scratch = [p.name for p in Path("/tmp").iterdir() if p.name.startswith("pycri-exec-")]
+        return processes_running(marker) + scratch
+
+    asyncio.run(abandon())
+    deadline = time.monotonic() + 30
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers() == [], d.log_tail()
+
+
+def test_port_forward_to_the_pod(env):
+    d, pod, _ = env  # a host-network pod: its localhost is ours
+
+    async def session() -> list[bool]:
+        async def echo(reader, writer):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        url = await asyncio.to_thread(lambda: d.runtime.PortForward(
+            api_pb2.PortForwardRequest(pod_sandbox_id=pod, port=[port]), timeout=30).url)
+        forwarder = await SpdyPortForward.open(url)
+
+        async def roundtrip(size: int) -> bool:
+            data, error = await forwarder.connect(port)
+            payload = os.urandom(size)
+            sender = asyncio.create_task(data.write(payload))
+            received = bytearray()
+            while len(received) < size and (chunk := await data.read()):
+                received += chunk
+            await sender
+            await data.close()
+            assert await error.read_all() == b""
+            return hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+        try:
+            return await asyncio.gather(roundtrip(8 << 20), *(roundtrip(1000 + i) for i in range(10)))
+        finally:
+            await forwarder.close()
+            server.close()
+
+    assert all(asyncio.run(session()))
