@@ -303,3 +303,34 @@ async def test_plain_http_and_bad_upgrades_are_refused():
         writer.close()
     finally:
         await server.stop()
+
+
+def test_kubernetes_python_client_websocket_exec():
+    """A third-party client: the official kubernetes Python client's channel WebSocket (v5, then v4)."""
+    import threading
+
+    from kubernetes.client import Configuration
+    from kubernetes.stream.ws_client import WSClient
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(streaming(FakeBackend()), loop).result(10)
+    try:
+        url = exec_url(server, "cat", stdin=True, stderr=False).replace("http://", "ws://")
+        client = WSClient(Configuration(), url, headers=None, capture_all=True)
+        assert client.subprotocol == "v5.channel.k8s.io"
+        client.write_stdin("from python\n")
+        assert client.readline_stdout(timeout=10) == "from python"
+        client.close_channel(0)
+        client.run_forever(timeout=10)
+        assert client.returncode == 0
+        failing = WSClient(Configuration(), exec_url(server, "fail", "9").replace("http://", "ws://"),
+                           headers=None, capture_all=True)
+        failing.run_forever(timeout=10)
+        assert failing.returncode == 9
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
