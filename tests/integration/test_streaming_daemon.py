@@ -175,3 +175,62 @@ def test_port_forward_to_the_pod(env):
             server.close()
 
     assert all(asyncio.run(session()))
+
+
+@pytest.fixture
+def pod_network_env(daemon_factory, registry, tmp_path):  # noqa: F811
+    """(daemon, pod id, pod config) for a pod on a private bridge network: its own network namespace."""
+    from tests.imagebuild import build_busybox_image
+    from tests.integration.test_container_helpers import IMAGE
+    from tests.integration.test_sandbox_helpers import PrivateNetwork, remove_all_pods
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'unqualified-search-registries = []\n[[registry]]\nprefix = "example.test"\n'
+                    f'location = "{registry.host}"\ninsecure = true\n')
+    registry.push("ctr/busybox", "1", build_busybox_image())
+    net = PrivateNetwork(tmp_path)
+    net.install()
+    try:
+        d = daemon_factory({"storage": {"registries_conf": str(conf)}, "network": {"cni_conf_dir": str(net.conf_dir)}})
+        d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=IMAGE)), timeout=60)
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        cfg = api_pb2.PodSandboxConfig(
+            metadata=api_pb2.PodSandboxMetadata(name="pf", namespace="stream-test", uid="uid-pf"), hostname="pf",
+            log_directory=str(logs))
+        pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg), timeout=60).pod_sandbox_id
+        try:
+            yield d, pod, cfg
+        finally:
+            remove_all_pods(d)
+    finally:
+        net.cleanup()
+
+
+def test_port_forward_reaches_a_port_only_open_inside_the_pod_netns(pod_network_env):
+    d, pod, cfg = pod_network_env
+    port = 18081
+    run(d, pod, cfg, container_config("echo", ["/bin/busybox", "nc", "-ll", "-p", str(port), "-e", "/bin/busybox",
+                                                "cat"]))
+    url = d.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod, port=[port]), timeout=30).url
+
+    async def session() -> bytes:
+        forwarder = await SpdyPortForward.open(url)
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # until nc listens: each refused attempt is reported on its error stream
+                data, error = await forwarder.connect(port)
+                await data.write(b"inside the pod\n")
+                echoed = await data.read()
+                if echoed:
+                    await data.close()
+                    return echoed
+                failure = await error.read_all()
+                assert b"error forwarding port" in failure
+                if time.monotonic() > deadline:
+                    raise AssertionError(failure)
+                await asyncio.sleep(0.1)
+        finally:
+            await forwarder.close()
+
+    assert asyncio.run(session()) == b"inside the pod\n"
