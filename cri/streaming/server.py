@@ -119,11 +119,15 @@ class StreamingServer:
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task] = set()
         self.port = config.port
+        self._base_url = ""
 
     @property
     def base_url(self) -> str:
-        scheme = "https" if self._tls_enabled else "http"
-        return f"{scheme}://{advertised_host(self._config.address)}:{self.port}"
+        """Where clients reach us; fixed at start() (finding the host may take a routing lookup)."""
+        if not self._base_url:
+            scheme = "https" if self._tls_enabled else "http"
+            self._base_url = f"{scheme}://{advertised_host(self._config.address)}:{self.port}"
+        return self._base_url
 
     @property
     def _tls_enabled(self) -> bool:
@@ -146,6 +150,7 @@ class StreamingServer:
         self._server = await asyncio.start_server(self._serve_connection, self._config.address or None,
                                                   self._config.port, ssl=tls, limit=READ_BUFFER)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._base_url = ""
         log.info("streaming server listening on %s", self.base_url)
 
     async def stop(self) -> None:

@@ -334,3 +334,59 @@ def test_kubernetes_python_client_websocket_exec():
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@aio
+async def test_missing_streams_time_out_and_idle_sessions_end():
+    backend = FakeBackend()
+    server = await streaming(backend, stream_creation_timeout=0.2, idle_timeout=0.3)
+    try:
+        # Only the error stream arrives: the server gives up on the rest and closes the connection.
+        conn, _ = await spdy_connect(exec_url(server, "echo", "x"), ["v4.channel.k8s.io"])
+        error = await conn.open_stream({"streamtype": "error"})
+        await error.wait_reply()
+        await conn.done
+        # A session that goes quiet is closed, and its command cancelled.
+        session = await SpdySession.open(exec_url(server, "hang", stdin=True, stderr=False), stdin=True,
+                                         stderr=False)
+        await backend.cancelled.wait()
+        await session.conn.done
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_tls(tmp_path):
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    server = await streaming(FakeBackend(), tls_cert=cert, tls_key=key)
+    try:
+        url = exec_url(server, "echo", "secret")
+        assert url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(cert))
+        conn, _ = await spdy_connect(url, ["v4.channel.k8s.io"], tls=trust)
+        await conn.close()
+        with pytest.raises(ssl.SSLError):
+            await spdy_connect(exec_url(server, "echo"), ["v4.channel.k8s.io"], tls=ssl.create_default_context())
+    finally:
+        await server.stop()
+
+
+@aio
+async def test_a_client_goaway_still_finishes_open_streams():
+    server = await streaming(FakeBackend())
+    try:
+        session = await SpdySession.open(exec_url(server, "cat", stdin=True, stderr=False), stdin=True, stderr=False)
+        from cri.streaming import spdy
+        session.conn._send(spdy.encode_frame(spdy.GoAway(0)))
+        await session.write_stdin(b"after goaway")
+        await session.close_stdin()
+        result = await session.finish()
+        assert (result.stdout, result.exit_code) == (b"after goaway", 0)
+    finally:
+        await server.stop()
