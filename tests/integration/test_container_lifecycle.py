@@ -81,3 +81,16 @@ def test_exec_sync_output_exit_code_and_timeout_kills_the_process(env):
     with pytest.raises(grpc.RpcError) as err:
         exec_sync(d, cid, ["true"])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_container_the_runtime_cannot_create_fails_to_start_and_ends_exited(env):
+    d, pod, pod_cfg = env
+    cid = create(d, pod, pod_cfg, container_config("nocmd", ["/no/such/binary"]))
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid), timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "/no/such/binary" in err.value.details()
+    st = status(d, cid).status
+    assert (st.state, st.exit_code, st.reason) == (api_pb2.CONTAINER_EXITED, 128, "StartError")
+    assert "/no/such/binary" in st.message
+    d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
+    assert d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
