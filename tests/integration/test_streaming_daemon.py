@@ -91,6 +91,18 @@ def test_exec_with_tty_stdin_and_resize(env):
 
     seen, code = asyncio.run(session())
     assert b"40 100" in seen and code == 7
+    # What critest checks: a terminal's exact output of a short command, stdin open but unused.
+    url = exec_url(d, cid, ["echo", "hello"], tty=True, stdin=True)
+
+    async def short() -> bytes:
+        s = await SpdySession.open(url, stdin=True, tty=True)
+        out = await s.read_until(b"\n")
+        await s.close_stdin()
+        result = await s.finish()
+        assert result.exit_code == 0
+        return out + result.stdout
+
+    assert asyncio.run(short()) == b"hello\r\n"
 
 
 def test_attach_reaches_the_main_process(env):
@@ -234,3 +246,23 @@ def test_port_forward_reaches_a_port_only_open_inside_the_pod_netns(pod_network_
             await forwarder.close()
 
     assert asyncio.run(session()) == b"inside the pod\n"
+
+
+def test_attach_with_stdin_once_ends_the_container_input(env):
+    # critest's attach spec: a shell with stdin_once; closing our stdin closes the container's, so sh exits.
+    d, pod, cfg = env
+    cid = run(d, pod, cfg, container_config("once", ["/bin/sh"], stdin=True, stdin_once=True))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    url = d.runtime.Attach(api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True),
+                           timeout=30).url
+
+    async def session():
+        s = await SpdySession.open(url, stdin=True)
+        await s.write_stdin(b"echo hello\n")
+        out = await s.read_until(b"hello\n")
+        await s.close_stdin()
+        return out, await s.finish()
+
+    out, result = asyncio.run(session())
+    assert (out + result.stdout, result.stderr, result.exit_code) == (b"hello\n", b"", 0)
+    assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).state == api_pb2.CONTAINER_EXITED
