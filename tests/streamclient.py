@@ -48,8 +48,21 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, l
     return status, headers, body
 
 
-async def spdy_connect(url: str, protocols: list[str], tls: ssl.SSLContext | None = None
-                       ) -> tuple[spdy.SpdyConnection, str]:
+class SpdystreamLikeConnection(spdy.SpdyConnection):
+    """Behaves like Go's spdystream, kubelet's and critest's client: it never announces a window and never
+    sends WINDOW_UPDATE, so the server must not wait on flow control with it."""
+
+    def start(self):
+        self._task = asyncio.create_task(self.run())
+        return self._task
+
+    def _consumed(self, stream, size):
+        stream._changed.set()
+        self._forget_if_done(stream)
+
+
+async def spdy_connect(url: str, protocols: list[str], tls: ssl.SSLContext | None = None,
+                       spdystream_like: bool = False) -> tuple[spdy.SpdyConnection, str]:
     """Upgrade to SPDY/3.1 offering protocols; the connection and the version the server chose."""
     parts, reader, writer = await _open(url, tls)
     lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: Upgrade", "Upgrade: SPDY/3.1"]
@@ -59,7 +72,7 @@ async def spdy_connect(url: str, protocols: list[str], tls: ssl.SSLContext | Non
     if status != 101:
         writer.close()
         raise HttpError(status, headers, body)
-    conn = spdy.SpdyConnection(reader, writer, server=False)
+    conn = (SpdystreamLikeConnection if spdystream_like else spdy.SpdyConnection)(reader, writer, server=False)
     conn.start()
     return conn, headers.get("x-stream-protocol-version", [""])[0]
 
@@ -94,8 +107,9 @@ class SpdySession:
 
     @classmethod
     async def open(cls, url: str, *, stdin: bool = False, stdout: bool = True, stderr: bool = True,
-                   tty: bool = False, protocols: tuple[str, ...] = ("v4.channel.k8s.io",)) -> SpdySession:
-        conn, protocol = await spdy_connect(url, list(protocols))
+                   tty: bool = False, protocols: tuple[str, ...] = ("v4.channel.k8s.io",),
+                   spdystream_like: bool = False) -> SpdySession:
+        conn, protocol = await spdy_connect(url, list(protocols), spdystream_like=spdystream_like)
         kinds = ["error"] + [k for k, on in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr and not tty),
                                               ("resize", tty and protocol in ("v4.channel.k8s.io", "v3.channel.k8s.io")))
                              if on]
@@ -157,8 +171,8 @@ class SpdyPortForward:
         self._next_request = 0
 
     @classmethod
-    async def open(cls, url: str) -> SpdyPortForward:
-        conn, _ = await spdy_connect(url, ["portforward.k8s.io"])
+    async def open(cls, url: str, spdystream_like: bool = False) -> SpdyPortForward:
+        conn, _ = await spdy_connect(url, ["portforward.k8s.io"], spdystream_like=spdystream_like)
         return cls(conn)
 
     async def connect(self, port: int) -> tuple[spdy.SpdyStream, spdy.SpdyStream]:

@@ -126,12 +126,14 @@ async def test_older_protocols_write_only_failure_text():
         await server.stop()
 
 
+@pytest.mark.parametrize("spdystream_like", [False, True], ids=["flow-controlled", "spdystream-like"])
 @aio
-async def test_stdin_is_copied_and_its_close_ends_the_command():
+async def test_stdin_is_copied_and_its_close_ends_the_command(spdystream_like):
     server = await streaming(FakeBackend())
     try:
         payload = os.urandom(3 << 20)
-        result = await spdy_exec(exec_url(server, "cat", stdin=True, stderr=False), stdin=payload, stderr=False)
+        result = await spdy_exec(exec_url(server, "cat", stdin=True, stderr=False), stdin=payload, stderr=False,
+                                 spdystream_like=spdystream_like)
         assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
         assert result.exit_code == 0
     finally:
@@ -218,12 +220,14 @@ async def test_abrupt_disconnect_cancels_the_command_and_frees_the_session():
         await server.stop()
 
 
+@pytest.mark.parametrize("spdystream_like", [False, True], ids=["flow-controlled", "spdystream-like"])
 @aio
-async def test_port_forward_many_connections_and_a_large_transfer():
+async def test_port_forward_many_connections_and_a_large_transfer(spdystream_like):
     echo, echo_port = await echo_server()
     server = await streaming(FakeBackend(echo_port))
     try:
-        forwarder = await SpdyPortForward.open(server.url_for_port_forward(PortForwardRequest("p1", (80,))))
+        forwarder = await SpdyPortForward.open(server.url_for_port_forward(PortForwardRequest("p1", (80,))),
+                                               spdystream_like=spdystream_like)
 
         async def roundtrip(size: int) -> bool:
             data, error = await forwarder.connect(80)
