@@ -42,6 +42,7 @@ STARTABLE = {"created"}
 EXEC_STATES = {"running"}
 MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
 KILL_WAIT = 10.0  # after SIGKILL, how long conmon may take to report the exit
+LOG_REOPEN_WAIT = 5.0
 
 
 class StepFailed(Internal):
@@ -584,10 +585,17 @@ class ContainerManager:
         record = self.get(ref)
         if record.state != "running":
             raise FailedPrecondition(f"container {record.id} is not running; its log cannot be reopened")
+        log_path = Path(record.log_path) if record.log_path else None
         try:
             Conmon.reopen_log(Path(record.bundle))
         except OCIRuntimeError as e:
             raise Internal(str(e)) from e
+        # conmon reopens asynchronously; the caller (kubelet's rotation) expects the new file once we return.
+        deadline = time.monotonic() + LOG_REOPEN_WAIT
+        while log_path is not None and not log_path.exists():
+            if time.monotonic() > deadline:
+                raise Internal(f"conmon did not reopen {log_path} within {LOG_REOPEN_WAIT}s")
+            await asyncio.sleep(0.002)
 
     # --- stats ------------------------------------------------------------------------------------------
 

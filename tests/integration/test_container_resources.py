@@ -101,6 +101,7 @@ def test_reopen_log_after_rotation(env):
     wait_log(pod_cfg, "rot", lambda ls: len(ls) >= 2)
     log.rename(log.with_suffix(".log.1"))
     d.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
+    assert log.exists()  # the new file is there as soon as the call returns
     lines = wait_log(pod_cfg, "rot", lambda ls: len(ls) >= 2)
     assert len(lines) >= 2 and all(tag == "F" for _, tag, _ in lines)
     d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
