@@ -6,7 +6,7 @@ is ever followed out of the root; '..' components are refused and absolute names
 relative to the root. Whiteouts become what overlayfs reads: `.wh.NAME` a 0/0 character device,
 `.wh..wh..opq` the trusted.overlay.opaque=y xattr on its directory. Overlay xattrs coming from the
 layer itself are dropped (they could redirect lookups outside the layer). Sizes are capped: the
-decompressed stream, the entry count, and the header records tarfile would otherwise read whole.
+decompressed stream, the entry count, the directory depth, and metadata records (tarstream.py).
 """
 
 from __future__ import annotations
@@ -16,23 +16,26 @@ import hashlib
 import os
 import shutil
 import stat
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from storage.errors import HostileLayer
+from storage.tarstream import (BLOCKDEV, CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, TarEntry,
+                               TarStream)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-_MAX_HEADER_RECORD = 1 << 20  # GNU long names and pax headers larger than this are hostile
 _MAX_PATH = 4096
 _COPY_CHUNK = 256 << 10  # bigger buys no speed here and costs memory per parallel layer
-_THREADED_GZIP_FROM = 8 << 20
+_THREADED_GZIP_FROM = 1 << 20
 # failures of this host (not of the layer's content), reported as they are
 _HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+_MAX_DEPTH = 80  # directories deep; real layers stay far below, and each level holds an fd while cached
+_MAX_CACHED_DIRS = 2 * _MAX_DEPTH + 8  # room for two full paths after a drop (hardlink source and target)
+_NODE_KINDS = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -49,20 +52,6 @@ class UnpackLimits:
 class LayerStats:
     diff_id: str   # sha256 of the uncompressed tar, as the image config lists it
     size: int      # bytes of the uncompressed tar
-
-
-class _GuardedTarInfo(tarfile.TarInfo):
-    """Refuses oversized GNU long-name and pax records before tarfile reads them into memory."""
-
-    def _proc_gnulong(self, tar):
-        if self.size > _MAX_HEADER_RECORD:
-            raise HostileLayer(f"tar long-name record of {self.size} bytes")
-        return super()._proc_gnulong(tar)
-
-    def _proc_pax(self, tar):
-        if self.size > _MAX_HEADER_RECORD:
-            raise HostileLayer(f"tar pax header of {self.size} bytes")
-        return super()._proc_pax(tar)
 
 
 class _CountingReader:
@@ -125,45 +114,43 @@ def _components(name: str, what: str) -> list[str]:
 class _Extractor:
     def __init__(self, root: Path):
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self._cached: tuple[tuple[str, ...], int] | None = None
-        self._deferred_dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
+        self._dirs: dict[tuple[str, ...], int] = {}  # open directory fds by path, reused across entries
+        self._deferred_dirs: list[tuple[tuple[str, ...], TarEntry]] = []
 
     def close(self) -> None:
         self._drop_cache()
         os.close(self.root_fd)
 
     def _drop_cache(self) -> None:
-        if self._cached is not None:
-            os.close(self._cached[1])
-            self._cached = None
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
 
     def _dir_fd(self, parts: tuple[str, ...], *, create: bool) -> int:
-        """An fd of directory root/parts, reached without following any symlink. The caller does
-        not close it (the last one is cached: tar entries come grouped by directory)."""
-        if self._cached is not None and self._cached[0] == parts:
-            return self._cached[1]
-        self._drop_cache()
-        fd = os.dup(self.root_fd)
+        """An fd of directory root/parts, each component opened with O_NOFOLLOW from its parent's
+        fd, so no symlink is ever followed. Owned by the cache: callers do not close it."""
+        if not parts:
+            return self.root_fd
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            return fd
+        if len(parts) > _MAX_DEPTH:
+            raise HostileLayer(f"path {'/'.join(parts[:8])}/... is deeper than {_MAX_DEPTH} directories")
+        if len(self._dirs) >= _MAX_CACHED_DIRS:
+            self._drop_cache()
+        parent = self._dir_fd(parts[:-1], create=create)
         try:
-            for i, part in enumerate(parts):
-                try:
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise HostileLayer(f"{'/'.join(parts[:i + 1])!r} does not exist in the layer") from None
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise HostileLayer(f"path {'/'.join(parts)!r} goes through {'/'.join(parts[:i + 1])!r}, "
-                                           "which is a symlink or not a directory") from None
-                    raise
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise HostileLayer(f"{'/'.join(parts)!r} does not exist in the layer") from None
+            os.mkdir(parts[-1], 0o755, dir_fd=parent)
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise HostileLayer(f"path {'/'.join(parts)!r} goes through a symlink or a non-directory") from None
             raise
-        self._cached = (parts, fd)
+        self._dirs[parts] = fd
         return fd
 
     def _clear(self, parent: int, name: str, *, keep_dir: bool) -> bool:
@@ -176,16 +163,30 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return True
-            self._drop_cache()  # the cached fd may be inside the tree we delete
+            self._drop_cache()  # cached fds may be inside the tree we delete
             shutil.rmtree(name, dir_fd=parent)
         else:
             os.unlink(name, dir_fd=parent)
         return False
 
-    def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _make(self, parent_parts: tuple[str, ...], name: str, create: Callable[[int], object], *,
+              keep_dir: bool = False) -> tuple[int, object]:
+        """create(parent_fd) makes `name`; when an earlier entry is in the way it is removed and
+        create runs again (no lstat per entry: collisions are rare). Returns the parent fd and
+        what create returned, or None when an existing directory was kept."""
+        parent = self._dir_fd(parent_parts, create=True)
+        try:
+            return parent, create(parent)
+        except FileExistsError:
+            if self._clear(parent, name, keep_dir=keep_dir):
+                return parent, None
+        parent = self._dir_fd(parent_parts, create=True)  # the cache may have been dropped
+        return parent, create(parent)
+
+    def entry(self, tar: TarStream, member: TarEntry) -> None:
         parts = _components(member.name, "entry")
         if not parts:
-            if member.isdir():
+            if member.kind == DIRECTORY:
                 self._deferred_dirs.append(((), member))  # "./": the layer root's own metadata
             return
         parent_parts, name = tuple(parts[:-1]), parts[-1]
@@ -196,56 +197,52 @@ class _Extractor:
             if name.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
                 return  # other aufs metadata (.wh..wh.plnk and the like) means nothing to overlayfs
             target = name[len(WHITEOUT_PREFIX):]
-            parent = self._dir_fd(parent_parts, create=True)
-            self._clear(parent, target, keep_dir=False)
-            parent = self._dir_fd(parent_parts, create=True)
-            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+            self._make(parent_parts, target,
+                       lambda fd: os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd))
             return
-        parent = self._dir_fd(parent_parts, create=True)
-        if member.isdir():
-            if not self._clear(parent, name, keep_dir=True):
-                parent = self._dir_fd(parent_parts, create=True)
-                os.mkdir(name, 0o700, dir_fd=parent)
+        if member.kind == DIRECTORY:
+            self._make(parent_parts, name, lambda fd: os.mkdir(name, 0o700, dir_fd=fd), keep_dir=True)
             self._deferred_dirs.append((tuple(parts), member))
-            return
-        self._clear(parent, name, keep_dir=False)
-        parent = self._dir_fd(parent_parts, create=True)
-        if member.isreg():
-            self._regular(tar, member, parent, name)
-            return
-        if member.islnk():
+        elif member.kind == REGULAR:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            _, fd = self._make(parent_parts, name, lambda fd: os.open(name, flags, 0o600, dir_fd=fd))
+            self._regular(tar, member, fd)
+        elif member.kind == HARDLINK:
             link_parts = _components(member.linkname, "hardlink target")
             if not link_parts:
                 raise HostileLayer(f"hardlink {member.name!r} points at the layer root")
-            link_parent = os.dup(self._dir_fd(tuple(link_parts[:-1]), create=False))
+            link_dir = tuple(link_parts[:-1])
+
+            def link(fd: int) -> None:
+                source = self._dir_fd(link_dir, create=False)
+                fd = self._dir_fd(parent_parts, create=True)  # again: fetching `source` may drop the cache
+                os.link(link_parts[-1], name, src_dir_fd=source, dst_dir_fd=fd, follow_symlinks=False)
+
             try:
-                parent = self._dir_fd(parent_parts, create=True)
-                os.link(link_parts[-1], name, src_dir_fd=link_parent, dst_dir_fd=parent, follow_symlinks=False)
+                self._make(parent_parts, name, link)
             except FileNotFoundError:
                 raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: target not in this layer") from None
             except (PermissionError, IsADirectoryError):
                 raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: target is a directory") from None
-            finally:
-                os.close(link_parent)
-            return  # a hard link shares the target's inode and metadata
-        if member.issym():
-            os.symlink(member.linkname, name, dir_fd=parent)
-        elif member.ischr() or member.isblk():
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(name, kind | (member.mode & 0o7777), os.makedev(member.devmajor, member.devminor), dir_fd=parent)
-        elif member.isfifo():
-            os.mkfifo(name, member.mode & 0o7777, dir_fd=parent)
+            # a hard link shares the target's inode and metadata
+        elif member.kind == SYMLINK:
+            parent, _ = self._make(parent_parts, name, lambda fd: os.symlink(member.linkname, name, dir_fd=fd))
+            self._metadata_at(parent, name, member)
+        elif member.kind in _NODE_KINDS:
+            kind = _NODE_KINDS[member.kind]
+            device = os.makedev(member.devmajor, member.devminor) if member.kind != FIFO else 0
+            parent, _ = self._make(parent_parts, name,
+                                   lambda fd: os.mknod(name, kind | (member.mode & 0o7777), device, dir_fd=fd))
+            self._metadata_at(parent, name, member)
         else:
-            raise HostileLayer(f"entry {member.name!r} has unsupported tar type {member.type!r}")
-        self._metadata_at(parent, name, member)
+            raise HostileLayer(f"entry {member.name!r} has unsupported tar type {member.kind!r}")
 
-    def _regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: int, name: str) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    def _regular(self, tar: TarStream, member: TarEntry, fd: int) -> None:
+        """Fill the new file `fd` (and close it) with the member's data and metadata."""
         try:
-            source = tar.extractfile(member)
             remaining = member.size
             while remaining > 0:
-                chunk = source.read(min(remaining, _COPY_CHUNK))
+                chunk = tar.read(min(remaining, _COPY_CHUNK))
                 if not chunk:
                     raise HostileLayer(f"entry {member.name!r} is truncated")
                 remaining -= len(chunk)
@@ -260,9 +257,9 @@ class _Extractor:
         finally:
             os.close(fd)
 
-    def _metadata_at(self, parent: int, name: str, member: tarfile.TarInfo) -> None:
+    def _metadata_at(self, parent: int, name: str, member: TarEntry) -> None:
         os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
-        if not member.issym():
+        if member.kind != SYMLINK:
             os.chmod(name, member.mode & 0o7777, dir_fd=parent)
         for key, value in _xattrs(member):
             _set_xattr(f"/proc/self/fd/{parent}/{name}", key, value, follow_symlinks=False)
@@ -283,15 +280,8 @@ def _ns(mtime: float) -> int:
     return int(mtime * 1_000_000_000)
 
 
-def _xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
-    found = []
-    for key, value in member.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            attr = key[len("SCHILY.xattr."):]
-            if attr.startswith(_FORBIDDEN_XATTR_PREFIXES):
-                continue
-            found.append((attr, value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value))
-    return found
+def _xattrs(member: TarEntry) -> list[tuple[str, bytes]]:
+    return [(key, value) for key, value in member.xattrs.items() if not key.startswith(_FORBIDDEN_XATTR_PREFIXES)]
 
 
 def _set_xattr(target, key: str, value: bytes, *, follow_symlinks: bool = True) -> None:
@@ -308,27 +298,25 @@ def unpack_layer(blob: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) 
     raw = open_decompressed(blob)
     reader = _CountingReader(raw, limits.max_bytes)
     extractor = _Extractor(dest)
+    tar = TarStream(reader)
     try:
-        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_GuardedTarInfo, bufsize=_COPY_CHUNK,
-                          errorlevel=2) as tar:
-            for count, member in enumerate(tar, 1):
-                if count > limits.max_entries:
-                    raise HostileLayer(f"layer has more than {limits.max_entries} entries")
-                try:
-                    extractor.entry(tar, member)
-                except OSError as exc:
-                    if exc.errno in _HOST_ERRNOS:
-                        raise
-                    raise HostileLayer(f"entry {member.name[:200]!r}: {exc.strerror or exc}") from None
-                except OverflowError:
-                    raise HostileLayer(f"entry {member.name[:200]!r}: owner, mode or time out of range") from None
-                tar.members.clear()  # stream mode needs no history; keep memory flat
+        for count, member in enumerate(tar, 1):
+            if count > limits.max_entries:
+                raise HostileLayer(f"layer has more than {limits.max_entries} entries")
+            try:
+                extractor.entry(tar, member)
+            except OSError as exc:
+                if exc.errno in _HOST_ERRNOS:
+                    raise
+                raise HostileLayer(f"entry {member.name[:200]!r}: {exc.strerror or exc}") from None
+            except OverflowError:
+                raise HostileLayer(f"entry {member.name[:200]!r}: owner, mode or time out of range") from None
         extractor.finish()
         reader.drain()
     except HostileLayer:
         raise
-    except (tarfile.TarError, EOFError, ValueError) as exc:
-        raise HostileLayer(f"malformed layer: {exc}") from None
+    except EOFError as exc:
+        raise HostileLayer(f"truncated compressed layer: {exc}") from None
     except OSError as exc:
         if exc.errno is None:  # gzip.BadGzipFile and friends: bad data, not a failed syscall
             raise HostileLayer(f"corrupt compressed layer: {exc}") from None
