@@ -80,8 +80,10 @@ class RootfsManager:
         self._container_locks: dict[str, threading.Lock] = {}
         for name in os.listdir(self.dir):
             record = self._read(name)
-            if record is None:
-                remove_tree(self.dir / name)  # created but never recorded: nothing was mounted
+            if record is None:  # created but never recorded, or half removed: never delete through a mount
+                if os.path.ismount(self.dir / name / "merged"):
+                    _unmount(self.dir / name / "merged")
+                remove_tree(self.dir / name)
             else:
                 self._chains[name] = record["chain_ids"]
 
