@@ -14,6 +14,8 @@ start costs more than it saves). 256 KiB buffers keep the peak RSS of a 5-layer 
     python bench/pull.py [--big-mb 200] [--runs 3] [--busybox-runs 10]
     python bench/pull.py --endpoint unix:///run/containerd/containerd.sock --registry 127.0.0.1:5000 \\
         --name-prefix registry.k8s.io --pid $(pidof containerd)
+    python bench/pull.py --registries-conf ../shared/critest/registries.conf \\
+        --critest-image registry.k8s.io/e2e-test-images/busybox:1.29-2   # with the critest kit's registry
 """
 
 from __future__ import annotations
@@ -63,6 +65,28 @@ def cold_pull(images: api_pb2_grpc.ImageServiceStub, name: str) -> float:
     return time.perf_counter() - start
 
 
+def lifecycle(images: api_pb2_grpc.ImageServiceStub, name: str, rounds: int = 20, parallel: int = 2) -> None:
+    """critest's image benchmark: Pull, Status, Remove of one image, `parallel` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+    spec = api_pb2.ImageSpec(image=name)
+
+    def one(_: int) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        ref = images.PullImage(api_pb2.PullImageRequest(image=spec), timeout=600).image_ref
+        t1 = time.perf_counter()
+        images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60)
+        t2 = time.perf_counter()
+        images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60)
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    with ThreadPoolExecutor(parallel) as pool:
+        samples = list(pool.map(one, range(rounds)))
+    for i, op in enumerate(("PullImage", "ImageStatus", "RemoveImage")):
+        values = [s[i] * 1000 for s in samples]
+        print(f"critest-like {op:12} rounds={rounds} parallel={parallel} median={statistics.median(values):7.2f} ms  "
+              f"max={max(values):7.2f} ms")
+
+
 def report(label: str, times: list[float], size: int) -> None:
     med = statistics.median(times)
     print(f"{label:28} runs={len(times):<3} median={med * 1000:9.1f} ms  min={min(times) * 1000:9.1f} ms  "
@@ -78,6 +102,9 @@ def main() -> int:
     parser.add_argument("--registry", help="host:port of a running registry (default: start one)")
     parser.add_argument("--name-prefix", help="registry name the runtime maps to --registry")
     parser.add_argument("--pid", type=int, help="runtime pid, for its peak RSS")
+    parser.add_argument("--critest-image", help="also run critest's image lifecycle benchmark on this image "
+                        "(a name the runtime can pull, e.g. registry.k8s.io/e2e-test-images/busybox:1.29-2)")
+    parser.add_argument("--registries-conf", help="registries.conf for the pycri daemon this script starts")
     args = parser.parse_args()
 
     print(f"building a {args.big_mb} MB 5-layer gzip image and a busybox image ...", flush=True)
@@ -104,7 +131,8 @@ def main() -> int:
             if endpoint is None:
                 from conformance.daemon import Daemon
                 conf = Path(tmp) / "registries.conf"
-                conf.write_text(f'[[registry]]\nprefix = "{prefix}"\nlocation = "{registry}"\ninsecure = true\n')
+                extra = Path(args.registries_conf).read_text() + "\n" if args.registries_conf else ""
+                conf.write_text(extra + f'[[registry]]\nprefix = "{prefix}"\nlocation = "{registry}"\ninsecure = true\n')
                 (Path(tmp) / "d").mkdir()
                 daemon = Daemon({"log_level": "info", "storage": {"registries_conf": str(conf)}}, base=Path(tmp) / "d")
                 daemon.start()
@@ -119,6 +147,8 @@ def main() -> int:
             report(f"{args.big_mb} MB 5-layer cold pull", [cold_pull(images, f"{prefix}/bench/big:1") for _ in range(args.runs)],
                    big_size)
             images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=f"{prefix}/bench/big:1")))
+            if args.critest_image:
+                lifecycle(images, args.critest_image)
             if pid:
                 print(f"runtime peak RSS (VmHWM of pid {pid}): {peak_rss_mb(pid):.1f} MB")
         finally:
