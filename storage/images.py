@@ -45,6 +45,7 @@ log = logging.getLogger("pycri.storage")
 
 MAX_CONFIG_BYTES = 8 << 20
 _HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
+_MIN_BARE_PREFIX = 12
 
 
 class ImageRecord(BaseModel):
@@ -171,7 +172,8 @@ class ImageStore:
                 if key in (record.repo_digests if ref.digest else record.repo_tags):
                     return record
         match = _HEX_PREFIX_RE.fullmatch(text)
-        if match:
+        # a bare prefix needs 12 digits (what crictl prints): "beef" must stay an image name
+        if match and (text.startswith("sha256:") or len(text) >= _MIN_BARE_PREFIX):
             found = [r for r in self._records.values() if r.id[7:].startswith(match.group(1))]
             if len(found) == 1:
                 return found[0]

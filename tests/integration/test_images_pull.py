@@ -313,3 +313,18 @@ def test_insecure_means_tls_without_verification_and_secure_checks_certificates(
     with pytest.raises(RegistryError, match="certificate"):
         store.pull("secure.test/tls/app:1")
     assert store.pull("insecure.test/tls/app:1").id == image.id
+
+
+def test_lookups_by_name_digest_id_and_prefix(registry, store_factory):
+    image = build_busybox_image(extra_layers=[[Entry("lookup", data=b"1")]])
+    digest = registry.push("look/up", "1", image)
+    store = store_factory(insecure(registry.host))
+    store.pull(f"{registry.host}/look/up:1")
+    hex_id = image.id[7:]
+    for name in (f"{registry.host}/look/up:1", f"{registry.host}/look/up@{digest}", image.id, hex_id,
+                 hex_id[:12], f"sha256:{hex_id[:4]}"):
+        assert store.get(name).id == image.id, name
+    for name in (hex_id[:11], f"{registry.host}/look/up:2", f"{registry.host}/look/up@sha256:{'0' * 64}", "busybox"):
+        assert store.get(name) is None, name
+    assert [r.id for r in store.list(f"{registry.host}/look/up:1")] == [image.id]
+    assert store.list("nothing.test/x:1") == []
