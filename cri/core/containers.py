@@ -78,6 +78,18 @@ class ContainerStats:
     writable_inodes: int
 
 
+def _background(work, what: str) -> asyncio.Future:
+    """A task whose failure is logged even if nobody ever awaits it (whoever does still gets the exception)."""
+    task = asyncio.ensure_future(work)
+
+    def report(done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("%s failed: %s", what, done.exception())
+
+    task.add_done_callback(report)
+    return task
+
+
 def signal_number(name: str) -> int:
     """"SIGTERM", "TERM", "15" or "SIGRTMIN+3" -> the number; InvalidArgument when unknown."""
     if not name:
@@ -241,7 +253,7 @@ class ContainerManager:
         # conmon + `runtime create` cost ~20 ms with runc: they run while the reply travels and the caller
         # prepares StartContainer, which waits for them (see _spawned). Measured on this machine: create+start
         # is the same total either way, but each call alone is then below both containerd's and CRI-O's.
-        self._spawning[container_id] = asyncio.ensure_future(self._spawn(record, runtime, request))
+        self._spawning[container_id] = _background(self._spawn(record, runtime, request), f"creating {container_id}")
         self._publish(record, ev.CREATED)
         return record
 
@@ -415,7 +427,7 @@ class ContainerManager:
         self._cpu_samples.pop(record.id, None)
         # runc's delete of a stopped container takes ~15 ms (it waits for the cgroup to empty): do it now, in
         # the background, so RemoveContainer does not pay for it and the cgroup is freed at once.
-        self._deleting[record.id] = asyncio.ensure_future(self._delete_runtime(record))
+        self._deleting[record.id] = _background(self._delete_runtime(record), f"deleting {record.id} after its exit")
         waiter = self._exited.pop(record.id, None)
         if waiter is not None:
             waiter.set()
