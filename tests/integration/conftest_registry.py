@@ -7,6 +7,13 @@
 
 Each yields a `Registry` with .host ("127.0.0.1:PORT") and .push(repo, tag, image_or_index).
 The processes are killed and their directories deleted even when a test fails.
+
+To run containers from busybox in a daemon test:
+
+    def test_x(daemon_factory, registry, busybox_ref, tmp_path):
+        conf = write_registries_conf(tmp_path / "registries.conf", registry)
+        daemon = daemon_factory({"storage": {"registries_conf": str(conf)}})
+        image_id = daemon.client().pull(busybox_ref)
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from typing import Iterator
 
 import pytest
 
-from tests.imagebuild import Image, Index, push_to_registry
+from tests.imagebuild import Image, Index, build_busybox_image, push_to_registry
 
-__all__ = ["Registry", "start_registry", "registry", "private_registry", "token_registry", "tls_registry"]
+__all__ = ["Registry", "start_registry", "write_registries_conf", "registry", "private_registry", "token_registry",
+           "tls_registry", "busybox_ref"]
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 TOKEN_SERVICE = "pycri-test-registry"
@@ -228,3 +236,18 @@ def tls_registry(tmp_path_factory) -> Iterator[Registry]:
         yield Registry(next(gen), tls=True)
     finally:
         gen.close()
+
+
+def write_registries_conf(path: Path, *registries: Registry) -> Path:
+    """A registries.conf that lets the daemon pull from the test registries (plain HTTP or
+    self-signed TLS, both `insecure`)."""
+    entries = "".join(f'[[registry]]\nlocation = "{r.host}"\ninsecure = true\n\n' for r in registries)
+    path.write_text("unqualified-search-registries = []\n\n" + entries)
+    return path
+
+
+@pytest.fixture(scope="session")
+def busybox_ref(registry) -> str:
+    """A busybox image (sh, ls, cat, sleep, ... as applet links) in the session registry."""
+    registry.push("library/busybox", "latest", build_busybox_image())
+    return f"{registry.host}/library/busybox:latest"

@@ -133,3 +133,15 @@ def test_a_daemon_killed_mid_pull_shows_and_keeps_nothing_after_restart(daemon_f
         assert leftovers(daemon.root / "storage") == EMPTY
     finally:
         fake.close()
+
+
+def test_other_rooms_get_busybox_with_two_lines(daemon_factory, registry, busybox_ref, tmp_path):
+    conf = write_registries_conf(tmp_path / "registries.conf", registry)
+    daemon = daemon_factory({"storage": {"registries_conf": str(conf)}})
+    client = daemon.client()
+    try:
+        image_id = client.pull(busybox_ref)
+    finally:
+        client.close()
+    status = daemon.images.ImageStatus(api_pb2.ImageStatusRequest(image=spec(busybox_ref))).image
+    assert status.id == image_id and list(status.repo_tags) == [busybox_ref]
