@@ -210,11 +210,10 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {request.image!r} not found")
         self._check_lsm(request)
-        container_id = new_id()
-        reserved = f"{request.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{request.attempt}"
-        self._names.reserve(reserved, container_id)
         handler = sandbox.runtime_handler or self.config.runtime.default_runtime
         runtime = self.runtime(handler)
+        container_id = new_id()
+        reserved = f"{request.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{request.attempt}"
         bundle = self._dir / container_id
         parent = (sandbox.cgroup_parent or "/pycri").rstrip("/")
         log_path = os.path.join(sandbox.log_directory, request.log_path) if request.log_path else ""
@@ -227,6 +226,7 @@ class ContainerManager:
             labels=request.labels, annotations=request.annotations, mounts=request.mounts,
             resources=request.resources, tty=request.tty, stdin=request.stdin, stdin_once=request.stdin_once,
             request=request.model_dump(mode="json"))
+        self._names.reserve(reserved, container_id)
         undo = UndoStack()
         undo.push("release the name", lambda: self._names.release(reserved, container_id))
         try:
@@ -283,7 +283,7 @@ class ContainerManager:
             return
         try:
             await pending
-        except OCIRuntimeError as e:
+        except Exception as e:
             raise FailedPrecondition(f"container {record.id} could not be created: {e}") from e
 
     def _check_lsm(self, request: ContainerRequest) -> None:
