@@ -43,6 +43,8 @@ class StorageConfig(Section):
     auth_file: Path | None = None
     pull_progress_timeout: float = Field(60.0, gt=0, description="abort a pull after this many seconds without a byte")
     max_parallel_downloads: int = Field(3, ge=1, le=32)
+    durable_pulls: bool = Field(True, description="flush a pulled image to disk before PullImage returns, so it "
+                                "survives a power loss (one syncfs per pull)")
 
 
 class NetworkConfig(Section):

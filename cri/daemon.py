@@ -109,7 +109,8 @@ def _build_images(config: Config):
     st = config.storage
     try:
         store = ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
-                           st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads)
+                           st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads,
+                           durable=st.durable_pulls)
     except StorageError as exc:
         raise DaemonError(f"image store: {exc}") from None
     return ImageService(store)
