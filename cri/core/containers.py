@@ -133,6 +133,7 @@ class ContainerManager:
         self._cpu_samples: dict[str, tuple[int, int]] = {}
         self._deleting: dict[str, asyncio.Future] = {}
         self._spawning: dict[str, asyncio.Future] = {}
+        self._starting: set[str] = set()
 
     # --- lifetime ---------------------------------------------------------------------------------------
 
@@ -391,15 +392,21 @@ class ContainerManager:
             await self._spawned(record)
             if record.state not in STARTABLE:
                 raise FailedPrecondition(f"container {record.id} is {record.state}, only a created one can start")
+            self._starting.add(record.id)
             try:
                 await self.runtime(record.runtime_handler).start(record.id)
             except OCIRuntimeError as e:
                 raise Internal(f"starting container {record.id}: {e}") from e
-            if record.state == "created":  # an immediate exit may already have been applied
-                record.state = "running"
-                record.started_at = time.time_ns()
-                self._save(record)
-            self._publish(record, ev.STARTED)
+            finally:
+                self._starting.discard(record.id)
+            if record.state == "created":  # else an immediate exit was applied, and marked the start first
+                self._mark_running(record)
+
+    def _mark_running(self, record: ContainerRecord) -> None:
+        record.state = "running"
+        record.started_at = time.time_ns()
+        self._save(record)
+        self._publish(record, ev.STARTED)
 
     def _on_exit_file(self, container_id: str) -> None:
         record = self._index.find(container_id) if len(container_id) == 64 else None
@@ -417,6 +424,8 @@ class ContainerManager:
         except OSError:
             finished = time.time_ns()
         oom = BundlePaths(Path(record.bundle)).oom_file.exists()
+        if record.id in self._starting and record.state == "created":
+            self._mark_running(record)  # it exited before `runtime start` returned: started, then stopped
         if record.started_at == 0:
             record.started_at = finished
         record.state = "exited"

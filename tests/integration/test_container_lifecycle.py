@@ -94,3 +94,21 @@ def test_a_container_the_runtime_cannot_create_fails_to_start_and_ends_exited(en
     assert "/no/such/binary" in st.message
     d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
     assert d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+
+
+def test_a_container_exiting_at_once_still_reports_started_before_stopped(env):
+    d, pod, pod_cfg = env
+    events = EventCollector(d)
+    try:
+        ids = [run(d, pod, pod_cfg, container_config(f"quick{i}", ["true"])) for i in range(3)]
+        for cid in ids:
+            st = wait_state(d, cid, api_pb2.CONTAINER_EXITED)
+            assert (st.exit_code, st.reason) == (0, "Completed") and 0 < st.started_at <= st.finished_at
+        deadline = time.monotonic() + 5
+        while any(len(events.kinds_for(c)) < 3 for c in ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for cid in ids:
+            assert events.kinds_for(cid) == [api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
+                                             api_pb2.CONTAINER_STOPPED_EVENT]
+    finally:
+        events.close()
