@@ -279,8 +279,9 @@ class ImageStore:
 
         def one_layer(i: int) -> int:
             desc = layer_descs[i]
-            blob = _retrying(self.content.ensure, desc.digest, desc.size,
-                             lambda write: fetch(desc.digest, desc.size, write))
+            blob = _retrying(lambda: self.content.ensure(desc.digest, desc.size,
+                                                         lambda write: fetch(desc.digest, desc.size, write),
+                                                         durable=self.durable))
             diff_ids, chains = config_ready.result()
             layer, made = self.layers.ensure(chains[i], diff_ids[i], blob)
             if made:
@@ -292,8 +293,9 @@ class ImageStore:
                                     thread_name_prefix="pull") as pool:
                 futures = [pool.submit(one_layer, i) for i in range(len(layer_descs))]
                 try:
-                    _retrying(self.content.ensure, config_desc.digest, config_desc.size,
-                              lambda write: fetch(config_desc.digest, config_desc.size, write))
+                    _retrying(lambda: self.content.ensure(config_desc.digest, config_desc.size,
+                                                          lambda write: fetch(config_desc.digest, config_desc.size, write),
+                                                          durable=self.durable))
                     config = _parse_config(self.content.read(config_desc.digest, MAX_CONFIG_BYTES), where)
                     diff_ids = config["rootfs"]["diff_ids"]
                     if len(diff_ids) != len(layer_descs):
