@@ -426,7 +426,7 @@ class ContainerManager:
         oom = BundlePaths(Path(record.bundle)).oom_file.exists()
         if record.id in self._starting and record.state == "created":
             self._mark_running(record)  # it exited before `runtime start` returned: started, then stopped
-        if record.started_at == 0:
+        if record.started_at == 0 or record.started_at > finished:  # our start stamp came after its exit
             record.started_at = finished
         record.state = "exited"
         record.finished_at = finished
