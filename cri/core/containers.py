@@ -262,7 +262,7 @@ class ContainerManager:
         """Start conmon, which runs `runtime create`; on failure the container ends as exited (StartError)."""
         try:
             created = await self._conmon.create_container(
-                runtime, record.id, Path(record.bundle), record.log_path or os.devnull, request.name,
+                runtime, record.id, Path(record.bundle), record.log_path, request.name,
                 stdin=request.stdin, stdin_once=request.stdin_once, tty=request.tty,
                 log_size_max=self.config.runtime.log_size_max)
         except Exception as e:

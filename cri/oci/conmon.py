@@ -82,7 +82,7 @@ class Conmon:
             self.path, "--api-version", "1", "-c", container_id, "-u", container_id, "-n", name,
             "-r", runtime.path, "-b", str(bundle), "-p", str(paths.pid_file), "-P", str(paths.conmon_pid_file),
             "--exit-dir", str(self.exit_dir), "--socket-dir-path", str(bundle.parent), "--full-attach",
-            "-l", f"k8s-file:{log_path}", "--log-level", self.log_level,
+            "-l", f"k8s-file:{log_path}" if log_path else "none", "--log-level", self.log_level,
         ]
         for arg in runtime.global_args:
             args += ["--runtime-arg", arg]

@@ -55,6 +55,16 @@ def test_lifecycle_logs_status_and_events_in_order(env):
         events.close()
 
 
+def test_a_container_without_a_log_path_runs_and_execs(env):
+    d, pod, pod_cfg = env
+    config = container_config("nolog", ["sh", "-c", "echo discarded; sleep 600"])
+    config.log_path = ""
+    cid = run(d, pod, pod_cfg, config)
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    assert status(d, cid).status.log_path == ""
+    assert exec_sync(d, cid, ["echo", "ok"]).stdout == b"ok\n"
+
+
 def test_sigterm_ignoring_process_is_killed_after_the_timeout(env):
     d, pod, pod_cfg = env
     cid = run(d, pod, pod_cfg, container_config("stubborn", ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"]))
