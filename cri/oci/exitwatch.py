@@ -11,6 +11,7 @@ from pathlib import Path
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
+IN_Q_OVERFLOW = 0x00004000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
@@ -55,11 +56,17 @@ class ExitWatcher:
         except BlockingIOError:
             return
         offset = 0
+        names: list[str] = []
         while offset + _EVENT.size <= len(data):
-            _, _, _, length = _EVENT.unpack_from(data, offset)
+            _, mask, _, length = _EVENT.unpack_from(data, offset)
             name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0").decode(errors="replace")
             offset += _EVENT.size + length
-            if name and "." not in name:  # conmon writes a temp file first, then renames it
+            if mask & IN_Q_OVERFLOW:  # events were lost: every file present may be news
+                names.extend(os.listdir(self.directory))
+            elif name:
+                names.append(name)
+        for name in dict.fromkeys(names):
+            if "." not in name:  # conmon writes a temp file first, then renames it
                 self.on_exit(name)
 
     def stop(self) -> None:
