@@ -103,3 +103,45 @@ def test_signal_names(name, number):
 def test_unknown_signal():
     with pytest.raises(InvalidArgument):
         signal_number("SIGNOPE")
+
+
+def test_stats_from_a_v2_tree(tmp_path):
+    pod = tmp_path / "pod" / "c1"
+    pod.mkdir(parents=True)
+    (pod / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    (pod / "memory.current").write_text("10000\n")
+    (pod / "memory.stat").write_text("anon 4000\ninactive_file 3000\npgfault 77\npgmajfault 2\n")
+    (pod / "memory.max").write_text("max\n")
+    (pod / "pids.current").write_text("3\n")
+    stats = cgroups.read_stats("/pod/c1", cgroups.Layout(unified=tmp_path, v1={}))
+    assert (stats.cpu_usage_ns, stats.memory_usage, stats.memory_working_set, stats.memory_rss) == (1_500_000, 10000,
+                                                                                                  7000, 4000)
+    assert (stats.page_faults, stats.major_page_faults, stats.memory_limit, stats.pids) == (77, 2, None, 3)
+
+
+def test_stats_from_a_v1_tree(tmp_path):
+    for controller in ("cpuacct", "memory", "pids"):
+        (tmp_path / controller / "pod" / "c1").mkdir(parents=True)
+    base = lambda c: tmp_path / c / "pod" / "c1"  # noqa: E731
+    (base("cpuacct") / "cpuacct.usage").write_text("123456789\n")
+    (base("memory") / "memory.usage_in_bytes").write_text("5000\n")
+    (base("memory") / "memory.stat").write_text("cache 1\ntotal_inactive_file 6000\ntotal_rss 900\n"
+                                                 "total_pgfault 10\ntotal_pgmajfault 1\n")
+    (base("memory") / "memory.limit_in_bytes").write_text(str(1 << 63 - 1) + "\n")
+    (base("pids") / "pids.current").write_text("2\n")
+    layout = cgroups.Layout(unified=None, v1={c: tmp_path / c for c in ("cpuacct", "memory", "pids")})
+    stats = cgroups.read_stats("/pod/c1", layout)
+    assert (stats.cpu_usage_ns, stats.memory_usage, stats.memory_working_set) == (123456789, 5000, 0)  # never < 0
+    assert (stats.memory_rss, stats.page_faults, stats.memory_limit, stats.pids) == (900, 10, None, 2)
+    assert [str(p) for p in cgroups.cgroup_dirs("/pod/c1", layout)][:3] == [str(base(c)) for c in
+                                                                            ("cpuacct", "memory", "pids")]
+
+
+def test_crun_hybrid_problem_names_the_controllers_and_the_mount(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("hugetlb\n")
+    layout = cgroups.Layout(unified=tmp_path, v1={"memory": tmp_path / "memory"})
+    problem = cgroups.crun_hybrid_problem(layout)
+    assert "hugetlb" in problem and "mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb" in problem
+    (tmp_path / "cgroup.controllers").write_text("\n")
+    assert cgroups.crun_hybrid_problem(layout) is None
+    assert cgroups.crun_hybrid_problem(cgroups.Layout(unified=tmp_path, v1={})) is None  # pure v2 is fine
