@@ -53,8 +53,8 @@ class SpdystreamLikeConnection(spdy.SpdyConnection):
     sends WINDOW_UPDATE, so the server must not wait on flow control with it."""
 
     def start(self):
-        self._task = asyncio.create_task(self.run())
-        return self._task
+        self._announced = True  # as if our windows had gone out: they never will
+        return super().start()
 
     def _consumed(self, stream, size):
         stream._changed.set()

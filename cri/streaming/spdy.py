@@ -468,6 +468,7 @@ class SpdyConnection:
         self._window_changed = asyncio.Event()
         self._going_away = False
         self._closed = False
+        self._announced = False
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
         self._pings: dict[int, asyncio.Future] = {}
@@ -480,9 +481,6 @@ class SpdyConnection:
         return self._closed
 
     def start(self) -> asyncio.Task:
-        """Announce our windows (spdystream ignores these frames; our own peer uses them) and start reading."""
-        self._send(encode_frame(Settings({SETTINGS_INITIAL_WINDOW_SIZE: self._receive_window})))
-        self._send(encode_frame(WindowUpdate(0, self._session_window - DEFAULT_WINDOW)))
         self._task = asyncio.create_task(self.run(), name=f"spdy-{'server' if self._server else 'client'}")
         return self._task
 
@@ -627,9 +625,17 @@ class SpdyConnection:
     # --- sending
 
     def _send(self, data: bytes) -> None:
-        if not self._closed:
-            self._writer.write(data)
-            self._last_activity = self._loop.time()
+        if self._closed:
+            return
+        if not self._announced:
+            # Our windows go out with our first frame, never unprompted right after the upgrade: client-go reads
+            # the 101 response through a buffer it then drops, so bytes we sent early could be lost.
+            # (spdystream ignores these frames; our own peer uses them.)
+            self._announced = True
+            self._writer.write(encode_frame(Settings({SETTINGS_INITIAL_WINDOW_SIZE: self._receive_window}))
+                               + encode_frame(WindowUpdate(0, self._session_window - DEFAULT_WINDOW)))
+        self._writer.write(data)
+        self._last_activity = self._loop.time()
 
     def _send_headers(self, frame: Frame) -> None:
         """Compress and write in one step so header blocks reach the peer in compression order."""

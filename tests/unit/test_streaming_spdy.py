@@ -176,3 +176,26 @@ async def test_peer_without_flow_control_is_not_throttled():
     assert got == 300_000
     wb.close()
     await server.close()
+
+
+@aio
+async def test_nothing_is_sent_before_our_first_frame():
+    # client-go drops whatever it buffered past the 101 response, so the server must not speak first.
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_connection(sock=a)
+    server = spdy.SpdyConnection(ra, wa, server=True)
+    server.start()
+    await asyncio.sleep(0)
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(100)
+    server._send(spdy.encode_frame(spdy.Ping(2)))
+    b.setblocking(True)
+    wire = b""
+    while len(wire) < 20 + 16 + 12:
+        wire += b.recv(100)
+    assert wire[:8] == b"\x80\x03\x00\x04\x00\x00\x00\x0c"  # SETTINGS announcing our window first
+    assert wire[20:28] == b"\x80\x03\x00\x09\x00\x00\x00\x08"  # then the session window
+    assert wire[36:] == spdy.encode_frame(spdy.Ping(2))
+    b.close()
+    await server.close()
