@@ -107,6 +107,18 @@ def signal_number(name: str) -> int:
         raise InvalidArgument(f"unknown stop signal {name!r}") from None
 
 
+def container_log_path(log_directory: str, log_path: str) -> str:
+    """The log file kubelet asked for: relative to the pod's log directory, and never outside it."""
+    if not log_path:
+        return ""
+    joined = os.path.normpath(os.path.join(log_directory, log_path))
+    if log_directory and not joined.startswith(os.path.normpath(log_directory).rstrip("/") + "/"):
+        raise InvalidArgument(f"log path {log_path!r} leaves the pod's log directory {log_directory!r}")
+    if not os.path.isabs(joined):
+        raise InvalidArgument(f"log path {log_path!r} is relative and the pod has no log directory")
+    return joined
+
+
 def exit_reason(exit_code: int, oom: bool) -> str:
     if oom:
         return "OOMKilled"
@@ -217,7 +229,7 @@ class ContainerManager:
         reserved = f"{request.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{request.attempt}"
         bundle = self._dir / container_id
         parent = (sandbox.cgroup_parent or "/pycri").rstrip("/")
-        log_path = os.path.join(sandbox.log_directory, request.log_path) if request.log_path else ""
+        log_path = container_log_path(sandbox.log_directory, request.log_path)
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=request.name, attempt=request.attempt,
             reserved_name=reserved, created_at=time.time_ns(), image=request.image,

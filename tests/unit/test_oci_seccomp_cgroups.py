@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cri.core.containers import exit_reason, signal_number
+from cri.core.containers import container_log_path, exit_reason, signal_number
 from cri.errors import InvalidArgument
 from cri.oci import cgroups, seccomp
 
@@ -145,3 +145,17 @@ def test_crun_hybrid_problem_names_the_controllers_and_the_mount(tmp_path):
     (tmp_path / "cgroup.controllers").write_text("\n")
     assert cgroups.crun_hybrid_problem(layout) is None
     assert cgroups.crun_hybrid_problem(cgroups.Layout(unified=tmp_path, v1={})) is None  # pure v2 is fine
+
+
+@pytest.mark.parametrize("directory,path,expected", [
+    ("/logs/pod", "c/0.log", "/logs/pod/c/0.log"), ("/logs/pod/", "c.log", "/logs/pod/c.log"), ("/logs", "", ""),
+    ("", "/abs/c.log", "/abs/c.log")])
+def test_container_log_path(directory, path, expected):
+    assert container_log_path(directory, path) == expected
+
+
+@pytest.mark.parametrize("directory,path", [("/logs/pod", "../other/c.log"), ("/logs/pod", "/etc/passwd"),
+                                            ("", "relative.log"), ("/logs/pod", "..")])
+def test_container_log_path_never_leaves_the_directory(directory, path):
+    with pytest.raises(InvalidArgument):
+        container_log_path(directory, path)
