@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 CNI_CONF_DIR ?= /etc/cni/net.d
 # Host tools pycri drives, all from Debian's archive.
 HOST_PACKAGES := runc crun conmon containernetworking-plugins iptables catatonit util-linux \
-                 busybox-static docker-registry openssl
+                 busybox-static docker-registry openssl apache2-utils curl iproute2 kmod
 # Python venv support, only needed on minimal images.
 VENV_PACKAGES := python3-venv
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -60,12 +61,14 @@ def _unmount_below(path: Path) -> list[str]:
 def _kill_processes_mentioning(path: Path) -> list[int]:
     """Kill leftover conmon/runtime/infra processes whose command line names our temp dir."""
     killed = []
-    needle = str(path).encode()
+    base = str(path).rstrip("/").encode()
+    # Whole path components only: /tmp/pycri-t1 must not match /tmp/pycri-t12 or another session's dir.
+    pattern = re.compile(re.escape(base) + rb"(?=/|\x00|$|[=:,])")
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
             continue
         try:
-            if needle in (pid_dir / "cmdline").read_bytes():
+            if pattern.search((pid_dir / "cmdline").read_bytes()):
                 os.kill(int(pid_dir.name), signal.SIGKILL)
                 killed.append(int(pid_dir.name))
         except (OSError, ProcessLookupError):

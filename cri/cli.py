@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_flags(p)
         p.set_defaults(func=fn)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    from cri.image_cli import register as register_image_commands
+
+    register_image_commands(sub)
     return parser
 
 

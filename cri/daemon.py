@@ -73,47 +73,41 @@ class Runtime:
 
 
 def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
-    """Wire the parts together; each appends itself to `services` if it has a lifetime."""
-    rt = Runtime(config=config, unclean_start=unclean_start)
+    """Wire the parts together; those with a lifetime go into `services`, started in this order."""
+    from cri.core.containers import ContainerManager
+    from cri.core.events import EventBus
+    from cri.core.images import ImageService
     from cri.core.sandboxes import SandboxManager
+    from cri.core.streams import CoreStreams
+    from cri.streaming.server import StreamingServer
     from netplugins import CNIManager
 
+    rt = Runtime(config=config, unclean_start=unclean_start)
     net = config.network
     rt.cni = CNIManager(net.cni_conf_dir, net.cni_plugin_dirs, config.root / "cni-cache", net.cni_timeout)
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr)
-    rt.services += [rt.cni, rt.sandboxes]
-    rt.images = _build_images(config)
-    from cri.core.containers import ContainerManager
-    from cri.core.events import EventBus
-
+    rt.images = ImageService(open_image_store(config))
     rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
-    rt.services.append(rt.containers)
-    from cri.core.streams import CoreStreams
-    from cri.streaming.server import StreamingServer
-
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
-    rt.services.append(rt.streaming)
+    rt.services += [rt.cni, rt.sandboxes, rt.containers, rt.streaming]
     return rt
 
 
-def _build_images(config: Config):
+def open_image_store(config: Config):
     """The image store under <root>/storage, with registries.conf and the auth file from config."""
-    from cri.core.images import ImageService
     from storage import registries
-    from storage.images import ImageStore
-
     from storage.errors import StorageError
+    from storage.images import ImageStore
 
     st = config.storage
     try:
-        store = ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
-                           st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads,
-                           durable=st.durable_pulls)
+        return ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
+                          st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads,
+                          durable=st.durable_pulls)
     except StorageError as exc:
         raise DaemonError(f"image store: {exc}") from None
-    return ImageService(store)
 
 
 def _setup_logging(config: Config) -> None:
@@ -139,7 +133,7 @@ class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def _lock_root(root: Path) -> int:
+def lock_root(root: Path) -> int:
     """Hold an exclusive lock on the root for our lifetime: two daemons on one root corrupt it."""
     lock_path = root / "pycri.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -187,7 +181,7 @@ async def serve(config: Config) -> None:
     for directory, mode in ((config.root, 0o700), (config.state_dir, 0o711)):
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, mode)
-    lock_fd = _lock_root(config.root)
+    lock_fd = lock_root(config.root)
     marker = config.root / CLEAN_SHUTDOWN_MARKER
     unclean = not marker.exists() and any(p.name != "pycri.lock" for p in config.root.iterdir())
     marker.unlink(missing_ok=True)

@@ -8,7 +8,6 @@ daemon they refuse (two processes sweeping one store would delete each other's b
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 from contextlib import contextmanager
@@ -19,20 +18,17 @@ from typing import Iterator
 @contextmanager
 def _store(args) -> Iterator:
     from cri.cli import _config_from
-    from storage import registries
-    from storage.images import ImageStore
+    from cri.daemon import DaemonError, lock_root, open_image_store
 
     config = _config_from(args)
     config.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(config.root / "pycri.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SystemExit(f"pycri image: the daemon is running on {config.root}; stop it first") from None
-        st = config.storage
-        yield ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
-                         st.auth_file, st.pull_progress_timeout)
+        fd = lock_root(config.root)
+        store = open_image_store(config)
+    except DaemonError as exc:
+        raise SystemExit(f"pycri image: {exc}") from None
+    try:
+        yield store
     finally:
         os.close(fd)
 

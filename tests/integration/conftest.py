@@ -7,6 +7,7 @@ import os
 import pytest
 
 from conformance.daemon import Daemon
+from tests.integration.conftest_registry import *  # noqa: F401,F403  (registry fixtures)
 
 if os.geteuid() != 0:
     pytest.skip("integration tests run the real runtime and need root", allow_module_level=True)

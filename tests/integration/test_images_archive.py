@@ -23,11 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def pycri_image(*args: str, root: Path) -> subprocess.CompletedProcess:
-    code = "import sys; from cri import cli, image_cli; p = cli.build_parser(); " \
-           "image_cli.register(p._subparsers._group_actions[0]); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     config = root.parent / "image-cli.conf"
     config.write_text(f'[storage]\nregistries_conf = "{root.parent / "no-registries.conf"}"\n')
-    return subprocess.run([sys.executable, "-c", code, "image", *args, "--root", str(root), "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "cri", "image", *args, "--root", str(root), "--config", str(config)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
