@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cri.core import events as ev
-from cri.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cri.oci import cgroups, host, mounts as oci_mounts, spec as oci_spec
 from cri.oci.conmon import BundlePaths, Conmon
 from cri.oci.exitwatch import ExitWatcher, read_exit_status
@@ -156,9 +156,15 @@ class ContainerManager:
         for record in self._store.load_all():
             if record.state == "creating":
                 log.warning("container %s was being created when the daemon stopped; undoing it", record.id)
-                await self._destroy(record)
+                try:
+                    await self._destroy(record)
+                except Exception:
+                    log.exception("cleaning up half-created container %s failed", record.id)
                 continue
-            self._names.reserve(record.reserved_name, record.id)
+            try:
+                self._names.reserve(record.reserved_name, record.id)
+            except CRIError as e:
+                log.error("container %s: %s; it stays listed so it can be removed", record.id, e)
             self._index.add(record.id, record)
             if record.state in ("created", "running"):
                 if read_exit_status(self._conmon.exit_file(record.id)) is not None:
