@@ -111,4 +111,4 @@ def test_import_refuses_while_the_daemon_runs_on_the_root(daemon_factory, tmp_pa
     daemon = daemon_factory()
     layout = write_oci_layout(tmp_path / "layout", [(build_busybox_image(), "example.test/app:1")])
     result = pycri_image("import", str(layout), root=daemon.root)
-    assert result.returncode != 0 and "daemon is running" in result.stderr
+    assert result.returncode != 0 and "already using root" in result.stderr
