@@ -12,8 +12,9 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
-from .backend import AttachRequest, ExecRequest, InputStream, StreamingBackend, TerminalSize
+from .backend import AttachRequest, ExecRequest, InputStream, OutputStream, StreamingBackend, TerminalSize
 from .spdy import REFUSED_STREAM, SpdyConnection, SpdyStream, StreamClosed
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,16 @@ async def resize_events(source: InputStream) -> AsyncIterator[TerminalSize]:
 # --- one session, any transport
 
 
+class ClientOutput(OutputStream, Protocol):
+    """An output stream to the client that can also be ended (SPDY FIN; a no-op on WebSocket channels)."""
+
+    async def close(self) -> None: ...
+
+
 class StatusSink:
     """Where the outcome goes: a writable stream plus the protocol's status format."""
 
-    def __init__(self, stream, as_json: bool) -> None:
+    def __init__(self, stream: ClientOutput, as_json: bool) -> None:
         self.stream, self.as_json = stream, as_json
 
     async def report(self, status: dict) -> None:
@@ -117,8 +124,8 @@ class StatusSink:
 @dataclass
 class SessionStreams:
     stdin: InputStream | None
-    stdout: object | None  # OutputStream with close()
-    stderr: object | None
+    stdout: ClientOutput | None
+    stderr: ClientOutput | None
     resize: AsyncIterator[TerminalSize] | None
     status: StatusSink
 

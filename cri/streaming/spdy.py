@@ -440,8 +440,8 @@ class SpdyConnection:
     """SPDY/3.1 streams over an asyncio (reader, writer) pair.
 
     The server takes streams the peer opens with ``accept()``; the client opens them with ``open_stream()``.
-    ``run()`` (or ``start()``) reads frames until the peer leaves, a protocol error, GOAWAY with no streams
-    left, or the idle timeout.
+    ``start()`` runs the frame reader until the peer leaves, breaks the protocol, or stays idle too long; after
+    a GOAWAY the streams already open carry on.  ``done`` resolves when the connection is over.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, server: bool,
