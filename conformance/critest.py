@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         try:
             daemon = start_daemon(kit)
         except Exception as exc:  # noqa: BLE001 - any start failure means "could not run"
-            print(f"critest: pycri did not start: {exc!r}", file=sys.stderr)
+            print(f"critest: pycri did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
             return EXIT_NOT_RUN
         try:
             rc = run_kit(kit, f"unix://{daemon.socket}", args, env, RUN_TIMEOUT_S)
