@@ -78,6 +78,14 @@ class ContainerStats:
     writable_inodes: int
 
 
+@dataclass
+class PodStats:
+    cgroup: cgroups.Stats
+    usage_nano_cores: int | None
+    network: list[cgroups.InterfaceStats]
+    containers: list[ContainerStats]
+
+
 def _background(work, what: str) -> asyncio.Future:
     """A task whose failure is logged even if nobody ever awaits it (whoever does still gets the exception)."""
     task = asyncio.ensure_future(work)
@@ -665,8 +673,11 @@ class ContainerManager:
         records = [r for r in self.list(id_prefix, None, sandbox_id, labels) if r.state in ("created", "running")]
         return list(await asyncio.gather(*(self._stats(r) for r in records)))
 
-    async def sandbox_stats(self, sandbox) -> tuple[cgroups.Stats, int | None, list[ContainerStats]]:
-        """The pod cgroup's figures, its CPU rate, and each live container's stats."""
+    async def sandbox_stats(self, sandbox) -> PodStats:
+        """The pod cgroup's figures, its CPU rate, its network (not for host-network pods) and its containers."""
         sample = await asyncio.to_thread(cgroups.read_stats, sandbox.cgroup_parent or "/pycri")
         containers = await self.list_stats(sandbox_id=sandbox.id)
-        return sample, self._nano_cores("pod:" + sandbox.id, sample), containers
+        network = []
+        if sandbox.netns_path and sandbox.infra_pid:
+            network = await asyncio.to_thread(cgroups.network_stats, sandbox.infra_pid)
+        return PodStats(sample, self._nano_cores("pod:" + sandbox.id, sample), network, containers)

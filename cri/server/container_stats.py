@@ -21,18 +21,30 @@ async def list_container_stats(rt, request, context):
     return api_pb2.ListContainerStatsResponse(stats=[stats_message(s) for s in stats])
 
 
+def _interface(i) -> api_pb2.NetworkInterfaceUsage:
+    return api_pb2.NetworkInterfaceUsage(
+        name=i.name, rx_bytes=api_pb2.UInt64Value(value=i.rx_bytes), rx_errors=api_pb2.UInt64Value(value=i.rx_errors),
+        tx_bytes=api_pb2.UInt64Value(value=i.tx_bytes), tx_errors=api_pb2.UInt64Value(value=i.tx_errors))
+
+
 async def _pod_stats(rt, sandbox) -> api_pb2.PodSandboxStats:
-    sample, nano_cores, containers = await rt.containers.sandbox_stats(sandbox)
+    stats = await rt.containers.sandbox_stats(sandbox)
+    sample = stats.cgroup
+    network = None
+    if stats.network:
+        default = next((i for i in stats.network if i.name == "eth0"), stats.network[0])
+        network = api_pb2.NetworkUsage(timestamp=sample.timestamp_ns, default_interface=_interface(default),
+                                       interfaces=[_interface(i) for i in stats.network if i is not default])
     return api_pb2.PodSandboxStats(
         attributes=api_pb2.PodSandboxAttributes(
             id=sandbox.id, metadata=api_pb2.PodSandboxMetadata(name=sandbox.name, uid=sandbox.uid,
                                                                namespace=sandbox.namespace, attempt=sandbox.attempt),
             labels=sandbox.labels, annotations=sandbox.annotations),
         linux=api_pb2.LinuxPodSandboxStats(
-            cpu=cpu_message(sample, nano_cores), memory=memory_message(sample),
+            cpu=cpu_message(sample, stats.usage_nano_cores), memory=memory_message(sample), network=network,
             process=api_pb2.ProcessUsage(timestamp=sample.timestamp_ns,
                                          process_count=api_pb2.UInt64Value(value=sample.pids or 0)),
-            containers=[stats_message(s) for s in containers]))
+            containers=[stats_message(s) for s in stats.containers]))
 
 
 async def pod_sandbox_stats(rt, request, context):

@@ -50,19 +50,18 @@ def image_layers() -> list[list[Entry]]:
     return [users + applets + [Entry("keyctl-probe", data=keyctl_probe(), mode=0o755)]]
 
 
-@pytest.fixture
-def env(daemon_factory, registry, tmp_path):  # noqa: F811
-    """(daemon, pod id, pod config) with the test image pulled; everything is removed after the test."""
+def start_env(daemon_factory, registry, tmp_path, settings: dict | None = None, host_network: bool = True):  # noqa: F811
+    """A daemon that has pulled the test image, and a pod; yields (daemon, pod id, pod config), then removes the pod."""
     conf = tmp_path / "registries.conf"
     conf.write_text(f'unqualified-search-registries = []\n[[registry]]\nprefix = "example.test"\n'
                     f'location = "{registry.host}"\ninsecure = true\n')
     registry.push("ctr/busybox", "1", build_busybox_image(
         extra_layers=image_layers(), config={"Env": ["FROM_IMAGE=yes", "PATH=/bin"], "Cmd": ["sh"]}))
-    d = daemon_factory({"storage": {"registries_conf": str(conf)}})
+    d = daemon_factory({"storage": {"registries_conf": str(conf)}, **(settings or {})})
     d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=IMAGE)), timeout=60)
     logs = tmp_path / "logs"
     logs.mkdir()
-    config = pod_config(logs)
+    config = pod_config(logs, host_network=host_network)
     pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
     try:
         yield d, pod, config
@@ -72,13 +71,19 @@ def env(daemon_factory, registry, tmp_path):  # noqa: F811
             d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
 
 
-def pod_config(log_dir: Path, name: str = "", handler_note: str = "") -> api_pb2.PodSandboxConfig:
+@pytest.fixture
+def env(daemon_factory, registry, tmp_path):  # noqa: F811
+    """(daemon, pod id, pod config): a host-network pod (no CNI needed) and the test image pulled."""
+    yield from start_env(daemon_factory, registry, tmp_path)
+
+
+def pod_config(log_dir: Path, name: str = "", host_network: bool = True) -> api_pb2.PodSandboxConfig:
     name = name or f"pod-{uuid.uuid4().hex[:8]}"
     return api_pb2.PodSandboxConfig(
         metadata=api_pb2.PodSandboxMetadata(name=name, namespace="ctr-test", uid=f"uid-{name}"),
         hostname=name, log_directory=str(log_dir),
         linux=api_pb2.LinuxPodSandboxConfig(security_context=api_pb2.LinuxSandboxSecurityContext(
-            namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE))))
+            namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE if host_network else api_pb2.POD))))
 
 
 def container_config(name: str, command: list[str], **kwargs) -> api_pb2.ContainerConfig:

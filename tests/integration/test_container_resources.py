@@ -12,7 +12,8 @@ from cri_api.v1 import api_pb2
 
 from cri.oci import cgroups, host
 from tests.integration.test_container_helpers import (container_config, env, exec_sync, registry, run,  # noqa: F401
-                                                      status, wait_log, wait_state)
+                                                      start_env, status, wait_log, wait_state)
+from tests.integration.test_sandbox_helpers import PrivateNetwork
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -108,3 +109,27 @@ def test_reopen_log_after_rotation(env):
     with pytest.raises(grpc.RpcError) as err:
         d.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.fixture
+def net_env(daemon_factory, registry, tmp_path):  # noqa: F811
+    """Like env, but the pod is on a private CNI bridge network."""
+    network = PrivateNetwork(tmp_path)
+    network.install()
+    try:
+        yield from start_env(daemon_factory, registry, tmp_path, {"network": {"cni_conf_dir": str(network.conf_dir)}},
+                             host_network=False)
+    finally:
+        network.cleanup()
+
+
+def test_pod_stats_count_the_pods_network_traffic(net_env):
+    d, pod, pod_cfg = net_env
+    cid = run(d, pod, pod_cfg, container_config("talker", ["sleep", "600"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    before = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod)).stats.linux.network
+    assert before.default_interface.name == "eth0"
+    # Through the default route: ARP for the gateway and a SYN leave eth0 whether or not anything answers.
+    exec_sync(d, cid, ["sh", "-c", "echo x | nc -w 1 169.254.1.1 9"], timeout=20)
+    after = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod)).stats.linux.network
+    assert after.default_interface.tx_bytes.value > before.default_interface.tx_bytes.value

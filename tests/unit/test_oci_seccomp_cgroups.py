@@ -159,3 +159,10 @@ def test_container_log_path(directory, path, expected):
 def test_container_log_path_never_leaves_the_directory(directory, path):
     with pytest.raises(InvalidArgument):
         container_log_path(directory, path)
+
+
+def test_net_dev_parsing_skips_loopback():
+    text = ("Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|...\n"
+            "    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n"
+            "  eth0: 2000 10 3 0 0 0 0 0 4000 20 5 0 0 0 0 0\n")
+    assert cgroups.parse_net_dev(text) == [cgroups.InterfaceStats("eth0", 2000, 3, 4000, 5)]
