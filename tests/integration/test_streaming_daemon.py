@@ -266,3 +266,32 @@ def test_attach_with_stdin_once_ends_the_container_input(env):
     out, result = asyncio.run(session())
     assert (out + result.stdout, result.stderr, result.exit_code) == (b"hello\n", b"", 0)
     assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).state == api_pb2.CONTAINER_EXITED
+
+
+def test_many_sessions_leave_no_descriptor_or_task_behind(env):
+    d, pod, cfg = env
+    cid = sleeper(d, pod, cfg)
+    fd_dir = Path(f"/proc/{d.proc.pid}/fd")
+    marker = f"leak-check-{os.getpid()}"
+
+    async def sessions(count: int) -> None:
+        for i in range(count):
+            url = await asyncio.to_thread(exec_url, d, cid, ["sh", "-c", f"cat; : {marker}"], stdin=True,
+                                          tty=bool(i % 2))
+            s = await SpdySession.open(url, stdin=True, tty=bool(i % 2), stderr=False)
+            await s.write_stdin(b"x\n")
+            await s.read_until(b"x")
+            if i % 3 == 0:
+                s.conn._writer.transport.abort()  # the client vanishes mid-command
+            else:
+                await s.close_stdin()
+                await s.finish()
+
+    asyncio.run(sessions(3))  # warm up: lazily created descriptors (loggers, selectors) exist from now on
+    before = len(list(fd_dir.iterdir()))
+    asyncio.run(sessions(24))
+    deadline = time.monotonic() + 30
+    while (len(list(fd_dir.iterdir())) > before or processes_running(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # aborted sessions are torn down asynchronously
+    assert len(list(fd_dir.iterdir())) <= before
+    assert processes_running(marker) == []
