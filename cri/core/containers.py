@@ -86,6 +86,24 @@ class PodStats:
     containers: list[ContainerStats]
 
 
+def _is_monitor_of(pid: int, container_id: str) -> bool:
+    """The pid still belongs to this container's conmon (not to a process that reused the number)."""
+    try:
+        return container_id.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
 def _background(work, what: str) -> asyncio.Future:
     """A task whose failure is logged even if nobody ever awaits it (whoever does still gets the exception)."""
     task = asyncio.ensure_future(work)
@@ -149,7 +167,8 @@ class ContainerManager:
         self._runtimes: dict[str, OCIRuntime] = {}
         self._conmon = Conmon(config.runtime.conmon, self._exit_dir)
         self._watcher = ExitWatcher(self._exit_dir, self._on_exit_file)
-        self._reaper = Reaper()
+        self._reaper = Reaper(self._on_monitor_exit)
+        self._monitors: dict[int, str] = {}  # conmon pid -> container id
         self._cpu_samples: dict[str, tuple[int, int]] = {}
         self._deleting: dict[str, asyncio.Future] = {}
         self._spawning: dict[str, asyncio.Future] = {}
@@ -177,8 +196,10 @@ class ContainerManager:
             if record.state in ("created", "running"):
                 if read_exit_status(self._conmon.exit_file(record.id)) is not None:
                     self._apply_exit(record)
-                elif record.conmon_pid:
-                    self._reaper.watch(record.conmon_pid)
+                elif record.conmon_pid and _is_monitor_of(record.conmon_pid, record.id):
+                    self._watch_monitor(record)
+                elif record.conmon_pid:  # conmon died while we were down, without writing an exit
+                    _background(self._monitor_lost(record), f"handling the lost monitor of {record.id}")
         self.sandboxes.set_container_hooks(self.stop_all_in_sandbox, self.remove_all_in_sandbox)
         self.images.set_in_use(self.image_in_use)
 
@@ -299,9 +320,9 @@ class ContainerManager:
                 self._save(record)
                 self._publish(record, ev.STOPPED)
             raise
-        self._reaper.watch(created.conmon_pid)
         record.pid, record.conmon_pid = created.pid, created.conmon_pid
         self._save(record)
+        self._watch_monitor(record)
 
     async def _spawned(self, record: ContainerRecord) -> None:
         """Wait for the runtime create started by CreateContainer; raise its error, once, if it failed."""
@@ -433,6 +454,39 @@ class ContainerManager:
         record.started_at = time.time_ns()
         self._save(record)
         self._publish(record, ev.STARTED)
+
+    def _watch_monitor(self, record: ContainerRecord) -> None:
+        self._monitors[record.conmon_pid] = record.id
+        self._reaper.watch(record.conmon_pid)
+
+    def _on_monitor_exit(self, pid: int) -> None:
+        """conmon writes the exit file before it exits; if there is none, it died on its own."""
+        record = self._index.find(self._monitors.pop(pid, ""))
+        if record is None or record.state not in ("created", "running"):
+            return
+        if self._conmon.exit_file(record.id).exists():
+            self._apply_exit(record)
+        else:
+            _background(self._monitor_lost(record), f"handling the lost monitor of {record.id}")
+
+    async def _monitor_lost(self, record: ContainerRecord) -> None:
+        """Without conmon nobody collects the container's output or exit: kill it and say why."""
+        log.error("container %s: its monitor (conmon pid %d) died; killing the container", record.id,
+                  record.conmon_pid)
+        if _is_alive(record.pid):
+            # conmon was its parent; as the subreaper we inherit it and must reap it, or the pod's pid
+            # namespace cannot end.
+            self._reaper.watch(record.pid)
+        try:
+            await self.runtime(record.runtime_handler).kill(record.id, signal.SIGKILL, all_processes=True)
+        except OCIRuntimeError as e:
+            log.debug("SIGKILL to %s: %s", record.id, e)
+        if record.state not in ("created", "running") or self._conmon.exit_file(record.id).exists():
+            return
+        record.message = f"the container's monitor (conmon pid {record.conmon_pid}) died; the container was killed"
+        exit_file = self._conmon.exit_file(record.id)
+        atomic_write_bytes(exit_file, b"137", durable=False)
+        self._apply_exit(record)
 
     def _on_exit_file(self, container_id: str) -> None:
         record = self._index.find(container_id) if len(container_id) == 64 else None

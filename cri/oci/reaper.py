@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
+
 
 class Reaper:
-    def __init__(self) -> None:
+    def __init__(self, on_exit: Callable[[int], None] = lambda pid: None) -> None:
         self._fds: dict[int, int] = {}
+        self._on_exit_callback = on_exit
 
     def watch(self, pid: int) -> None:
-        """Reap ``pid`` when it exits if it is (or becomes) our child; a pid that is not our child is ignored."""
+        """Reap ``pid`` when it exits if it is (or becomes) our child, then tell ``on_exit``; a pid that is not
+        our child is only reported."""
         if pid <= 0 or pid in self._fds:
             return
         try:
@@ -35,6 +39,7 @@ class Reaper:
             pass  # not our child (started by an earlier daemon): its parent reaps it
         finally:
             os.close(fd)
+        self._on_exit_callback(pid)
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()

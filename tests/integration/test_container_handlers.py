@@ -57,3 +57,14 @@ def test_containers_outlive_the_daemon_and_exits_while_down_are_seen(env):
     st = wait_state(d, ends, api_pb2.CONTAINER_EXITED)
     assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 137
     assert exec_sync(d, keeps, ["true"]).exit_code == 0
+
+
+def test_a_container_whose_monitor_dies_is_killed_and_reported(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("orphan", ["sleep", "600"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    info = json.loads(status(d, cid, verbose=True).info["info"])
+    os.kill(info["conmonPid"], 9)
+    st = wait_state(d, cid, api_pb2.CONTAINER_EXITED)
+    assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 137 and "monitor" in st.message
+    assert not Path(f"/proc/{info['pid']}").exists() or b"sleep" not in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
