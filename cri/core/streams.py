@@ -13,6 +13,7 @@ import array
 import asyncio
 import errno
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -63,7 +64,9 @@ class CoreStreams:
         base = [runtime.path, *runtime.global_args, "exec", "--pid-file", str(pid_file)]
         try:
             if tty:
-                return await _exec_tty(base, record.id, cmd, scratch / "console", pid_file, stdin, stdout, resize)
+                env = [arg for item in _terminal_env(Path(record.bundle)) for arg in ("--env", item)]
+                return await _exec_tty(base + env, record.id, cmd, scratch / "console", pid_file, stdin, stdout,
+                                       resize)
             return await _exec_pipes(base + [record.id, *cmd], pid_file, stdin, stdout, stderr)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -150,8 +153,7 @@ async def _exec_tty(base: list[str], container_id: str, cmd: list[str], console_
     tasks: list[asyncio.Task] = []
     try:
         proc = await asyncio.create_subprocess_exec(
-            *base, "--detach", "--tty", "--console-socket", str(console_path), "--env", "TERM=xterm",
-            container_id, *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            *base, "--detach", "--tty", "--console-socket", str(console_path), container_id, *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         try:
             master = await _receive_console(listener, proc)
@@ -160,9 +162,11 @@ async def _exec_tty(base: list[str], container_id: str, cmd: list[str], console_
             await proc.wait()
         if master is not None:
             pty = _PtyMaster(master)
-        if proc.returncode or pty is None:
-            raise Internal(f"exec in container {container_id}: {stderr_text or 'the runtime sent no terminal'}")
-        command = _Orphan(int(pid_file.read_text().strip()))
+        if proc.returncode:
+            raise Internal(f"exec in container {container_id}: {stderr_text}")
+        command = _Orphan(int(pid_file.read_text().strip()))  # from here on it is ours to reap, whatever happens
+        if pty is None:
+            raise Internal(f"exec in container {container_id}: the runtime sent no terminal")
         if resize is not None:
             tasks.append(asyncio.create_task(_apply_resizes(resize, pty.resize)))
         if stdin is not None:
@@ -181,6 +185,18 @@ async def _exec_tty(base: list[str], container_id: str, cmd: list[str], console_
         await asyncio.gather(*tasks, return_exceptions=True)
         if pty is not None:
             pty.close()
+
+
+def _terminal_env(bundle: Path) -> list[str]:
+    """The container's environment plus TERM=xterm, as CRI-O gives a terminal exec.
+
+    All of it, because crun's --env replaces the environment where runc's adds to it.
+    """
+    try:
+        env = json.loads(BundlePaths(bundle).config.read_text())["process"].get("env", [])
+    except (OSError, ValueError, KeyError) as e:
+        raise Internal(f"reading the container's environment from {bundle}: {e}") from e
+    return env if any(item.startswith("TERM=") for item in env) else [*env, "TERM=xterm"]
 
 
 class _Orphan:
@@ -223,12 +239,17 @@ async def _receive_console(listener: socket.socket, proc: asyncio.subprocess.Pro
         await asyncio.wait({accept, exited}, timeout=CONSOLE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     finally:
         exited.cancel()
-    if not accept.done():
+    if accept.done():
+        conn, _ = accept.result()
+    else:
         accept.cancel()
         if proc.returncode is None:
             proc.kill()
-        return None
-    conn, _ = accept.result()
+            return None
+        try:  # the runtime connected and left before our accept ran: the connection waits in the backlog
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return None
     with conn:
         fds = array.array("i")
         while True:

@@ -295,3 +295,29 @@ def test_many_sessions_leave_no_descriptor_or_task_behind(env):
         time.sleep(0.05)  # aborted sessions are torn down asynchronously
     assert len(list(fd_dir.iterdir())) <= before
     assert processes_running(marker) == []
+
+
+def test_exec_through_crun(env, tmp_path):
+    from cri.oci import cgroups
+    from tests.integration.test_container_helpers import pod_config
+
+    if cgroups.crun_hybrid_problem():
+        pytest.skip(cgroups.crun_hybrid_problem())
+    d, _, _ = env
+    cfg = pod_config(tmp_path)
+    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler="crun"),
+                                  timeout=60).pod_sandbox_id
+    cid = sleeper(d, pod, cfg, name="on-crun")
+    result = asyncio.run(spdy_exec(exec_url(d, cid, ["sh", "-c", "echo out; exit 4"], stderr=True)))
+    assert (result.stdout, result.exit_code) == (b"out\n", 4)
+
+    async def tty() -> bytes:
+        url = exec_url(d, cid, ["sh", "-c", "echo $TERM"], tty=True, stdin=True)
+        s = await SpdySession.open(url, stdin=True, tty=True)
+        out = await s.read_until(b"\n")
+        await s.close_stdin()
+        return out + (await s.finish()).stdout
+
+    # A terminal gets TERM, and keeps the image's PATH (crun's --env replaces the environment).
+    assert asyncio.run(tty()) == b"xterm\r\n"
+    d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
