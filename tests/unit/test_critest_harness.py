@@ -253,3 +253,19 @@ def test_report_adds_the_rpc_status_only_when_the_reason_lacks_it():
     text = critest.report(summary, critest.classify(summary), status)
     assert '-- failed to exec in container "f16"\n      -- rpc error: code = Unimplemented' in text
     assert text.count("code = NotFound") == 1
+
+
+class _DaemonThatCannotRemovePods:
+    def log_tail(self, lines):
+        return "last lines"
+
+    def cleanup(self):
+        raise RuntimeError("infra process did not exit")
+
+
+def test_a_daemon_that_cannot_remove_its_pods_fails_the_run_and_the_bridge_still_goes(monkeypatch):
+    deleted = []
+    monkeypatch.setattr(critest, "delete_link", deleted.append)
+    leaks = critest.stop_daemon(_DaemonThatCannotRemovePods())
+    assert leaks == ["removing the pods through CRI failed: RuntimeError: infra process did not exit"]
+    assert deleted == [critest.BRIDGE]
