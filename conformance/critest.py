@@ -1,7 +1,7 @@
 """Run cri-tools' critest against pycri through the shared critest kit and judge the result.
 
     python -m conformance.critest [--endpoint unix:///run/pycri/pycri.sock | --start-daemon]
-                                  [--focus REGEX] [--skip REGEX] [--benchmark]
+                                  [--focus REGEX] [--skip REGEX] [--benchmark] [--runtime-handler NAME]
 
 The kit's run-critest.sh does the running (offline images, registry checks, ginkgo reports) and
 writes `<log>.summary.json`; this module only finds the tools, calls the script and reads the
@@ -212,8 +212,8 @@ def log_path(env: dict[str, str], benchmark: bool) -> Path:
     return work / "results" / ("critest-pycri-bench.log" if benchmark else "critest-pycri.log")
 
 
-def critest_args(focus: str | None, skip: str | None) -> list[str]:
-    args = []
+def critest_args(focus: str | None, skip: str | None, handler: str | None = None) -> list[str]:
+    args = [f"-runtime-handler={handler}"] if handler else []
     if focus:
         args.append(f"-ginkgo.focus={focus}")
     if skip:
@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     parser.add_argument("--focus", help="only specs whose name matches this regex")
     parser.add_argument("--skip", help="also skip specs whose name matches this regex")
     parser.add_argument("--benchmark", action="store_true", help="run critest's benchmarks instead")
+    parser.add_argument("--runtime-handler", help="run the specs' pods with this handler (e.g. crun)")
     opts = parser.parse_args(argv)
     env = dict(os.environ if env is None else env)
 
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     env["MODE"] = "benchmark" if opts.benchmark else "validate"
     log = log_path(env, opts.benchmark)
     env["OUT"] = str(log)
-    args = critest_args(opts.focus, opts.skip)
+    args = critest_args(opts.focus, opts.skip, opts.runtime_handler)
     if opts.start_daemon:
         try:
             daemon = start_daemon(kit)

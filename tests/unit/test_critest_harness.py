@@ -109,6 +109,7 @@ def test_focus_and_skip_become_ginkgo_flags():
         "-ginkgo.skip=digest",
     ]
     assert critest.critest_args(None, None) == []
+    assert critest.critest_args(None, None, "crun") == ["-runtime-handler=crun"]
 
 
 def test_without_critest_the_harness_skips_and_exits_zero(tmp_path, capsys):
