@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TIMEOUT = 30.0
-EXEC_OUTPUT_CAP = 16 << 20
+EXEC_OUTPUT_CAP = (16 << 20) - (16 << 10)  # stdout + stderr, so the reply fits gRPC's 16 MiB message limit
 
 
 class OCIRuntimeError(Exception):
@@ -42,17 +42,17 @@ class ExecResult:
 
 
 class _Capped:
-    """Collects a pipe into a buffer capped at ``cap`` bytes, reading on so the writer never blocks."""
+    """Collects pipes into buffers sharing one byte budget, reading on so the writer never blocks."""
 
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.data = bytearray()
+    def __init__(self, budget: int):
+        self.budget = budget
 
-    async def drain(self, stream: asyncio.StreamReader) -> None:
+    async def drain(self, stream: asyncio.StreamReader, into: bytearray) -> None:
         while chunk := await stream.read(65536):
-            room = self.cap - len(self.data)
-            if room > 0:
-                self.data += chunk[:room]
+            if self.budget > 0:
+                kept = chunk[: self.budget]
+                into += kept
+                self.budget -= len(kept)
 
 
 # After the process exits, how long its pipes may stay open (held by a background child) before we stop reading.
@@ -114,15 +114,15 @@ class OCIRuntime:
 
     async def exec_sync(self, container_id: str, argv: list[str], timeout: float | None, pid_file: Path,
                         output_cap: int = EXEC_OUTPUT_CAP) -> ExecResult:
-        """Run ``argv`` in the container and collect its output; on timeout kill the process itself.
+        """Run ``argv`` in the container and collect its output (capped); on timeout kill the process itself.
 
         Killing the exec'd process (not runc) lets runc reap it, so no zombie and no orphan is left behind.
         """
         cmd = [self.path, *self.global_args, "exec", "--pid-file", str(pid_file), container_id, *argv]
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = _Capped(output_cap), _Capped(output_cap)
-        readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
+        out, err, budget = bytearray(), bytearray(), _Capped(output_cap)
+        readers = asyncio.gather(budget.drain(proc.stdout, out), budget.drain(proc.stderr, err))
         timed_out = False
         try:
             try:
@@ -149,7 +149,7 @@ class OCIRuntime:
             except FileNotFoundError:
                 pass
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        return ExecResult(code, bytes(out.data), bytes(err.data), timed_out)
+        return ExecResult(code, bytes(out), bytes(err), timed_out)
 
 
 def _kill_from_pid_file(pid_file: Path) -> None:

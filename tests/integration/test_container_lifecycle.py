@@ -6,8 +6,9 @@ import time
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri_api.v1 import api_pb2, api_pb2_grpc
 
+from cri.oci.runtime import EXEC_OUTPUT_CAP
 from tests.integration.test_container_helpers import *  # noqa: F401,F403  (fixtures and helpers)
 from tests.integration.test_container_helpers import (EventCollector, container_config, create, env, exec_sync,  # noqa: F401
                                                       log_lines, registry, run, status, wait_log, wait_state)
@@ -87,6 +88,12 @@ def test_exec_sync_output_exit_code_and_timeout_kills_the_process(env):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     left = exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
     assert "sleep 1234" not in left
+    kubelet_like = grpc.insecure_channel(f"unix://{d.socket}", options=[("grpc.max_receive_message_length", 16 << 20)])
+    with kubelet_like:
+        big = api_pb2_grpc.RuntimeServiceStub(kubelet_like).ExecSync(api_pb2.ExecSyncRequest(
+            container_id=cid, cmd=["sh", "-c", "echo start >&2; yes | head -c 20000000"], timeout=60), timeout=90)
+    assert big.exit_code == 0 and big.stderr == b"start\n"  # not blocked by the output it could not keep
+    assert len(big.stdout) + len(big.stderr) == EXEC_OUTPUT_CAP
     d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     with pytest.raises(grpc.RpcError) as err:
         exec_sync(d, cid, ["true"])
