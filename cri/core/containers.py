@@ -18,9 +18,9 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cri.core import events as ev
+from cri.core.sandboxes import UndoStack
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cri.oci import cgroups, host, mounts as oci_mounts, spec as oci_spec
 from cri.oci.conmon import BundlePaths, Conmon
@@ -43,30 +43,6 @@ EXEC_STATES = {"running"}
 MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
 KILL_WAIT = 10.0  # after SIGKILL, how long conmon may take to report the exit
 LOG_REOPEN_WAIT = 5.0
-
-
-class StepFailed(Internal):
-    def __init__(self, step: str, cause: BaseException):
-        super().__init__(f"{step}: {cause}")
-        self.step = step
-
-
-class UndoStack:
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Any]] = []
-
-    def push(self, what: str, action) -> None:
-        self._steps.append((what, action))
-
-    async def unwind(self) -> None:
-        for what, action in reversed(self._steps):
-            try:
-                result = action()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:
-                log.exception("undo step %r failed", what)
-        self._steps.clear()
 
 
 @dataclass
@@ -282,10 +258,7 @@ class ContainerManager:
             undo.push("delete the record", lambda: self._store.delete(container_id))
             bundle.mkdir(mode=0o700)
             undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
-            try:
-                rootfs = await self.images.create_rootfs(container_id, image.id)
-            except Exception as e:
-                raise StepFailed("mounting the container rootfs", e) from e
+            rootfs = await self.images.create_rootfs(container_id, image.id)  # storage errors map themselves
             undo.push("remove the rootfs", lambda: self.images.remove_rootfs(container_id))
             record.rootfs = str(rootfs.path)
             spec = await asyncio.to_thread(self._build_spec, record, request, sandbox, image, rootfs.path)
