@@ -16,7 +16,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, RejectConnection, RejectData
 from wsproto.events import Request, TextMessage
 
-from cri.streaming import spdy
+from cri.streaming import spdy, tunnel
 from cri.streaming.websocket import decode_message, encode_message
 
 
@@ -175,6 +175,18 @@ class SpdyPortForward:
         conn, _ = await spdy_connect(url, ["portforward.k8s.io"], spdystream_like=spdystream_like)
         return cls(conn)
 
+    @classmethod
+    async def open_over_websocket(cls, url: str) -> SpdyPortForward:
+        """The same protocol tunnelled through WebSocket binary messages, as kubectl 1.30+ tries first."""
+        reader, writer, ws, protocol = await websocket_handshake(url, [tunnel.PROTOCOL])
+        if protocol != tunnel.PROTOCOL:
+            raise HttpError(0, {}, f"server chose {protocol!r}".encode())
+        pipe = tunnel.WebSocketTunnel(ws, reader, writer)
+        pipe.take_events()  # SPDY bytes that arrived with the handshake response
+        conn = spdy.SpdyConnection(pipe.reader, pipe.writer, server=False)
+        conn.start()
+        return cls(conn)
+
     async def connect(self, port: int) -> tuple[spdy.SpdyStream, spdy.SpdyStream]:
         """(data, error) streams for one forwarded connection."""
         request_id = str(self._next_request)
@@ -191,6 +203,30 @@ class SpdyPortForward:
         await self.conn.close()
 
 
+async def websocket_handshake(url: str, protocols: list[str]):
+    """(reader, writer, wsproto connection, chosen subprotocol) after a WebSocket upgrade; HttpError if refused."""
+    parts, reader, writer = await _open(url)
+    ws = WSConnection(ConnectionType.CLIENT)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    writer.write(ws.send(Request(host=parts.netloc, target=target, subprotocols=protocols)))
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise HttpError(0, {}, b"connection closed during handshake")
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                return reader, writer, ws, event.subprotocol or ""
+            if isinstance(event, RejectConnection):
+                body = b""
+                if event.has_body:
+                    for more in ws.events():
+                        if isinstance(more, RejectData):
+                            body += more.data
+                writer.close()
+                raise HttpError(event.status_code, {}, body)
+
+
 @dataclass
 class WebSocketClient:
     """Numbered channels over a WebSocket, as kubectl's WebSocket executor uses them."""
@@ -204,28 +240,10 @@ class WebSocketClient:
 
     @classmethod
     async def open(cls, url: str, protocols: list[str]) -> WebSocketClient:
-        parts, reader, writer = await _open(url)
-        ws = WSConnection(ConnectionType.CLIENT)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        writer.write(ws.send(Request(host=parts.netloc, target=target, subprotocols=protocols)))
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                raise HttpError(0, {}, b"connection closed during handshake")
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    client = cls(reader, writer, ws, event.subprotocol or "")
-                    client._process_events()  # messages that arrived with the handshake response
-                    return client
-                if isinstance(event, RejectConnection):
-                    body = b""
-                    if event.has_body:
-                        for more in ws.events():
-                            if isinstance(more, RejectData):
-                                body += more.data
-                    writer.close()
-                    raise HttpError(event.status_code, {}, body)
+        reader, writer, ws, protocol = await websocket_handshake(url, protocols)
+        client = cls(reader, writer, ws, protocol)
+        client._process_events()  # messages that arrived with the handshake response
+        return client
 
     @property
     def base64(self) -> bool:

@@ -17,7 +17,9 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from . import portforward, remotecommand, websocket
+from wsproto.connection import Connection, ConnectionType
+
+from . import portforward, remotecommand, tunnel, websocket
 from .backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend, StreamRequest
 from .spdy import SpdyConnection
 from .tokens import TOKEN_TTL, TokenCache
@@ -246,13 +248,14 @@ class StreamingServer:
         if not key or request.first("sec-websocket-version") != "13":
             raise BadRequest(400, "Bad Request", "websocket upgrade needs Sec-WebSocket-Key and version 13")
         is_port_forward = isinstance(stream_request, PortForwardRequest)
-        supported = websocket.PORTFORWARD_PROTOCOLS if is_port_forward else websocket.REMOTECOMMAND_PROTOCOLS
+        supported = ((tunnel.PROTOCOL, *websocket.PORTFORWARD_PROTOCOLS) if is_port_forward
+                     else websocket.REMOTECOMMAND_PROTOCOLS)
         offered = request.values("sec-websocket-protocol")
         protocol = negotiate(offered, supported) if offered else ""
         if protocol is None:
             raise BadRequest(400, "Bad Request", f"requested protocol(s) {offered} are not supported")
         ports: list[int] = []
-        if is_port_forward:
+        if is_port_forward and protocol != tunnel.PROTOCOL:
             try:
                 ports = [portforward.parse_port(p) for p in request.query.get("port", [])]
             except ValueError as e:
@@ -264,6 +267,9 @@ class StreamingServer:
         if protocol:
             headers.append(("Sec-WebSocket-Protocol", protocol))
         writer.write(render_response(101, "Switching Protocols", headers))
+        if protocol == tunnel.PROTOCOL:
+            await self._serve_tunnel(stream_request, reader, writer)
+            return
         channels = websocket.WebSocketChannels(reader, writer, protocol, idle_timeout=self._config.idle_timeout)
         try:
             if is_port_forward:
@@ -272,3 +278,14 @@ class StreamingServer:
                 await websocket.serve_remotecommand(channels, stream_request, self._backend)
         finally:
             await channels.close()
+
+    async def _serve_tunnel(self, stream_request: PortForwardRequest, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        """Port-forward's SPDY protocol, carried inside WebSocket binary messages."""
+        pipe = tunnel.WebSocketTunnel(Connection(ConnectionType.SERVER), reader, writer)
+        conn = SpdyConnection(pipe.reader, pipe.writer, server=True, idle_timeout=self._config.idle_timeout)
+        conn.start()
+        try:
+            await portforward.serve_spdy(conn, stream_request, self._backend, self._config.stream_creation_timeout)
+        finally:
+            await conn.close()

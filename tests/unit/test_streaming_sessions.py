@@ -220,14 +220,17 @@ async def test_abrupt_disconnect_cancels_the_command_and_frees_the_session():
         await server.stop()
 
 
-@pytest.mark.parametrize("spdystream_like", [False, True], ids=["flow-controlled", "spdystream-like"])
+@pytest.mark.parametrize("transport", ["flow-controlled", "spdystream-like", "websocket-tunnel"])
 @aio
-async def test_port_forward_many_connections_and_a_large_transfer(spdystream_like):
+async def test_port_forward_many_connections_and_a_large_transfer(transport):
     echo, echo_port = await echo_server()
     server = await streaming(FakeBackend(echo_port))
     try:
-        forwarder = await SpdyPortForward.open(server.url_for_port_forward(PortForwardRequest("p1", (80,))),
-                                               spdystream_like=spdystream_like)
+        url = server.url_for_port_forward(PortForwardRequest("p1", (80,)))
+        if transport == "websocket-tunnel":
+            forwarder = await SpdyPortForward.open_over_websocket(url)
+        else:
+            forwarder = await SpdyPortForward.open(url, spdystream_like=transport == "spdystream-like")
 
         async def roundtrip(size: int) -> bool:
             data, error = await forwarder.connect(80)
