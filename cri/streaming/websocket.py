@@ -251,10 +251,13 @@ async def serve_port_forward(channels: WebSocketChannels, request: PortForwardRe
     for index in range(len(ports)):
         channels.input(2 * index)
     channels.start()
-    work = asyncio.gather(*(one(i, port) for i, port in enumerate(ports)))
+    tasks = [asyncio.create_task(one(i, port)) for i, port in enumerate(ports)]
     try:
-        await asyncio.wait({work, channels.done}, return_when=asyncio.FIRST_COMPLETED)
+        remaining = set(tasks)
+        while remaining and not channels.done.done():  # every port is done, or the client left
+            await asyncio.wait([*remaining, channels.done], return_when=asyncio.FIRST_COMPLETED)
+            remaining = {task for task in remaining if not task.done()}
     finally:
-        if not work.done():
-            work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
