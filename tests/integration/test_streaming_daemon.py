@@ -14,7 +14,7 @@ from cri_api.v1 import api_pb2
 
 from tests.integration.test_container_helpers import (container_config, env, registry, run,  # noqa: F401
                                                       status, wait_state)
-from tests.streamclient import HttpError, SpdyPortForward, SpdySession, spdy_exec
+from tests.streamclient import HttpError, SpdyPortForward, SpdySession, WebSocketClient, spdy_exec
 
 pytestmark = pytest.mark.integration
 
@@ -321,3 +321,38 @@ def test_exec_through_crun(env, tmp_path):
     # A terminal gets TERM, and keeps the image's PATH (crun's --env replaces the environment).
     assert asyncio.run(tty()) == b"xterm\r\n"
     d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+
+
+def test_websocket_exec_and_tunnelled_port_forward(env):
+    d, pod, cfg = env
+    cid = sleeper(d, pod, cfg)
+    url = exec_url(d, cid, ["sh", "-c", "read line; echo got $line; exit 6"], stdin=True, stderr=True)
+
+    async def ws_exec() -> dict[int, bytes]:
+        client = await WebSocketClient.open(url, ["v5.channel.k8s.io"])
+        await client.send(0, b"over websocket\n")
+        await client.close_channel(0)
+        return await client.run_to_close()
+
+    channels = asyncio.run(ws_exec())
+    assert channels[1] == b"got over websocket\n"
+    assert b'"reason":"ExitCode","message":"6"' in channels[3]
+
+    async def tunnelled() -> bytes:
+        async def echo(reader, writer):
+            writer.write(await reader.read(100))
+            writer.close()
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pf_url = await asyncio.to_thread(lambda: d.runtime.PortForward(
+            api_pb2.PortForwardRequest(pod_sandbox_id=pod, port=[port]), timeout=30).url)
+        forwarder = await SpdyPortForward.open_over_websocket(pf_url)
+        try:
+            data, _ = await forwarder.connect(port)
+            await data.write(b"tunnelled")
+            return await data.read_all()
+        finally:
+            await forwarder.close()
+            server.close()
+
+    assert asyncio.run(tunnelled()) == b"tunnelled"
