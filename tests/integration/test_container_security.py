@@ -12,7 +12,7 @@ from cri_api.v1 import api_pb2
 from cri.oci import host
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from tests.integration.test_container_helpers import (container_config, create, env, exec_sync, registry,  # noqa: F401
-                                                      run, status, wait_log, wait_state)
+                                                      run, status, wait_state)
 
 pytestmark = pytest.mark.integration
 
