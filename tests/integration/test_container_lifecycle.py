@@ -9,7 +9,6 @@ import pytest
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from cri.oci.runtime import EXEC_OUTPUT_CAP
-from tests.integration.test_container_helpers import *  # noqa: F401,F403  (fixtures and helpers)
 from tests.integration.test_container_helpers import (EventCollector, container_config, create, env, exec_sync,  # noqa: F401
                                                       registry, run, status, wait_log, wait_state)
 
