@@ -173,14 +173,16 @@ def encode_header_block(headers: Mapping[str, str | Sequence[str]]) -> bytes:
     """The uncompressed name/value block: a count, then length-prefixed lowercase names and NUL-joined values."""
     parts = [struct.pack(">I", len(headers))]
     for name, value in headers.items():
-        raw_name = name.lower().encode()
-        raw_value = (value if isinstance(value, str) else "\x00".join(value)).encode()
+        raw_name = name.lower().encode("utf-8", "surrogateescape")
+        raw_value = (value if isinstance(value, str) else "\x00".join(value)).encode("utf-8", "surrogateescape")
         parts += [struct.pack(">I", len(raw_name)), raw_name, struct.pack(">I", len(raw_value)), raw_value]
     return b"".join(parts)
 
 
 def decode_header_block(block: bytes) -> Headers:
-    """Parse an uncompressed name/value block, refusing anything malformed."""
+    """Parse an uncompressed name/value block, refusing anything malformed.
+
+    Text is UTF-8, with undecodable bytes kept as surrogates, so any bytes survive a round trip."""
     try:
         (count,) = struct.unpack_from(">I", block, 0)
         offset = 4
@@ -194,10 +196,10 @@ def decode_header_block(block: bytes) -> Headers:
             offset += 4 + value_len
             if len(name) != name_len or len(value) != value_len or not name_len:
                 raise SpdyError("truncated header block")
-            key = name.decode("latin-1")
+            key = name.decode("utf-8", "surrogateescape")
             if key != key.lower() or key in headers:
                 raise SpdyError(f"bad header name {key!r}")
-            headers[key] = value.decode("latin-1").split("\x00")
+            headers[key] = value.decode("utf-8", "surrogateescape").split("\x00")
     except struct.error as e:
         raise SpdyError("truncated header block") from e
     if offset != len(block):

@@ -8,6 +8,8 @@ import struct
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cri.streaming import spdy
 
@@ -199,3 +201,23 @@ async def test_nothing_is_sent_before_our_first_frame():
     assert wire[36:] == spdy.encode_frame(spdy.Ping(2))
     b.close()
     await server.close()
+
+
+@given(st.binary(min_size=8, max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_hostile_frames_fail_only_as_protocol_errors(wire):
+    head, payload = wire[:8], wire[8:]
+    try:
+        length = spdy.parse_frame_header(head)[3]
+        spdy.decode_frame(head, payload[:length] if len(payload) >= length else payload, spdy.HeaderDecompressor())
+    except spdy.SpdyError:
+        pass
+
+
+@given(st.dictionaries(st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=20),
+                       st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                                        max_size=30), min_size=1, max_size=3),
+                       max_size=8))
+@settings(max_examples=100, deadline=None)
+def test_header_blocks_round_trip(headers):
+    assert spdy.HeaderDecompressor().decompress(spdy.HeaderCompressor().compress(headers)) == headers
