@@ -73,8 +73,12 @@ def parse_request_head(head: bytes) -> HttpRequest:
         if not sep or not name or name != name.strip():
             raise BadRequest(400, "Bad Request", "malformed header line")
         headers.setdefault(name.lower(), []).append(value.strip())
-    url = urlsplit(target)
-    return HttpRequest(method, url.path, parse_qs(url.query), headers)
+    try:
+        url = urlsplit(target)
+        query = parse_qs(url.query)
+    except ValueError as e:
+        raise BadRequest(400, "Bad Request", "malformed request target") from e
+    return HttpRequest(method, url.path, query, headers)
 
 
 def negotiate(offered: list[str], supported: tuple[str, ...]) -> str | None:

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cri.errors import ResourceExhausted
 from cri.streaming import remotecommand, server, websocket
@@ -59,7 +61,7 @@ def test_request_head_parsing():
     assert request.values("x-stream-protocol-version") == ["v4.channel.k8s.io", "channel.k8s.io", "v2.x"]
     assert request.first("connection") == "Upgrade"
     for bad in (b"GET /\r\n\r\n", b"GET / SPDY/3\r\n\r\n", b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
-                b"GET x HTTP/1.1\r\n\r\n"):
+                b"GET x HTTP/1.1\r\n\r\n", b"GET //[ HTTP/1.1\r\n\r\n"):
         with pytest.raises(server.BadRequest):
             server.parse_request_head(bad)
 
@@ -125,3 +127,13 @@ def test_ports_must_be_in_range():
     for bad in ("0", "65536", "-1", "80a", ""):
         with pytest.raises(ValueError):
             server.portforward.parse_port(bad)
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_hostile_request_heads_fail_only_as_bad_requests(head):
+    for candidate in (head, b"GET /" + head + b" HTTP/1.1\r\n\r\n"):
+        try:
+            server.parse_request_head(candidate)
+        except server.BadRequest:
+            pass
