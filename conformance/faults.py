@@ -167,10 +167,15 @@ SCENARIOS = [
 POINTS = [s.point for s in SCENARIOS]
 
 
-def run(scenario: Scenario, settings: dict, image: str) -> dict[str, list[str]]:
-    """Run one scenario in a fresh daemon root; return the leaks found (empty when clean)."""
+def run(scenario: Scenario, settings: dict, image: str, bridge: str = "", network: str = "") -> dict[str, list[str]]:
+    """Run one scenario in a fresh daemon root; return the leaks found (empty when clean).
+    `bridge` and `network` name the CNI bridge and network, to look for veths and NAT rules."""
     daemon = Daemon(settings)
-    before = snapshot(cgroup_marker="pycri", iptables_marker=daemon.base.name)
+
+    def host_state() -> dict[str, set[str]]:
+        return snapshot(cgroup_marker="pycri", iptables_marker=network, scope=str(daemon.base), bridge=bridge)
+
+    before = host_state()
     world = World(image=image)
     try:
         daemon.start()
@@ -199,5 +204,4 @@ def run(scenario: Scenario, settings: dict, image: str) -> dict[str, list[str]]:
         daemon.stop()
     finally:
         daemon.cleanup()
-    after = snapshot(cgroup_marker="pycri", iptables_marker=daemon.base.name)
-    return leaks(before, after)
+    return leaks(before, host_state())

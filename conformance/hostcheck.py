@@ -20,8 +20,9 @@ def _mounts() -> set[str]:
         return {line.split()[1] for line in f}
 
 
-def _veths() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True, timeout=20).stdout
+def _veths(bridge: str = "") -> set[str]:
+    argv = ["ip", "-o", "link", "show", "type", "veth"] + (["master", bridge] if bridge else [])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
@@ -69,13 +70,17 @@ def _files(base: Path) -> set[str]:
     return {str(p) for p in base.rglob("*")} if base.exists() else set()
 
 
-def snapshot(watch_dirs: list[Path] = (), cgroup_marker: str = "", iptables_marker: str = "") -> dict[str, set[str]]:
-    """Host state that a runtime creates; `watch_dirs` are folders whose files count too."""
+def snapshot(watch_dirs: list[Path] = (), cgroup_marker: str = "", iptables_marker: str = "",
+             scope: str = "", bridge: str = "") -> dict[str, set[str]]:
+    """Host state that a runtime creates; `watch_dirs` are folders whose files count too.
+
+    `scope` (a daemon's base directory) keeps only the mounts and processes that name it, and
+    `bridge` only the veths on that bridge, so that other runtimes on the host are not counted."""
     state = {
-        "mounts": _mounts(),
+        "mounts": {m for m in _mounts() if scope in m},
         "netns": {str(p) for d in (Path("/run/netns"),) if d.exists() for p in d.iterdir()},
-        "veth": _veths(),
-        "processes": _processes(),
+        "veth": _veths(bridge),
+        "processes": {p for p in _processes() if scope in p},
         "cgroups": _cgroups(cgroup_marker),
         "iptables": _iptables(iptables_marker),
     }

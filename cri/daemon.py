@@ -87,7 +87,7 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.cni = CNIManager(net.cni_conf_dir, net.cni_plugin_dirs, config.root / "cni-cache", net.cni_timeout)
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr)
-    rt.images = ImageService(open_image_store(config))
+    rt.images = ImageService(open_image_store(config, verify=unclean_start))
     rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
@@ -95,19 +95,27 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     return rt
 
 
-def open_image_store(config: Config):
-    """The image store under <root>/storage, with registries.conf and the auth file from config."""
+def open_image_store(config: Config, verify: bool = False):
+    """The image store under <root>/storage, with registries.conf and the auth file from config;
+    `verify` checks every blob and layer first (after an unclean shutdown)."""
+    from cri.faults import crash_point
     from storage import registries
     from storage.errors import StorageError
     from storage.images import ImageStore
 
     st = config.storage
     try:
-        return ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
-                          st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads,
-                          durable=st.durable_pulls)
+        store = ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
+                           st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads,
+                           durable=st.durable_pulls, checkpoint=crash_point)
     except StorageError as exc:
         raise DaemonError(f"image store: {exc}") from None
+    if verify:
+        repairs = store.verify()
+        for line in repairs:
+            log.warning("image store repair after an unclean shutdown: %s", line)
+        log.info("image store verified after an unclean shutdown: %d repairs", len(repairs))
+    return store
 
 
 def _setup_logging(config: Config) -> None:

@@ -100,6 +100,14 @@ class ContentStore:
         self.ensure(digest, len(data), lambda write: write(data), durable=durable)
         return digest
 
+    def verify(self, digest: str) -> bool:
+        """Whether the blob's bytes still hash to its name (a power cut can leave a file torn)."""
+        hasher = hashlib.sha256()
+        with open(self.path(digest), "rb") as f:
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+        return digest == f"sha256:{hasher.hexdigest()}"
+
     def all_digests(self) -> set[str]:
         return {f"sha256:{name}" for name in os.listdir(self.blobs) if len(name) == 64}
 

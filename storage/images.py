@@ -103,8 +103,10 @@ class ImageStore:
 
     def __init__(self, root: Path, registries: RegistriesConfig | None = None, auth_file: Path | None = None,
                  progress_timeout: float = 60.0, *, parallel_downloads: int = 4,
-                 limits: UnpackLimits = UnpackLimits(), durable: bool = True):
+                 limits: UnpackLimits = UnpackLimits(), durable: bool = True,
+                 checkpoint: Callable[[str], None] = lambda name: None):
         self.root = Path(root)
+        self.checkpoint = checkpoint  # called at named steps of a pull, for the fault-injection suite
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registries = registries or RegistriesConfig()
         self.auth_file_path = auth_file
@@ -146,8 +148,11 @@ class ImageStore:
                     previous.repo_tags.remove(tag)  # a crash between moving a tag and saving its old owner
                 owner[tag] = record
 
+    def _record_path(self, image_id: str) -> Path:
+        return self.records_dir / f"{image_id.removeprefix('sha256:')}.json"
+
     def _save(self, snapshot: dict) -> None:
-        atomic_write_json(self.records_dir / f"{snapshot['id'].removeprefix('sha256:')}.json", snapshot,
+        atomic_write_json(self._record_path(snapshot['id']), snapshot,
                           durable=self.durable)
 
     # ---- lookups -----------------------------------------------------------------------
@@ -316,6 +321,7 @@ class ImageStore:
                 self.content.put(m.body, durable=False)
             if self.durable and created_chains:
                 syncfs(self.root)  # one flush for every file the unpacked layers wrote
+            self.checkpoint("image.pull.after_blobs")
             conf = config.get("config") or {}
             return ImageRecord(
                 id=config_desc.digest, size=sum(sizes), user=str(conf.get("User") or ""),
@@ -383,6 +389,30 @@ class ImageStore:
                 else:
                     self._pins.pop(key, None)
 
+    def verify(self) -> list[str]:
+        """After an unclean shutdown: drop blobs whose bytes no longer match their digest, layers
+        without their metadata, and images missing any of what they need. Returns what it did."""
+        done: list[str] = []
+        with self._lock:
+            for digest in sorted(self.content.all_digests()):
+                if not self.content.verify(digest):
+                    self.content.delete(digest)
+                    done.append(f"removed blob {digest}: its bytes do not match the digest")
+            for chain_id in sorted(self.layers.all_chain_ids()):
+                if self.layers.get(chain_id) is None:
+                    remove_tree(self.layers.path(chain_id))  # its short link dangles and goes at the next start
+                    done.append(f"removed layer {chain_id}: its metadata is missing")
+            for record in list(self._records.values()):
+                missing = [b for b in record.blobs if not self.content.has(b)] + \
+                          [c for c in record.chain_ids if self.layers.get(c) is None]
+                if missing:
+                    del self._records[record.id]
+                    (self._record_path(record.id)).unlink(missing_ok=True)
+                    done.append(f"dropped image {record.id} ({', '.join(record.repo_tags) or 'untagged'}): "
+                                f"missing {', '.join(missing)}; pull it again")
+        self._sweep(self.content.all_digests() | self.layers.all_chain_ids())
+        return done
+
     def _referenced(self) -> set[str]:
         used: set[str] = set(self._pins)
         for record in self._records.values():
@@ -417,7 +447,7 @@ class ImageStore:
                 return False
             if in_use(record.id):
                 raise ImageInUse(f"image {name_or_id} ({record.id}) is in use by a container")
-            (self.records_dir / f"{record.id.removeprefix('sha256:')}.json").unlink(missing_ok=True)
+            (self._record_path(record.id)).unlink(missing_ok=True)
             del self._records[record.id]
         self._sweep(set(record.blobs) | set(record.chain_ids))
         return True

@@ -36,7 +36,7 @@ def world_settings(registry, tmp_path):  # noqa: F811
 @pytest.mark.parametrize("scenario", faults.SCENARIOS, ids=lambda s: s.point)
 def test_crash_at_point_leaves_nothing_and_the_retry_succeeds(world_settings, scenario):
     settings, net = world_settings
-    leaked = faults.run(scenario, settings, IMAGE)
+    leaked = faults.run(scenario, settings, IMAGE, bridge=net.bridge, network=net.name)
     assert not leaked, f"after a crash at {scenario.point}: {leaked}"
     assert net.leases() == [], "an IP lease outlived its pod"
 
