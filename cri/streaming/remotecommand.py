@@ -77,7 +77,7 @@ def parse_resize_events(buffer: bytearray) -> list[TerminalSize]:
             pos += 1
         try:
             obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # incomplete so far, or hostile nesting
             break
         pos = end
         if isinstance(obj, dict):

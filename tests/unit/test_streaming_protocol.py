@@ -99,6 +99,8 @@ def test_resize_events_parse_a_json_stream():
     buffer += b'50}{"Width":-1,"Height":5}'
     assert remotecommand.parse_resize_events(buffer) == [TerminalSize(100, 50)]
     assert buffer == b""
+    hostile = bytearray(b"[" * 3000 + b"]" * 3000)
+    assert remotecommand.parse_resize_events(hostile) == []
 
 
 def test_expected_streams_follow_the_request_and_protocol():
