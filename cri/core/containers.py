@@ -566,6 +566,8 @@ class ContainerManager:
         await self._delete_runtime(record)
 
     async def _delete_runtime(self, record: ContainerRecord) -> None:
+        if record.state == "exited":
+            await asyncio.to_thread(cgroups.kill_all, record.cgroups_path)
         await self.runtime(record.runtime_handler).delete(record.id, force=True)
         # runc and crun leave the container's cgroup parents (and on v1 sometimes the cgroup) behind.
         failed = await asyncio.to_thread(cgroups.remove, record.cgroups_path)

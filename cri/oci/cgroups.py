@@ -232,3 +232,44 @@ def network_stats(pid: int) -> list[InterfaceStats]:
         return parse_net_dev(Path(f"/proc/{pid}/net/dev").read_text())
     except OSError:
         return []
+
+
+def _procs(directory: Path) -> list[int]:
+    try:
+        return [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _populated(directory: Path) -> bool:
+    try:
+        return "populated 1" in (directory / "cgroup.events").read_text()
+    except OSError:
+        return False
+
+
+def kill_all(cgroups_path: str, timeout: float = 1.0, lay: Layout | None = None) -> bool:
+    """SIGKILL every process left in the cgroup and wait (1 ms steps) until it is empty; False on timeout.
+
+    An exited container can leave background children behind in a shared pid namespace. The runtimes kill them
+    too, but then poll the cgroup in 10 ms steps before they can remove it: emptying it first makes their
+    delete quick.
+    """
+    import signal
+
+    if not cgroups_path.strip("/"):
+        return True
+    dirs = [d for d in cgroup_dirs(cgroups_path, lay) if d.is_dir()]
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {pid for d in dirs for pid in _procs(d)}
+        if not pids and not any(_populated(d) for d in dirs):
+            return True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import grpc
@@ -128,3 +129,20 @@ def test_a_container_exiting_at_once_still_reports_started_before_stopped(env):
                                              api_pb2.CONTAINER_STOPPED_EVENT]
     finally:
         events.close()
+
+
+def test_background_children_of_an_exited_container_do_not_survive_its_removal(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("parent", ["sh", "-c", "sleep 4321 & exit 0"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).state == api_pb2.CONTAINER_EXITED
+    d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
+    survivors = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == b"sleep\0004321\0"]
+    assert survivors == []
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
