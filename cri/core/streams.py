@@ -61,13 +61,14 @@ class CoreStreams:
         runtime = self._containers.runtime(record.runtime_handler)
         scratch = Path(tempfile.mkdtemp(prefix="pycri-exec-"))  # 0700; short enough for a socket path
         pid_file = scratch / "pid"
-        base = [runtime.path, *runtime.global_args, "exec", "--pid-file", str(pid_file)]
         try:
+            process_file = scratch / "process.json"
+            process_file.write_text(json.dumps(exec_process(_container_process(Path(record.bundle)), cmd, tty)))
+            base = [runtime.path, *runtime.global_args, "exec", "--process", str(process_file),
+                    "--pid-file", str(pid_file)]
             if tty:
-                env = [arg for item in _terminal_env(Path(record.bundle)) for arg in ("--env", item)]
-                return await _exec_tty(base + env, record.id, cmd, scratch / "console", pid_file, stdin, stdout,
-                                       resize)
-            return await _exec_pipes(base + [record.id, *cmd], pid_file, stdin, stdout, stderr)
+                return await _exec_tty(base, record.id, scratch / "console", pid_file, stdin, stdout, resize)
+            return await _exec_pipes(base + [record.id], pid_file, stdin, stdout, stderr)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -139,7 +140,7 @@ async def _feed_pipe(stdin: InputStream, pipe: asyncio.StreamWriter) -> None:
 # --- exec with a terminal
 
 
-async def _exec_tty(base: list[str], container_id: str, cmd: list[str], console_path: Path, pid_file: Path,
+async def _exec_tty(base: list[str], container_id: str, console_path: Path, pid_file: Path,
                     stdin: InputStream | None, stdout: OutputStream | None,
                     resize: AsyncIterator[TerminalSize] | None) -> int:
     """runc/crun only hand out the console when they detach, so the runtime starts the command and leaves; the
@@ -153,7 +154,7 @@ async def _exec_tty(base: list[str], container_id: str, cmd: list[str], console_
     tasks: list[asyncio.Task] = []
     try:
         proc = await asyncio.create_subprocess_exec(
-            *base, "--detach", "--tty", "--console-socket", str(console_path), container_id, *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            *base, "--detach", "--console-socket", str(console_path), container_id, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         try:
             master = await _receive_console(listener, proc)
@@ -187,16 +188,27 @@ async def _exec_tty(base: list[str], container_id: str, cmd: list[str], console_
             pty.close()
 
 
-def _terminal_env(bundle: Path) -> list[str]:
-    """The container's environment plus TERM=xterm, as CRI-O gives a terminal exec.
-
-    All of it, because crun's --env replaces the environment where runc's adds to it.
-    """
+def _container_process(bundle: Path) -> dict:
     try:
-        env = json.loads(BundlePaths(bundle).config.read_text())["process"].get("env", [])
+        return json.loads(BundlePaths(bundle).config.read_text())["process"]
     except (OSError, ValueError, KeyError) as e:
-        raise Internal(f"reading the container's environment from {bundle}: {e}") from e
-    return env if any(item.startswith("TERM=") for item in env) else [*env, "TERM=xterm"]
+        raise Internal(f"reading the container's process from {bundle}: {e}") from e
+
+
+def exec_process(container_process: dict, cmd: list[str], tty: bool) -> dict:
+    """The OCI process an exec runs: the container's own (user, groups, capabilities, cwd, env, limits), with
+    cmd as its args, and for a terminal TERM=xterm as CRI-O sets it.
+
+    Passed whole as --process so that runc and crun agree: their exec flags differ (crun's --env replaces the
+    environment, its exec takes no user from the spec)."""
+    process = {**container_process, "args": list(cmd), "terminal": tty}
+    process.pop("consoleSize", None)
+    process.pop("oomScoreAdj", None)  # the container's score was set at its creation; lowering needs a capability
+    env = list(process.get("env", []))
+    if tty and not any(item.startswith("TERM=") for item in env):
+        env.append("TERM=xterm")
+    process["env"] = env
+    return process
 
 
 class _Orphan:

@@ -356,3 +356,31 @@ def test_websocket_exec_and_tunnelled_port_forward(env):
             server.close()
 
     assert asyncio.run(tunnelled()) == b"tunnelled"
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_exec_runs_as_the_container_user_with_its_groups(env, handler, tmp_path):
+    from cri.oci import cgroups
+    from tests.integration.test_container_helpers import pod_config
+
+    if handler == "crun" and cgroups.crun_hybrid_problem():
+        pytest.skip(cgroups.crun_hybrid_problem())
+    d, _, _ = env
+    cfg = pod_config(tmp_path)
+    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
+                                  timeout=60).pod_sandbox_id
+    cid = sleeper(d, pod, cfg, name="as-user", linux=api_pb2.LinuxContainerConfig(
+        security_context=api_pb2.LinuxContainerSecurityContext(run_as_user=api_pb2.Int64Value(value=1000),
+                                                               supplemental_groups=[50000])))
+    expected = asyncio.run(spdy_exec(exec_url(d, cid, ["sh", "-c", "id -u; id -G; pwd"], stderr=True))).stdout
+    assert expected.split()[0] == b"1000" and b"50000" in expected.split()
+
+    async def tty() -> bytes:
+        s = await SpdySession.open(exec_url(d, cid, ["sh", "-c", "id -u; id -G; pwd; echo $TERM"], tty=True,
+                                            stdin=True), stdin=True, tty=True)
+        out = await s.read_until(b"xterm")
+        await s.close_stdin()
+        return out + (await s.finish()).stdout
+
+    assert asyncio.run(tty()).replace(b"\r\n", b"\n") == expected + b"xterm\n"
+    d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
