@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri.config import Config
+from cri.oci import cgroups
 
 CAP_SYS_RESOURCE = 24
 APT_FIX = "apt-get install -y {}"
@@ -44,28 +45,6 @@ def effective_capabilities() -> int:
     return 0
 
 
-def cgroup_layout() -> str:
-    """'v2' (unified only), 'hybrid' (v1 controllers plus a v2 mount) or 'v1'."""
-    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        return "v2"
-    return "hybrid" if Path("/sys/fs/cgroup/unified").is_dir() else "v1"
-
-
-def v1_controllers_unmounted() -> list[str]:
-    """Controllers the kernel has that no v1 hierarchy mounts (crun refuses to run then)."""
-    enabled = []
-    for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
-        name, _hier, _num, on = line.split()
-        if on == "1":
-            enabled.append(name)
-    mounted = set()
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[2] == "cgroup":
-            mounted.update(o for o in fields[3].split(",") if o in enabled)
-    return [c for c in enabled if c not in mounted]
-
-
 def findings(config: Config) -> list[Finding]:
     out: list[Finding] = []
     for handler, spec in config.runtime.handlers.items():
@@ -87,15 +66,13 @@ def findings(config: Config) -> list[Finding]:
                        "make install-cni-default (installs a bridge network, 10.88.0.0/16)"))
     overlay = "overlay" in Path("/proc/filesystems").read_text()
     out.append(Finding("overlayfs", overlay, "available" if overlay else "not in /proc/filesystems", "modprobe overlay"))
-    layout = cgroup_layout()
-    out.append(Finding("cgroups", True, f"{layout} layout", required=False))
-    if layout != "v2" and "crun" in config.runtime.handlers:
-        missing = v1_controllers_unmounted()
-        out.append(Finding("crun on cgroup v1", not missing,
-                           "every controller is mounted" if not missing
-                           else f"controllers not mounted under v1: {', '.join(missing)}; crun refuses to run",
-                           " && ".join(f"mkdir -p /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}"
-                                       for c in missing), required=False))
+    lay = cgroups.layout()
+    kind = "v2" if lay.is_v2 else ("hybrid (v1 controllers, v2 at %s)" % lay.unified if lay.unified else "v1")
+    out.append(Finding("cgroups", True, kind, required=False))
+    if "crun" in config.runtime.handlers:
+        problem = cgroups.crun_hybrid_problem(lay)
+        detail, _, fix = (problem or "crun can run here").partition("; mount them under v1: ")
+        out.append(Finding("crun and cgroups", problem is None, detail, fix, required=False))
     has_resource = bool(effective_capabilities() & (1 << CAP_SYS_RESOURCE))
     out.append(Finding("CAP_SYS_RESOURCE", has_resource,
                        "present" if has_resource else
