@@ -239,7 +239,8 @@ def to_toml(config: Config) -> str:
         if name and scalars:
             out.append(f"\n[{name}]")
         for k, v in scalars.items():
-            out.append(f"{k} = {_toml_value(v)}")
+            value = f"0o{v:o}" if k.endswith("_mode") and isinstance(v, int) else _toml_value(v)  # file modes read as octal
+            out.append(f"{k} = {value}")
         for k, v in tables.items():
             emit(v, f"{name}.{k}" if name else k)
 
