@@ -16,32 +16,9 @@ import grpc
 from cri_api.v1 import api_pb2_grpc
 
 from conformance.client import Client
+from cri.config import render_toml
 
 REPO = Path(__file__).resolve().parent.parent  # the source tree, or site-packages when installed
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_toml(settings: dict, table: str = "") -> str:
-    """A tiny TOML writer for test configurations (nested dicts become tables)."""
-    lines, tables = [], []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {toml_value(value)}")
-    out = (f"[{table}]\n" if table and lines else "") + "\n".join(lines) + "\n"
-    for key, value in tables:
-        out += render_toml(value, f"{table}.{key}" if table else key)
-    return out
 
 
 def _unmount_below(path: Path) -> list[str]:

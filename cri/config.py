@@ -217,32 +217,29 @@ def load_config(
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-def _toml_value(v: Any) -> str:
+def _toml_value(key: str, v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, int) and key.endswith("_mode"):
+        return f"0o{v:o}"  # file modes read as octal
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(_toml_value("", x) for x in v) + "]"
     s = str(v).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'
 
 
+def render_toml(data: dict, table: str = "") -> str:
+    """Nested dicts of scalars and lists as TOML: keys first, then one [table] per dict."""
+    scalars = [f"{k} = {_toml_value(k, v)}" for k, v in data.items() if not isinstance(v, dict)]
+    out = (f"\n[{table}]\n" if table and scalars else "") + "".join(line + "\n" for line in scalars)
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out += render_toml(v, f"{table}.{k}" if table else k)
+    return out
+
+
 def to_toml(config: Config) -> str:
     """Render the effective configuration as TOML that load_config reads back unchanged."""
-    data = config.model_dump(mode="json", exclude_none=True)
-    out: list[str] = ["# pycri effective configuration"]
-
-    def emit(table: dict, name: str) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-        if name and scalars:
-            out.append(f"\n[{name}]")
-        for k, v in scalars.items():
-            value = f"0o{v:o}" if k.endswith("_mode") and isinstance(v, int) else _toml_value(v)  # file modes read as octal
-            out.append(f"{k} = {value}")
-        for k, v in tables.items():
-            emit(v, f"{name}.{k}" if name else k)
-
-    emit(data, "")
-    return "\n".join(out) + "\n"
+    return "# pycri effective configuration\n" + render_toml(config.model_dump(mode="json", exclude_none=True))
