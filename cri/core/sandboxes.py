@@ -10,7 +10,6 @@ finished (undone) by reconciliation at the next start.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import shutil
@@ -22,8 +21,9 @@ from typing import Any, Awaitable, Callable, Iterable
 from cri.core import sandbox_host as host
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls)
+from cri.core.undo import StepFailed, UndoStack, named_error, run_step
 from cri.faults import crash_point
-from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, Unavailable
+from cri.errors import CRIError, FailedPrecondition, InvalidArgument, Unavailable
 from cri.state import Index, NameRegistry, RecordStore, new_id
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
 from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, connect_in_netns,
@@ -33,50 +33,6 @@ log = logging.getLogger(__name__)
 
 ContainerHook = Callable[[str], Awaitable[None]]
 DEFAULT_CGROUP_PARENT = "/pycri"
-
-
-class StepFailed(Exception):
-    """Internal marker: wraps the failure of one named step until the undo stack has run."""
-
-    def __init__(self, step: str, cause: BaseException) -> None:
-        super().__init__(step)
-        self.step = step
-        self.cause = cause
-
-
-def _named(step: str, error: BaseException) -> BaseException:
-    """The same kind of error (so the gRPC code stays right) with a message naming the failed step."""
-    if isinstance(error, (CRIError, NetPluginError)) and len(error.args) == 1 and isinstance(error.args[0], str):
-        error.args = (f"{step}: {error.args[0]}",)
-        return error
-    return Internal(f"{step}: {error}")
-
-
-class UndoStack:
-    """Undo actions of the steps done so far, run in reverse on failure; an undo failure is logged, not raised."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], Any]]] = []
-
-    def push(self, what: str, action: Callable[[], Any]) -> None:
-        self._steps.append((what, action))
-
-    async def unwind(self) -> None:
-        while self._steps:
-            what, action = self._steps.pop()
-            try:
-                result = action()
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("undo of %r failed", what)
-
-
-async def _step(name: str, work: Awaitable[Any]) -> Any:
-    try:
-        return await work
-    except Exception as e:
-        raise StepFailed(name, e) from e
 
 
 @dataclass
@@ -294,7 +250,7 @@ class SandboxManager:
         except BaseException as e:
             await undo.unwind()
             if isinstance(e, StepFailed):
-                raise _named(e.step, e.cause) from e.cause
+                raise named_error(e.step, e.cause) from e.cause
             raise
         finally:
             creating.set()
@@ -326,7 +282,7 @@ class SandboxManager:
                                         ("uts", opts.host_network)) if not host_mode]
         ns_dir = sandbox_dir / "ns"
         undo.push("pinned namespaces", lambda: [unpin_namespace(ns_dir / k) for k in kinds])
-        await _step("creating the pod's namespaces",
+        await run_step("creating the pod's namespaces",
                     pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls))
         crash_point("sandbox.run.after_namespaces")
 
@@ -349,11 +305,11 @@ class SandboxManager:
             return
         pod = self._pod_network(record)
         undo.push("pod network", lambda: self._cni.teardown(pod))
-        result = await _step("setting up the pod network (CNI ADD)", self._cni.setup(pod))
+        result = await run_step("setting up the pod network (CNI ADD)", self._cni.setup(pod))
         record.ips = result.pod_ips()
         record.network_ready = True
         hosts = render_hosts(record.hostname, record.ips)
-        await _step("writing /etc/hosts", asyncio.to_thread(Path(record.hosts_path).write_text, hosts))
+        await run_step("writing /etc/hosts", asyncio.to_thread(Path(record.hosts_path).write_text, hosts))
 
     async def _setup_local(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
         opts = record.namespace_options
@@ -380,7 +336,7 @@ class SandboxManager:
             raise StepFailed(step, e) from e
         if opts.pid == MODE_POD:
             namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path}
-            infra = await _step("starting the infra process",
+            infra = await run_step("starting the infra process",
                                 host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
                                                  record.cgroup_path, record.sandbox_dir))
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
@@ -428,7 +384,7 @@ class SandboxManager:
         try:
             await self._cni.teardown(self._pod_network(record))
         except Exception as e:
-            raise _named("tearing down the pod network (CNI DEL)", e) from e
+            raise named_error("tearing down the pod network (CNI DEL)", e) from e
         record.network_ready = False
 
     async def _stop_infra(self, record: SandboxRecord) -> None:

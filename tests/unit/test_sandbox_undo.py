@@ -1,8 +1,8 @@
-"""The sandbox manager's undo stack and step naming."""
+"""The undo stack and step naming of multi-step operations."""
 
 import asyncio
 
-from cri.core.sandboxes import UndoStack, _named
+from cri.core.undo import UndoStack, named_error
 from cri.errors import InvalidArgument, Internal
 from netplugins.errors import CNIError
 
@@ -28,9 +28,9 @@ def test_undo_runs_in_reverse_and_survives_a_failing_step():
 
 
 def test_named_errors_keep_their_kind_and_name_the_step():
-    err = _named("creating the pod cgroup", InvalidArgument("bad path"))
+    err = named_error("creating the pod cgroup", InvalidArgument("bad path"))
     assert isinstance(err, InvalidArgument) and str(err) == "creating the pod cgroup: bad path"
-    cni = _named("CNI ADD", CNIError("bridge", "ADD", 7, "boom"))
+    cni = named_error("CNI ADD", CNIError("bridge", "ADD", 7, "boom"))
     assert isinstance(cni, CNIError) and str(cni).startswith("CNI ADD: CNI plugin bridge ADD failed (code 7)")
-    other = _named("mounting shm", OSError(28, "No space left on device"))
+    other = named_error("mounting shm", OSError(28, "No space left on device"))
     assert isinstance(other, Internal) and "mounting shm" in str(other) and "No space" in str(other)
