@@ -19,6 +19,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _MNT_DETACH = 2
 SHM_SIZE = 64 * 1024 * 1024
+_DEAD_STATES = ("Z", "X", "x")  # /proc/<pid>/stat states of a process that holds nothing any more
 
 
 # --- cgroups ---------------------------------------------------------------------------------------------
@@ -133,14 +134,31 @@ def unmount(target: Path | str) -> None:
 
 # --- the infra process ----------------------------------------------------------------------------------
 
-def process_start_time(pid: int) -> int:
-    """Field 22 of /proc/<pid>/stat (0 when the process is gone): with the pid it names one process for good."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time) from /proc/<pid>/stat; None when the pid names no process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return 0
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def process_start_time(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat (0 when the process is gone): with the pid it names one process for good."""
+    stat = _stat(pid)
+    return stat[1] if stat else 0
+
+
+def infra_running(pid: int, start_time: int) -> bool:
+    """Whether the infra still runs: same pid and start time, and not a zombie waiting for a reaper.
+
+    A killed infra whose parent died first is re-parented to PID 1, which on some hosts never reaps: it stays
+    a zombie with its start time intact, yet holds nothing.
+    """
+    stat = _stat(pid) if pid else None
+    return stat is not None and stat[1] == start_time and stat[0] not in _DEAD_STATES
 
 
 def _children(pid: int) -> list[int]:
@@ -196,22 +214,31 @@ async def stop_infra(pid: int, start_time: int, parent: int, timeout: float = 5.
     """SIGKILL the infra (pid 1 of its namespace, so every process in it dies too) and wait for its parent.
 
     The parent (`unshare`) reaps the infra and exits; killing the parent first would orphan the infra onto
-    the daemon (a subreaper) as a zombie.
+    the daemon (a subreaper) as a zombie. Idempotent: an infra that is gone or a zombie is stopped already,
+    and a parent pid that now names a younger process (pid reuse after a restart) is not ours to wait for.
     """
-    target = pid if pid and start_time and process_start_time(pid) == start_time else parent
-    if not target:
-        return
-    try:
-        os.kill(target, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if not parent:
-        return
+    infra_live = infra_running(pid, start_time)
+    parent_ours = bool(parent) and _is_infra_parent(parent, start_time)
+    target = pid if infra_live else parent if parent_ours else 0
+    if target:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + timeout
-    while not _reaped(parent):
+    while (infra_live and infra_running(pid, start_time)) or (parent_ours and not _reaped(parent)):
         if time.monotonic() > deadline:
-            raise Internal(f"infra process {parent} did not exit within {timeout:g}s of SIGKILL")
+            raise Internal(f"infra process {pid or parent} did not exit within {timeout:g}s of SIGKILL")
         await asyncio.sleep(0.002)
+
+
+def _is_infra_parent(parent: int, infra_start_time: int) -> bool:
+    """Whether `parent` still names the infra's `unshare`: it started no later than the infra did.
+
+    Without the infra's start time (it failed to start) the parent is our fresh child and surely ours.
+    """
+    stat = _stat(parent)
+    return stat is not None and (not infra_start_time or stat[1] <= infra_start_time)
 
 
 def _reaped(pid: int) -> bool:
@@ -220,14 +247,5 @@ def _reaped(pid: int) -> bool:
         finished, _ = os.waitpid(pid, os.WNOHANG)
         return bool(finished)
     except ChildProcessError:  # not ours (started by an earlier daemon): its reaper may be a PID 1 that never reaps
-        return _state(pid) in ("", "Z", "X")
-
-
-def _state(pid: int) -> str:
-    """The process state letter from /proc/<pid>/stat; "" when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    return stat[stat.rindex(b")") + 2:][:1].decode()
+        stat = _stat(pid)
+        return stat is None or stat[0] in _DEAD_STATES

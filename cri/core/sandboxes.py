@@ -136,7 +136,7 @@ class SandboxManager:
         """Whether what holds the pod together still exists: its network namespace and its infra process."""
         if record.netns_path and not namespace_alive(record.netns_path):
             return False
-        if record.infra_pid and host.process_start_time(record.infra_pid) != record.infra_start_time:
+        if record.infra_pid and not host.infra_running(record.infra_pid, record.infra_start_time):
             return False
         return True
 
