@@ -266,14 +266,37 @@ class _Extractor:
         os.utime(name, ns=(_ns(member.mtime), _ns(member.mtime)), dir_fd=parent, follow_symlinks=False)
 
     def finish(self) -> None:
-        """Directory metadata last, deepest first, so writing children does not disturb mtimes."""
+        """Directory metadata last, deepest first, so writing children does not disturb mtimes.
+
+        A later entry may have replaced a directory with a symlink or a file, or removed it: each is reopened
+        with O_NOFOLLOW | O_DIRECTORY, so metadata never lands on what a link points at (possibly a host file).
+        """
         for parts, member in reversed(self._deferred_dirs):
-            if parts:
-                self._metadata_at(self._dir_fd(parts[:-1], create=False), parts[-1], member)
-            else:
-                os.fchown(self.root_fd, member.uid, member.gid)
-                os.fchmod(self.root_fd, member.mode & 0o7777)
-                os.utime(self.root_fd, ns=(_ns(member.mtime), _ns(member.mtime)))
+            fd = self._reopen_dir(parts)
+            if fd is None:
+                continue  # no longer a directory: the entry that replaced it carried its own metadata
+            try:
+                os.fchown(fd, member.uid, member.gid)
+                os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
+                for key, value in _xattrs(member):
+                    _set_xattr(fd, key, value)
+                os.utime(fd, ns=(_ns(member.mtime), _ns(member.mtime)))
+            finally:
+                os.close(fd)
+
+    def _reopen_dir(self, parts: tuple[str, ...]) -> int | None:
+        """A new fd of directory root/parts, or None when that path no longer leads to a directory."""
+        if not parts:
+            return os.dup(self.root_fd)
+        try:
+            parent = self._dir_fd(parts[:-1], create=False)
+            return os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except HostileLayer:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
 
 
 def _ns(mtime: float) -> int:

@@ -91,6 +91,23 @@ def test_later_entries_replace_earlier_ones_without_following_links(area):
     assert (root / "d/inner").read_bytes() == b"1"
 
 
+def test_a_directory_replaced_by_a_link_keeps_its_metadata_off_the_links_target(area):
+    """Directory metadata is applied last: by then a later entry may have made the name a symlink to a host file."""
+    tmp_path, root, outside = area
+    bait = outside / "bait"
+    bait.chmod(0o600)
+    unpack(tmp_path, root, [
+        Entry("esc", "dir", mode=0o777, uid=4242),
+        Entry("esc", "symlink", linkname=str(bait)),
+        Entry("gone", "dir", mode=0o777),
+        Entry(".wh.gone"),
+        Entry("dangling", "dir"),
+        Entry("dangling", "symlink", linkname="nowhere"),
+    ])
+    assert stat.S_IMODE(bait.stat().st_mode) == 0o600 and bait.stat().st_uid == 0
+    assert os.readlink(root / "esc") == str(bait) and os.readlink(root / "dangling") == "nowhere"
+
+
 def test_absolute_names_are_contained_in_the_root(area):
     tmp_path, root, outside = area
     unpack(tmp_path, root, [Entry(str(outside / "bait"), data=b"pwned"), Entry("/etc/hosts", data=b"h")])
