@@ -33,3 +33,7 @@ class CNITimeout(CNIError):
 
 class NamespaceError(NetPluginError):
     """Creating, pinning or entering a namespace failed."""
+
+
+class InvalidSysctl(NamespaceError):
+    """A requested sysctl does not exist in the pod's namespace or refuses the value: the caller's mistake."""

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import NamespaceError
+from .errors import InvalidSysctl, NamespaceError
 
 CLONE_FLAGS = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000}
 _MS_BIND = 4096
@@ -112,7 +112,12 @@ def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None
                 with open(sysctl_path(key), "w") as f:
                     f.write(value)
             except OSError as e:
-                raise NamespaceError(f"setting sysctl {key}={value}: {e.strerror}") from e
+                dotted = key.replace("/", ".")
+                if e.errno == errno.ENOENT:
+                    raise InvalidSysctl(f"sysctl {dotted} does not exist in this kernel") from e
+                if e.errno in (errno.EINVAL, errno.EPERM, errno.EACCES):
+                    raise InvalidSysctl(f"sysctl {dotted} refuses the value {value!r}: {e.strerror}") from e
+                raise NamespaceError(f"setting sysctl {dotted}={value}: {e.strerror}") from e
         for k in kinds:
             target = directory / k
             fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)

@@ -25,6 +25,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.Internal, grpc.StatusCode.INTERNAL),
     (net_errors.NetworkNotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (net_errors.CNITimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (net_errors.InvalidSysctl, grpc.StatusCode.INVALID_ARGUMENT),
     (net_errors.NetPluginError, grpc.StatusCode.INTERNAL),
     (storage_errors.InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
     (storage_errors.ImageNotFound, grpc.StatusCode.NOT_FOUND),

@@ -69,6 +69,22 @@ def test_namespaced_sysctls_are_applied_inside_and_others_rejected(pods):
     assert [p.id for p in items] == [pod_id]
 
 
+def test_a_sysctl_the_kernel_lacks_or_a_refused_value_is_invalid_and_leaves_nothing(pods):
+    d, network = pods
+    for name, sysctls, wanted in [("no-such", {"net.ipv4.no_such_thing": "1"}, "does not exist"),
+                                  ("bad-value", {"net.ipv4.ip_forward": "lots"}, "refuses the value")]:
+        with pytest.raises(grpc.RpcError) as err:
+            run(d, pod_config(name, linux=api_pb2.LinuxPodSandboxConfig(sysctls=sysctls)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert list(sysctls)[0] in err.value.details() and wanted in err.value.details()
+    assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
+    assert not mounts_below(d.state_dir) and network.leases() == []
+    assert list((d.state_dir / "sandboxes").iterdir()) == []
+    pod_id = run(d, pod_config("no-such"))  # the failed attempt released the name
+    stop(d, pod_id)
+    remove(d, pod_id)
+
+
 def test_host_network_and_ipc_mode(pods):
     d, network = pods
     pod_id = run(d, pod_config("hostnet", linux=linux(network=api_pb2.NODE, ipc=api_pb2.NODE)))
