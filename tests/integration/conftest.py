@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from conformance.daemon import Daemon
+from cri.oci import cgroups
 from tests.integration.conftest_registry import *  # noqa: F401,F403  (registry fixtures)
 
 if os.geteuid() != 0:
@@ -37,3 +40,36 @@ def daemon_factory():
 def daemon(daemon_factory) -> Daemon:
     """A daemon with default settings, no CNI network and no registries."""
     return daemon_factory()
+
+
+@pytest.fixture(scope="session")
+def crun_host():
+    """crun refuses a cgroup v1 hybrid host while cgroup2 still owns a controller (hugetlb on these machines):
+    for the session, mount each such controller under v1, as `pycri check` tells an operator to, and undo it after.
+    Tests of the crun handler request it (request.getfixturevalue) and are skipped only if the fix fails."""
+    mounted: list[Path] = []
+    made: list[Path] = []
+    lay = cgroups.layout()
+    if cgroups.crun_hybrid_problem(lay):
+        for controller in (lay.unified / "cgroup.controllers").read_text().split():
+            target = cgroups.CGROUP_ROOT / controller
+            if not target.exists():
+                target.mkdir()
+                made.append(target)
+            done = subprocess.run(["mount", "-t", "cgroup", "-o", controller, "cgroup", str(target)],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                mounted.append(target)
+    problem = cgroups.crun_hybrid_problem()
+    try:
+        if problem:
+            pytest.skip(problem)
+        yield
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", str(target)], capture_output=True)
+        for target in reversed(made):
+            try:
+                target.rmdir()
+            except OSError:
+                pass

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("handler", ["runc", "crun"])
-def test_each_handler_runs_execs_and_stops(env, handler, tmp_path):
-    if handler == "crun" and cgroups.crun_hybrid_problem():
-        pytest.skip(cgroups.crun_hybrid_problem())
+def test_each_handler_runs_execs_and_stops(env, handler, tmp_path, request):
+    if handler == "crun":
+        request.getfixturevalue("crun_host")
     d, _, _ = env
     cfg = pod_config(tmp_path)
     pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("handler", ["runc", "crun"])
-def test_conmon_attach_socket_and_resize(handler):
+def test_conmon_attach_socket_and_resize(handler, request):
     from cri.oci import cgroups
 
-    if handler == "crun" and cgroups.crun_hybrid_problem():
-        pytest.skip(cgroups.crun_hybrid_problem())
+    if handler == "crun":
+        request.getfixturevalue("crun_host")
     result = subprocess.run([sys.executable, "-m", "tests.integration.test_container_oci", handler], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

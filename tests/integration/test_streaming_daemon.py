@@ -297,12 +297,10 @@ def test_many_sessions_leave_no_descriptor_or_task_behind(env):
     assert processes_running(marker) == []
 
 
-def test_exec_through_crun(env, tmp_path):
-    from cri.oci import cgroups
+def test_exec_through_crun(env, tmp_path, request):
     from tests.integration.test_container_helpers import pod_config
 
-    if cgroups.crun_hybrid_problem():
-        pytest.skip(cgroups.crun_hybrid_problem())
+    request.getfixturevalue("crun_host")
     d, _, _ = env
     cfg = pod_config(tmp_path)
     pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler="crun"),
@@ -359,12 +357,11 @@ def test_websocket_exec_and_tunnelled_port_forward(env):
 
 
 @pytest.mark.parametrize("handler", ["runc", "crun"])
-def test_exec_runs_as_the_container_user_with_its_groups(env, handler, tmp_path):
-    from cri.oci import cgroups
+def test_exec_runs_as_the_container_user_with_its_groups(env, handler, tmp_path, request):
     from tests.integration.test_container_helpers import pod_config
 
-    if handler == "crun" and cgroups.crun_hybrid_problem():
-        pytest.skip(cgroups.crun_hybrid_problem())
+    if handler == "crun":
+        request.getfixturevalue("crun_host")
     d, _, _ = env
     cfg = pod_config(tmp_path)
     pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
