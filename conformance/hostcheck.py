@@ -26,7 +26,8 @@ def _veths(bridge: str = "") -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
-def _processes() -> set[str]:
+def _processes(scope: str = "") -> set[str]:
+    """Runtime processes whose full command line names `scope` (before it is cut short for the report)."""
     out = set()
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit():
@@ -35,7 +36,8 @@ def _processes() -> set[str]:
             comm = (pid_dir / "comm").read_text().strip()
             if comm in RUNTIME_COMMS or comm.startswith("runc:"):
                 cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                out.add(f"{pid_dir.name} {comm} {cmdline[:200]}")
+                if scope in cmdline:
+                    out.add(f"{pid_dir.name} {comm} {cmdline[:200]}")
         except OSError:
             pass
     return out
@@ -80,7 +82,7 @@ def snapshot(watch_dirs: list[Path] = (), cgroup_marker: str = "", iptables_mark
         "mounts": {m for m in _mounts() if scope in m},
         "netns": {str(p) for d in (Path("/run/netns"),) if d.exists() for p in d.iterdir()},
         "veth": _veths(bridge),
-        "processes": {p for p in _processes() if scope in p},
+        "processes": _processes(scope),
         "cgroups": _cgroups(cgroup_marker),
         "iptables": _iptables(iptables_marker),
     }
