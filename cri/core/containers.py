@@ -236,6 +236,7 @@ class ContainerManager:
         self._check_lsm(request)
         handler = sandbox.runtime_handler or self.config.runtime.default_runtime
         runtime = self.runtime(handler)
+        await self._check_recursive_read_only(request, handler, runtime)
         container_id = new_id()
         reserved = f"{request.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{request.attempt}"
         bundle = self._dir / container_id
@@ -306,6 +307,17 @@ class ContainerManager:
             await pending
         except Exception as e:
             raise FailedPrecondition(f"container {record.id} could not be created: {e}") from e
+
+    @staticmethod
+    async def _check_recursive_read_only(request: ContainerRequest, handler: str, runtime: OCIRuntime) -> None:
+        """Refuse rro up front where the runtime lacks it: an older runtime ignores the option and leaves the
+        submounts writable."""
+        wanted = [m.container_path for m in request.mounts if m.recursive_read_only]
+        if wanted and not await oci_mounts.supports_rro(runtime.path):
+            raise InvalidArgument(
+                f"mount {wanted[0]}: recursive read-only mounts are not supported by runtime handler {handler!r} "
+                f"({runtime.path}) on this host (it needs Linux 5.12+ and runc 1.1+ or crun 1.8+); "
+                f"set recursive_read_only to false or use a handler that supports it")
 
     def _check_lsm(self, request: ContainerRequest) -> None:
         sec = request.security

@@ -1,7 +1,10 @@
-"""Whether a host path's mount can carry the propagation a container mount asks for (pure, over mountinfo)."""
+"""Mount capabilities: whether a host path's mount can carry the propagation a container mount asks for (pure,
+over mountinfo), and whether the kernel and an OCI runtime do recursive read-only mounts."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -48,3 +51,81 @@ def host_propagation_problems(mounts: list[tuple[str, str]]) -> list[str]:
         return []
     text = Path("/proc/self/mountinfo").read_text()
     return [problem for path, mode in wanted if (problem := propagation_problem(path, mode, text))]
+
+
+# --- what the kernel and an OCI runtime can do with mounts ---------------------------------------------------
+
+MOUNT_SETATTR_KERNEL = (5, 12)   # mount_setattr(2): recursive read-only, idmapped mounts
+IDMAPPED_LAYERS_KERNEL = (5, 19)  # overlayfs over idmapped lower layers
+# crun has no `features` command before 1.9; this is the oldest release whose "rro" we have seen work.
+CRUN_RRO_VERSION = (1, 8)
+PROBE_TIMEOUT = 5.0
+
+
+def kernel_at_least(release: str, wanted: tuple[int, int]) -> bool:
+    """Whether a `uname -r` release ("6.18.44-fc") is at least major.minor."""
+    parts = release.split("-")[0].split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= wanted
+    except (IndexError, ValueError):
+        return False
+
+
+def runtime_supports_rro(features_text: str | None, version_text: str) -> bool:
+    """From `<runtime> features` (the OCI features document) when the runtime has it, else from its version."""
+    if features_text:
+        try:
+            options = json.loads(features_text).get("mountOptions") or []
+        except (ValueError, AttributeError):
+            return False
+        return "rro" in options
+    first = version_text.splitlines()[0].split() if version_text.strip() else []
+    if len(first) == 3 and first[:2] == ["crun", "version"]:
+        try:
+            major, minor = (int(x) for x in first[2].split(".")[:2])
+        except ValueError:
+            return False
+        return (major, minor) >= CRUN_RRO_VERSION
+    return False
+
+
+async def _output(argv: list[str]) -> str | None:
+    """stdout of a short probe, or None when it fails or hangs (the caller then assumes no support)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+    except OSError:
+        return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    return out.decode(errors="replace") if proc.returncode == 0 else None
+
+
+async def probe_rro(runtime_path: str) -> bool:
+    """Whether containers of this runtime binary get recursive read-only mounts on this kernel."""
+    if not kernel_at_least(os.uname().release, MOUNT_SETATTR_KERNEL):
+        return False
+    features = await _output([runtime_path, "features"])
+    version = "" if features else (await _output([runtime_path, "--version"]) or "")
+    return runtime_supports_rro(features, version)
+
+
+# (path, inode, mtime) -> answer: Status asks every few seconds, CreateContainer for each rro mount; a binary
+# replaced in place (a package upgrade) is probed again.
+_rro_answers: dict[tuple[str, int, int], bool] = {}
+
+
+async def supports_rro(runtime_path: str) -> bool:
+    """``probe_rro``, run once per runtime binary."""
+    try:
+        st = os.stat(runtime_path)
+    except OSError:
+        return False
+    key = (runtime_path, st.st_ino, st.st_mtime_ns)
+    if key not in _rro_answers:
+        _rro_answers[key] = await probe_rro(runtime_path)
+    return _rro_answers[key]

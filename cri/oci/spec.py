@@ -271,12 +271,22 @@ def _mounts(inputs: ContainerInputs) -> list[dict]:
             raise SpecError(f"mount for {m.container_path!r} has no host path")
         if m.propagation not in PROPAGATION_OPTIONS:
             raise SpecError(f"unknown mount propagation {m.propagation!r}")
-        if m.recursive_read_only:
-            raise SpecError("recursive read-only mounts are not supported by this runtime")
         options = ["rbind", PROPAGATION_OPTIONS[m.propagation], "ro" if m.readonly else "rw"]
+        if m.recursive_read_only:
+            _check_recursive_read_only(m)
+            options.append("rro")  # the runtime applies MOUNT_ATTR_RDONLY to every submount (mount_setattr)
         mounts.append({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": options})
     # Later entries are mounted over earlier ones: a kubelet mount at /dev/shm or /etc/hosts wins.
     return mounts
+
+
+def _check_recursive_read_only(m: MountRequest) -> None:
+    """A recursive read-only mount must be read-only and private: a submount propagated in later would escape it."""
+    if not m.readonly:
+        raise SpecError(f"mount {m.container_path}: recursive read-only needs readonly to be set too")
+    if m.propagation != "private":
+        raise SpecError(f"mount {m.container_path}: recursive read-only needs private propagation, "
+                        f"not {m.propagation}")
 
 
 def rootfs_propagation(inputs: ContainerInputs) -> str | None:

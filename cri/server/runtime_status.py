@@ -1,13 +1,27 @@
-"""Status: the RuntimeReady and NetworkReady conditions kubelet gates the node on."""
+"""Status: the RuntimeReady and NetworkReady conditions kubelet gates the node on, and what the runtime can do.
+
+Features are advertised only where they work: kubelet and critest turn them on from these flags alone.
+"""
 
 import json
 
 from cri_api.v1 import api_pb2
 
+from cri.oci import mounts
+
 
 def _condition(kind: str, ready: bool, reason: str, message: str) -> api_pb2.RuntimeCondition:
     return api_pb2.RuntimeCondition(type=kind, status=ready, reason="" if ready else reason,
                                     message="" if ready else message)
+
+
+async def _handler_features(rt, name: str) -> api_pb2.RuntimeHandlerFeatures:
+    path = rt.config.runtime_path(name)
+    rro = path is not None and await mounts.supports_rro(path)
+    # user_namespaces stays False: a pod user namespace needs the sandbox's namespaces to be owned by it and the
+    # rootfs idmapped or chowned to its range, and pycri does neither yet (a container asking for one gets a
+    # user namespace of its own, not the pod's).
+    return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=False)
 
 
 async def status(rt, request, context):
@@ -17,10 +31,15 @@ async def status(rt, request, context):
         status=api_pb2.RuntimeStatus(conditions=[
             _condition("RuntimeReady", runtime_ready, runtime_reason, runtime_message),
             _condition("NetworkReady", network_ready, network_reason, network_message),
-        ])
+        ]),
+        # Merge and Strict are both applied when the container's groups are resolved (cri/oci/users.py).
+        features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
     )
-    for name in rt.config.runtime.handlers:
-        response.runtime_handlers.add(name=name)
+    # The default handler is listed a second time under "": kubelet and critest look a pod without a
+    # RuntimeClass up by that name.
+    default = rt.config.runtime.default_runtime
+    for name in ["", *rt.config.runtime.handlers]:
+        response.runtime_handlers.add(name=name, features=await _handler_features(rt, name or default))
     if request.verbose:
         response.info["config"] = rt.config.model_dump_json()
         response.info["podCIDR"] = json.dumps(rt.pod_cidr)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from cri.oci import mounts
 from cri.oci.mounts import mount_of, propagation_problem
 
 MOUNTINFO = """\
@@ -32,3 +33,25 @@ def test_propagation_needs(path, mode, ok):
     assert (problem is None) is ok
     if problem:
         assert "mount --make-rshared" in problem
+
+
+@pytest.mark.parametrize("release,wanted,expected", [
+    ("6.18.44-fc-v857", (5, 12), True), ("5.12.0", (5, 12), True), ("5.11.22-generic", (5, 12), False),
+    ("5.19.0", (5, 19), True), ("4.19.0-25-amd64", (5, 12), False), ("garbage", (5, 12), False),
+])
+def test_kernel_at_least(release, wanted, expected):
+    assert mounts.kernel_at_least(release, wanted) is expected
+
+
+@pytest.mark.parametrize("features,version,expected", [
+    ('{"mountOptions": ["ro", "rro", "rbind"]}', "", True),        # runc 1.1+ features document
+    ('{"mountOptions": ["ro", "rbind"]}', "", False),
+    ('{"ociVersionMax": "1.0.2"}', "", False),
+    ("not json", "", False),
+    (None, "crun version 1.8.1\ncommit: f8a0\n", True),             # crun before `crun features`
+    (None, "crun version 1.7\n", False),
+    (None, "runc version 1.0.0\n", False),                          # no features document: unknown, so no
+    (None, "", False),
+])
+def test_runtime_supports_rro(features, version, expected):
+    assert mounts.runtime_supports_rro(features, version) is expected

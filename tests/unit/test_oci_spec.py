@@ -176,11 +176,20 @@ def test_a_user_mount_at_etc_hosts_replaces_the_sandbox_one():
 @pytest.mark.parametrize("mount,message", [
     (S.MountRequest("rel", "/h"), "not absolute"), (S.MountRequest("/c", ""), "no host path"),
     (S.MountRequest("/c", "/h", propagation="weird"), "propagation"),
-    (S.MountRequest("/c", "/h", recursive_read_only=True), "recursive"),
+    (S.MountRequest("/c", "/h", recursive_read_only=True), "needs readonly"),
+    (S.MountRequest("/c", "/h", readonly=True, propagation="rslave", recursive_read_only=True), "private"),
+    (S.MountRequest("/c", "/h", readonly=True, propagation="rshared", recursive_read_only=True), "private"),
 ])
 def test_bad_mounts(mount, message):
     with pytest.raises(S.SpecError, match=message):
         S.container_spec(inputs(mounts=[mount]))
+
+
+def test_recursive_read_only_mount_asks_the_runtime_for_rro():
+    spec = S.container_spec(inputs(mounts=[S.MountRequest("/c", "/h", readonly=True, recursive_read_only=True)]))
+    assert mount_at(spec, "/c")["options"] == ["rbind", "rprivate", "ro", "rro"]
+    plain = S.container_spec(inputs(mounts=[S.MountRequest("/c", "/h", readonly=True)]))
+    assert "rro" not in mount_at(plain, "/c")["options"]
 
 
 # --- namespaces ------------------------------------------------------------------------------------------------
