@@ -12,7 +12,7 @@ from cri_api.v1 import api_pb2
 from cri.oci import host
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from tests.integration.test_container_helpers import (container_config, create, env, exec_sync, registry,  # noqa: F401
-                                                      run, status, wait_state)
+                                                      run, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,26 @@ def test_users_groups_and_status_user(env):
         create(d, pod, pod_cfg, container_config("ghost", ["true"], linux=api_pb2.LinuxContainerConfig(
             security_context=api_pb2.LinuxContainerSecurityContext(run_as_username="ghost"))))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ghost" in err.value.details()
+
+
+@pytest.mark.parametrize("policy,groups", [
+    (api_pb2.SupplementalGroupsPolicy.Merge, [1000, 1234, 50000]),  # 50000: the image's /etc/group names u1
+    (api_pb2.SupplementalGroupsPolicy.Strict, [1000, 1234]),
+])
+def test_supplemental_groups_policy(env, policy, groups):
+    d, pod, pod_cfg = env
+    assert d.runtime.Status(api_pb2.StatusRequest(), timeout=30).features.supplemental_groups_policy
+    name = f"groups-{policy}"
+    sc = api_pb2.LinuxContainerSecurityContext(run_as_user=api_pb2.Int64Value(value=1000), supplemental_groups=[1234],
+                                               supplemental_groups_policy=policy)
+    cid = run(d, pod, pod_cfg, container_config(name, ["sh", "-c", "id -G; exec sleep 600"],
+                                                linux=api_pb2.LinuxContainerConfig(security_context=sc)))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    first = wait_log(pod_cfg, name, lambda lines: bool(lines))
+    assert [sorted(int(g) for g in line[2].split()) for line in first] == [groups]  # the container's own process
+    assert sorted(int(g) for g in exec_sync(d, cid, ["id", "-G"]).stdout.split()) == groups  # and an exec
+    user = status(d, cid).status.user.linux
+    assert (user.uid, user.gid, sorted(user.supplemental_groups)) == (1000, 1000, groups)
 
 
 def test_capabilities_default_add_drop_all_and_privileged(env):
