@@ -72,6 +72,24 @@ class ResultCache:
                 entries.append(data)
         return entries
 
+    def entries(self) -> list[dict[str, Any]]:
+        """Every readable entry (for the sweep at start of pods that have no record any more)."""
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            try:
+                data = json.loads((self.dir / name).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if (isinstance(data, dict) and data.get("kind") == CACHE_KIND
+                    and all(isinstance(data.get(k), str) and _SAFE_RE.match(data[k])
+                            for k in ("containerId", "ifName", "networkName"))):
+                found.append(data)
+        return found
+
     def delete(self, network: str, container_id: str, ifname: str) -> None:
         try:
             os.unlink(self._path(network, container_id, ifname))

@@ -210,6 +210,18 @@ class CNIManager:
             await self._run_chain(network, "DEL", pod, netns, entry.get("capabilityArgs") or {}, prev)
             await asyncio.to_thread(self.cache.delete, network.name, pod.id, pod.ifname)
 
+    def cached_pods(self) -> list[PodNetwork]:
+        """Every pod with a cached ADD result, as teardown() needs it (netns as at ADD time, no port mappings:
+        DEL takes those from the cache)."""
+        pods = {}
+        for entry in self.cache.entries():
+            meta = entry.get("pod") if isinstance(entry.get("pod"), dict) else {}
+            pod = PodNetwork(id=entry["containerId"], name=str(meta.get("name", "")),
+                             namespace=str(meta.get("namespace", "")), uid=str(meta.get("uid", "")),
+                             netns=str(entry.get("netns") or ""), ifname=entry["ifName"])
+            pods[(pod.id, pod.ifname)] = pod  # one pod on several networks: teardown DELs them all
+        return list(pods.values())
+
     async def check(self, pod: PodNetwork) -> None:
         """CHECK the pod's attachment with its cached result (CNI 0.4.0+; skipped when the network disables it)."""
         entries = await asyncio.to_thread(self.cache.find, pod.id, pod.ifname)

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -108,6 +109,33 @@ def _has_no_subdirs(directory: str) -> bool:
         return False
 
 
+def find_cgroups(names: set[str]) -> list[str]:
+    """Every directory in every hierarchy whose name is in `names`, wherever its parent is (orphans have no record
+    left to say which parent kubelet gave them); a match is not descended into."""
+    found = []
+    for mount in cgroup_mounts():
+        for directory, subdirs, _ in os.walk(mount):
+            matches = [d for d in subdirs if d in names]
+            found += [os.path.join(directory, d) for d in matches]
+            subdirs[:] = [d for d in subdirs if d not in names]
+    return found
+
+
+def kill_cgroup_processes(directories: list[str]) -> None:
+    """SIGKILL every process in these cgroup directories (once: remove_cgroups then waits for them to go)."""
+    for directory in directories:
+        try:
+            with open(os.path.join(directory, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def move_to_cgroup(pid: int, path: str) -> None:
     for mount in cgroup_mounts():
         with open(mount / clean_cgroup_path(path).lstrip("/") / "cgroup.procs", "w") as f:
@@ -130,6 +158,18 @@ def unmount(target: Path | str) -> None:
     err = ctypes.get_errno()
     if err not in (errno.EINVAL, errno.ENOENT):
         raise Internal(f"unmounting {target}: {os.strerror(err)}")
+
+
+def mounts_below(directory: Path | str) -> list[str]:
+    """Mount points strictly below `directory`, deepest first (so each comes off before what it sits on)."""
+    prefix = str(directory).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if target.startswith(prefix):
+                found.append(target)
+    return sorted(set(found), key=len, reverse=True)
 
 
 # --- the infra process ----------------------------------------------------------------------------------

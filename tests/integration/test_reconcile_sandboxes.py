@@ -9,11 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, mounts_below, pod_config,
-                                               remove_all_pods, veths_on)
+from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, iptables_rules_mentioning,
+                                               mounts_below, pod_config, remove_all_pods, veths_on)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
 from tests.integration.test_sandbox_modes import linux
 
@@ -105,3 +106,101 @@ def test_stop_after_a_crash_does_not_wait_for_a_process_that_reused_the_infra_pa
     finally:
         stranger.kill()
         stranger.wait()
+
+
+# --- orphans: what a crash leaves with no record ------------------------------------------------------------
+
+def _crash_running_a_pod(d, config, point: str) -> str:
+    """Restart the daemon armed at `point`, let RunPodSandbox crash it there; return the half-made pod's id."""
+    d.stop()
+    d.start(env={"PYCRI_FAULT_POINT": point})
+    with pytest.raises(grpc.RpcError) as e:
+        run(d, config)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert d.proc.wait(timeout=30) == -signal.SIGKILL, f"the daemon did not crash at {point}"
+    d.kill()  # closes the channel
+    records = list((d.root / "sandboxes").glob("*.json"))
+    assert len(records) == 1
+    return records[0].stem
+
+
+def _lose_record(d, pod_id: str) -> None:
+    """What a crash can do to a record the host state outlives (or what an admin's rm does)."""
+    _record_path(d, pod_id).unlink()
+
+
+def _cni_cache_entries(d, pod_id: str) -> list[str]:
+    cache = d.root / "cni-cache"
+    return [p.name for p in cache.iterdir() if pod_id in p.name] if cache.exists() else []
+
+
+def _sweep_warnings(d, pod_id: str) -> list[str]:
+    return [line for line in d.log_path.read_text().splitlines() if " WARNING " in line and pod_id in line]
+
+
+def test_a_sandbox_directory_without_a_record_is_unmounted_and_removed_at_start(pods):
+    d, _ = pods
+    config = pod_config("dir-orphan")
+    pod_id = _crash_running_a_pod(d, config, "sandbox.run.after_namespaces")
+    sandbox_dir = d.state_dir / "sandboxes" / pod_id
+    assert len(mounts_below(sandbox_dir)) == 3  # the pinned net, ipc and uts namespaces
+    _lose_record(d, pod_id)
+    stray = d.state_dir / "sandboxes" / "not-a-sandbox"  # not named like ours: left alone
+    stray.mkdir()
+    d.start()
+    assert not sandbox_dir.exists() and not mounts_below(d.state_dir)
+    assert stray.is_dir()
+    assert _sweep_warnings(d, pod_id)
+    assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+    assert status(d, run(d, config)).status.state == api_pb2.SANDBOX_READY
+
+
+def test_a_cached_cni_result_without_a_record_is_deleted_through_the_plugins_at_start(daemon_factory, tmp_path):
+    """The crash comes after the CNI ADD: the DEL from the cache frees the IP lease, the veth and the hostPort
+    rules, though no record names the pod; the pod's shm and namespaces go with its directory."""
+    net = PrivateNetwork(tmp_path)  # with portmap
+    net.install()
+    d = daemon_factory({"network": {"cni_conf_dir": str(net.conf_dir)}})
+    try:
+        host_port = 30000 + os.getpid() % 20000
+        config = pod_config("cni-orphan", port_mappings=[api_pb2.PortMapping(
+            protocol=api_pb2.TCP, container_port=80, host_port=host_port)])
+        pod_id = _crash_running_a_pod(d, config, "sandbox.run.after_network")
+        assert net.leases() and veths_on(net.bridge) and iptables_rules_mentioning(pod_id)
+        assert _cni_cache_entries(d, pod_id)
+        _lose_record(d, pod_id)
+        d.start()
+        assert net.leases() == [] and veths_on(net.bridge) == []
+        assert iptables_rules_mentioning(pod_id) == []
+        assert _cni_cache_entries(d, pod_id) == []
+        assert not mounts_below(d.state_dir) and not (d.state_dir / "sandboxes" / pod_id).exists()
+        assert status(d, run(d, config)).status.state == api_pb2.SANDBOX_READY  # the hostPort is free again
+    finally:
+        remove_all_pods(d)
+        net.cleanup()
+
+
+def test_a_pod_cgroup_without_a_record_loses_its_processes_and_goes_but_another_daemons_stays(pods):
+    """A ready pod whose record is lost: its infra is killed and its cgroup removed. A pycri-<id> cgroup of an
+    id this daemon never made (another daemon's pod on the same host) keeps its process."""
+    d, network = pods
+    pod_id = run(d, pod_config("cgroup-orphan", linux=linux(pid=api_pb2.POD)))
+    details = info(d, pod_id)
+    infra = details["pid"]
+    d.kill()
+    foreign = Path("/sys/fs/cgroup/pids") / details["cgroupParent"].lstrip("/") / f"pycri-{os.urandom(32).hex()}"
+    foreign.mkdir()
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        (foreign / "cgroup.procs").write_text(str(stranger.pid))
+        _lose_record(d, pod_id)
+        d.start()
+        assert cgroup_exists(details["cgroupPath"]) == []
+        assert _stat(infra) is None or _stat(infra)[0] == "Z"
+        assert not mounts_below(d.state_dir) and network.leases() == []
+        assert stranger.poll() is None and foreign.is_dir()
+        assert any("cgroup" in line for line in _sweep_warnings(d, pod_id))
+    finally:
+        stranger.kill()
+        stranger.wait()
+        foreign.rmdir()

@@ -29,3 +29,16 @@ def test_corrupt_entry_reads_as_missing(tmp_path):
 def test_hostile_keys_are_refused(tmp_path, key):
     with pytest.raises(ValueError):
         ResultCache(tmp_path).save(key, "c1", "eth0", {})
+
+
+def test_entries_lists_every_readable_entry_and_skips_torn_or_foreign_ones(tmp_path):
+    """The sweep at start DELs what entries() returns: it must name only entries we wrote, with usable keys."""
+    cache = ResultCache(tmp_path)
+    assert cache.entries() == []
+    for network, cid in (("net", "c1"), ("other", "c1"), ("net", "c2")):
+        cache.save(network, cid, "eth0", {"containerId": cid, "ifName": "eth0", "networkName": network})
+    (tmp_path / "net-c3-eth0.json").write_text("{torn")
+    (tmp_path / "net-c4-eth0.json").write_text('{"kind": "somethingElse", "containerId": "c4"}')
+    cache.save("net", "c5", "eth0", {"containerId": "../c5", "ifName": "eth0", "networkName": "net"})
+    assert sorted((e["networkName"], e["containerId"]) for e in cache.entries()) == [
+        ("net", "c1"), ("net", "c2"), ("other", "c1")]

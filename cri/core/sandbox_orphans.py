@@ -1,0 +1,61 @@
+"""What a crash can leave behind with no sandbox record to name it, found and removed at start.
+
+Only what is provably ours is touched: directories named by a sandbox id under our own state dir, entries of
+our own CNI result cache (under our root), and cgroups named pycri-<id> for an id that one of those two names.
+Another pycri on the same host (another root) may share the cgroup parent, but never our ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from cri.core import sandbox_host as host
+from cri.errors import CRIError
+from netplugins import CNIManager
+
+log = logging.getLogger(__name__)
+
+_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) -> None:
+    """Release the network, kill and remove the cgroups, and unmount and remove the directories of sandbox ids
+    that have no record (`known` holds the ids that do). A failure is logged and retried at the next start."""
+    try:
+        dirs = [p for p in Path(sandboxes_dir).iterdir() if _ID_RE.match(p.name) and p.name not in known]
+    except FileNotFoundError:
+        dirs = []
+    pods = [p for p in (cni.cached_pods() if cni is not None else []) if _ID_RE.match(p.id) and p.id not in known]
+    # The network first, while the netns is still pinned: the plugins then find and delete the veth inside it.
+    for pod in pods:
+        log.warning("sandbox %s has no record but a cached CNI result: running CNI DEL to release its network",
+                    pod.id)
+        try:
+            await cni.teardown(pod)
+        except Exception as e:  # the cache entry stays, so the next start tries again
+            log.warning("CNI DEL for sandbox %s without a record failed: %s", pod.id, e)
+    ids = {d.name for d in dirs} | {p.id for p in pods}
+    if ids:
+        cgroups = await asyncio.to_thread(host.find_cgroups, {f"pycri-{i}" for i in ids})
+        for directory in cgroups:
+            log.warning("cgroup %s belongs to a sandbox without a record: killing its processes, removing it",
+                        directory)
+        host.kill_cgroup_processes(cgroups)
+        try:
+            await host.remove_cgroups(cgroups)
+        except CRIError as e:
+            log.warning("removing cgroups of sandboxes without a record: %s", e)
+    for directory in dirs:
+        log.warning("sandbox directory %s has no record: unmounting its namespaces and /dev/shm, removing it",
+                    directory)
+        try:
+            for target in host.mounts_below(directory):
+                host.unmount(target)
+        except CRIError as e:  # removing the tree under a mount would empty the mount: leave it all for now
+            log.warning("sandbox directory %s stays: %s", directory, e)
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
