@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
-from cri.core import sandbox_host as host
+from cri.core import sandbox_host as host, sandbox_orphans
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls)
 from cri.core.undo import StepFailed, UndoStack, named_error, run_step
@@ -72,9 +72,14 @@ class SandboxManager:
         self._remove_containers = remove_all
 
     async def start(self) -> None:
-        """Load records; undo sandboxes a crash left half-created; mark those whose namespaces died NotReady."""
+        """Load records; undo sandboxes a crash left half-created; mark those whose namespaces died NotReady;
+        then sweep what a crash left with no record at all."""
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        known = set()
         for record in self._store.load_all():
+            known.add(record.id)
+            if not Path(record.sandbox_dir).is_dir():
+                self._forget_host_state(record)
             if record.state == "creating":
                 log.warning("sandbox %s was being created when the daemon stopped; undoing it", record.id)
                 try:
@@ -90,6 +95,20 @@ class SandboxManager:
             if record.state == "ready" and not self._alive(record):
                 record.state = "notready"
                 self._store.save(record, durable=False)
+        await sandbox_orphans.sweep(self._dir, self._cni, known)
+
+    def _forget_host_state(self, record: SandboxRecord) -> None:
+        """The state dir lost the sandbox's directory (a reboot clears it): its namespaces, mounts and processes
+        are gone, and the pids it recorded may name other processes now. Its IP lease and CNI cache entry
+        outlive a reboot, so network_ready stays set for Stop's CNI DEL."""
+        if record.state != "ready" and not record.infra_parent_pid:
+            return
+        log.warning("sandbox %s: its directory %s is gone (the host rebooted?): its namespaces and processes are "
+                    "taken as gone", record.id, record.sandbox_dir)
+        if record.state == "ready":
+            record.state = "notready"
+        record.infra_pid = record.infra_start_time = record.infra_parent_pid = 0
+        self._store.save(record, durable=False)
 
     async def stop(self) -> None:
         """Sandboxes outlive the daemon: nothing to do at shutdown."""
