@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -13,6 +14,10 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from conformance.client import container_config
+from conformance.daemon import _kill_processes_mentioning
+from tests.imagebuild import build_busybox_image
+from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
 from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, iptables_rules_mentioning,
                                                mounts_below, pod_config, remove_all_pods, veths_on)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
@@ -204,3 +209,117 @@ def test_a_pod_cgroup_without_a_record_loses_its_processes_and_goes_but_another_
         stranger.kill()
         stranger.wait()
         foreign.rmdir()
+
+
+# --- a reboot: the state dir, mounts, processes and cgroups are gone; the root, IP leases and CNI cache stay ---
+
+IMAGE = "reboot.test/busybox:1"
+
+
+@pytest.fixture
+def pods_with_image(daemon_factory, network, registry, tmp_path):  # noqa: F811
+    """A daemon on the private network that has pulled IMAGE; returns (daemon, network)."""
+    registry.push("busybox", "1", build_busybox_image())
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'unqualified-search-registries = []\n[[registry]]\nprefix = "reboot.test"\n'
+                    f'location = "{registry.host}"\ninsecure = true\n')
+    d = daemon_factory({"storage": {"registries_conf": str(conf)}, "network": {"cni_conf_dir": str(network.conf_dir)}})
+    d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=IMAGE)), timeout=60)
+    try:
+        yield d, network
+    finally:
+        d.remove_everything()
+
+
+def _cgroup_dirs(cgroup_path: str) -> list[Path]:
+    return [m / cgroup_path.lstrip("/") for m in Path("/sys/fs/cgroup").iterdir()
+            if (m / cgroup_path.lstrip("/")).is_dir()]
+
+
+def _simulate_reboot(d, cgroup_paths: list[str]) -> None:
+    """What a reboot does to a stopped daemon's host state, short of rebooting: every process of the pod and its
+    containers dies, every mount goes, the state dir (a tmpfs like /run) is emptied and the cgroups vanish."""
+    for path in cgroup_paths:
+        for directory in _cgroup_dirs(path):
+            for pid in (directory / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    _kill_processes_mentioning(d.base)  # conmon
+    for path in cgroup_paths:
+        _wait_until(lambda: all(not (c / "cgroup.procs").read_text().strip() for c in _cgroup_dirs(path)),
+                    f"the processes of {path} are gone")
+    for target in mounts_below(d.base)[::-1]:  # /proc/self/mounts lists a mount before what is stacked on it
+        subprocess.run(["umount", "-l", target], check=True)
+    shutil.rmtree(d.state_dir)
+    for path in cgroup_paths:
+        for directory in sorted(_cgroup_dirs(path), key=lambda p: len(str(p)), reverse=True):
+            for child in sorted((p for p in directory.rglob("*") if p.is_dir()), key=lambda p: -len(str(p))):
+                child.rmdir()
+            directory.rmdir()
+
+
+def test_after_a_simulated_reboot_the_pod_is_notready_and_stop_releases_its_ip_lease(pods_with_image):
+    d, network = pods_with_image
+    config = pod_config("rebooted", linux=linux(pid=api_pb2.POD))
+    pod_id = run(d, config)
+    details = info(d, pod_id)
+    ctr = d.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, sandbox_config=config, config=container_config("sleeper", IMAGE, ["sleep", "3600"])),
+        timeout=60).container_id
+    d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=ctr), timeout=60)
+    ctr_info = json.loads(d.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(
+        container_id=ctr, verbose=True), timeout=30).info["info"])
+    assert network.leases()
+    d.kill()
+    conmon_cgroup = ctr_info["cgroupsPath"].replace("/pycri-", "/pycri-conmon-")
+    _simulate_reboot(d, [details["cgroupPath"], ctr_info["cgroupsPath"], conmon_cgroup])
+    assert network.leases() and _cni_cache_entries(d, pod_id)  # on disk, they outlive the reboot
+    d.start()
+
+    assert status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY
+    stop(d, pod_id)
+    assert network.leases() == [] and _cni_cache_entries(d, pod_id) == []
+    state = d.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=ctr), timeout=30).status.state
+    assert state == api_pb2.CONTAINER_EXITED
+    remove(d, pod_id)
+    assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+    assert d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+    assert not _record_path(d, pod_id).exists()
+    assert not mounts_below(d.base) and veths_on(network.bridge) == []
+    for path in (details["cgroupPath"], ctr_info["cgroupsPath"], conmon_cgroup):
+        assert _cgroup_dirs(path) == []
+
+    again = run(d, config)  # the name is free again, and the pod network works
+    assert status(d, again).status.state == api_pb2.SANDBOX_READY
+    assert len(network.leases()) == 1
+
+
+def test_after_a_simulated_reboot_nothing_recorded_is_trusted_to_still_be_ours(pods):
+    """A host-network pod pins nothing, yet it is NotReady after a reboot too. The pids a pod recorded may name
+    other processes after a reboot, with start times below the recorded ones (the clock restarted at boot):
+    Stop must not kill them."""
+    d, network = pods
+    host_pod = run(d, pod_config("rebooted-host", linux=linux(network=api_pb2.NODE)))
+    infra_pod = run(d, pod_config("rebooted-infra", linux=linux(pid=api_pb2.POD)))
+    cgroups = [info(d, p)["cgroupPath"] for p in (host_pod, infra_pod)]
+    d.kill()
+    _simulate_reboot(d, cgroups)
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        record = json.loads(_record_path(d, infra_pod).read_text())
+        record["infra_parent_pid"] = stranger.pid
+        record["infra_start_time"] = 10 ** 12  # taken in the previous boot, when the clock had run for longer
+        _record_path(d, infra_pod).write_text(json.dumps(record))
+        d.start()
+        for pod_id in (host_pod, infra_pod):
+            assert status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY
+            stop(d, pod_id)
+            remove(d, pod_id)
+        assert stranger.poll() is None, "Stop killed a process that merely has a pid the pod recorded before the reboot"
+        assert network.leases() == [] and not mounts_below(d.base)
+        assert all(_cgroup_dirs(path) == [] for path in cgroups)
+    finally:
+        stranger.kill()
+        stranger.wait()
