@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cri.core import events as ev
 from cri.core.sandboxes import UndoStack
+from cri.core.streams import container_process, exec_process
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cri.oci import cgroups, host, mounts as oci_mounts, spec as oci_spec
 from cri.oci.conmon import BundlePaths, Conmon
@@ -648,7 +649,8 @@ class ContainerManager:
             raise InvalidArgument("exec command must not be empty")
         pid_file = Path(record.bundle) / f"exec-{os.urandom(6).hex()}.pid"
         try:
-            return await self.runtime(record.runtime_handler).exec_sync(record.id, argv, timeout, pid_file)
+            process = exec_process(container_process(Path(record.bundle)), argv, tty=False)
+            return await self.runtime(record.runtime_handler).exec_sync(record.id, process, timeout, pid_file)
         except OCIRuntimeError as e:
             raise Internal(f"exec in container {record.id}: {e}") from e
 

@@ -63,7 +63,7 @@ class CoreStreams:
         pid_file = scratch / "pid"
         try:
             process_file = scratch / "process.json"
-            process_file.write_text(json.dumps(exec_process(_container_process(Path(record.bundle)), cmd, tty)))
+            process_file.write_text(json.dumps(exec_process(container_process(Path(record.bundle)), cmd, tty)))
             base = [runtime.path, *runtime.global_args, "exec", "--process", str(process_file),
                     "--pid-file", str(pid_file)]
             if tty:
@@ -188,7 +188,8 @@ async def _exec_tty(base: list[str], container_id: str, console_path: Path, pid_
             pty.close()
 
 
-def _container_process(bundle: Path) -> dict:
+def container_process(bundle: Path) -> dict:
+    """The container's own OCI process, from its bundle's config.json: what every exec starts from."""
     try:
         return json.loads(BundlePaths(bundle).config.read_text())["process"]
     except (OSError, ValueError, KeyError) as e:

@@ -112,13 +112,18 @@ class OCIRuntime:
     async def update(self, container_id: str, resources: dict) -> None:
         await self._run("update", "--resources", "-", container_id, stdin=json.dumps(resources).encode())
 
-    async def exec_sync(self, container_id: str, argv: list[str], timeout: float | None, pid_file: Path,
+    async def exec_sync(self, container_id: str, process: dict, timeout: float | None, pid_file: Path,
                         output_cap: int = EXEC_OUTPUT_CAP) -> ExecResult:
-        """Run ``argv`` in the container and collect its output (capped); on timeout kill the process itself.
+        """Run the OCI ``process`` in the container and collect its output (capped); on timeout kill the process.
 
-        Killing the exec'd process (not runc) lets runc reap it, so no zombie and no orphan is left behind.
+        The process goes whole through --process (written beside ``pid_file``): crun's exec takes no user or
+        groups from the container's spec. Killing the exec'd process (not runc) lets runc reap it, so no zombie
+        and no orphan is left behind.
         """
-        cmd = [self.path, *self.global_args, "exec", "--pid-file", str(pid_file), container_id, *argv]
+        process_file = pid_file.with_suffix(".json")
+        process_file.write_text(json.dumps(process))
+        cmd = [self.path, *self.global_args, "exec", "--process", str(process_file), "--pid-file", str(pid_file),
+               container_id]
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err, budget = bytearray(), bytearray(), _Capped(output_cap)
@@ -144,10 +149,8 @@ class OCIRuntime:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            try:
-                pid_file.unlink()
-            except FileNotFoundError:
-                pass
+            pid_file.unlink(missing_ok=True)
+            process_file.unlink(missing_ok=True)
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
         return ExecResult(code, bytes(out), bytes(err), timed_out)
 
