@@ -76,11 +76,11 @@ def snapshot(watch_dirs: list[Path] = (), cgroup_marker: str = "", iptables_mark
              scope: str = "", bridge: str = "") -> dict[str, set[str]]:
     """Host state that a runtime creates; `watch_dirs` are folders whose files count too.
 
-    `scope` (a daemon's base directory) keeps only the mounts and processes that name it, and
+    `scope` (a daemon's base directory) keeps only the mounts, /run/netns files and processes that name it, and
     `bridge` only the veths on that bridge, so that other runtimes on the host are not counted."""
     state = {
         "mounts": {m for m in _mounts() if scope in m},
-        "netns": {str(p) for d in (Path("/run/netns"),) if d.exists() for p in d.iterdir()},
+        "netns": {str(p) for d in (Path("/run/netns"),) if d.exists() for p in d.iterdir() if scope in str(p)},
         "veth": _veths(bridge),
         "processes": _processes(scope),
         "cgroups": _cgroups(cgroup_marker),
