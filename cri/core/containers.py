@@ -150,6 +150,8 @@ class ContainerManager:
         self._deleting: dict[str, asyncio.Future] = {}
         self._spawning: dict[str, asyncio.Future] = {}
         self._starting: set[str] = set()
+        self._in_flight: dict[str, set[asyncio.Event]] = {}  # sandbox id -> its CreateContainers still running
+        self._closing: set[str] = set()  # sandboxes being stopped or removed: no new container may start creating
 
     # --- lifetime ---------------------------------------------------------------------------------------
 
@@ -226,6 +228,22 @@ class ContainerManager:
     # --- create -----------------------------------------------------------------------------------------
 
     async def create(self, request: ContainerRequest) -> ContainerRecord:
+        """Create, counted as in flight in its sandbox: StopPodSandbox and RemovePodSandbox wait for it, so a
+        container never outlives (or is made in) a pod torn down meanwhile."""
+        sandbox_id = self.sandboxes.get(request.sandbox_id).id
+        if sandbox_id in self._closing:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id} is being stopped")
+        done = asyncio.Event()
+        self._in_flight.setdefault(sandbox_id, set()).add(done)
+        try:
+            return await self._create(request)
+        finally:
+            done.set()
+            self._in_flight[sandbox_id].discard(done)
+            if not self._in_flight[sandbox_id]:
+                del self._in_flight[sandbox_id]
+
+    async def _create(self, request: ContainerRequest) -> ContainerRecord:
         sandbox = self.sandboxes.get(request.sandbox_id)
         if sandbox.state != "ready":
             raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready (state {sandbox.state})")
@@ -600,11 +618,19 @@ class ContainerManager:
         self._conmon.exit_file(record.id).unlink(missing_ok=True)
         self._store.delete(record.id)
 
+    async def _close(self, sandbox_id: str) -> None:
+        """Refuse new creates in the sandbox and wait for those in flight, whose containers then count."""
+        self._closing = {s for s in self._closing if self.sandboxes.find(s) is not None}  # forget removed ones
+        self._closing.add(sandbox_id)
+        await asyncio.gather(*(done.wait() for done in list(self._in_flight.get(sandbox_id, ()))))
+
     async def stop_all_in_sandbox(self, sandbox_id: str) -> None:
+        await self._close(sandbox_id)
         records = [r for r in self._index if r.sandbox_id == sandbox_id]
         await asyncio.gather(*(self.stop_container(r.id, 0) for r in records))
 
     async def remove_all_in_sandbox(self, sandbox_id: str) -> None:
+        await self._close(sandbox_id)
         records = [r for r in self._index if r.sandbox_id == sandbox_id]
         await asyncio.gather(*(self.remove_container(r.id) for r in records))
 

@@ -299,3 +299,24 @@ def test_repeated_concurrent_stops_and_removes_are_idempotent(world):
     assert w.pods() == [] and outcome(w.pod_status, pod_id)[0] == "NOT_FOUND"
     assert w.net.leases() == []
     assert leaks(before, w.host_state()) == {}
+
+
+def test_containers_created_while_their_pod_is_removed_do_not_outlive_it(world):
+    """kubelet's CreateContainer timed out and the pod was deleted while the daemon still creates: every
+    create either made a container that the pod's removal took along, or failed; none is orphaned."""
+    w = world
+    w.pull()
+    before = w.host_state()
+    configs = [w.pod(f"gone{i}") for i in range(5)]
+    pod_ids = [w.run_pod(c) for c in configs]
+
+    def creates_and_removal(pod_id: str, pod: api_pb2.PodSandboxConfig) -> list[tuple[str, object]]:
+        calls = [lambda n=n: outcome(w.create, pod_id, pod, w.container(n)) for n in ("a", "b", "c")]
+        return all_at_once(calls + [lambda: outcome(w.remove_pod, pod_id)])
+
+    results = all_at_once([lambda p=p, c=c: creates_and_removal(p, c) for p, c in zip(pod_ids, configs)])
+    for per_pod in results:
+        assert per_pod[-1][0] == "ok", per_pod
+        assert {code for code, _ in per_pod[:-1]} <= {"ok", "NOT_FOUND", "FAILED_PRECONDITION"}, per_pod
+    assert w.pods() == [] and w.containers() == []
+    assert leaks(before, w.host_state()) == {}
