@@ -320,3 +320,28 @@ def test_containers_created_while_their_pod_is_removed_do_not_outlive_it(world):
         assert {code for code, _ in per_pod[:-1]} <= {"ok", "NOT_FOUND", "FAILED_PRECONDITION"}, per_pod
     assert w.pods() == [] and w.containers() == []
     assert leaks(before, w.host_state()) == {}
+
+
+def test_containers_started_while_their_pod_stops_are_not_left_running(world):
+    """A StartContainer that loses the race with StopPodSandbox fails or is stopped with the pod: a stopped pod
+    runs nothing."""
+    w = world
+    w.pull()
+    before = w.host_state()
+    configs = [w.pod(f"halt{i}") for i in range(5)]
+    pod_ids = [w.run_pod(c) for c in configs]
+    cids = {p: [w.create(p, c, w.container(n)) for n in ("a", "b")] for p, c in zip(pod_ids, configs)}
+
+    def starts_and_stop(pod_id: str) -> list[tuple[str, object]]:
+        return all_at_once([lambda c=c: outcome(w.start, c) for c in cids[pod_id]]
+                           + [lambda: outcome(w.stop_pod, pod_id)])
+
+    results = all_at_once([lambda p=p: starts_and_stop(p) for p in pod_ids])
+    for per_pod in results:
+        assert per_pod[-1][0] == "ok", per_pod
+        assert {code for code, _ in per_pod[:-1]} <= {"ok", "FAILED_PRECONDITION"}, per_pod
+    assert all(w.pod_status(p).state == api_pb2.SANDBOX_NOTREADY for p in pod_ids)
+    states = {c.id: c.state for c in w.containers()}
+    assert len(states) == 10 and api_pb2.CONTAINER_RUNNING not in states.values(), states
+    all_at_once([lambda p=p: w.remove_pod(p) for p in pod_ids])
+    assert leaks(before, w.host_state()) == {}
