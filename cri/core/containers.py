@@ -23,6 +23,7 @@ from cri.core import events as ev
 from cri.core.sandboxes import UndoStack
 from cri.core.streams import container_process, exec_process
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
+from cri.faults import crash_point
 from cri.oci import cgroups, host, mounts as oci_mounts, spec as oci_spec
 from cri.oci.conmon import BundlePaths, Conmon
 from cri.oci.exitwatch import ExitWatcher, read_exit_status
@@ -31,7 +32,7 @@ from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 from cri.oci.users import UserRequest, UserResolutionError, resolve_user
 from cri.state.container_record import ContainerRecord, ContainerRequest, ResourcesSpec
-from cri.state.ids import new_id
+from cri.state.ids import new_id, valid_id
 from cri.state.index import Index, NameRegistry
 from cri.state.store import RecordStore, atomic_write_bytes
 
@@ -44,6 +45,7 @@ EXEC_STATES = {"running"}
 MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
 KILL_WAIT = 10.0  # after SIGKILL, how long conmon may take to report the exit
 LOG_REOPEN_WAIT = 5.0
+MONITOR_EXIT_WAIT = 2.0  # after the container's exit, how long conmon may take to drain its output and leave
 
 
 @dataclass
@@ -79,6 +81,48 @@ def _is_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return pid > 0
+
+
+async def _monitor_gone(pid: int, container_id: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _is_monitor_of(pid, container_id):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _mtime_ns(path: Path) -> int:
+    """When a file last changed (an exit file: the exit; a runtime state dir: the start); now if it is gone."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return time.time_ns()
+
+
+def _bundle_cgroups(bundle: Path, container_id: str) -> list[str]:
+    """The container's and its conmon's cgroups, from the bundle's config.json (for orphans, which have no record)."""
+    try:
+        path = json.loads(BundlePaths(bundle).config.read_text())["linux"]["cgroupsPath"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(path, str) or not path.strip("/") or ".." in path.split("/"):
+        return []
+    return [path, f"{os.path.dirname(path.rstrip('/'))}/pycri-conmon-{container_id}"]
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _background(work, what: str) -> asyncio.Future:
@@ -152,14 +196,18 @@ class ContainerManager:
         self._starting: set[str] = set()
         self._in_flight: dict[str, set[asyncio.Event]] = {}  # sandbox id -> its CreateContainers still running
         self._closing: set[str] = set()  # sandboxes being stopped or removed: no new container may start creating
+        self._abandoned: set[str] = set()              # reserved names a retry of CreateContainer may claim
+        self._creating: dict[str, asyncio.Event] = {}  # reserved name -> set when its CreateContainer ends
 
     # --- lifetime ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load records; apply exits that happened while the daemon was down; watch for new ones."""
+        """Load records and reconcile them with the runtimes and conmon's exit files; remove orphans; watch."""
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         self._watcher.start()
-        for record in self._store.load_all():
+        records = self._store.load_all()
+        live = await self._runtime_containers()
+        for record in records:
             if record.state == "creating":
                 log.warning("container %s was being created when the daemon stopped; undoing it", record.id)
                 try:
@@ -173,14 +221,108 @@ class ContainerManager:
                 log.error("container %s: %s; it stays listed so it can be removed", record.id, e)
             self._index.add(record.id, record)
             if record.state in ("created", "running"):
-                if read_exit_status(self._conmon.exit_file(record.id)) is not None:
-                    self._apply_exit(record)
-                elif record.conmon_pid and _is_monitor_of(record.conmon_pid, record.id):
-                    self._watch_monitor(record)
-                elif record.conmon_pid:  # conmon died while we were down, without writing an exit
-                    _background(self._monitor_lost(record), f"handling the lost monitor of {record.id}")
+                handler = record.runtime_handler or self.config.runtime.default_runtime
+                await self._reconcile(record, live.get(handler))
+            if record.state == "created":  # its CreateContainer's reply may have been lost with the daemon
+                self._abandoned.add(record.reserved_name)
+        await self._remove_orphans(live)
         self.sandboxes.set_container_hooks(self.stop_all_in_sandbox, self.remove_all_in_sandbox)
         self.images.set_in_use(self.image_in_use)
+
+    async def _runtime_containers(self) -> dict[str, dict[str, dict]]:
+        """handler -> {id: the runtime's `list` entry}, for every handler whose runtime could list its root.
+
+        A handler missing here knows nothing: its containers are not taken for gone.
+        """
+        found: dict[str, dict[str, dict]] = {}
+        for name in self.config.runtime.handlers:
+            try:
+                found[name] = {entry.get("id", ""): entry for entry in await self.runtime(name).list()}
+            except (CRIError, OCIRuntimeError, ValueError) as e:
+                log.warning("listing the containers of runtime handler %s: %s", name, e)
+        return found
+
+    async def _reconcile(self, record: ContainerRecord, listed: dict[str, dict] | None) -> None:
+        """Make a created/running record tell the truth the runtime and conmon know after the daemon's absence.
+
+        ``listed`` is its runtime's containers, None when the runtime could not say.
+        """
+        if read_exit_status(self._conmon.exit_file(record.id)) is not None:
+            self._apply_exit(record)
+            return
+        entry = listed.get(record.id) if listed is not None else None
+        status = entry.get("status") if entry else None
+        monitor_alive = _is_monitor_of(record.conmon_pid, record.id) if record.conmon_pid else False
+        if record.state == "created" and not record.pid:  # the daemon died inside the runtime create
+            conmon_pid = _read_pid(BundlePaths(Path(record.bundle)).conmon_pid_file)
+            if status == "created" and conmon_pid and _is_monitor_of(conmon_pid, record.id):
+                log.info("container %s: finishing its create, interrupted by the daemon's stop", record.id)
+                record.pid, record.conmon_pid = int(entry.get("pid") or 0), conmon_pid
+                self._save(record)
+                self._watch_monitor(record)
+                return
+            log.warning("container %s: its create was interrupted by the daemon's stop; undoing it", record.id)
+            if conmon_pid and _is_monitor_of(conmon_pid, record.id):
+                _kill(conmon_pid)
+            self._record_exit(record, 128, "StartError", time.time_ns(),
+                              "the daemon stopped while the container was being created")
+            return
+        if listed is not None and entry is None:
+            log.warning("container %s: gone from runtime %s while the daemon was down", record.id,
+                        record.runtime_handler)
+            self._record_exit(record, 255, "Error", time.time_ns(),
+                              "the container was gone when pycri restarted (the host rebooted, or it was "
+                              "deleted outside pycri); its exit status is unknown")
+            return
+        if not monitor_alive:  # conmon died while we were down, without writing an exit
+            _background(self._monitor_lost(record), f"handling the lost monitor of {record.id}")
+            return
+        if record.state == "created" and status in ("running", "paused"):  # started, then the daemon died
+            record.state = "running"
+            record.started_at = _mtime_ns(self.runtime(record.runtime_handler).root / record.id)
+            self._save(record)
+        self._watch_monitor(record)
+
+    async def _remove_orphans(self, live: dict[str, dict[str, dict]]) -> None:
+        """What a crash left with no record: bundles and what they name, rootfs mounts, exit files."""
+        known = {r.id for r in self._index}
+        for path in sorted(self._dir.iterdir()):
+            if path.is_dir() and valid_id(path.name) and path.name not in known:
+                await self._remove_orphan(path.name, live)
+        for name in set(self.images.rootfs_ids()) - known:
+            log.warning("removing orphan rootfs of container %s (no record)", name)
+            try:
+                await self.images.remove_rootfs(name)
+            except Exception as e:
+                log.error("removing orphan rootfs %s: %s", name, e)
+        for path in self._exit_dir.iterdir():
+            if path.name.split(".")[0] not in known:
+                log.info("removing stale exit file %s", path)
+                path.unlink(missing_ok=True)
+
+    async def _remove_orphan(self, container_id: str, live: dict[str, dict[str, dict]]) -> None:
+        """A bundle with no record: kill its conmon, delete its runtime container, remove its cgroups and itself.
+
+        Only a runtime container whose bundle we made counts as ours; conmon goes first, so that it writes no
+        exit file for the delete.
+        """
+        bundle = self._dir / container_id
+        log.warning("removing orphan container %s (a bundle with no record)", container_id)
+        conmon_pid = _read_pid(BundlePaths(bundle).conmon_pid_file)
+        if conmon_pid and _is_monitor_of(conmon_pid, container_id):
+            _kill(conmon_pid)
+            await _monitor_gone(conmon_pid, container_id, KILL_WAIT)
+        for handler, listed in live.items():
+            if container_id in listed:
+                try:
+                    await self.runtime(handler).delete(container_id, force=True)
+                except OCIRuntimeError as e:
+                    log.error("removing orphan container %s from runtime %s: %s", container_id, handler, e)
+        for path in _bundle_cgroups(bundle, container_id):
+            failed = await asyncio.to_thread(cgroups.remove, path)
+            if failed:
+                log.error("orphan container %s: cgroups not removed: %s", container_id, failed)
+        shutil.rmtree(bundle, ignore_errors=True)
 
     async def stop(self) -> None:
         """Containers outlive the daemon: finish the creates and deletes in flight, then stop watching."""
@@ -253,11 +395,15 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {request.image!r} not found")
         self._check_lsm(request)
+        reserved = self._reserved_name(request, sandbox)
+        claimed = await self._claim_abandoned(reserved, request)
+        if claimed is not None:
+            log.info("container %s: handing the result of an unanswered CreateContainer to its retry", claimed.id)
+            return claimed
         handler = sandbox.runtime_handler or self.config.runtime.default_runtime
         runtime = self.runtime(handler)
         await self._check_recursive_read_only(request, handler, runtime)
         container_id = new_id()
-        reserved = f"{request.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{request.attempt}"
         bundle = self._dir / container_id
         parent = (sandbox.cgroup_parent or "/pycri").rstrip("/")
         log_path = container_log_path(sandbox.log_directory, request.log_path)
@@ -266,20 +412,24 @@ class ContainerManager:
             reserved_name=reserved, created_at=time.time_ns(), image=request.image,
             image_ref=(image.repo_digests[0] if image.repo_digests else image.id), image_id=image.id,
             runtime_handler=handler, bundle=str(bundle), log_path=log_path,
-            cgroups_path=f"{parent}/pycri-{container_id}", stop_signal=request.stop_signal or image.stop_signal,
+            cgroups_path=f"{parent}/pycri-{container_id}", conmon_cgroup=f"{parent}/pycri-conmon-{container_id}",
+            stop_signal=request.stop_signal or image.stop_signal,
             labels=request.labels, annotations=request.annotations, mounts=request.mounts,
             resources=request.resources, tty=request.tty, stdin=request.stdin, stdin_once=request.stdin_once,
             request=request.model_dump(mode="json"))
         self._names.reserve(reserved, container_id)
         undo = UndoStack()
         undo.push("release the name", lambda: self._names.release(reserved, container_id))
+        creating = self._creating[reserved] = asyncio.Event()
         try:
             self._save(record)
             undo.push("delete the record", lambda: self._store.delete(container_id))
+            crash_point("container.create.after_record")
             bundle.mkdir(mode=0o700)
             undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
             rootfs = await self.images.create_rootfs(container_id, image.id)  # storage errors map themselves
             undo.push("remove the rootfs", lambda: self.images.remove_rootfs(container_id))
+            crash_point("container.create.after_rootfs")
             record.rootfs = str(rootfs.path)
             spec = await asyncio.to_thread(self._build_spec, record, request, sandbox, image, rootfs.path)
             atomic_write_bytes(BundlePaths(bundle).config, json.dumps(spec).encode(), durable=False)
@@ -290,6 +440,9 @@ class ContainerManager:
         except BaseException:
             await undo.unwind()
             raise
+        finally:
+            creating.set()
+            del self._creating[reserved]
         self._index.add(container_id, record)
         # conmon + `runtime create` cost ~20 ms with runc: they run while the reply travels and the caller
         # prepares StartContainer, which waits for them (see _spawned). Measured on this machine: create+start
@@ -304,7 +457,7 @@ class ContainerManager:
             created = await self._conmon.create_container(
                 runtime, record.id, Path(record.bundle), record.log_path, request.name,
                 stdin=request.stdin, stdin_once=request.stdin_once, tty=request.tty,
-                log_size_max=self.config.runtime.log_size_max)
+                log_size_max=self.config.runtime.log_size_max, cgroup=record.conmon_cgroup)
         except Exception as e:
             if record.state == "created":
                 record.state, record.exit_code, record.reason = "exited", 128, "StartError"
@@ -313,9 +466,41 @@ class ContainerManager:
                 self._save(record)
                 self._publish(record, ev.STOPPED)
             raise
+        crash_point("container.create.after_runtime")
         record.pid, record.conmon_pid = created.pid, created.conmon_pid
         self._save(record)
         self._watch_monitor(record)
+
+    @staticmethod
+    def _reserved_name(request: ContainerRequest, sandbox) -> str:
+        return f"{request.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{request.attempt}"
+
+    def mark_abandoned(self, request: ContainerRequest) -> None:
+        """The caller gave up before CreateContainer returned: its retry gets that container, not 'name is
+        reserved'."""
+        sandbox = self.sandboxes.find(request.sandbox_id)
+        if sandbox is not None:
+            self._abandoned.add(self._reserved_name(request, sandbox))
+
+    async def _claim_abandoned(self, reserved: str, request: ContainerRequest) -> ContainerRecord | None:
+        """The container an unanswered create made under this name, once, if the retry asks for the same thing.
+
+        A different request under the name does not use up the claim: it fails as a duplicate.
+        """
+        if reserved not in self._abandoned:
+            return None
+        creating = self._creating.get(reserved)
+        if creating is not None:  # the retry came while the first attempt still runs: wait for it
+            await creating.wait()
+        holder = self._names.holder(reserved)
+        record = self._index.find(holder) if holder else None
+        if record is None or record.state != "created":
+            self._abandoned.discard(reserved)
+            return None
+        if record.request != request.model_dump(mode="json") or reserved not in self._abandoned:
+            return None
+        self._abandoned.discard(reserved)
+        return record
 
     async def _spawned(self, record: ContainerRecord) -> None:
         """Wait for the runtime create started by CreateContainer; raise its error, once, if it failed."""
@@ -450,6 +635,7 @@ class ContainerManager:
                 raise Internal(f"starting container {record.id}: {e}") from e
             finally:
                 self._starting.discard(record.id)
+            crash_point("container.start.after_runtime")
             if record.state == "created":  # else an immediate exit was applied, and marked the start first
                 self._mark_running(record)
 
@@ -503,11 +689,10 @@ class ContainerManager:
         code = read_exit_status(exit_file)
         if code is None:
             return
-        try:
-            finished = exit_file.stat().st_mtime_ns
-        except OSError:
-            finished = time.time_ns()
         oom = BundlePaths(Path(record.bundle)).oom_file.exists()
+        self._record_exit(record, code, exit_reason(code, oom), _mtime_ns(exit_file))
+
+    def _record_exit(self, record: ContainerRecord, code: int, reason: str, finished: int, message: str = "") -> None:
         if record.id in self._starting and record.state == "created":
             self._mark_running(record)  # it exited before `runtime start` returned: started, then stopped
         if record.started_at == 0 or record.started_at > finished:  # our start stamp came after its exit
@@ -515,7 +700,9 @@ class ContainerManager:
         record.state = "exited"
         record.finished_at = finished
         record.exit_code = code
-        record.reason = exit_reason(code, oom)
+        record.reason = reason
+        if message:
+            record.message = message
         self._save(record)
         self._cpu_samples.pop(record.id, None)
         # runc's delete of a stopped container takes ~15 ms (it waits for the cgroup to empty): do it now, in
@@ -561,6 +748,7 @@ class ContainerManager:
                 await runtime.kill(record.id, signal_number(record.stop_signal))
             except OCIRuntimeError as e:
                 log.debug("stop signal to %s: %s", record.id, e)
+            crash_point("container.stop.after_signal")
             if await self._wait_exit(record, timeout):
                 return
         try:
@@ -606,17 +794,34 @@ class ContainerManager:
             log.warning("container %s: cgroups not removed: %s", record.id, failed)
 
     async def _destroy(self, record: ContainerRecord) -> None:
-        """Undo everything a container may have; used by remove and for half-created records."""
-        # The rootfs is mounted in the host's namespace, so runc's delete and the unmount are independent.
+        """Undo everything a container may have; used by remove and for half-created records.
+
+        The rootfs is mounted in the host's namespace, so runc's delete, the unmount and conmon's leaving are
+        independent. The record goes last: a crash before that leaves it naming what is left to remove.
+        """
         results = await asyncio.gather(self._runtime_deleted(record), self.images.remove_rootfs(record.id),
-                                       return_exceptions=True)
+                                       self._retire_monitor(record), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise Internal(f"removing container {record.id}: {errors[0]}") from errors[0]
+        crash_point("container.remove.after_runtime")
         if record.bundle:
             shutil.rmtree(record.bundle, ignore_errors=True)
         self._conmon.exit_file(record.id).unlink(missing_ok=True)
         self._store.delete(record.id)
+
+    async def _retire_monitor(self, record: ContainerRecord) -> None:
+        """conmon leaves once the container's output is drained; give it a moment, then remove its cgroup."""
+        pid = record.conmon_pid
+        if pid and not await _monitor_gone(pid, record.id, MONITOR_EXIT_WAIT):
+            log.warning("container %s: conmon (pid %d) outlived its container; killing it", record.id, pid)
+            _kill(pid)
+            if not await _monitor_gone(pid, record.id, KILL_WAIT):
+                raise Internal(f"conmon (pid {pid}) did not exit {KILL_WAIT}s after SIGKILL")
+        if record.conmon_cgroup:
+            failed = await asyncio.to_thread(cgroups.remove, record.conmon_cgroup)
+            if failed:
+                raise Internal(f"conmon's cgroups not removed: {failed}")
 
     async def _close(self, sandbox_id: str) -> None:
         """Refuse new creates in the sandbox and wait for those in flight, whose containers then count."""

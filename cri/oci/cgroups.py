@@ -52,19 +52,46 @@ def layout() -> Layout:
     return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
 
 
-def cgroup_dirs(cgroups_path: str, lay: Layout | None = None) -> list[Path]:
-    """Every directory that backs ``cgroups_path`` (one per mounted hierarchy)."""
+def hierarchies(lay: Layout | None = None) -> list[Path]:
+    """Mount points of every hierarchy a container's cgroup lives in."""
     lay = lay or layout()
-    relative = cgroups_path.strip("/")
     if lay.is_v2:
-        return [lay.unified / relative]
+        return [lay.unified]
     mounts = list(dict.fromkeys(lay.v1.values()))
     named = CGROUP_ROOT / "systemd"
     if named.is_dir() and named not in mounts:
         mounts.append(named)
     if lay.unified is not None:  # hybrid: runc mirrors the cgroup in the unified hierarchy too
         mounts.append(lay.unified)
-    return [m / relative for m in mounts]
+    return mounts
+
+
+def cgroup_dirs(cgroups_path: str, lay: Layout | None = None) -> list[Path]:
+    """Every directory that backs ``cgroups_path`` (one per mounted hierarchy)."""
+    relative = cgroups_path.strip("/")
+    return [m / relative for m in hierarchies(lay)]
+
+
+def place(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:
+    """Create ``cgroups_path`` in every hierarchy and move ``pid`` into it.
+
+    A new v1 cpuset cgroup starts with no cpus and mems, which refuses every task: it gets its parent's.
+    """
+    parts = [p for p in cgroups_path.split("/") if p]
+    if not parts or ".." in parts:
+        raise ValueError(f"cgroup path {cgroups_path!r} must be a non-empty path below the root")
+    for mount in hierarchies(lay):
+        current = mount
+        for part in parts:
+            parent, current = current, current / part
+            try:
+                os.mkdir(current, 0o755)
+            except FileExistsError:
+                continue
+            if (parent / "cpuset.cpus").exists():
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    (current / name).write_text((parent / name).read_text())
+        (current / "cgroup.procs").write_text(str(pid))
 
 
 def remove(cgroups_path: str, lay: Layout | None = None) -> list[str]:

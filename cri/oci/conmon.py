@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cri.oci import cgroups
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 
 CREATE_TIMEOUT = 60.0
@@ -72,8 +73,12 @@ class Conmon:
 
     async def create_container(self, runtime: OCIRuntime, container_id: str, bundle: Path, log_path: str,
                                name: str, stdin: bool = False, stdin_once: bool = False, tty: bool = False,
-                               log_size_max: int = -1, timeout: float = CREATE_TIMEOUT) -> Created:
-        """Start conmon, which runs ``runtime create``; return the container's init pid once it exists."""
+                               log_size_max: int = -1, timeout: float = CREATE_TIMEOUT, cgroup: str = "") -> Created:
+        """Start conmon, which runs ``runtime create``; return the container's init pid once it exists.
+
+        conmon waits for the start pipe before it forks: that is when it is moved to ``cgroup`` (if given), so
+        that neither it nor its children stay in the daemon's cgroup and die with the daemon's pod.
+        """
         paths = BundlePaths(bundle)
         self.exit_file(container_id).unlink(missing_ok=True)  # a stale exit file would mark the new one exited
         for stale in (paths.oom_file, paths.pid_file, paths.conmon_pid_file):
@@ -111,7 +116,15 @@ class Conmon:
         os.close(sync_w)
         os.close(start_r)
         try:
+            if cgroup:
+                cgroups.place(proc.pid, cgroup)
             os.write(start_w, b"0")
+        except OSError as e:  # the cgroup, or conmon died before its start
+            os.close(sync_r)
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            raise ConmonError(f"starting conmon (cgroup {cgroup or 'inherited'}): {e}") from e
         finally:
             os.close(start_w)
         try:

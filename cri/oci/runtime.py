@@ -95,6 +95,10 @@ class OCIRuntime:
     async def state(self, container_id: str) -> dict:
         return json.loads(await self._run("state", container_id))
 
+    async def list(self) -> list[dict]:
+        """Every container under our root ({"id", "pid", "status", "bundle", ...}); empty when the root is gone."""
+        return json.loads(await self._run("list", "--format", "json") or b"null") or []
+
     async def start(self, container_id: str) -> None:
         await self._run("start", container_id)
 

@@ -10,4 +10,9 @@ async def create_container(rt, request, context):
     return api_pb2.CreateContainerResponse(container_id=record.id)
 
 
+def keep_abandoned(rt, request) -> None:
+    rt.containers.mark_abandoned(request_from_proto(request))
+
+
 HANDLERS = {"CreateContainer": create_container}
+ABANDONED = {"CreateContainer": keep_abandoned}

@@ -122,6 +122,7 @@ class ContainerRecord(BaseModel):
     rootfs: str = ""
     log_path: str = ""               # absolute: the sandbox's log directory + the config's log_path
     cgroups_path: str = ""
+    conmon_cgroup: str = ""          # conmon's own cgroup, beside the container's, so it outlives the daemon's
     pid: int = 0
     conmon_pid: int = 0
     stop_signal: str = ""
