@@ -33,19 +33,25 @@ def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | N
     """Calls that change the host run to their end even when the caller gives up (a deadline, a
     dropped connection): stopping half-way would leave work for reconciliation to undo. An
     abandoned call is reported to `on_abandoned(rt, request)` at once, so that the caller's retry,
-    which may arrive while the work still runs, can wait for it and claim its result."""
+    which may arrive while the work still runs, can wait for it and claim its result. So is a call that
+    ends after its deadline before grpc cancelled it: its reply is lost just the same."""
     level = _level(name)
     mutating = level == logging.INFO
 
     async def run_to_end(request, context):
         task = asyncio.ensure_future(handler(rt, request, context))
         try:
-            return await asyncio.shield(task)
+            result = await asyncio.shield(task)
         except asyncio.CancelledError:
             log.warning("rpc=%s: the caller went away; finishing the operation anyway", name)
             if on_abandoned is not None:
                 on_abandoned(rt, request)
             raise
+        remaining = context.time_remaining()
+        if on_abandoned is not None and (context.cancelled() or (remaining is not None and remaining <= 0)):
+            log.warning("rpc=%s: done after the caller's deadline; its retry gets the result", name)
+            on_abandoned(rt, request)
+        return result
 
     async def call(request, context: grpc.aio.ServicerContext):
         rid = next(_ids)
