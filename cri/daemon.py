@@ -86,7 +86,8 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     net = config.network
     rt.cni = CNIManager(net.cni_conf_dir, net.cni_plugin_dirs, config.root / "cni-cache", net.cni_timeout)
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
-                                  default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr)
+                                  default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr,
+                                  runtime_path=config.runtime_path)
     rt.images = ImageService(open_image_store(config, verify=unclean_start))
     rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)

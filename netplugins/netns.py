@@ -5,6 +5,10 @@ calling thread for these kinds): no fork or exec, so a pod's namespaces cost wel
 thread also sets the hostname, brings loopback up and writes the namespaced sysctls while it is inside.
 The thread is thrown away afterwards, so a failure to switch back can never leak a namespace into the
 daemon's other threads.
+
+A pod with its own user namespace is the exception: the kernel creates a user namespace only for a
+single-threaded caller, so a short-lived `unshare` process makes it together with the pod's other namespaces
+(which it then owns), the daemon writes the id maps, and the thread joins those namespaces instead of making them.
 """
 
 from __future__ import annotations
@@ -14,20 +18,30 @@ import ctypes
 import errno
 import fcntl
 import os
+import platform
 import socket
 import struct
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import InvalidSysctl, NamespaceError
 
 CLONE_FLAGS = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000}
+UNSHARE_OPTIONS = {"net": "--net", "ipc": "--ipc", "uts": "--uts"}
+HOLDER_TIMEOUT = 10.0  # how long the `unshare` making a user namespace may take to be ready
+
+# One id map line: (id inside the namespace, id outside, length).
+IDMap = tuple[int, int, int]
 _MS_BIND = 4096
 _MNT_DETACH = 2
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
+
+# setresuid as a raw syscall changes only the calling thread (glibc's wrapper changes every thread).
+_SYS_SETRESUID = {"x86_64": 117, "aarch64": 147}.get(platform.machine())
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -90,15 +104,55 @@ def _bring_loopback_up() -> None:
         fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
 
 
+def _bind(source: str, target: Path, what: str) -> None:
+    fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    try:
+        _check(_libc.mount(source.encode(), str(target).encode(), None, _MS_BIND, None),
+               f"bind-mounting {what} namespace onto {target}")
+    except NamespaceError:
+        os.unlink(target)
+        raise
+
+
+@contextmanager
+def _thread_euid(uid: int | None):
+    """Act as `uid` in this thread only: the kernel lets only a user namespace's root (as the host sees that
+    uid), not host root, write the IPC sysctls of an IPC namespace the user namespace owns."""
+    if uid is None:
+        yield
+        return
+    if _SYS_SETRESUID is None:
+        raise NamespaceError(f"setting sysctls in a pod user namespace is not supported on {platform.machine()}")
+    _check(_libc.syscall(_SYS_SETRESUID, -1, uid, -1), f"switching to uid {uid}")
+    try:
+        yield
+    finally:
+        _libc.syscall(_SYS_SETRESUID, -1, 0, -1)  # the thread ends right after either way
+
+
 def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None,
-                   sysctls: Mapping[str, str]) -> dict[str, Path]:
+                   sysctls: Mapping[str, str], holder: int | None = None,
+                   root_uid: int | None = None) -> dict[str, Path]:
+    """Make (or, with `holder`, join that process's) namespaces, set them up from inside, pin them.
+
+    `root_uid`: the host uid of the holder's user namespace root, which writes the IPC sysctls.
+    """
     originals = {k: os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds}
     pinned: dict[str, Path] = {}
     try:
-        flags = 0
-        for k in kinds:
-            flags |= CLONE_FLAGS[k]
-        _check(_libc.unshare(flags), f"unshare {','.join(kinds)}")
+        if holder is None:
+            flags = 0
+            for k in kinds:
+                flags |= CLONE_FLAGS[k]
+            _check(_libc.unshare(flags), f"unshare {','.join(kinds)}")
+        else:
+            for k in kinds:
+                fd = os.open(f"/proc/{holder}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _check(_libc.setns(fd, CLONE_FLAGS[k]), f"entering the new {k} namespace")
+                finally:
+                    os.close(fd)
         if hostname is not None and "uts" in kinds:
             name = hostname.encode()
             _check(_libc.sethostname(name, len(name)), "sethostname")
@@ -109,7 +163,8 @@ def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None
                 raise NamespaceError(f"bringing loopback up: {e.strerror}") from e
         for key, value in sysctls.items():
             try:
-                with open(sysctl_path(key), "w") as f:
+                ipc = not key.replace("/", ".").startswith("net.")  # net ones want host root's capability
+                with _thread_euid(root_uid if ipc else None), open(sysctl_path(key), "w") as f:
                     f.write(value)
             except OSError as e:
                 dotted = key.replace("/", ".")
@@ -118,13 +173,12 @@ def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None
                 if e.errno in (errno.EINVAL, errno.EPERM, errno.EACCES):
                     raise InvalidSysctl(f"sysctl {dotted} refuses the value {value!r}: {e.strerror}") from e
                 raise NamespaceError(f"setting sysctl {dotted}={value}: {e.strerror}") from e
+        if holder is not None:
+            _bind(f"/proc/{holder}/ns/user", directory / "user", "user")
+            pinned["user"] = directory / "user"
         for k in kinds:
-            target = directory / k
-            fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-            os.close(fd)
-            pinned[k] = target
-            _check(_libc.mount(f"/proc/thread-self/ns/{k}".encode(), str(target).encode(), None, _MS_BIND, None),
-                   f"bind-mounting {k} namespace onto {target}")
+            _bind(f"/proc/thread-self/ns/{k}", directory / k, k)
+            pinned[k] = directory / k
         return pinned
     except BaseException:
         for path in pinned.values():
@@ -137,20 +191,74 @@ def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None
 
 
 async def pin_namespaces(directory: Path, kinds: Iterable[str] = ("net", "ipc", "uts"), hostname: str | None = None,
-                         sysctls: Mapping[str, str] | None = None) -> dict[str, Path]:
+                         sysctls: Mapping[str, str] | None = None, uid_map: Iterable[IDMap] = (),
+                         gid_map: Iterable[IDMap] = (), userns: bool = False) -> dict[str, Path]:
     """Create new namespaces of `kinds` and pin each at `directory/<kind>`; undone entirely on failure.
 
+    With `userns`, a new user namespace with these id maps is pinned at `directory/user` too, and owns the
+    others (so that a runtime inside it may mount sysfs, set the hostname, and so on).
     `sysctls` must already be validated as belonging to the namespaces being created.
     """
     kinds = tuple(sorted(set(kinds)))
     unknown = set(kinds) - set(CLONE_FLAGS)
     if unknown:
         raise NamespaceError(f"unsupported namespace kinds {sorted(unknown)}")
-    if not kinds:
+    if not kinds and not userns:
         return {}
     Path(directory).mkdir(parents=True, exist_ok=True)
-    future = start_in_fresh_thread(_pin_in_thread, Path(directory), kinds, hostname, dict(sysctls or {}))
-    return await _await_thread(future, lambda pinned: [unpin_namespace(p) for p in pinned.values()])
+    if not userns:
+        future = start_in_fresh_thread(_pin_in_thread, Path(directory), kinds, hostname, dict(sysctls or {}))
+        return await _await_thread(future, lambda pinned: [unpin_namespace(p) for p in pinned.values()])
+    holder = await _start_holder(kinds)
+    try:
+        _write_id_map(holder.pid, "uid_map", uid_map)
+        _write_id_map(holder.pid, "gid_map", gid_map)
+        root_uid = next((outside for inside, outside, _ in uid_map if inside == 0), None)
+        future = start_in_fresh_thread(_pin_in_thread, Path(directory), kinds, hostname, dict(sysctls or {}),
+                                       holder.pid, root_uid)
+        return await _await_thread(future, lambda pinned: [unpin_namespace(p) for p in pinned.values()])
+    finally:
+        await _stop_holder(holder)
+
+
+async def _start_holder(kinds: tuple[str, ...]) -> asyncio.subprocess.Process:
+    """A process in a new user namespace and new `kinds` namespaces owned by it, once it is in them."""
+    argv = ["unshare", "--user", *(UNSHARE_OPTIONS[k] for k in kinds), "--", "sh", "-c", "echo ready; exec cat"]
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except OSError as e:
+        raise NamespaceError(f"starting `unshare` to make the pod's user namespace: {e}") from e
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), HOLDER_TIMEOUT)
+    except BaseException:
+        await _stop_holder(proc)
+        raise
+    if line != b"ready\n":
+        err = (await _stop_holder(proc)).decode(errors="replace").strip()
+        raise NamespaceError(f"creating the pod's user namespace: {' '.join(argv[:-4])} failed: "
+                             f"{err or 'it exited at start'}")
+    return proc
+
+
+async def _stop_holder(proc: asyncio.subprocess.Process) -> bytes:
+    """End the holder (the pinned namespaces outlive it); its stderr."""
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+    _, err = await proc.communicate()
+    return err or b""
+
+
+def _write_id_map(pid: int, name: str, mappings: Iterable[IDMap]) -> None:
+    text = "".join(f"{inside} {outside} {length}\n" for inside, outside, length in mappings)
+    try:
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise NamespaceError(f"writing the user namespace's {name} {text.strip()!r}: {e.strerror}") from e
 
 
 def unpin_namespace(path: Path | str) -> None:

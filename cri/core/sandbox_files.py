@@ -7,6 +7,8 @@ import re
 from typing import Iterable, Mapping
 
 from cri.errors import InvalidArgument
+from cri.state.container_record import IDMapSpec
+from cri.state.sandbox_record import MODE_NODE, MODE_POD, NamespaceOptions
 
 # Sysctls that live in a namespace the pod owns (the list Kubernetes and CRI-O accept).
 _IPC_SYSCTLS = ("kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
@@ -15,6 +17,8 @@ _IPC_PREFIXES = ("fs.mqueue.",)
 _NET_PREFIX = "net."
 _SYSCTL_NAME = re.compile(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", re.IGNORECASE)
+_MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
+_ID_LIMIT = 1 << 32  # ids are 32 bits, and (uid_t)-1 means "no id"
 _MAX_SEARCHES = 32
 _MAX_SEARCH_CHARS = 2048
 
@@ -47,6 +51,38 @@ def validate_sysctls(sysctls: Mapping[str, str], host_network: bool, host_ipc: b
         path = name if "/" in name else name.replace(".", "/")
         out[path] = value
     return out
+
+
+def validate_user_namespace(opts: NamespaceOptions) -> None:
+    """A pod gets its own user namespace (POD) with one uid and one gid range starting at root, or the host's."""
+    mode = opts.user
+    if mode == MODE_NODE:
+        if opts.uid_mappings or opts.gid_mappings:
+            raise InvalidArgument("user namespace mappings are only valid with user namespace mode POD, not NODE")
+        return
+    if mode != MODE_POD:
+        raise InvalidArgument(f"user namespace mode {_MODE_NAMES.get(mode, mode)} is not supported for a pod: "
+                              f"use POD (a user namespace of its own) or NODE (the host's)")
+    for shared, what in ((opts.network == MODE_NODE, "network"), (opts.ipc == MODE_NODE, "IPC"),
+                         (opts.pid == MODE_NODE, "PID")):
+        if shared:
+            raise InvalidArgument(f"a pod with its own user namespace cannot use the host's {what} namespace")
+    _check_id_mappings(opts.uid_mappings, "uid")
+    _check_id_mappings(opts.gid_mappings, "gid")
+
+
+def _check_id_mappings(mappings: tuple[IDMapSpec, ...], kind: str) -> None:
+    if len(mappings) != 1:
+        raise InvalidArgument(f"a pod user namespace needs exactly one {kind} mapping, got {len(mappings)}")
+    m = mappings[0]
+    if m.container_id != 0:
+        raise InvalidArgument(f"the pod user namespace's {kind} mapping must start at container id 0 (root), "
+                              f"not {m.container_id}")
+    if m.length <= 0:
+        raise InvalidArgument(f"the pod user namespace's {kind} mapping has length {m.length}")
+    if m.host_id < 0 or m.host_id + m.length >= _ID_LIMIT or m.length >= _ID_LIMIT:
+        raise InvalidArgument(f"the pod user namespace's {kind} mapping {m.host_id}+{m.length} is out of the "
+                              f"32-bit id range")
 
 
 def validate_hostname(hostname: str) -> str:

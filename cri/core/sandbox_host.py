@@ -8,6 +8,7 @@ import errno
 import functools
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -170,6 +171,64 @@ def mounts_below(directory: Path | str) -> list[str]:
             if target.startswith(prefix):
                 found.append(target)
     return sorted(set(found), key=len, reverse=True)
+
+
+# --- user namespaces -------------------------------------------------------------------------------------
+
+def user_namespaces_problem() -> str | None:
+    """Why this host cannot give a pod a user namespace of its own, or None when it can."""
+    if not os.path.exists("/proc/self/ns/user"):
+        return "the kernel has no user namespaces (CONFIG_USER_NS)"
+    try:
+        limit = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except (OSError, ValueError):
+        limit = 0
+    if limit <= 0:
+        return "user namespaces are disabled on this host (sysctl user.max_user_namespaces is 0)"
+    if shutil.which("unshare", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        return "util-linux `unshare` is not installed"
+    return None
+
+
+_MS_BIND, _MS_REMOUNT = 4096, 32
+
+
+def exposed_rootfs(sandbox_dir: Path | str, container_id: str) -> Path:
+    return Path(sandbox_dir) / "rootfs" / container_id
+
+
+def expose_rootfs(sandbox_dir: Path | str, container_id: str, source: Path, root_ids: tuple[int, int]) -> Path:
+    """Bind a container's rootfs where the pod's user namespace root can reach it, and nobody else.
+
+    The runtime mounts the rootfs from inside the pod's user namespace, where the daemon's 0700 storage root
+    is closed. The bind sits in the sandbox dir (0711) below a directory only the pod's root (`root_ids`, its
+    host uid and gid) may enter; nosuid and nodev, as setuid files owned by host root mean nothing in there.
+    """
+    parent = Path(sandbox_dir) / "rootfs"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    os.chown(parent, *root_ids)
+    target = exposed_rootfs(sandbox_dir, container_id)
+    target.mkdir(mode=0o700, exist_ok=True)
+    try:
+        for flags, what in ((_MS_BIND, "binding"), (_MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV, "remounting")):
+            if _libc.mount(str(source).encode() if flags == _MS_BIND else None, str(target).encode(), None,
+                           flags, None) != 0:
+                raise Internal(f"{what} the rootfs of container {container_id} at {target}: "
+                               f"{os.strerror(ctypes.get_errno())}")
+    except BaseException:
+        unexpose_rootfs(sandbox_dir, container_id)
+        raise
+    return target
+
+
+def unexpose_rootfs(sandbox_dir: Path | str, container_id: str) -> None:
+    """Undo expose_rootfs; nothing to do if it was never made."""
+    target = exposed_rootfs(sandbox_dir, container_id)
+    unmount(target)
+    try:
+        target.rmdir()
+    except FileNotFoundError:
+        pass
 
 
 # --- the infra process ----------------------------------------------------------------------------------

@@ -20,11 +20,12 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from cri.core import sandbox_host as host, sandbox_orphans
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
-                                    validate_sysctls)
+                                    validate_sysctls, validate_user_namespace)
 from cri.core.undo import StepFailed, UndoStack, named_error, run_step
 from cri.faults import crash_point
 from cri.errors import CRIError, FailedPrecondition, InvalidArgument, Unavailable
 from cri.state import Index, NameRegistry, RecordStore, new_id
+from cri.state.container_record import IDMapSpec
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
 from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, connect_in_netns,
                         namespace_alive, pin_namespaces, unpin_namespace)
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 ContainerHook = Callable[[str], Awaitable[None]]
 DEFAULT_CGROUP_PARENT = "/pycri"
+
+
+def _id_map(m: IDMapSpec) -> tuple[int, int, int]:
+    return m.container_id, m.host_id, m.length
 
 
 @dataclass
@@ -46,6 +51,7 @@ class SandboxManager:
 
     def __init__(self, root: Path, state_dir: Path, cni: CNIManager | None, *, runtime_handlers: Iterable[str],
                  default_runtime: str, pod_cidr: Callable[[], str] = lambda: "", catatonit: str = "catatonit",
+                 runtime_path: Callable[[str], str | None] = lambda handler: None,
                  host_resolv_conf: Path = Path("/etc/resolv.conf"), host_hosts: Path = Path("/etc/hosts")) -> None:
         self._store = RecordStore(Path(root) / "sandboxes", SandboxRecord)
         self._dir = Path(state_dir) / "sandboxes"
@@ -63,6 +69,8 @@ class SandboxManager:
         self._abandoned: set[str] = set()           # reserved names whose RunPodSandbox caller gave up
         self._creating: dict[str, asyncio.Event] = {}  # reserved name -> set when its creation ends
         self._remove_containers: ContainerHook | None = None
+        self._runtime_path = runtime_path
+        self._host_userns_problem = host.user_namespaces_problem()
 
     # --- wiring and lifetime ---------------------------------------------------------------------------
 
@@ -141,6 +149,7 @@ class SandboxManager:
         info = {
             "pid": record.infra_pid,
             "netns": record.netns_path, "ipcns": record.ipc_path, "utsns": record.uts_path,
+            "userns": record.userns_path,
             "sandboxDir": record.sandbox_dir, "shm": record.shm_path,
             "resolvConf": record.resolv_conf_path, "hosts": record.hosts_path, "hostname": record.hostname,
             "cgroupParent": record.cgroup_parent, "cgroupPath": record.cgroup_path,
@@ -193,6 +202,7 @@ class SandboxManager:
         handler = spec.runtime_handler or self._default_runtime
         if handler not in self._handlers:
             raise InvalidArgument(f"runtime handler {handler!r} is not configured (known: {sorted(self._handlers)})")
+        validate_user_namespace(opts)
         sysctls = validate_sysctls(spec.sysctls, opts.host_network, opts.host_ipc)
         resolv = render_resolv_conf(spec.dns.servers, spec.dns.searches, spec.dns.options)
         if spec.hostname:
@@ -220,6 +230,18 @@ class SandboxManager:
             return record
         return None
 
+    def user_namespaces_problem(self, handler: str) -> str | None:
+        """Why pods of this runtime handler cannot have a user namespace of their own, or None (Status says so).
+
+        Any OCI runtime joins a user namespace by path; runc 1.1 and crun 1.8 both do, once the rootfs is where
+        the pod's root can reach it (containers.py binds it so).
+        """
+        if self._host_userns_problem:
+            return self._host_userns_problem
+        if self._runtime_path(handler) is None:
+            return f"the runtime of handler {handler!r} is not installed"
+        return None
+
     async def run_pod(self, spec: SandboxSpec) -> SandboxRecord:
         """Create a ready sandbox; on any failure everything done so far is undone and the error names the step."""
         claimed = await self._claim_abandoned(spec)
@@ -228,6 +250,11 @@ class SandboxManager:
             return claimed
         handler, sysctls, resolv = self._validate(spec)
         opts = spec.namespace_options
+        if opts.own_userns:
+            problem = self.user_namespaces_problem(handler)
+            if problem:
+                raise FailedPrecondition(f"runtime handler {handler!r} cannot run a pod with its own user namespace "
+                                         f"(userns_options mode POD): {problem}")
         if not opts.host_network:
             if self._cni is None:
                 raise NetworkNotReady("no CNI network is configured")
@@ -254,6 +281,7 @@ class SandboxManager:
             netns_path="" if opts.host_network else str(ns_dir / "net"),
             ipc_path="" if opts.host_ipc else str(ns_dir / "ipc"),
             uts_path="" if opts.host_network else str(ns_dir / "uts"),
+            userns_path=str(ns_dir / "user") if opts.own_userns else "",
             resolv_conf_path=str(sandbox_dir / "resolv.conf"), hosts_path=str(sandbox_dir / "hosts"),
             hostname_path=str(sandbox_dir / "hostname"),
             shm_path="/dev/shm" if opts.host_ipc else str(sandbox_dir / "shm"),
@@ -300,9 +328,12 @@ class SandboxManager:
         kinds = [k for k, host_mode in (("net", opts.host_network), ("ipc", opts.host_ipc),
                                         ("uts", opts.host_network)) if not host_mode]
         ns_dir = sandbox_dir / "ns"
-        undo.push("pinned namespaces", lambda: [unpin_namespace(ns_dir / k) for k in kinds])
+        pinned = [*kinds, "user"] if opts.own_userns else kinds
+        undo.push("pinned namespaces", lambda: [unpin_namespace(ns_dir / k) for k in pinned])
         await run_step("creating the pod's namespaces",
-                    pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls))
+                    pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls,
+                                   uid_map=[_id_map(m) for m in opts.uid_mappings],
+                                   gid_map=[_id_map(m) for m in opts.gid_mappings], userns=opts.own_userns))
         crash_point("sandbox.run.after_namespaces")
 
         # The CNI ADD is the slow part (tens of ms): everything else runs while the plugins do.
@@ -354,7 +385,8 @@ class SandboxManager:
         except (OSError, CRIError) as e:
             raise StepFailed(step, e) from e
         if opts.pid == MODE_POD:
-            namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path}
+            namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path,
+                          "user": record.userns_path}  # the PID namespace then belongs to the pod's user one
             infra = await run_step("starting the infra process",
                                 host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
                                                  record.cgroup_path, record.sandbox_dir))
@@ -435,10 +467,12 @@ class SandboxManager:
             await self._stop_locked(record)
         if not record.namespace_options.host_ipc and record.shm_path:
             host.unmount(record.shm_path)
-        for path in (record.netns_path, record.ipc_path, record.uts_path):
+        for path in (record.netns_path, record.ipc_path, record.uts_path, record.userns_path):
             if path:
                 unpin_namespace(path)
         crash_point("sandbox.remove.after_namespaces")
+        for target in host.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
+            host.unmount(target)
         if record.cgroups_created:
             await host.remove_cgroups(record.cgroups_created)
         elif half_created:  # the crash may have come before the record learned which cgroups it made

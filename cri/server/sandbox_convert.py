@@ -6,7 +6,9 @@ from cri_api.v1 import api_pb2
 from google.protobuf.json_format import MessageToDict
 
 from cri.errors import InvalidArgument
-from cri.state.sandbox_record import DNSSettings, NamespaceOptions, PortMappingSpec, SandboxRecord, SandboxSpec
+from cri.state.container_record import IDMapSpec
+from cri.state.sandbox_record import (MODE_NODE, DNSSettings, NamespaceOptions, PortMappingSpec, SandboxRecord,
+                                      SandboxSpec)
 
 _PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
 STATE_TO_CRI = {"ready": api_pb2.SANDBOX_READY, "notready": api_pb2.SANDBOX_NOTREADY}
@@ -40,9 +42,16 @@ def spec_from_request(request: api_pb2.RunPodSandboxRequest) -> SandboxSpec:
         dns=DNSSettings(servers=list(config.dns_config.servers), searches=list(config.dns_config.searches),
                         options=list(config.dns_config.options)),
         port_mappings=ports, cgroup_parent=linux.cgroup_parent, sysctls=dict(linux.sysctls),
-        namespace_options=NamespaceOptions(network=ns.network, pid=ns.pid, ipc=ns.ipc, target_id=ns.target_id),
+        namespace_options=NamespaceOptions(
+            network=ns.network, pid=ns.pid, ipc=ns.ipc, target_id=ns.target_id,
+            user=ns.userns_options.mode if ns.HasField("userns_options") else MODE_NODE,
+            uid_mappings=_id_mappings(ns.userns_options.uids), gid_mappings=_id_mappings(ns.userns_options.gids)),
         privileged=security.privileged,
         original=MessageToDict(config, preserving_proto_field_name=True))
+
+
+def _id_mappings(mappings) -> tuple[IDMapSpec, ...]:
+    return tuple(IDMapSpec(container_id=m.container_id, host_id=m.host_id, length=m.length) for m in mappings)
 
 
 def metadata(record: SandboxRecord) -> api_pb2.PodSandboxMetadata:
@@ -52,4 +61,13 @@ def metadata(record: SandboxRecord) -> api_pb2.PodSandboxMetadata:
 
 def namespace_option(record: SandboxRecord) -> api_pb2.NamespaceOption:
     opts = record.namespace_options
-    return api_pb2.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc, target_id=opts.target_id)
+    option = api_pb2.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc, target_id=opts.target_id)
+    if opts.own_userns:
+        option.userns_options.CopyFrom(api_pb2.UserNamespace(
+            mode=opts.user, uids=[_id_mapping(m) for m in opts.uid_mappings],
+            gids=[_id_mapping(m) for m in opts.gid_mappings]))
+    return option
+
+
+def _id_mapping(m: IDMapSpec) -> api_pb2.IDMapping:
+    return api_pb2.IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)

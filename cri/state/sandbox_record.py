@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cri.state.container_record import IDMapSpec
+
 SandboxState = Literal["creating", "ready", "notready"]
 # CRI NamespaceMode values: POD=0, CONTAINER=1, NODE=2, TARGET=3.
 NamespaceMode = Literal[0, 1, 2, 3]
@@ -33,6 +35,9 @@ class NamespaceOptions(BaseModel):
     pid: NamespaceMode = MODE_CONTAINER
     ipc: NamespaceMode = MODE_POD
     target_id: str = ""
+    user: NamespaceMode = MODE_NODE          # POD: the pod's own user namespace, with these mappings
+    uid_mappings: tuple[IDMapSpec, ...] = ()
+    gid_mappings: tuple[IDMapSpec, ...] = ()
 
     @property
     def host_network(self) -> bool:
@@ -45,6 +50,10 @@ class NamespaceOptions(BaseModel):
     @property
     def host_pid(self) -> bool:
         return self.pid == MODE_NODE
+
+    @property
+    def own_userns(self) -> bool:
+        return self.user == MODE_POD
 
 
 class SandboxSpec(BaseModel):
@@ -93,6 +102,7 @@ class SandboxRecord(BaseModel):
     netns_path: str = ""                 # "" when the pod uses the host's namespace
     ipc_path: str = ""
     uts_path: str = ""
+    userns_path: str = ""                # the pod's own user namespace, which owns the others; "" for the host's
     shm_path: str = ""                   # per-pod tmpfs, or /dev/shm with host IPC
     resolv_conf_path: str = ""
     hosts_path: str = ""
