@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cri.core import events as ev
+from cri.core import events as ev, sandbox_host
 from cri.core.sandboxes import UndoStack
 from cri.core.streams import container_process, exec_process
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
@@ -28,7 +28,7 @@ from cri.oci import cgroups, host, mounts as oci_mounts, spec as oci_spec
 from cri.oci.conmon import BundlePaths, Conmon
 from cri.oci.exitwatch import ExitWatcher, read_exit_status
 from cri.oci.reaper import Reaper
-from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file
+from cri.oci.rootfs import RootfsPathError, ensure_mount_points, ensure_rootfs_dir, read_rootfs_file
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 from cri.oci.users import UserRequest, UserResolutionError, resolve_user
 from cri.state.container_record import ContainerRecord, ContainerRequest, ResourcesSpec
@@ -123,6 +123,33 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _pod_root_ids(sandbox) -> tuple[int, int]:
+    """The host uid and gid of the root of the pod's user namespace."""
+    opts = sandbox.namespace_options
+    return opts.uid_mappings[0].host_id, opts.gid_mappings[0].host_id
+
+
+def _user_namespace(sec, sandbox) -> dict:
+    """A container of a pod with its own user namespace joins it, with the pod's mappings; no other one may."""
+    mode = MODE_NAMES.get(sec.userns_mode, str(sec.userns_mode))
+    if mode in ("CONTAINER", "TARGET"):
+        raise InvalidArgument(f"user namespace mode {mode} is not supported: a container uses its pod's (POD) "
+                              f"or the host's (NODE)")
+    opts = sandbox.namespace_options
+    if not sandbox.userns_path:
+        if mode == "POD":
+            raise InvalidArgument(f"the container asks for its pod's user namespace, but pod sandbox {sandbox.id} "
+                                  f"has none: create the pod with userns_options mode POD")
+        return {"userns_mode": "NODE"}
+    for mine, pods, kind in ((sec.uid_mappings, opts.uid_mappings, "uid"),
+                             (sec.gid_mappings, opts.gid_mappings, "gid")):
+        if mine and tuple(mine) != tuple(pods):
+            raise InvalidArgument(f"the container's {kind} mappings differ from those of its pod's user namespace")
+    return {"userns_mode": "POD", "userns_path": sandbox.userns_path,
+            "uid_mappings": [oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in opts.uid_mappings],
+            "gid_mappings": [oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in opts.gid_mappings]}
 
 
 def _background(work, what: str) -> asyncio.Future:
@@ -431,7 +458,18 @@ class ContainerManager:
             undo.push("remove the rootfs", lambda: self.images.remove_rootfs(container_id))
             crash_point("container.create.after_rootfs")
             record.rootfs = str(rootfs.path)
-            spec = await asyncio.to_thread(self._build_spec, record, request, sandbox, image, rootfs.path)
+            root = rootfs.path
+            if sandbox.userns_path:  # the runtime reaches the rootfs from inside the pod's user namespace
+                root = await asyncio.to_thread(sandbox_host.expose_rootfs, sandbox.sandbox_dir, container_id,
+                                               rootfs.path, _pod_root_ids(sandbox))
+                undo.push("unbind the rootfs",
+                          lambda: sandbox_host.unexpose_rootfs(sandbox.sandbox_dir, container_id))
+            spec = await asyncio.to_thread(self._build_spec, record, request, sandbox, image, root)
+            if sandbox.userns_path:
+                try:
+                    await asyncio.to_thread(ensure_mount_points, root, spec["mounts"])
+                except RootfsPathError as e:
+                    raise InvalidArgument(f"creating the mount points in the rootfs: {e}") from e
             atomic_write_bytes(BundlePaths(bundle).config, json.dumps(spec).encode(), durable=False)
             if log_path:
                 os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -581,9 +619,7 @@ class ContainerManager:
             network_mode="NODE" if opts.host_network else "POD", ipc_mode="NODE" if opts.host_ipc else "POD",
             pid_mode=pid_mode, netns_path=sandbox.netns_path, ipcns_path=sandbox.ipc_path,
             utsns_path=sandbox.uts_path, pod_pid=sandbox.infra_pid, target_pid=target_pid,
-            userns_mode=MODE_NAMES.get(sec.userns_mode, "NODE"),
-            uid_mappings=[oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in sec.uid_mappings],
-            gid_mappings=[oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in sec.gid_mappings],
+            **_user_namespace(sec, sandbox),
             privileged=sec.privileged, add_capabilities=sec.add_capabilities,
             drop_capabilities=sec.drop_capabilities, add_ambient_capabilities=sec.add_ambient_capabilities,
             host_capabilities=host.daemon_capabilities(),
@@ -793,13 +829,19 @@ class ContainerManager:
         if failed:
             log.warning("container %s: cgroups not removed: %s", record.id, failed)
 
+    async def _remove_rootfs(self, record: ContainerRecord) -> None:
+        sandbox = self.sandboxes.find(record.sandbox_id)
+        if sandbox is not None and sandbox.userns_path:  # (a removed sandbox took the bind with it)
+            await asyncio.to_thread(sandbox_host.unexpose_rootfs, sandbox.sandbox_dir, record.id)
+        await self.images.remove_rootfs(record.id)
+
     async def _destroy(self, record: ContainerRecord) -> None:
         """Undo everything a container may have; used by remove and for half-created records.
 
         The rootfs is mounted in the host's namespace, so runc's delete, the unmount and conmon's leaving are
         independent. The record goes last: a crash before that leaves it naming what is left to remove.
         """
-        results = await asyncio.gather(self._runtime_deleted(record), self.images.remove_rootfs(record.id),
+        results = await asyncio.gather(self._runtime_deleted(record), self._remove_rootfs(record),
                                        self._retire_monitor(record), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:

@@ -75,3 +75,18 @@ def ensure_rootfs_dir(root: Path | str, path: str) -> Path:
     target = secure_join(root, path)
     os.makedirs(target, mode=0o755, exist_ok=True)
     return target
+
+
+def ensure_mount_points(root: Path | str, mounts: list[dict]) -> None:
+    """Create the missing targets of a spec's mounts (a file for a file bind mount, else a directory) as host
+    root, for a runtime that mounts from inside a user namespace where it may not write the image's dirs."""
+    for mount in mounts:
+        target = secure_join(root, mount["destination"])
+        if os.path.lexists(target):
+            continue
+        source = mount.get("source", "")
+        if mount.get("type") == "bind" and os.path.isfile(source):
+            os.makedirs(target.parent, mode=0o755, exist_ok=True)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        else:
+            os.makedirs(target, mode=0o755, exist_ok=True)

@@ -448,7 +448,7 @@ def container_spec(inputs: ContainerInputs) -> dict:
     }
     if inputs.cgroups_path:
         linux["cgroupsPath"] = inputs.cgroups_path
-    if inputs.userns_mode == "POD" and not inputs.userns_path:
+    if inputs.userns_mode == "POD":  # also when joining the pod's: runc maps its files' owners with them
         linux["uidMappings"] = _id_mappings(inputs.uid_mappings, "uid")
         linux["gidMappings"] = _id_mappings(inputs.gid_mappings, "gid")
     if not inputs.privileged:

@@ -226,6 +226,13 @@ def test_user_namespace_mappings():
         S.container_spec(inputs(userns_mode="CONTAINER"))
 
 
+def test_joining_the_pods_user_namespace_keeps_the_mappings():
+    m = [S.IDMap(0, 100000, 65536)]
+    spec = S.container_spec(inputs(userns_mode="POD", userns_path="/sb/ns/user", uid_mappings=m, gid_mappings=m))
+    assert ns_types(spec)["user"] == "/sb/ns/user"
+    assert spec["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
 # --- resources -------------------------------------------------------------------------------------------------
 
 def test_resources():
