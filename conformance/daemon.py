@@ -58,6 +58,8 @@ class Daemon:
 
     def __init__(self, settings: dict | None = None, base: Path | None = None):
         self.base = Path(base or tempfile.mkdtemp(prefix="pycri-t", dir="/tmp"))
+        # Traversable like /run and /var/lib: a pod user namespace's root must reach the sandbox dir below.
+        os.chmod(self.base, 0o711)
         self.root = self.base / "root"
         self.state_dir = self.base / "state"
         self.socket = self.base / "cri.sock"

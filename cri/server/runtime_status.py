@@ -18,10 +18,8 @@ def _condition(kind: str, ready: bool, reason: str, message: str) -> api_pb2.Run
 async def _handler_features(rt, name: str) -> api_pb2.RuntimeHandlerFeatures:
     path = rt.config.runtime_path(name)
     rro = path is not None and await mounts.supports_rro(path)
-    # user_namespaces stays False: a pod user namespace needs the sandbox's namespaces to be owned by it and the
-    # rootfs idmapped or chowned to its range, and pycri does neither yet (a container asking for one gets a
-    # user namespace of its own, not the pod's).
-    return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=False)
+    userns = rt.sandboxes.user_namespaces_problem(name) is None
+    return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=userns)
 
 
 async def status(rt, request, context):
