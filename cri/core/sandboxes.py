@@ -217,18 +217,25 @@ class SandboxManager:
         self._abandoned.add(spec.reserved_name)
 
     async def _claim_abandoned(self, spec: SandboxSpec) -> SandboxRecord | None:
+        """The sandbox an abandoned run made under this name, once, if the retry asks for the same thing.
+
+        A different request under the name does not use up the claim: it fails as a duplicate.
+        """
         name = spec.reserved_name
         if name not in self._abandoned:
             return None
         creating = self._creating.get(name)
         if creating is not None:  # the retry came while the first attempt still runs: wait for it
             await creating.wait()
-        self._abandoned.discard(name)
         holder = self._names.holder(name)
         record = self._index.find(holder) if holder else None
-        if record is not None and record.state == "ready" and record.config == spec.original:
-            return record
-        return None
+        if record is None or record.state != "ready":
+            self._abandoned.discard(name)
+            return None
+        if record.config != spec.original or name not in self._abandoned:
+            return None
+        self._abandoned.discard(name)
+        return record
 
     def user_namespaces_problem(self, handler: str) -> str | None:
         """Why pods of this runtime handler cannot have a user namespace of their own, or None (Status says so).
