@@ -249,11 +249,7 @@ class _Extractor:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
-            os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
-            for key, value in _xattrs(member):
-                _set_xattr(fd, key, value)
-            os.utime(fd, ns=(_ns(member.mtime), _ns(member.mtime)))
+            _metadata_of_fd(fd, member)
         finally:
             os.close(fd)
 
@@ -276,11 +272,7 @@ class _Extractor:
             if fd is None:
                 continue  # no longer a directory: the entry that replaced it carried its own metadata
             try:
-                os.fchown(fd, member.uid, member.gid)
-                os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
-                for key, value in _xattrs(member):
-                    _set_xattr(fd, key, value)
-                os.utime(fd, ns=(_ns(member.mtime), _ns(member.mtime)))
+                _metadata_of_fd(fd, member)
             finally:
                 os.close(fd)
 
@@ -297,6 +289,14 @@ class _Extractor:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return None
             raise
+
+
+def _metadata_of_fd(fd: int, member: TarEntry) -> None:
+    os.fchown(fd, member.uid, member.gid)
+    os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
+    for key, value in _xattrs(member):
+        _set_xattr(fd, key, value)
+    os.utime(fd, ns=(_ns(member.mtime), _ns(member.mtime)))
 
 
 def _ns(mtime: float) -> int:
