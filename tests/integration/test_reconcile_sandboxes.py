@@ -18,8 +18,9 @@ from conformance.client import container_config
 from conformance.daemon import _kill_processes_mentioning
 from tests.imagebuild import build_busybox_image
 from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
-from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, iptables_rules_mentioning,
-                                               mounts_below, pod_config, remove_all_pods, veths_on)
+from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, installed_network,  # noqa: F401
+                                                    iptables_rules_mentioning, mounts_below, pod_config, pods,
+                                                    remove_all_pods, veths_on)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
 from tests.integration.test_sandbox_modes import linux
 
@@ -28,21 +29,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def network(tmp_path):
-    net = PrivateNetwork(tmp_path, with_portmap=False)
-    net.install()
-    try:
+    """The private network without portmap (the shared `pods` fixture runs its daemon on this one)."""
+    with installed_network(tmp_path, with_portmap=False) as net:
         yield net
-    finally:
-        net.cleanup()
-
-
-@pytest.fixture
-def pods(daemon_factory, network):
-    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
-    try:
-        yield d, network
-    finally:
-        remove_all_pods(d)
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

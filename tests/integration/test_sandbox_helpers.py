@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from cri_api.v1 import api_pb2
 
 _counter = itertools.count(1)
@@ -16,7 +18,7 @@ _counter = itertools.count(1)
 class PrivateNetwork:
     """A bridge network of our own (unique bridge name, 10.123.N.0/24, host-local data in a temp dir)."""
 
-    def __init__(self, base: Path, with_portmap: bool = True) -> None:
+    def __init__(self, base: Path, with_portmap: bool = True, ip_masq: bool = False) -> None:
         n = next(_counter)
         self.index = (os.getpid() + n) % 200 + 10
         self.name = f"pycri-test-{os.getpid()}-{n}"
@@ -25,7 +27,7 @@ class PrivateNetwork:
         self.conf_dir = base / "cni-conf"
         self.ipam_dir = base / "cni-ipam"
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        plugins = [{"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": False,
+        plugins = [{"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": ip_masq,
                     "hairpinMode": True,
                     "ipam": {"type": "host-local", "dataDir": str(self.ipam_dir),
                              "ranges": [[{"subnet": self.subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}}]
@@ -42,6 +44,34 @@ class PrivateNetwork:
 
     def cleanup(self) -> None:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+@contextlib.contextmanager
+def installed_network(base: Path, **options):
+    """A PrivateNetwork (options as its constructor takes them) installed for a daemon; its bridge is deleted after."""
+    net = PrivateNetwork(base, **options)
+    net.install()
+    try:
+        yield net
+    finally:
+        net.cleanup()
+
+
+@pytest.fixture
+def network(tmp_path, request):
+    """The private network; parametrize it indirectly with True to turn ipMasq on."""
+    with installed_network(tmp_path, ip_masq=getattr(request, "param", False)) as net:
+        yield net
+
+
+@pytest.fixture
+def pods(daemon_factory, network):
+    """A daemon on the private network; returns (daemon, network) and removes every pod after."""
+    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
+    try:
+        yield d, network
+    finally:
+        remove_all_pods(d)
 
 
 def veths_on(bridge: str) -> list[str]:

@@ -11,32 +11,10 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, in_netns, iptables_rules_mentioning,
-                                               mounts_below, pod_config, remove_all_pods, veths_on)
+from tests.integration.test_sandbox_helpers import (cgroup_exists, in_netns, iptables_rules_mentioning,  # noqa: F401
+                                                    mounts_below, network, pod_config, pods, veths_on)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    """The private network; parametrize it indirectly with True to turn ipMasq on."""
-    net = PrivateNetwork(tmp_path)
-    net.conflist["plugins"][0]["ipMasq"] = getattr(request, "param", False)
-    net.install()
-    try:
-        yield net
-    finally:
-        net.cleanup()
-
-
-@pytest.fixture
-def pods(daemon_factory, network):
-    """A daemon on the private network; returns (daemon, network)."""
-    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
-    try:
-        yield d, network
-    finally:
-        remove_all_pods(d)
 
 
 def run(d, config, handler="") -> str:

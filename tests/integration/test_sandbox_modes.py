@@ -12,30 +12,11 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, mounts_below, pod_config,
-                                               remove_all_pods, veths_on)
+from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, mounts_below,  # noqa: F401
+                                                    network, pod_config, pods, remove_all_pods, veths_on)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def network(tmp_path):
-    net = PrivateNetwork(tmp_path)
-    net.install()
-    try:
-        yield net
-    finally:
-        net.cleanup()
-
-
-@pytest.fixture
-def pods(daemon_factory, network):
-    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
-    try:
-        yield d, network
-    finally:
-        remove_all_pods(d)
 
 
 def linux(**namespace_modes) -> api_pb2.LinuxPodSandboxConfig:
