@@ -15,6 +15,7 @@ from cri_api.v1 import api_pb2
 
 from tests.imagebuild import Entry, build_busybox_image
 from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
+from tests.integration.test_sandbox_helpers import installed_network
 
 IMAGE = "example.test/ctr/busybox:1"
 EXTRA_APPLETS = ("chmod", "dd", "yes", "seq", "unshare", "swapoff", "mount", "printf")
@@ -75,6 +76,14 @@ def start_env(daemon_factory, registry, tmp_path, settings: dict | None = None, 
 def env(daemon_factory, registry, tmp_path):  # noqa: F811
     """(daemon, pod id, pod config): a host-network pod (no CNI needed) and the test image pulled."""
     yield from start_env(daemon_factory, registry, tmp_path)
+
+
+@pytest.fixture
+def net_env(daemon_factory, registry, tmp_path):  # noqa: F811
+    """Like env, but the pod is on a private CNI bridge network."""
+    with installed_network(tmp_path) as network:
+        yield from start_env(daemon_factory, registry, tmp_path, {"network": {"cni_conf_dir": str(network.conf_dir)}},
+                             host_network=False)
 
 
 def pod_config(log_dir: Path, name: str = "", host_network: bool = True) -> api_pb2.PodSandboxConfig:

@@ -11,9 +11,8 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from cri.oci import cgroups, host
-from tests.integration.test_container_helpers import (container_config, env, exec_sync, registry, run,  # noqa: F401
-                                                      start_env, status, wait_log, wait_state)
-from tests.integration.test_sandbox_helpers import PrivateNetwork
+from tests.integration.test_container_helpers import (container_config, env, exec_sync, net_env,  # noqa: F401
+                                                      registry, run, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -109,18 +108,6 @@ def test_reopen_log_after_rotation(env):
     with pytest.raises(grpc.RpcError) as err:
         d.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
-@pytest.fixture
-def net_env(daemon_factory, registry, tmp_path):  # noqa: F811
-    """Like env, but the pod is on a private CNI bridge network."""
-    network = PrivateNetwork(tmp_path)
-    network.install()
-    try:
-        yield from start_env(daemon_factory, registry, tmp_path, {"network": {"cni_conf_dir": str(network.conf_dir)}},
-                             host_network=False)
-    finally:
-        network.cleanup()
 
 
 def test_pod_stats_count_the_pods_network_traffic(net_env):

@@ -13,26 +13,13 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from cri.oci import cgroups
-from tests.integration.test_container_helpers import (container_config, exec_sync, pod_config, registry,  # noqa: F401
-                                                      run, start_env, status, wait_state)
-from tests.integration.test_sandbox_helpers import PrivateNetwork
+from tests.integration.test_container_helpers import (container_config, exec_sync, net_env,  # noqa: F401
+                                                      pod_config, registry, run, status, wait_state)
 
 pytestmark = pytest.mark.integration
 
 HOST_BASE = 200000
 MAPPING = [api_pb2.IDMapping(container_id=0, host_id=HOST_BASE, length=65536)]
-
-
-@pytest.fixture
-def net_env(daemon_factory, registry, tmp_path):  # noqa: F811
-    """(daemon, a pod without a user namespace, its config) on a private CNI bridge, the test image pulled."""
-    network = PrivateNetwork(tmp_path)
-    network.install()
-    try:
-        yield from start_env(daemon_factory, registry, tmp_path, {"network": {"cni_conf_dir": str(network.conf_dir)}},
-                             host_network=False)
-    finally:
-        network.cleanup()
 
 
 def userns_pod_config(log_dir: Path, uids=MAPPING, gids=MAPPING, mode=api_pb2.POD, **ns) -> api_pb2.PodSandboxConfig:
