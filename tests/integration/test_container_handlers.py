@@ -10,8 +10,8 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from cri.oci import cgroups
-from tests.integration.test_container_helpers import (container_config, env, exec_sync, pod_config,  # noqa: F401
-                                                      registry, run, status, wait_log, wait_state)
+from tests.integration.test_container_helpers import (container_config, env, exec_sync,  # noqa: F401
+                                                      pod_with_handler, registry, run, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +21,7 @@ def test_each_handler_runs_execs_and_stops(env, handler, tmp_path, request):
     if handler == "crun":
         request.getfixturevalue("crun_host")
     d, _, _ = env
-    cfg = pod_config(tmp_path)
-    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
-                                  timeout=60).pod_sandbox_id
+    pod, cfg = pod_with_handler(d, tmp_path, handler)
     cid = run(d, pod, cfg, container_config("h", ["sh", "-c", "echo up; exec sleep 600"],
                                             linux=api_pb2.LinuxContainerConfig(
                                                 resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=64 << 20))))

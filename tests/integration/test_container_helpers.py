@@ -95,6 +95,13 @@ def pod_config(log_dir: Path, name: str = "", host_network: bool = True) -> api_
             namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE if host_network else api_pb2.POD))))
 
 
+def pod_with_handler(d, log_dir: Path, handler: str, name: str = "") -> tuple[str, api_pb2.PodSandboxConfig]:
+    """A host-network pod run by the given runtime handler: (pod id, its config)."""
+    cfg = pod_config(log_dir, name=name)
+    return d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
+                                   timeout=60).pod_sandbox_id, cfg
+
+
 def container_config(name: str, command: list[str], **kwargs) -> api_pb2.ContainerConfig:
     return api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name=name), image=api_pb2.ImageSpec(image=IMAGE), command=command,

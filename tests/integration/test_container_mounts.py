@@ -11,8 +11,8 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from cri.oci import mounts
-from tests.integration.test_container_helpers import (container_config, create, env, exec_sync, pod_config,  # noqa: F401
-                                                      registry, run, start_env, status, wait_state)
+from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
+                                                      pod_with_handler, registry, run, start_env, status, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -124,12 +124,6 @@ def handler_features(d) -> dict[str, api_pb2.RuntimeHandlerFeatures]:
     return {h.name: h.features for h in response.runtime_handlers}
 
 
-def pod_with_handler(d, tmp_path, handler: str) -> tuple[str, api_pb2.PodSandboxConfig]:
-    cfg = pod_config(tmp_path, name=f"rro-{handler}")
-    return d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
-                                   timeout=60).pod_sandbox_id, cfg
-
-
 def test_status_lists_each_handler_and_the_default_with_its_features(rro_env):
     d, _, _ = rro_env
     features = handler_features(d)
@@ -149,7 +143,7 @@ def test_recursive_read_only_reaches_submounts(rro_env, host_tree, handler, tmp_
     d, _, _ = rro_env
     if not handler_features(d)[handler].recursive_read_only_mounts:
         pytest.skip(f"{handler} cannot do recursive read-only mounts on this host")
-    pod, cfg = pod_with_handler(d, tmp_path, handler)
+    pod, cfg = pod_with_handler(d, tmp_path, handler, name=f"rro-{handler}")
     rro = api_pb2.Mount(container_path="/rro", host_path=str(host_tree), readonly=True, recursive_read_only=True)
     plain = api_pb2.Mount(container_path="/ro", host_path=str(host_tree), readonly=True)
     cid = run(d, pod, cfg, container_config("rro", ["sleep", "600"], mounts=[rro, plain]))
@@ -165,7 +159,7 @@ def test_recursive_read_only_reaches_submounts(rro_env, host_tree, handler, tmp_
 
 def test_recursive_read_only_is_refused_where_it_cannot_be_honoured(rro_env, host_tree, tmp_path):
     d, _, _ = rro_env
-    pod, cfg = pod_with_handler(d, tmp_path, "oldrunc")
+    pod, cfg = pod_with_handler(d, tmp_path, "oldrunc", name="rro-oldrunc")
     rro = api_pb2.Mount(container_path="/rro", host_path=str(host_tree), readonly=True, recursive_read_only=True)
     with pytest.raises(grpc.RpcError) as err:
         create(d, pod, cfg, container_config("rro", ["sleep", "600"], mounts=[rro]))

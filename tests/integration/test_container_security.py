@@ -11,8 +11,8 @@ from cri_api.v1 import api_pb2
 
 from cri.oci import cgroups, host
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
-from tests.integration.test_container_helpers import (container_config, create, env, exec_sync, pod_config,  # noqa: F401
-                                                      registry, run, status, wait_log, wait_state)
+from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
+                                                      pod_with_handler, registry, run, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +61,7 @@ def test_supplemental_groups_policy(env, tmp_path, handler, policy, groups):
         pytest.skip(cgroups.crun_hybrid_problem())
     d, _, _ = env
     assert d.runtime.Status(api_pb2.StatusRequest(), timeout=30).features.supplemental_groups_policy
-    pod_cfg = pod_config(tmp_path, name=f"groups-{handler}")
-    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg, runtime_handler=handler),
-                                  timeout=60).pod_sandbox_id
+    pod, pod_cfg = pod_with_handler(d, tmp_path, handler, name=f"groups-{handler}")
     sc = api_pb2.LinuxContainerSecurityContext(run_as_user=api_pb2.Int64Value(value=1000), supplemental_groups=[1234],
                                                supplemental_groups_policy=policy)
     cid = run(d, pod, pod_cfg, container_config("groups", ["sh", "-c", "id -G; exec sleep 600"],

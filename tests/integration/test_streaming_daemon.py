@@ -12,8 +12,8 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.test_container_helpers import (container_config, env, registry, run,  # noqa: F401
-                                                      status, wait_state)
+from tests.integration.test_container_helpers import (container_config, env, pod_with_handler,  # noqa: F401
+                                                      registry, run, status, wait_state)
 from tests.streamclient import HttpError, SpdyPortForward, SpdySession, WebSocketClient, spdy_exec
 
 pytestmark = pytest.mark.integration
@@ -298,13 +298,9 @@ def test_many_sessions_leave_no_descriptor_or_task_behind(env):
 
 
 def test_exec_through_crun(env, tmp_path, request):
-    from tests.integration.test_container_helpers import pod_config
-
     request.getfixturevalue("crun_host")
     d, _, _ = env
-    cfg = pod_config(tmp_path)
-    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler="crun"),
-                                  timeout=60).pod_sandbox_id
+    pod, cfg = pod_with_handler(d, tmp_path, "crun")
     cid = sleeper(d, pod, cfg, name="on-crun")
     result = asyncio.run(spdy_exec(exec_url(d, cid, ["sh", "-c", "echo out; exit 4"], stderr=True)))
     assert (result.stdout, result.exit_code) == (b"out\n", 4)
@@ -358,14 +354,10 @@ def test_websocket_exec_and_tunnelled_port_forward(env):
 
 @pytest.mark.parametrize("handler", ["runc", "crun"])
 def test_exec_runs_as_the_container_user_with_its_groups(env, handler, tmp_path, request):
-    from tests.integration.test_container_helpers import pod_config
-
     if handler == "crun":
         request.getfixturevalue("crun_host")
     d, _, _ = env
-    cfg = pod_config(tmp_path)
-    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
-                                  timeout=60).pod_sandbox_id
+    pod, cfg = pod_with_handler(d, tmp_path, handler)
     cid = sleeper(d, pod, cfg, name="as-user", linux=api_pb2.LinuxContainerConfig(
         security_context=api_pb2.LinuxContainerSecurityContext(run_as_user=api_pb2.Int64Value(value=1000),
                                                                supplemental_groups=[50000])))
