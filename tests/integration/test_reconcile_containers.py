@@ -17,7 +17,7 @@ from cri_api.v1 import api_pb2
 
 from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
                                                       registry, run, status, wait_state)
-from tests.integration.test_sandbox_helpers import mounts_below
+from tests.integration.test_sandbox_helpers import mounts_below, process_gone, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,22 +44,6 @@ def _process_cgroups(pid: int) -> set[str]:
     return {line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
 
 
-def _gone(pid: int) -> bool:
-    """Not running any more: no such process, or a zombie (a PID 1 that never reaps keeps those)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def _wait_until(predicate, what: str) -> None:
-    for _ in range(2000):
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting until {what}")
-
-
 def _runtime_ids(d) -> list[str]:
     root = d.state_dir / "runtimes" / "runc"
     out = subprocess.run(["runc", "--root", str(root), "list", "--format", "json"], capture_output=True, check=True)
@@ -76,7 +60,7 @@ def _remove_and_check_clean(d, cid: str, conmon_pid: int) -> None:
     assert cid not in _runtime_ids(d)
     assert [m for m in mounts_below(d.base) if cid in m] == []
     assert _cgroups_naming(cid) == []
-    assert _gone(conmon_pid), f"conmon (pid {conmon_pid}) outlived RemoveContainer"
+    assert process_gone(conmon_pid), f"conmon (pid {conmon_pid}) outlived RemoveContainer"
     assert not (d.state_dir / "containers" / cid).exists()
 
 
@@ -106,8 +90,8 @@ def test_a_container_that_exits_while_the_daemon_is_down_reports_its_real_exit(e
     go = Path(details["rootfs"], "go")
     go.touch()
     told = go.stat().st_mtime_ns  # the kernel's file clock, like the exit file's
-    _wait_until(lambda: _gone(details["pid"]), "the container exited")
-    _wait_until(lambda: _gone(details["conmonPid"]), "conmon left")
+    wait_until(lambda: process_gone(details["pid"]), "the container exited")
+    wait_until(lambda: process_gone(details["conmonPid"]), "conmon left")
     restarted = time.time_ns()
     d.start()
     st = status(d, cid).status
@@ -125,7 +109,7 @@ def test_a_container_deleted_behind_our_back_is_exited_255_and_says_so(env):
     details = _info(d, cid)
     d.kill()
     os.kill(details["conmonPid"], signal.SIGKILL)  # first, or it would report the delete's SIGKILL as exit 137
-    _wait_until(lambda: _gone(details["conmonPid"]), "conmon is dead")
+    wait_until(lambda: process_gone(details["conmonPid"]), "conmon is dead")
     subprocess.run(["runc", "--root", str(d.state_dir / "runtimes" / "runc"), "delete", "-f", cid],
                    check=True, capture_output=True)
     d.start()
@@ -151,7 +135,7 @@ def test_orphans_a_crash_left_without_a_record_are_removed_at_start(env):
     [cid] = [p.stem for p in (d.root / "containers").glob("*.json")]
     bundle = d.state_dir / "containers" / cid
     conmon_pid = int((bundle / "conmon-pidfile").read_text())
-    assert cid in _runtime_ids(d) and not _gone(conmon_pid)
+    assert cid in _runtime_ids(d) and not process_gone(conmon_pid)
     assert [m for m in mounts_below(d.base) if cid in m] and _cgroups_naming(cid)
     (d.root / "containers" / f"{cid}.json").unlink()
     d.start()
@@ -160,7 +144,7 @@ def test_orphans_a_crash_left_without_a_record_are_removed_at_start(env):
     assert not bundle.exists()
     assert [m for m in mounts_below(d.base) if cid in m] == []
     assert _cgroups_naming(cid) == []
-    assert _gone(conmon_pid)
+    assert process_gone(conmon_pid)
     assert not (d.state_dir / "exits" / cid).exists()
     # The name it held is free again.
     cid2 = run(d, pod, pod_cfg, container_config("orphan", ["sleep", "600"]))
@@ -213,7 +197,7 @@ def test_a_create_whose_reply_died_with_the_daemon_is_handed_to_the_retry(env):
     config = container_config("unanswered", ["sleep", "600"])
     request = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=config, sandbox_config=pod_cfg)
     cid = d.runtime.CreateContainer(request, timeout=60).container_id
-    _wait_until(lambda: _info(d, cid)["pid"], "the runtime created it")  # CreateContainer replies before that
+    wait_until(lambda: _info(d, cid)["pid"], "the runtime created it")  # CreateContainer replies before that
     d.kill()
     d.start()
     other = api_pb2.CreateContainerRequest()

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
@@ -20,7 +19,7 @@ from tests.imagebuild import build_busybox_image
 from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
 from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, installed_network,  # noqa: F401
                                                     iptables_rules_mentioning, mounts_below, pod_config, pods,
-                                                    remove_all_pods, veths_on)
+                                                    process_gone, remove_all_pods, veths_on, wait_until)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
 from tests.integration.test_sandbox_modes import linux
 
@@ -41,14 +40,6 @@ def _stat(pid: int) -> tuple[str, int] | None:
     except FileNotFoundError:
         return None
     return fields[0], int(fields[1])
-
-
-def _wait_until(predicate, what: str) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def _record_path(d, pod_id: str) -> Path:
@@ -74,7 +65,7 @@ def test_an_infra_left_a_zombie_under_pid_1_by_a_crash_is_gone_not_running(pods)
     infra = details["pid"]
     d.kill()
     os.kill(_stat(infra)[1], signal.SIGKILL)  # its parent, `unshare`: the infra dies with it (PDEATHSIG)
-    _wait_until(lambda: _stat(infra) is None or _stat(infra)[0] == "Z", "the infra is dead")
+    wait_until(lambda: process_gone(infra), "the infra is dead")
     d.start()
     assert status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY
     _stop_remove_and_check_clean(d, network, pod_id, details)
@@ -95,8 +86,7 @@ def test_stop_after_a_crash_does_not_wait_for_a_process_that_reused_the_infra_pa
         assert status(d, pod_id).status.state == api_pb2.SANDBOX_READY  # the infra itself still runs
         _stop_remove_and_check_clean(d, network, pod_id, details)
         assert stranger.poll() is None, "Stop killed a process that merely reused the infra parent's pid"
-        infra = _stat(details["pid"])
-        assert infra is None or infra[0] == "Z"
+        assert process_gone(details["pid"])
     finally:
         stranger.kill()
         stranger.wait()
@@ -190,7 +180,7 @@ def test_a_pod_cgroup_without_a_record_loses_its_processes_and_goes_but_another_
         _lose_record(d, pod_id)
         d.start()
         assert cgroup_exists(details["cgroupPath"]) == []
-        assert _stat(infra) is None or _stat(infra)[0] == "Z"
+        assert process_gone(infra)
         assert not mounts_below(d.state_dir) and network.leases() == []
         assert stranger.poll() is None and foreign.is_dir()
         assert any("cgroup" in line for line in _sweep_warnings(d, pod_id))
@@ -237,7 +227,7 @@ def _simulate_reboot(d, cgroup_paths: list[str]) -> None:
                     pass
     _kill_processes_mentioning(d.base)  # conmon
     for path in cgroup_paths:
-        _wait_until(lambda: all(not (c / "cgroup.procs").read_text().strip() for c in _cgroup_dirs(path)),
+        wait_until(lambda: all(not (c / "cgroup.procs").read_text().strip() for c in _cgroup_dirs(path)),
                     f"the processes of {path} are gone")
     for target in mounts_below(d.base)[::-1]:  # /proc/self/mounts lists a mount before what is stacked on it
         subprocess.run(["umount", "-l", target], check=True)

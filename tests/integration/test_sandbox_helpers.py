@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,23 @@ def cgroup_exists(cgroup_path: str) -> list[str]:
         if p.exists():
             found.append(str(p))
     return found
+
+
+def process_gone(pid: int) -> bool:
+    """Not running any more: no such process, or a zombie (a PID 1 that never reaps keeps those)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(predicate, what: str, timeout: float = 10) -> None:
+    """Poll predicate every 5 ms; fail the test naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.005)
 
 
 def pod_config(name: str, **kwargs) -> api_pb2.PodSandboxConfig:
