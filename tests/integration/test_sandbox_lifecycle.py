@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -37,6 +38,26 @@ def stop(d, pod_id):
 
 def remove(d, pod_id):
     d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+
+
+@contextlib.contextmanager
+def serving(d, netns: str, page: str):
+    """busybox httpd on port 8080 inside netns, serving `page` as /index.html."""
+    www = Path(d.base) / "www"
+    www.mkdir()
+    (www / "index.html").write_text(page)
+    server = subprocess.Popen(["nsenter", f"--net={netns}", "busybox", "httpd", "-f", "-p", "8080", "-h", str(www)])
+    try:
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def curl(url: str) -> subprocess.CompletedProcess:
+    """GET url from the host, retrying while the server is not listening yet."""
+    return subprocess.run(["curl", "-sS", "--retry", "20", "--retry-connrefused", "--retry-delay", "0",
+                           "--max-time", "10", url], capture_output=True, text=True)
 
 
 def assert_no_leftovers(d, network, pod_id, details):
@@ -89,20 +110,11 @@ def test_http_from_host_and_pod_to_pod(pods):
     a, b = run(d, pod_config("a")), run(d, pod_config("b"))
     ip_a, ip_b = status(d, a).status.network.ip, status(d, b).status.network.ip
     assert ip_a != ip_b
-    www = Path(d.base) / "www"
-    www.mkdir()
-    (www / "index.html").write_text("hello from pod a\n")
-    server = subprocess.Popen(["nsenter", f"--net={info(d, a)['netns']}", "busybox", "httpd", "-f", "-p", "8080",
-                               "-h", str(www)])
-    try:
-        curl = subprocess.run(["curl", "-sS", "--retry", "20", "--retry-connrefused", "--retry-delay", "0",
-                               "--max-time", "10", f"http://{ip_a}:8080/"], capture_output=True, text=True)
-        assert curl.stdout == "hello from pod a\n", curl.stderr
+    with serving(d, info(d, a)["netns"], "hello from pod a\n"):
+        from_host = curl(f"http://{ip_a}:8080/")
+        assert from_host.stdout == "hello from pod a\n", from_host.stderr
         from_b = in_netns(info(d, b)["netns"], "busybox", "wget", "-q", "-O", "-", f"http://{ip_a}:8080/")
         assert from_b.stdout == "hello from pod a\n", from_b.stderr
-    finally:
-        server.kill()
-        server.wait()
     for pod_id in (a, b):
         stop(d, pod_id)
         remove(d, pod_id)
@@ -115,19 +127,10 @@ def test_host_port_on_loopback_reaches_the_pod(pods):
     pod_id = run(d, pod_config("ports", port_mappings=[
         api_pb2.PortMapping(protocol=api_pb2.TCP, container_port=8080, host_port=host_port, host_ip="127.0.0.1")]))
     details = info(d, pod_id)
-    www = Path(d.base) / "www"
-    www.mkdir()
-    (www / "index.html").write_text("via hostPort\n")
-    server = subprocess.Popen(["nsenter", f"--net={details['netns']}", "busybox", "httpd", "-f", "-p", "8080",
-                               "-h", str(www)])
-    try:
-        curl = subprocess.run(["curl", "-sS", "--retry", "20", "--retry-connrefused", "--retry-delay", "0",
-                               "--max-time", "10", f"http://127.0.0.1:{host_port}/"], capture_output=True, text=True)
-        assert curl.stdout == "via hostPort\n", curl.stderr
+    with serving(d, details["netns"], "via hostPort\n"):
+        response = curl(f"http://127.0.0.1:{host_port}/")
+        assert response.stdout == "via hostPort\n", response.stderr
         assert iptables_rules_mentioning(pod_id), "portmap made no rule naming the pod"
-    finally:
-        server.kill()
-        server.wait()
     stop(d, pod_id)
     remove(d, pod_id)
     assert_no_leftovers(d, network, pod_id, details)
