@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri.core import events as ev, sandbox_host
-from cri.core.sandboxes import UndoStack
+from cri.core.undo import UndoStack, restore_or_undo
 from cri.core.streams import container_process, exec_process
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cri.faults import crash_point
@@ -148,8 +148,11 @@ def _user_namespace(sec, sandbox) -> dict:
         if mine and tuple(mine) != tuple(pods):
             raise InvalidArgument(f"the container's {kind} mappings differ from those of its pod's user namespace")
     return {"userns_mode": "POD", "userns_path": sandbox.userns_path,
-            "uid_mappings": [oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in opts.uid_mappings],
-            "gid_mappings": [oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in opts.gid_mappings]}
+            "uid_mappings": list(_id_maps(opts.uid_mappings)), "gid_mappings": list(_id_maps(opts.gid_mappings))}
+
+
+def _id_maps(mappings) -> tuple[oci_spec.IDMap, ...]:
+    return tuple(oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in mappings)
 
 
 def _background(work, what: str) -> asyncio.Future:
@@ -235,18 +238,8 @@ class ContainerManager:
         records = self._store.load_all()
         live = await self._runtime_containers()
         for record in records:
-            if record.state == "creating":
-                log.warning("container %s was being created when the daemon stopped; undoing it", record.id)
-                try:
-                    await self._destroy(record)
-                except Exception:
-                    log.exception("cleaning up half-created container %s failed", record.id)
+            if not await restore_or_undo(record, "container", self._names, self._index, self._destroy):
                 continue
-            try:
-                self._names.reserve(record.reserved_name, record.id)
-            except CRIError as e:
-                log.error("container %s: %s; it stays listed so it can be removed", record.id, e)
-            self._index.add(record.id, record)
             if record.state in ("created", "running"):
                 handler = record.runtime_handler or self.config.runtime.default_runtime
                 await self._reconcile(record, live.get(handler))
@@ -430,6 +423,7 @@ class ContainerManager:
         handler = sandbox.runtime_handler or self.config.runtime.default_runtime
         runtime = self.runtime(handler)
         await self._check_recursive_read_only(request, handler, runtime)
+        await self._check_idmapped_mounts(request, sandbox, handler, runtime)
         container_id = new_id()
         bundle = self._dir / container_id
         parent = (sandbox.cgroup_parent or "/pycri").rstrip("/")
@@ -561,6 +555,28 @@ class ContainerManager:
                 f"({runtime.path}) on this host (it needs Linux 5.12+ and runc 1.1+ or crun 1.8+); "
                 f"set recursive_read_only to false or use a handler that supports it")
 
+    @staticmethod
+    async def _check_idmapped_mounts(request: ContainerRequest, sandbox, handler: str, runtime: OCIRuntime) -> None:
+        """Refuse a mount's uid/gid mappings up front where the runtime cannot idmap: runc 1.1 ignores them, and
+        the volume would show host ids (nobody, or a stranger's files) inside the pod. (Mappings in a pod without
+        a user namespace are refused by the spec.)"""
+        wanted = [m.container_path for m in request.mounts if m.uid_mappings or m.gid_mappings]
+        if not wanted or not sandbox.userns_path:
+            return
+        if not await oci_mounts.supports_idmap(runtime.path):
+            raise InvalidArgument(
+                f"mount {wanted[0]}: idmapped mounts (uid/gid mappings) are not supported by runtime handler "
+                f"{handler!r} ({runtime.path}) on this host (it needs Linux 5.12+ and crun 1.8.1+ or runc 1.2+); "
+                f"run the pod with a handler that supports them, or without mappings on its mounts")
+        pid_mode = MODE_NAMES.get(request.security.pid_mode, "CONTAINER")
+        if pid_mode in ("POD", "TARGET"):
+            # crun 1.8 makes the idmapped mount after joining an existing PID namespace, inside the user
+            # namespace, where the kernel refuses it (EPERM from mount_setattr).
+            raise InvalidArgument(
+                f"mount {wanted[0]}: idmapped mounts are not supported in a container that joins an existing PID "
+                f"namespace (mode {pid_mode}) with runtime handler {handler!r}; use PID namespace mode CONTAINER "
+                f"(no shareProcessNamespace) or no mappings on its mounts")
+
     def _check_lsm(self, request: ContainerRequest) -> None:
         sec = request.security
         if sec.apparmor == "localhost" and not host.apparmor_enabled():
@@ -612,7 +628,8 @@ class ContainerManager:
             working_dir=request.working_dir, image_working_dir=image.working_dir, tty=request.tty,
             stdin=request.stdin, user=user, hostname=sandbox.hostname, readonly_rootfs=sec.readonly_rootfs,
             mounts=[oci_spec.MountRequest(m.container_path, m.host_path, m.readonly, m.propagation,
-                                          m.recursive_read_only) for m in request.mounts],
+                                          m.recursive_read_only, _id_maps(m.uid_mappings), _id_maps(m.gid_mappings))
+                    for m in request.mounts],
             devices=devices, host_devices=host.host_devices() if sec.privileged else [],
             hosts_path=sandbox.hosts_path, resolv_path=sandbox.resolv_conf_path, hostname_path=sandbox.hostname_path,
             shm_path=sandbox.shm_path,

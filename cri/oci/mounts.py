@@ -59,6 +59,7 @@ MOUNT_SETATTR_KERNEL = (5, 12)   # mount_setattr(2): recursive read-only, idmapp
 IDMAPPED_LAYERS_KERNEL = (5, 19)  # overlayfs over idmapped lower layers
 # crun has no `features` command before 1.9; this is the oldest release whose "rro" we have seen work.
 CRUN_RRO_VERSION = (1, 8)
+CRUN_IDMAP_VERSION = (1, 8, 1)  # the first crun that makes idmapped mounts from a mount's uid/gidMappings
 PROBE_TIMEOUT = 5.0
 
 
@@ -71,6 +72,17 @@ def kernel_at_least(release: str, wanted: tuple[int, int]) -> bool:
         return False
 
 
+def _crun_version(version_text: str) -> tuple[int, ...] | None:
+    """(major, minor, patch) from `crun --version`; None for another runtime or an unreadable answer."""
+    first = version_text.splitlines()[0].split() if version_text.strip() else []
+    if len(first) != 3 or first[:2] != ["crun", "version"]:
+        return None
+    try:
+        return tuple(int(x) for x in first[2].split("."))
+    except ValueError:
+        return None
+
+
 def runtime_supports_rro(features_text: str | None, version_text: str) -> bool:
     """From `<runtime> features` (the OCI features document) when the runtime has it, else from its version."""
     if features_text:
@@ -79,14 +91,21 @@ def runtime_supports_rro(features_text: str | None, version_text: str) -> bool:
         except (ValueError, AttributeError):
             return False
         return "rro" in options
-    first = version_text.splitlines()[0].split() if version_text.strip() else []
-    if len(first) == 3 and first[:2] == ["crun", "version"]:
+    version = _crun_version(version_text)
+    return version is not None and version >= CRUN_RRO_VERSION
+
+
+def runtime_supports_idmap(features_text: str | None, version_text: str) -> bool:
+    """Idmapped mounts: the features document's linux.mountExtensions.idmap.enabled (runc 1.2+, crun 1.9+), else
+    crun's version. runc 1.1 has a features document without it: it ignores a mount's mappings silently."""
+    if features_text:
         try:
-            major, minor = (int(x) for x in first[2].split(".")[:2])
-        except ValueError:
+            idmap = ((json.loads(features_text).get("linux") or {}).get("mountExtensions") or {}).get("idmap") or {}
+        except (ValueError, AttributeError):
             return False
-        return (major, minor) >= CRUN_RRO_VERSION
-    return False
+        return idmap.get("enabled") is True
+    version = _crun_version(version_text)
+    return version is not None and version >= CRUN_IDMAP_VERSION
 
 
 async def _output(argv: list[str]) -> str | None:
@@ -114,18 +133,36 @@ async def probe_rro(runtime_path: str) -> bool:
     return runtime_supports_rro(features, version)
 
 
-# (path, inode, mtime) -> answer: Status asks every few seconds, CreateContainer for each rro mount; a binary
-# replaced in place (a package upgrade) is probed again.
-_rro_answers: dict[tuple[str, int, int], bool] = {}
+async def probe_idmap(runtime_path: str) -> bool:
+    """Whether containers of this runtime binary get idmapped bind mounts on this kernel."""
+    if not kernel_at_least(os.uname().release, MOUNT_SETATTR_KERNEL):
+        return False
+    features = await _output([runtime_path, "features"])
+    version = "" if features else (await _output([runtime_path, "--version"]) or "")
+    return runtime_supports_idmap(features, version)
 
 
-async def supports_rro(runtime_path: str) -> bool:
-    """``probe_rro``, run once per runtime binary."""
+# (probe, path, inode, mtime) -> answer: Status asks every few seconds, CreateContainer for each rro or idmapped
+# mount; a binary replaced in place (a package upgrade) is probed again.
+_answers: dict[tuple, bool] = {}
+
+
+async def _once(probe, runtime_path: str) -> bool:
     try:
         st = os.stat(runtime_path)
     except OSError:
         return False
-    key = (runtime_path, st.st_ino, st.st_mtime_ns)
-    if key not in _rro_answers:
-        _rro_answers[key] = await probe_rro(runtime_path)
-    return _rro_answers[key]
+    key = (probe.__name__, runtime_path, st.st_ino, st.st_mtime_ns)
+    if key not in _answers:
+        _answers[key] = await probe(runtime_path)
+    return _answers[key]
+
+
+async def supports_rro(runtime_path: str) -> bool:
+    """``probe_rro``, run once per runtime binary."""
+    return await _once(probe_rro, runtime_path)
+
+
+async def supports_idmap(runtime_path: str) -> bool:
+    """``probe_idmap``, run once per runtime binary."""
+    return await _once(probe_idmap, runtime_path)

@@ -56,12 +56,23 @@ class SpecError(Exception):
 
 
 @dataclass(frozen=True)
+class IDMap:
+    container_id: int
+    host_id: int
+    size: int
+
+
+@dataclass(frozen=True)
 class MountRequest:
     container_path: str
     host_path: str
     readonly: bool = False
     propagation: str = "private"  # private | rslave | rshared
     recursive_read_only: bool = False
+    # An idmapped mount: files owned by container_id on the host path appear owned by host_id, which the pod's
+    # user namespace maps back (kubelet sends the pod's own mapping, so host root's files are the pod root's).
+    uid_mappings: tuple[IDMap, ...] = ()
+    gid_mappings: tuple[IDMap, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,13 +101,6 @@ class Resources:
     hugepage_limits: tuple[tuple[str, int], ...] = ()
     unified: dict[str, str] = field(default_factory=dict)
     pids_limit: int = 0
-
-
-@dataclass(frozen=True)
-class IDMap:
-    container_id: int
-    host_id: int
-    size: int
 
 
 @dataclass
@@ -275,7 +279,14 @@ def _mounts(inputs: ContainerInputs) -> list[dict]:
         if m.recursive_read_only:
             _check_recursive_read_only(m)
             options.append("rro")  # the runtime applies MOUNT_ATTR_RDONLY to every submount (mount_setattr)
-        mounts.append({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": options})
+        mount = {"destination": m.container_path, "type": "bind", "source": m.host_path, "options": options}
+        if m.uid_mappings or m.gid_mappings:
+            # "idmap" too: runtime-spec 1.1 asks for it, so that a runtime which does not know the fields fails
+            # instead of ignoring them (crun applies the mappings either way).
+            options.append("idmap")
+            mount["uidMappings"] = _mount_id_mappings(m, inputs, "uid")
+            mount["gidMappings"] = _mount_id_mappings(m, inputs, "gid")
+        mounts.append(mount)
     # Later entries are mounted over earlier ones: a kubelet mount at /dev/shm or /etc/hosts wins.
     return mounts
 
@@ -287,6 +298,24 @@ def _check_recursive_read_only(m: MountRequest) -> None:
     if m.propagation != "private":
         raise SpecError(f"mount {m.container_path}: recursive read-only needs private propagation, "
                         f"not {m.propagation}")
+
+
+def _mount_id_mappings(m: MountRequest, inputs: ContainerInputs, kind: str) -> list[dict]:
+    """An idmapped mount's mapping: only inside a pod user namespace (outside one, host ids need no mapping),
+    one mapping (what kubelet sends), within the 32-bit id space."""
+    if inputs.userns_mode != "POD":
+        raise SpecError(f"mount {m.container_path} has uid/gid mappings, but the container has no user namespace of "
+                        f"its pod: idmapped mounts are only for pods with userns_options mode POD")
+    mappings = m.uid_mappings if kind == "uid" else m.gid_mappings
+    if len(mappings) != 1:
+        raise SpecError(f"mount {m.container_path} needs exactly one {kind} mapping, got {len(mappings)}")
+    idmap = mappings[0]
+    if idmap.size <= 0:
+        raise SpecError(f"mount {m.container_path}: {kind} mapping has length {idmap.size}")
+    if min(idmap.container_id, idmap.host_id) < 0 or max(idmap.container_id, idmap.host_id) + idmap.size > 1 << 32:
+        raise SpecError(f"mount {m.container_path}: {kind} mapping {idmap.container_id}:{idmap.host_id}:{idmap.size} "
+                        f"leaves the 32-bit id space")
+    return [{"containerID": idmap.container_id, "hostID": idmap.host_id, "size": idmap.size}]
 
 
 def rootfs_propagation(inputs: ContainerInputs) -> str | None:

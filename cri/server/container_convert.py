@@ -56,6 +56,14 @@ def _apparmor(sc: api_pb2.LinuxContainerSecurityContext) -> tuple[str, str]:
     return ({"runtime/default": "runtime/default", "unconfined": "unconfined"}.get(name, ""), "")
 
 
+def _id_mapping(m: api_pb2.IDMapping) -> IDMapSpec:
+    return IDMapSpec(container_id=m.container_id, host_id=m.host_id, length=m.length)
+
+
+def _id_mapping_to_cri(m: IDMapSpec) -> api_pb2.IDMapping:
+    return api_pb2.IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
+
+
 def request_from_proto(request: api_pb2.CreateContainerRequest) -> ContainerRequest:
     config = request.config
     if not request.pod_sandbox_id:
@@ -85,15 +93,16 @@ def request_from_proto(request: api_pb2.CreateContainerRequest) -> ContainerRequ
         selinux={k: getattr(sc.selinux_options, k) for k in ("user", "role", "type", "level")
                  if getattr(sc.selinux_options, k)},
         pid_mode=ns.pid, target_id=ns.target_id, userns_mode=userns.mode if ns.HasField("userns_options") else 2,
-        uid_mappings=[IDMapSpec(container_id=m.container_id, host_id=m.host_id, length=m.length) for m in userns.uids],
-        gid_mappings=[IDMapSpec(container_id=m.container_id, host_id=m.host_id, length=m.length) for m in userns.gids])
+        uid_mappings=[_id_mapping(m) for m in userns.uids], gid_mappings=[_id_mapping(m) for m in userns.gids])
     mounts = []
     for m in config.mounts:
         if m.propagation not in _PROPAGATION:
             raise InvalidArgument(f"unknown mount propagation {m.propagation}")
         mounts.append(MountSpec(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
                                 propagation=_PROPAGATION[m.propagation], selinux_relabel=m.selinux_relabel,
-                                recursive_read_only=m.recursive_read_only))
+                                recursive_read_only=m.recursive_read_only,
+                                uid_mappings=[_id_mapping(i) for i in m.uidMappings],
+                                gid_mappings=[_id_mapping(i) for i in m.gidMappings]))
     return ContainerRequest(
         sandbox_id=request.pod_sandbox_id, name=config.metadata.name, attempt=config.metadata.attempt,
         image=config.image.image, command=list(config.command), args=list(config.args),
@@ -126,7 +135,9 @@ def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
         reason=record.reason, message=record.message, labels=record.labels, annotations=record.annotations,
         mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
                               selinux_relabel=m.selinux_relabel, propagation=_PROPAGATION_TO_CRI[m.propagation],
-                              recursive_read_only=m.recursive_read_only) for m in record.mounts],
+                              recursive_read_only=m.recursive_read_only,
+                              uidMappings=[_id_mapping_to_cri(i) for i in m.uid_mappings],
+                              gidMappings=[_id_mapping_to_cri(i) for i in m.gid_mappings]) for m in record.mounts],
         log_path=record.log_path,
         resources=api_pb2.ContainerResources(linux=resources_to_proto(record.resources)),
         user=api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(

@@ -10,6 +10,13 @@ from pydantic import BaseModel, ConfigDict
 ContainerState = Literal["creating", "created", "running", "exited"]
 
 
+class IDMapSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    container_id: int
+    host_id: int
+    length: int
+
+
 class MountSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
     container_path: str
@@ -18,6 +25,8 @@ class MountSpec(BaseModel):
     propagation: Literal["private", "rslave", "rshared"] = "private"
     selinux_relabel: bool = False
     recursive_read_only: bool = False
+    uid_mappings: list[IDMapSpec] = []  # an idmapped mount (pods with their own user namespace)
+    gid_mappings: list[IDMapSpec] = []
 
 
 class DeviceSpec(BaseModel):
@@ -25,13 +34,6 @@ class DeviceSpec(BaseModel):
     container_path: str
     host_path: str
     permissions: str = "rwm"
-
-
-class IDMapSpec(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    container_id: int
-    host_id: int
-    length: int
 
 
 class ResourcesSpec(BaseModel):

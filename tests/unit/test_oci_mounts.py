@@ -55,3 +55,21 @@ def test_kernel_at_least(release, wanted, expected):
 ])
 def test_runtime_supports_rro(features, version, expected):
     assert mounts.runtime_supports_rro(features, version) is expected
+
+
+RUNC_11_FEATURES = '{"ociVersionMax": "1.0.2-dev", "mountOptions": ["rro"], "linux": {"namespaces": ["user"]}}'
+
+
+@pytest.mark.parametrize("features,version,expected", [
+    ('{"linux": {"mountExtensions": {"idmap": {"enabled": true}}}}', "", True),   # runc 1.2+, crun 1.9+
+    ('{"linux": {"mountExtensions": {"idmap": {"enabled": false}}}}', "", False),
+    (RUNC_11_FEATURES, "", False),                                                # runc 1.1 ignores mappings
+    ("not json", "", False),
+    (None, "crun version 1.8.1\ncommit: f8a0\n", True),                           # crun before `crun features`
+    (None, "crun version 1.8\n", False),
+    (None, "crun version 1.10\n", True),
+    (None, "runc version 1.1.5\n", False),
+    (None, "", False),
+])
+def test_runtime_supports_idmap(features, version, expected):
+    assert mounts.runtime_supports_idmap(features, version) is expected

@@ -192,6 +192,36 @@ def test_recursive_read_only_mount_asks_the_runtime_for_rro():
     assert "rro" not in mount_at(plain, "/c")["options"]
 
 
+POD_MAP = (S.IDMap(0, 200000, 65536),)
+
+
+def test_a_mount_with_mappings_is_idmapped_in_a_pod_user_namespace():
+    volume = S.MountRequest("/vol", "/h", uid_mappings=POD_MAP, gid_mappings=POD_MAP)
+    spec = S.container_spec(inputs(userns_mode="POD", userns_path="/sb/ns/user", uid_mappings=list(POD_MAP),
+                                   gid_mappings=list(POD_MAP), mounts=[volume, S.MountRequest("/plain", "/p")]))
+    assert mount_at(spec, "/vol") == {
+        "destination": "/vol", "type": "bind", "source": "/h", "options": ["rbind", "rprivate", "rw", "idmap"],
+        "uidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}],
+        "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}
+    assert "uidMappings" not in mount_at(spec, "/plain") and "idmap" not in mount_at(spec, "/plain")["options"]
+
+
+@pytest.mark.parametrize("uids,gids,userns,message", [
+    (POD_MAP, POD_MAP, "NODE", "no user namespace of its pod"),
+    (POD_MAP, (), "POD", "exactly one gid mapping, got 0"),
+    (POD_MAP * 2, POD_MAP, "POD", "exactly one uid mapping, got 2"),
+    ((S.IDMap(0, 200000, 0),), POD_MAP, "POD", "uid mapping has length 0"),
+    (POD_MAP, (S.IDMap(0, 4294967000, 65536),), "POD", "leaves the 32-bit id space"),
+    ((S.IDMap(4294967295, 0, 2),), POD_MAP, "POD", "leaves the 32-bit id space"),
+])
+def test_bad_mount_mappings(uids, gids, userns, message):
+    pod = {"uid_mappings": list(POD_MAP), "gid_mappings": list(POD_MAP)} if userns == "POD" else {}
+    mount = S.MountRequest("/vol", "/h", uid_mappings=uids, gid_mappings=gids)
+    with pytest.raises(S.SpecError, match=message) as err:
+        S.container_spec(inputs(userns_mode=userns, mounts=[mount], **pod))
+    assert "/vol" in str(err.value)
+
+
 # --- namespaces ------------------------------------------------------------------------------------------------
 
 def test_pod_namespaces_are_joined_by_path():
