@@ -17,12 +17,11 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from wsproto.connection import Connection, ConnectionType
-
-from . import portforward, remotecommand, tunnel, websocket
 from .backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend, StreamRequest
-from .spdy import SpdyConnection
 from .tokens import TOKEN_TTL, TokenCache
+
+# The protocol modules (SPDY, WebSocket and wsproto/h11 below it) are imported at the first upgrade
+# of each kind: an idle node never streams, and they are a few MB of the daemon's resident memory.
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +222,9 @@ class StreamingServer:
 
     async def _serve_spdy(self, request: HttpRequest, stream_request: StreamRequest,
                           reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from . import portforward, remotecommand
+        from .spdy import SpdyConnection
+
         is_port_forward = isinstance(stream_request, PortForwardRequest)
         supported = (portforward.PROTOCOL,) if is_port_forward else remotecommand.SPDY_PROTOCOLS
         offered = request.values("x-stream-protocol-version")
@@ -248,6 +250,8 @@ class StreamingServer:
 
     async def _serve_websocket(self, request: HttpRequest, stream_request: StreamRequest,
                                reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from . import portforward, tunnel, websocket
+
         key = request.first("sec-websocket-key")
         if not key or request.first("sec-websocket-version") != "13":
             raise BadRequest(400, "Bad Request", "websocket upgrade needs Sec-WebSocket-Key and version 13")
@@ -286,6 +290,11 @@ class StreamingServer:
     async def _serve_tunnel(self, stream_request: PortForwardRequest, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
         """Port-forward's SPDY protocol, carried inside WebSocket binary messages."""
+        from wsproto.connection import Connection, ConnectionType
+
+        from . import portforward, tunnel
+        from .spdy import SpdyConnection
+
         pipe = tunnel.WebSocketTunnel(Connection(ConnectionType.SERVER), reader, writer)
         conn = SpdyConnection(pipe.reader, pipe.writer, server=True, idle_timeout=self._config.idle_timeout)
         conn.start()

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cri.errors import ResourceExhausted
-from cri.streaming import remotecommand, server, websocket
+from cri.streaming import portforward, remotecommand, server, websocket
 from cri.streaming.backend import ExecRequest, PortForwardRequest, TerminalSize
 from cri.streaming.tokens import TokenCache
 
@@ -125,10 +125,10 @@ def test_websocket_channel_wire_forms():
 
 
 def test_ports_must_be_in_range():
-    assert server.portforward.parse_port("8080") == 8080
+    assert portforward.parse_port("8080") == 8080
     for bad in ("0", "65536", "-1", "80a", ""):
         with pytest.raises(ValueError):
-            server.portforward.parse_port(bad)
+            portforward.parse_port(bad)
 
 
 @given(st.binary(max_size=300))
