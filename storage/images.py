@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import tenacity
 from pydantic import BaseModel, Field
 
 from storage import reference as refs
@@ -91,6 +90,8 @@ class Descriptor:
 
 def _retrying(fn, *args):
     """Call fn, retrying transient registry failures with exponential backoff."""
+    import tenacity  # here, not at import: only pulls retry, and an idle daemon need not hold it
+
     for attempt in tenacity.Retrying(retry=tenacity.retry_if_exception_type(TransientRegistryError),
                                      stop=tenacity.stop_after_attempt(4),
                                      wait=tenacity.wait_exponential(multiplier=0.2, max=3.0), reraise=True):
