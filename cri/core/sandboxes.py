@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from cri.core import sandbox_host as host, sandbox_orphans
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls, validate_user_namespace)
-from cri.core.undo import StepFailed, UndoStack, named_error, run_step
+from cri.core.undo import StepFailed, UndoStack, named_error, restore_or_undo, run_step
 from cri.faults import crash_point
 from cri.errors import CRIError, FailedPrecondition, InvalidArgument, Unavailable
 from cri.state import Index, NameRegistry, RecordStore, new_id
@@ -88,18 +88,8 @@ class SandboxManager:
             known.add(record.id)
             if not Path(record.sandbox_dir).is_dir():
                 self._forget_host_state(record)
-            if record.state == "creating":
-                log.warning("sandbox %s was being created when the daemon stopped; undoing it", record.id)
-                try:
-                    await self._destroy(record)
-                except Exception:
-                    log.exception("cleaning up half-created sandbox %s failed", record.id)
+            if not await restore_or_undo(record, "sandbox", self._names, self._index, self._destroy):
                 continue
-            try:
-                self._names.reserve(record.reserved_name, record.id)
-            except CRIError as e:
-                log.error("sandbox %s: %s; it stays listed so it can be removed", record.id, e)
-            self._index.add(record.id, record)
             if record.state == "ready" and not self._alive(record):
                 record.state = "notready"
                 self._store.save(record, durable=False)

@@ -1,4 +1,5 @@
-"""Undo stacks for multi-step operations, and errors that name the step that failed.
+"""Undo stacks for multi-step operations, errors that name the step that failed, and the undo at start of what a
+crash left half-created.
 
 A multi-step operation pushes the undo of each step that changed the host; when a later step fails, the
 undos run in reverse and the caller's error says which step failed, keeping its kind (so its gRPC code).
@@ -11,6 +12,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from cri.errors import CRIError, Internal
+from cri.state.index import Index, NameRegistry
 from netplugins import NetPluginError
 
 log = logging.getLogger(__name__)
@@ -59,3 +61,22 @@ class UndoStack:
                     await result
             except Exception:
                 log.exception("undo of %r failed", what)
+
+
+async def restore_or_undo(record: Any, kind: str, names: NameRegistry, index: Index,
+                          destroy: Callable[[Any], Awaitable[None]]) -> bool:
+    """At start, for a container or sandbox record: one a crash left "creating" is undone (False); any other is
+    taken back (True), its name reserved again (a clash is logged: it stays listed so it can be removed)."""
+    if record.state == "creating":
+        log.warning("%s %s was being created when the daemon stopped; undoing it", kind, record.id)
+        try:
+            await destroy(record)
+        except Exception:
+            log.exception("cleaning up half-created %s %s failed", kind, record.id)
+        return False
+    try:
+        names.reserve(record.reserved_name, record.id)
+    except CRIError as e:
+        log.error("%s %s: %s; it stays listed so it can be removed", kind, record.id, e)
+    index.add(record.id, record)
+    return True
