@@ -64,13 +64,20 @@ def _running_container(c: Client, w: World) -> None:
     c.start(w.container_id)
 
 
+def _again(call: Callable[[Client, World], None], check: Callable[[Client, World], None]):
+    """kubelet's retry after the restart: the same call with the same arguments (it must not fail with 'name is
+    reserved' or 'not found'), then a check that it achieved what it was for."""
+    def retry(c: Client, w: World) -> None:
+        call(c, w)
+        check(c, w)
+    return retry
+
+
 def _run_pod(c: Client, w: World) -> None:
     w.pod_id = c.run_pod(w.pod)
 
 
-def _retry_run_pod(c: Client, w: World) -> None:
-    """kubelet retries with the same config: it must get a ready pod, not 'name is reserved'."""
-    w.pod_id = c.run_pod(w.pod)
+def _pod_ready(c: Client, w: World) -> None:
     assert c.pod_state(w.pod_id) == api_pb2.SANDBOX_READY
 
 
@@ -78,10 +85,12 @@ def _create(c: Client, w: World) -> None:
     w.container_id = c.create(w.pod_id, w.container, w.pod)
 
 
-def _retry_create(c: Client, w: World) -> None:
-    w.container_id = c.create(w.pod_id, w.container, w.pod)
+def _starts_and_runs(c: Client, w: World) -> None:
     c.start(w.container_id)
     assert c.container_state(w.container_id) == api_pb2.CONTAINER_RUNNING
+
+
+_retry_create = _again(_create, _starts_and_runs)
 
 
 def _start(c: Client, w: World) -> None:
@@ -102,8 +111,7 @@ def _stop(c: Client, w: World) -> None:
     c.stop(w.container_id, grace=2)
 
 
-def _retry_stop(c: Client, w: World) -> None:
-    c.stop(w.container_id, grace=2)
+def _exited(c: Client, w: World) -> None:
     assert c.container_state(w.container_id) == api_pb2.CONTAINER_EXITED
 
 
@@ -111,8 +119,7 @@ def _remove(c: Client, w: World) -> None:
     c.remove(w.container_id)
 
 
-def _retry_remove(c: Client, w: World) -> None:
-    c.remove(w.container_id)
+def _container_gone(c: Client, w: World) -> None:
     req = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(id=w.container_id))
     assert not c.runtime.ListContainers(req).containers
 
@@ -121,8 +128,7 @@ def _stop_pod(c: Client, w: World) -> None:
     c.stop_pod(w.pod_id)
 
 
-def _retry_stop_pod(c: Client, w: World) -> None:
-    c.stop_pod(w.pod_id)
+def _pod_not_ready(c: Client, w: World) -> None:
     assert c.pod_state(w.pod_id) == api_pb2.SANDBOX_NOTREADY
 
 
@@ -130,20 +136,18 @@ def _remove_pod(c: Client, w: World) -> None:
     c.remove_pod(w.pod_id)
 
 
-def _retry_remove_pod(c: Client, w: World) -> None:
-    c.remove_pod(w.pod_id)
+def _pod_gone(c: Client, w: World) -> None:
     req = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(id=w.pod_id))
     assert not c.runtime.ListPodSandbox(req).items
 
 
 def _pull(c: Client, w: World) -> None:
-    c.pull(w.image)
+    w.extra["image_ref"] = c.pull(w.image)
 
 
-def _retry_pull(c: Client, w: World) -> None:
-    image_ref = c.pull(w.image)
+def _pulled(c: Client, w: World) -> None:
     status = c.images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=w.image)))
-    assert status.image.id == image_ref
+    assert status.image.id == w.extra["image_ref"]
 
 
 def _nothing(c: Client, w: World) -> None:
@@ -151,18 +155,18 @@ def _nothing(c: Client, w: World) -> None:
 
 
 SCENARIOS = [
-    Scenario("sandbox.run.after_record", _new_pod, _run_pod, _retry_run_pod),
-    Scenario("sandbox.run.after_namespaces", _new_pod, _run_pod, _retry_run_pod),
-    Scenario("sandbox.run.after_network", _new_pod, _run_pod, _retry_run_pod),
-    Scenario("sandbox.stop.after_network", _running_pod, _stop_pod, _retry_stop_pod),
-    Scenario("sandbox.remove.after_namespaces", _running_pod, _remove_pod, _retry_remove_pod),
+    Scenario("sandbox.run.after_record", _new_pod, _run_pod, _again(_run_pod, _pod_ready)),
+    Scenario("sandbox.run.after_namespaces", _new_pod, _run_pod, _again(_run_pod, _pod_ready)),
+    Scenario("sandbox.run.after_network", _new_pod, _run_pod, _again(_run_pod, _pod_ready)),
+    Scenario("sandbox.stop.after_network", _running_pod, _stop_pod, _again(_stop_pod, _pod_not_ready)),
+    Scenario("sandbox.remove.after_namespaces", _running_pod, _remove_pod, _again(_remove_pod, _pod_gone)),
     Scenario("container.create.after_record", _new_container, _create, _retry_create),
     Scenario("container.create.after_rootfs", _new_container, _create, _retry_create),
     Scenario("container.create.after_runtime", _new_container, _create, _retry_create),
     Scenario("container.start.after_runtime", _created_container, _start, _retry_start),
-    Scenario("container.stop.after_signal", _running_container, _stop, _retry_stop),
-    Scenario("container.remove.after_runtime", _running_container, _remove, _retry_remove),
-    Scenario("image.pull.after_blobs", _nothing, _pull, _retry_pull),
+    Scenario("container.stop.after_signal", _running_container, _stop, _again(_stop, _exited)),
+    Scenario("container.remove.after_runtime", _running_container, _remove, _again(_remove, _container_gone)),
+    Scenario("image.pull.after_blobs", _nothing, _pull, _again(_pull, _pulled)),
 ]
 POINTS = [s.point for s in SCENARIOS]
 
