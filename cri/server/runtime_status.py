@@ -18,7 +18,10 @@ def _condition(kind: str, ready: bool, reason: str, message: str) -> api_pb2.Run
 async def _handler_features(rt, name: str) -> api_pb2.RuntimeHandlerFeatures:
     path = rt.config.runtime_path(name)
     rro = path is not None and await mounts.supports_rro(path)
-    userns = rt.sandboxes.user_namespaces_problem(name) is None
+    # kubelet puts the pod's id mappings on every mount of a `hostUsers: false` pod: a handler that cannot make
+    # idmapped mounts (runc 1.1) could run the pod but none of kubelet's containers, so it is not advertised.
+    userns = (rt.sandboxes.user_namespaces_problem(name) is None and path is not None
+              and await mounts.supports_idmap(path))
     return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=userns)
 
 
