@@ -20,10 +20,8 @@ critest kit's, whose registry serves 127.0.0.1:5000). Whatever it created is rem
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
-from bench.sandbox import percentile, private_network  # noqa: E402
+from bench.sandbox import BenchNetwork, percentile, runtime_endpoint  # noqa: E402
 
 UP = ("runp", "create", "start")
 DOWN = ("stop", "rm", "stopp", "rmp")
@@ -197,26 +195,10 @@ def main() -> int:
     ap.add_argument("--registries-conf", default=str(KIT_REGISTRIES))
     ap.add_argument("--host-network", action="store_true", help="pods on the host network (no CNI)")
     args = ap.parse_args()
-    daemon = None
-    base = None
-    endpoint = args.endpoint
-    try:
-        if endpoint is None:
-            from conformance.daemon import Daemon
-
-            base = Path(tempfile.mkdtemp(prefix="pycri-bench"))
-            settings = {"log_level": "info", "storage": {"registries_conf": args.registries_conf}}
-            if not args.host_network:
-                conf_dir = private_network(base, masquerade=True)
-                conflist = conf_dir / "10-bench.conflist"
-                conf = json.loads(conflist.read_text())
-                conf["plugins"][0]["bridge"] = BRIDGE  # not bench/sandbox.py's, which may run at the same time
-                conf["plugins"][0]["ipam"]["ranges"] = [[{"subnet": "10.125.0.0/16"}]]
-                conf["name"] = "pycri-bench-concurrency"
-                conflist.write_text(json.dumps(conf))
-                settings["network"] = {"cni_conf_dir": str(conf_dir)}
-            daemon = Daemon(settings).start()
-            endpoint = f"unix://{daemon.socket}"
+    settings = {"log_level": "info", "storage": {"registries_conf": args.registries_conf}}
+    network = None if args.host_network else BenchNetwork(bridge=BRIDGE, subnet="10.125.0.0/16",
+                                                          name="pycri-bench-concurrency")
+    with runtime_endpoint(args.endpoint, settings, network) as (endpoint, _):
         shape = (args.pods, args.containers, args.rounds)
         ours = measure(endpoint, *shape, args.image, args.handler, args.host_network)
         report("pycri", ours, *shape)
@@ -228,12 +210,6 @@ def main() -> int:
                   + "  ".join(f"{s} {ours['steps'][s][0] / theirs['steps'][s][0]:.2f}" for s in UP + DOWN)
                   + "  (wall time and p50 pycri/reference)")
             print("ratio      " + "  ".join(f"{s} p99 {ours['polls'][s][1] / theirs['polls'][s][1]:.2f}" for s in POLLS))
-    finally:
-        if daemon is not None:
-            daemon.cleanup()
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-        if base is not None:
-            subprocess.run(["rm", "-rf", str(base)])
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
-from bench.sandbox import percentile, private_network  # noqa: E402
+from bench.sandbox import BenchNetwork, percentile, print_targets, runtime_endpoint  # noqa: E402
 
 STEPS = ("runp", "create", "start", "stop", "rm", "stopp", "rmp")
 REFERENCE = {"create": (10, 90), "start": (57, 19), "stop": (52, 129), "rm": (3, 17)}
@@ -157,25 +156,11 @@ def main() -> int:
     ap.add_argument("--host-network", action="store_true", help="pods on the host network (no CNI)")
     ap.add_argument("--memory-pods", type=int, default=10, help="pods to run for the memory figures (0: skip)")
     args = ap.parse_args()
-    daemon = None
-    base = None
-    endpoint = args.endpoint
-    if endpoint is None:
-        from conformance.daemon import Daemon
-
-        base = Path(tempfile.mkdtemp(prefix="pycri-bench"))
-        settings = {"log_level": "info", "storage": {"registries_conf": args.registries_conf}}
-        if not args.host_network:
-            settings["network"] = {"cni_conf_dir": str(private_network(base, masquerade=True))}
-        daemon = Daemon(settings).start()
-        endpoint = f"unix://{daemon.socket}"
-    try:
+    settings = {"log_level": "info", "storage": {"registries_conf": args.registries_conf}}
+    with runtime_endpoint(args.endpoint, settings, None if args.host_network else BenchNetwork()) as (endpoint, daemon):
         ours = measure(endpoint, args.n, args.image, args.handler, args.host_network)
         report("pycri", ours)
-        for step, (containerd, crio) in REFERENCE.items():
-            best = min(containerd, crio)
-            print(f"target     {step:7s} p50 {ours[step][0]:6.1f} ms vs best reference {best} ms "
-                  f"(containerd {containerd}, CRI-O {crio}): ratio {ours[step][0] / best:.2f}")
+        print_targets(REFERENCE, ours)
         if daemon is not None and args.memory_pods:
             print(memory_figures(endpoint, daemon.proc.pid, str(daemon.base), args.image, args.memory_pods))
         if args.compare and os.path.exists(args.compare.removeprefix("unix://")):
@@ -183,12 +168,6 @@ def main() -> int:
             report("reference", theirs)
             print("ratio      " + "  ".join(f"{s} {ours[s][0] / theirs[s][0]:.2f}" for s in STEPS)
                   + "  (p50 pycri/reference)")
-    finally:
-        if daemon is not None:
-            daemon.cleanup()
-            subprocess.run(["ip", "link", "del", "pycribench0"], capture_output=True)
-        if base is not None:
-            subprocess.run(["rm", "-rf", str(base)])
     return 0
 
 

@@ -13,6 +13,7 @@ stop 82 / 162, remove 21 / 16.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,17 +72,61 @@ def measure(endpoint: str, rounds: int, parallel: int) -> dict[str, dict[str, tu
     return out
 
 
-def private_network(base: Path, masquerade: bool) -> Path:
-    conf = json.loads((Path(__file__).resolve().parent.parent / "cri" / "default-bridge.conflist").read_text())
-    bridge = conf["plugins"][0]
-    bridge.update(bridge="pycribench0", ipMasq=masquerade)
-    bridge["ipam"]["ranges"] = [[{"subnet": "10.124.0.0/16"}]]
-    bridge["ipam"]["dataDir"] = str(base / "ipam")
-    conf["name"] = "pycri-bench"
-    conf_dir = base / "cni"
-    conf_dir.mkdir(parents=True)
-    (conf_dir / "10-bench.conflist").write_text(json.dumps(conf))
-    return conf_dir
+@dataclass
+class BenchNetwork:
+    """A private bridge network built like cri/default-bridge.conflist; benchmarks that may run at the same time
+    use their own bridge and subnet."""
+
+    masquerade: bool = True
+    bridge: str = "pycribench0"
+    subnet: str = "10.124.0.0/16"
+    name: str = "pycri-bench"
+
+    def install(self, base: Path) -> Path:
+        """Write the conflist below `base`; return the CNI config dir."""
+        conf = json.loads((Path(__file__).resolve().parent.parent / "cri" / "default-bridge.conflist").read_text())
+        bridge = conf["plugins"][0]
+        bridge.update(bridge=self.bridge, ipMasq=self.masquerade)
+        bridge["ipam"]["ranges"] = [[{"subnet": self.subnet}]]
+        bridge["ipam"]["dataDir"] = str(base / "ipam")
+        conf["name"] = self.name
+        conf_dir = base / "cni"
+        conf_dir.mkdir(parents=True)
+        (conf_dir / "10-bench.conflist").write_text(json.dumps(conf))
+        return conf_dir
+
+
+@contextlib.contextmanager
+def runtime_endpoint(endpoint: str | None, settings: dict, network: BenchNetwork | None):
+    """(endpoint, daemon): the given endpoint and None; without one, a pycri daemon started with `settings` in a
+    temporary root, on `network` unless that is None (host network only). The daemon, its bridge and its root are
+    removed after."""
+    if endpoint is not None:
+        yield endpoint, None
+        return
+    from conformance.daemon import Daemon
+
+    base = Path(tempfile.mkdtemp(prefix="pycri-bench"))
+    daemon = None
+    try:
+        if network is not None:
+            settings = {**settings, "network": {"cni_conf_dir": str(network.install(base))}}
+        daemon = Daemon(settings).start()
+        yield f"unix://{daemon.socket}", daemon
+    finally:
+        if daemon is not None:
+            daemon.cleanup()
+        if network is not None:
+            subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
+        subprocess.run(["rm", "-rf", str(base)])
+
+
+def print_targets(reference: dict[str, tuple[int, int]], ours: dict[str, tuple[float, float]]) -> None:
+    """Our p50 of each step against the better of containerd's and CRI-O's medians on this machine."""
+    for step, (containerd, crio) in reference.items():
+        best = min(containerd, crio)
+        print(f"target     {step:7s} p50 {ours[step][0]:6.1f} ms vs best reference {best} ms "
+              f"(containerd {containerd}, CRI-O {crio}): ratio {ours[step][0] / best:.2f}")
 
 
 def report(label: str, figures: dict[str, dict[str, tuple[float, float]]]) -> None:
@@ -97,36 +143,17 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=10)
     ap.add_argument("--no-masq", action="store_true", help="ipMasq off, like the critest kit's containerd network")
     args = ap.parse_args()
-    daemon = None
-    base = None
-    endpoint = args.endpoint
-    if endpoint is None:
-        from conformance.daemon import Daemon
-
-        base = Path(tempfile.mkdtemp(prefix="pycri-bench"))
-        conf_dir = private_network(base, masquerade=not args.no_masq)
-        daemon = Daemon({"log_level": "info", "network": {"cni_conf_dir": str(conf_dir)}}).start()
-        endpoint = f"unix://{daemon.socket}"
-    try:
+    with runtime_endpoint(args.endpoint, {"log_level": "info"}, BenchNetwork(masquerade=not args.no_masq)) as (
+            endpoint, _):
         ours = measure(endpoint, args.n, args.parallel)
         report("pycri", ours)
-        seq = ours["sequential"]
-        for step, (containerd, crio) in REFERENCE.items():
-            best = min(containerd, crio)
-            print(f"target     {step:7s} p50 {seq[step][0]:6.1f} ms vs best reference {best} ms "
-                  f"(containerd {containerd}, CRI-O {crio}): ratio {seq[step][0] / best:.2f}")
+        print_targets(REFERENCE, ours["sequential"])
         if args.compare and os.path.exists(args.compare.removeprefix("unix://")):
             theirs = measure(args.compare, args.n, args.parallel)
             report("reference", theirs)
             for mode in ours:
                 print(f"ratio      {mode:15s} " + "  ".join(
                     f"{s} {ours[mode][s][0] / theirs[mode][s][0]:.2f}" for s in STEPS) + "  (p50 pycri/reference)")
-    finally:
-        if daemon is not None:
-            daemon.cleanup()
-            subprocess.run(["ip", "link", "del", "pycribench0"], capture_output=True)
-        if base is not None:
-            subprocess.run(["rm", "-rf", str(base)])
     return 0
 
 
