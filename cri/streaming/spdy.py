@@ -256,12 +256,9 @@ def encode_frame(frame: Frame, compressor: HeaderCompressor | None = None) -> by
             head = struct.pack(">IIBB", stream_id & _STREAM_MASK, associated_id & _STREAM_MASK,
                                (priority & 7) << 5, 0)
             return _control(SYN_STREAM, flags, head + compressor.compress(headers))
-        case SynReply(stream_id, headers, flags):
-            return _control(SYN_REPLY, flags, struct.pack(">I", stream_id & _STREAM_MASK)
-                            + compressor.compress(headers))
-        case HeadersFrame(stream_id, headers, flags):
-            return _control(HEADERS, flags, struct.pack(">I", stream_id & _STREAM_MASK)
-                            + compressor.compress(headers))
+        case SynReply(stream_id, headers, flags) | HeadersFrame(stream_id, headers, flags):
+            return _control(SYN_REPLY if isinstance(frame, SynReply) else HEADERS, flags,
+                            struct.pack(">I", stream_id & _STREAM_MASK) + compressor.compress(headers))
         case RstStream(stream_id, status):
             return _control(RST_STREAM, 0, struct.pack(">II", stream_id & _STREAM_MASK, status))
         case Settings(values, flags):
