@@ -20,7 +20,7 @@ import asyncio
 import struct
 import zlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 VERSION = 3
@@ -332,6 +332,21 @@ def decode_frame(head: bytes, payload: bytes, decompressor: HeaderDecompressor) 
 # Connection
 
 
+async def next_chunk(chunks: deque[bytes], n: int, ended: Callable[[], bool], changed: asyncio.Event) -> bytes:
+    """Up to n bytes of the first buffered chunk (the rest of it stays first in line), waiting on `changed` while
+    none is buffered; b"" once none is and `ended()`. The read side of a SPDY stream and of a WebSocket channel."""
+    while not chunks:
+        if ended():
+            return b""
+        changed.clear()
+        await changed.wait()
+    chunk = chunks.popleft()
+    if len(chunk) > n:
+        chunks.appendleft(chunk[n:])
+        chunk = chunk[:n]
+    return chunk
+
+
 @dataclass(eq=False)
 class SpdyStream:
     """One SPDY stream: read what the peer sends until its FIN, write until our FIN."""
@@ -359,17 +374,10 @@ class SpdyStream:
 
     async def read(self, n: int = DATA_CHUNK) -> bytes:
         """Up to n bytes; b"" once the peer half-closed, reset the stream, or the connection ended."""
-        while not self._chunks:
-            if self._remote_closed or self._reset:
-                return b""
-            self._changed.clear()
-            await self._changed.wait()
-        chunk = self._chunks.popleft()
-        if len(chunk) > n:
-            self._chunks.appendleft(chunk[n:])
-            chunk = chunk[:n]
-        self._buffered -= len(chunk)
-        self.conn._consumed(self, len(chunk))
+        chunk = await next_chunk(self._chunks, n, lambda: self._remote_closed or self._reset, self._changed)
+        if chunk:
+            self._buffered -= len(chunk)
+            self.conn._consumed(self, len(chunk))
         return chunk
 
     async def read_all(self, limit: int = 1 << 20) -> bytes:

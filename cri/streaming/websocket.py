@@ -18,7 +18,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from .backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend
 from .portforward import forward
 from .remotecommand import SessionStreams, StatusSink, resize_events, run_session
-from .spdy import StreamClosed
+from .spdy import StreamClosed, next_chunk
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,10 @@ class _Input:
         self.changed = asyncio.Event()
 
     async def read(self, n: int = 65536) -> bytes:
-        while not self.chunks:
-            if self.closed:
-                return b""
-            self.changed.clear()
-            await self.changed.wait()
-        chunk = self.chunks.popleft()
-        if len(chunk) > n:
-            self.chunks.appendleft(chunk[n:])
-            chunk = chunk[:n]
-        self.buffered -= len(chunk)
-        self.changed.set()
+        chunk = await next_chunk(self.chunks, n, lambda: self.closed, self.changed)
+        if chunk:
+            self.buffered -= len(chunk)
+            self.changed.set()  # wakes the connection's reader if it paused on this channel's full buffer
         return chunk
 
 
