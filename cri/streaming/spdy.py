@@ -347,6 +347,18 @@ async def next_chunk(chunks: deque[bytes], n: int, ended: Callable[[], bool], ch
     return chunk
 
 
+async def close_transport(writer: asyncio.StreamWriter, task: asyncio.Task | None) -> None:
+    """Wait up to 5 s for the transport to close, else abort it; then end the connection's reader task (unless
+    that is the caller). The last step of closing a SPDY or WebSocket connection."""
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 5)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        writer.transport.abort()
+    if task is not None and task is not asyncio.current_task():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @dataclass(eq=False)
 class SpdyStream:
     """One SPDY stream: read what the peer sends until its FIN, write until our FIN."""
@@ -549,13 +561,7 @@ class SpdyConnection:
         if not self._closed:
             self._send(encode_frame(GoAway(self._last_peer_id, GOAWAY_OK)))
         self._shutdown()
-        try:
-            await asyncio.wait_for(self._writer.wait_closed(), 5)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
-            self._writer.transport.abort()
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await close_transport(self._writer, self._task)
 
     # --- frame handling
 

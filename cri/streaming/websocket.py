@@ -18,7 +18,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from .backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend
 from .portforward import forward
 from .remotecommand import SessionStreams, StatusSink, resize_events, run_session
-from .spdy import StreamClosed, next_chunk
+from .spdy import StreamClosed, close_transport, next_chunk
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,7 @@ class WebSocketChannels:
         if not self.done.done() and self._ws.state == ConnectionState.OPEN:
             self._writer.write(self._ws.send(CloseConnection(code=code)))
         self._finish()
-        try:
-            await asyncio.wait_for(self._writer.wait_closed(), 5)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
-            self._writer.transport.abort()
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await close_transport(self._writer, self._task)
 
     async def _run(self) -> None:
         watchdog = asyncio.create_task(self._idle_watchdog()) if self._idle_timeout else None
