@@ -92,11 +92,11 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> int:
         from cri_api.v1 import api_pb2
 
         daemon = Daemon({"log_level": "info"})
-        conf = daemon.base / "registries.conf"  # the kit's, and its registry under its own name
-        conf.write_text(Path(args.registries_conf).read_text()
-                        + '\n[[registry]]\nprefix = "127.0.0.1:5000"\nlocation = "127.0.0.1:5000"\ninsecure = true\n')
-        daemon.start(env=env)
         try:
+            conf = daemon.base / "registries.conf"  # the kit's, and its registry under its own name
+            conf.write_text(Path(args.registries_conf).read_text()
+                            + '\n[[registry]]\nprefix = "127.0.0.1:5000"\nlocation = "127.0.0.1:5000"\ninsecure = true\n')
+            daemon.start(env=env)
             for image in [*args.pull, args.image]:
                 daemon.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=600)
                 time.sleep(args.settle)
