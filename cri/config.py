@@ -120,7 +120,23 @@ class Config(Section):
     def runtime_path(self, handler: str) -> str | None:
         """The handler's binary as an absolute path, or None when it is not installed."""
         h = self.runtime.handlers.get(handler)
-        return shutil.which(h.path) if h else None
+        return find_binary(h.path) if h else None
+
+
+_found: dict[str, str] = {}
+
+
+def find_binary(name: str) -> str | None:
+    """`shutil.which`, remembered while the file stays executable: Status asks for every handler every few
+    seconds, and a PATH search costs more than the rest of the call."""
+    found = _found.get(name)
+    if found is None or not os.access(found, os.X_OK):
+        found = shutil.which(name)
+        if found is None:
+            _found.pop(name, None)
+        else:
+            _found[name] = found
+    return found
 
 
 class ConfigError(Exception):

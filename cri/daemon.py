@@ -9,7 +9,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cri.config import Config
+from cri.config import Config, find_binary
 
 log = logging.getLogger("pycri")
 
@@ -48,7 +47,6 @@ class Runtime:
     streaming: Any = None
     events: Any = None
     services: list[Service] = field(default_factory=list)
-    _binaries: dict[str, str | None] = field(default_factory=dict)
 
     def runtime_condition(self) -> tuple[bool, str, str]:
         """Ready when the default runtime and conmon are installed; kubelet asks every few seconds."""
@@ -56,10 +54,7 @@ class Runtime:
         handler = runtime.default_runtime
         for name, wanted, reason in ((f"default runtime {handler!r}", runtime.handlers[handler].path, "OCIRuntimeMissing"),
                                      ("conmon", runtime.conmon, "ConmonMissing")):
-            found = self._binaries.get(wanted)
-            if found is None or not os.access(found, os.X_OK):
-                found = self._binaries[wanted] = shutil.which(wanted)
-            if found is None:
+            if find_binary(wanted) is None:
                 return False, reason, f"{name} ({wanted}) is not installed"
         return True, "", ""
 
