@@ -359,6 +359,23 @@ class SandboxManager:
         await run_step("writing /etc/hosts", asyncio.to_thread(Path(record.hosts_path).write_text, hosts))
 
     async def _setup_local(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
+        # The files, the /dev/shm mount and the pod cgroup are ~40 syscalls: in a thread, so that List and Status
+        # calls stay quick while many pods start at once.
+        await asyncio.to_thread(self._prepare_local, record, resolv, undo)
+        if record.namespace_options.pid == MODE_POD:
+            namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path,
+                          "user": record.userns_path}  # the PID namespace then belongs to the pod's user one
+            infra = await run_step("starting the infra process",
+                                host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
+                                                 record.cgroup_path, record.sandbox_dir))
+            record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
+            undo.push("infra process", lambda: host.stop_infra(*infra))
+        try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
+            self._store.save(record, durable=False)
+        except OSError as e:
+            raise StepFailed("saving the sandbox record", e) from e
+
+    def _prepare_local(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
         opts = record.namespace_options
         sandbox_dir = Path(record.sandbox_dir)
         try:
@@ -381,18 +398,6 @@ class SandboxManager:
             undo.push("pod cgroup", lambda: host.remove_cgroups(record.cgroups_created))
         except (OSError, CRIError) as e:
             raise StepFailed(step, e) from e
-        if opts.pid == MODE_POD:
-            namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path,
-                          "user": record.userns_path}  # the PID namespace then belongs to the pod's user one
-            infra = await run_step("starting the infra process",
-                                host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
-                                                 record.cgroup_path, record.sandbox_dir))
-            record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
-            undo.push("infra process", lambda: host.stop_infra(*infra))
-        try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
-            self._store.save(record, durable=False)
-        except OSError as e:
-            raise StepFailed("saving the sandbox record", e) from e
 
     def _pod_network(self, record: SandboxRecord) -> PodNetwork:
         return PodNetwork(

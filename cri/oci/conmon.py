@@ -116,8 +116,8 @@ class Conmon:
         os.close(sync_w)
         os.close(start_r)
         try:
-            if cgroup:
-                cgroups.place(proc.pid, cgroup)
+            if cgroup:  # a dozen mkdirs and writes across the hierarchies: not on the event loop
+                await asyncio.to_thread(cgroups.place, proc.pid, cgroup)
             os.write(start_w, b"0")
         except OSError as e:  # the cgroup, or conmon died before its start
             os.close(sync_r)
