@@ -39,10 +39,10 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def lifecycle(stub: api_pb2_grpc.RuntimeServiceStub, name: str) -> dict[str, float]:
+def lifecycle(stub: api_pb2_grpc.RuntimeServiceStub, name: str, log_root: str) -> dict[str, float]:
     config = api_pb2.PodSandboxConfig(
         metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name, attempt=0),
-        hostname=name, log_directory=f"/tmp/{name}", linux=api_pb2.LinuxPodSandboxConfig())
+        hostname=name, log_directory=f"{log_root}/{name}", linux=api_pb2.LinuxPodSandboxConfig())
     times = {}
     t0 = time.perf_counter()
     pod_id = stub.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config), timeout=120).pod_sandbox_id
@@ -59,15 +59,16 @@ def measure(endpoint: str, rounds: int, parallel: int) -> dict[str, dict[str, tu
     channel = grpc.insecure_channel(endpoint)
     stub = api_pb2_grpc.RuntimeServiceStub(channel)
     tag = f"b{os.getpid()}-{int(time.time())}"
-    lifecycle(stub, f"{tag}-warm")
     out = {}
-    sequential = [lifecycle(stub, f"{tag}-s{i}") for i in range(rounds)]
-    out["sequential"] = {s: (statistics.median(x[s] for x in sequential),
-                             percentile([x[s] for x in sequential], 90)) for s in STEPS}
-    with ThreadPoolExecutor(parallel) as pool:
-        concurrent = list(pool.map(lambda i: lifecycle(stub, f"{tag}-p{i}"), range(rounds * parallel // 2)))
-    out[f"{parallel} in parallel"] = {s: (statistics.median(x[s] for x in concurrent),
-                                          percentile([x[s] for x in concurrent], 90)) for s in STEPS}
+    with tempfile.TemporaryDirectory(prefix="pycri-bench-logs") as logs:  # the pods' log dirs go with it
+        lifecycle(stub, f"{tag}-warm", logs)
+        sequential = [lifecycle(stub, f"{tag}-s{i}", logs) for i in range(rounds)]
+        out["sequential"] = {s: (statistics.median(x[s] for x in sequential),
+                                 percentile([x[s] for x in sequential], 90)) for s in STEPS}
+        with ThreadPoolExecutor(parallel) as pool:
+            concurrent = list(pool.map(lambda i: lifecycle(stub, f"{tag}-p{i}", logs), range(rounds * parallel // 2)))
+        out[f"{parallel} in parallel"] = {s: (statistics.median(x[s] for x in concurrent),
+                                              percentile([x[s] for x in concurrent], 90)) for s in STEPS}
     channel.close()
     return out
 
