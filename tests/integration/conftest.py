@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -45,31 +44,16 @@ def daemon(daemon_factory) -> Daemon:
 @pytest.fixture(scope="session")
 def crun_host():
     """crun refuses a cgroup v1 hybrid host while cgroup2 still owns a controller (hugetlb on these machines):
-    for the session, mount each such controller under v1, as `pycri check` tells an operator to, and undo it after.
-    Tests of the crun handler request it (request.getfixturevalue) and are skipped only if the fix fails."""
-    mounted: list[Path] = []
-    made: list[Path] = []
+    mount each such controller under v1, as `pycri check` tells an operator to. The mount stays: unmounting
+    cannot hand the controller back to cgroup2 while any cgroup of it lives on (a dying one is enough), and
+    it would then be in no mounted hierarchy at all. Tests of the crun handler request this fixture
+    (request.getfixturevalue) and are skipped only if the mount fails."""
     lay = cgroups.layout()
     if cgroups.crun_hybrid_problem(lay):
         for controller in (lay.unified / "cgroup.controllers").read_text().split():
             target = cgroups.CGROUP_ROOT / controller
-            if not target.exists():
-                target.mkdir()
-                made.append(target)
-            done = subprocess.run(["mount", "-t", "cgroup", "-o", controller, "cgroup", str(target)],
-                                  capture_output=True, text=True)
-            if done.returncode == 0:
-                mounted.append(target)
+            target.mkdir(exist_ok=True)
+            subprocess.run(["mount", "-t", "cgroup", "-o", controller, "cgroup", str(target)], capture_output=True)
     problem = cgroups.crun_hybrid_problem()
-    try:
-        if problem:
-            pytest.skip(problem)
-        yield
-    finally:
-        for target in reversed(mounted):
-            subprocess.run(["umount", str(target)], capture_output=True)
-        for target in reversed(made):
-            try:
-                target.rmdir()
-            except OSError:
-                pass
+    if problem:
+        pytest.skip(problem)
