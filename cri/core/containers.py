@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri.core import events as ev, sandbox_host
+from cri.core.claims import Claims
 from cri.core.undo import UndoStack, restore_or_undo
 from cri.core.streams import container_process, exec_process
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
@@ -213,6 +214,7 @@ class ContainerManager:
         self._exit_dir = Path(config.state_dir) / "exits"
         self._index: Index[ContainerRecord] = Index("container")
         self._names = NameRegistry("container")
+        self._claims = Claims(self._names, self._index)
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._runtimes: dict[str, OCIRuntime] = {}
@@ -226,8 +228,6 @@ class ContainerManager:
         self._starting: set[str] = set()
         self._in_flight: dict[str, set[asyncio.Event]] = {}  # sandbox id -> its CreateContainers still running
         self._closing: set[str] = set()  # sandboxes being stopped or removed: no new container may start creating
-        self._abandoned: set[str] = set()              # reserved names a retry of CreateContainer may claim
-        self._creating: dict[str, asyncio.Event] = {}  # reserved name -> set when its CreateContainer ends
 
     # --- lifetime ---------------------------------------------------------------------------------------
 
@@ -244,7 +244,7 @@ class ContainerManager:
                 handler = record.runtime_handler or self.config.runtime.default_runtime
                 await self._reconcile(record, live.get(handler))
             if record.state == "created":  # its CreateContainer's reply may have been lost with the daemon
-                self._abandoned.add(record.reserved_name)
+                self._claims.abandon(record.reserved_name)
         await self._remove_orphans(live)
         self.sandboxes.set_container_hooks(self.stop_all_in_sandbox, self.remove_all_in_sandbox)
         self.images.set_in_use(self.image_in_use)
@@ -416,7 +416,8 @@ class ContainerManager:
             raise NotFound(f"image {request.image!r} not found")
         self._check_lsm(request)
         reserved = self._reserved_name(request, sandbox)
-        claimed = await self._claim_abandoned(reserved, request)
+        asked = request.model_dump(mode="json")
+        claimed = await self._claims.claim(reserved, lambda r: r.state == "created", lambda r: r.request == asked)
         if claimed is not None:
             log.info("container %s: handing the result of an unanswered CreateContainer to its retry", claimed.id)
             return claimed
@@ -437,44 +438,41 @@ class ContainerManager:
             stop_signal=request.stop_signal or image.stop_signal,
             labels=request.labels, annotations=request.annotations, mounts=request.mounts,
             resources=request.resources, tty=request.tty, stdin=request.stdin, stdin_once=request.stdin_once,
-            request=request.model_dump(mode="json"))
+            request=asked)
         self._names.reserve(reserved, container_id)
         undo = UndoStack()
         undo.push("release the name", lambda: self._names.release(reserved, container_id))
-        creating = self._creating[reserved] = asyncio.Event()
-        try:
-            self._save(record)
-            undo.push("delete the record", lambda: self._store.delete(container_id))
-            crash_point("container.create.after_record")
-            bundle.mkdir(mode=0o700)
-            undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
-            rootfs = await self.images.create_rootfs(container_id, image.id)  # storage errors map themselves
-            undo.push("remove the rootfs", lambda: self.images.remove_rootfs(container_id))
-            crash_point("container.create.after_rootfs")
-            record.rootfs = str(rootfs.path)
-            root = rootfs.path
-            if sandbox.userns_path:  # the runtime reaches the rootfs from inside the pod's user namespace
-                root = await asyncio.to_thread(sandbox_host.expose_rootfs, sandbox.sandbox_dir, container_id,
-                                               rootfs.path, _pod_root_ids(sandbox))
-                undo.push("unbind the rootfs",
-                          lambda: sandbox_host.unexpose_rootfs(sandbox.sandbox_dir, container_id))
-            spec = await asyncio.to_thread(self._build_spec, record, request, sandbox, image, root)
-            if sandbox.userns_path:
-                try:
-                    await asyncio.to_thread(ensure_mount_points, root, spec["mounts"])
-                except RootfsPathError as e:
-                    raise InvalidArgument(f"creating the mount points in the rootfs: {e}") from e
-            atomic_write_bytes(BundlePaths(bundle).config, json.dumps(spec).encode(), durable=False)
-            if log_path:
-                os.makedirs(os.path.dirname(log_path), exist_ok=True)
-            record.state = "created"
-            self._save(record)
-        except BaseException:
-            await undo.unwind()
-            raise
-        finally:
-            creating.set()
-            del self._creating[reserved]
+        with self._claims.creating(reserved):
+            try:
+                self._save(record)
+                undo.push("delete the record", lambda: self._store.delete(container_id))
+                crash_point("container.create.after_record")
+                bundle.mkdir(mode=0o700)
+                undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
+                rootfs = await self.images.create_rootfs(container_id, image.id)  # storage errors map themselves
+                undo.push("remove the rootfs", lambda: self.images.remove_rootfs(container_id))
+                crash_point("container.create.after_rootfs")
+                record.rootfs = str(rootfs.path)
+                root = rootfs.path
+                if sandbox.userns_path:  # the runtime reaches the rootfs from inside the pod's user namespace
+                    root = await asyncio.to_thread(sandbox_host.expose_rootfs, sandbox.sandbox_dir, container_id,
+                                                   rootfs.path, _pod_root_ids(sandbox))
+                    undo.push("unbind the rootfs",
+                              lambda: sandbox_host.unexpose_rootfs(sandbox.sandbox_dir, container_id))
+                spec = await asyncio.to_thread(self._build_spec, record, request, sandbox, image, root)
+                if sandbox.userns_path:
+                    try:
+                        await asyncio.to_thread(ensure_mount_points, root, spec["mounts"])
+                    except RootfsPathError as e:
+                        raise InvalidArgument(f"creating the mount points in the rootfs: {e}") from e
+                atomic_write_bytes(BundlePaths(bundle).config, json.dumps(spec).encode(), durable=False)
+                if log_path:
+                    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+                record.state = "created"
+                self._save(record)
+            except BaseException:
+                await undo.unwind()
+                raise
         self._index.add(container_id, record)
         # conmon + `runtime create` cost ~20 ms with runc: they run while the reply travels and the caller
         # prepares StartContainer, which waits for them (see _spawned). Measured on this machine: create+start
@@ -512,27 +510,7 @@ class ContainerManager:
         reserved'."""
         sandbox = self.sandboxes.find(request.sandbox_id)
         if sandbox is not None:
-            self._abandoned.add(self._reserved_name(request, sandbox))
-
-    async def _claim_abandoned(self, reserved: str, request: ContainerRequest) -> ContainerRecord | None:
-        """The container an unanswered create made under this name, once, if the retry asks for the same thing.
-
-        A different request under the name does not use up the claim: it fails as a duplicate.
-        """
-        if reserved not in self._abandoned:
-            return None
-        creating = self._creating.get(reserved)
-        if creating is not None:  # the retry came while the first attempt still runs: wait for it
-            await creating.wait()
-        holder = self._names.holder(reserved)
-        record = self._index.find(holder) if holder else None
-        if record is None or record.state != "created":
-            self._abandoned.discard(reserved)
-            return None
-        if record.request != request.model_dump(mode="json") or reserved not in self._abandoned:
-            return None
-        self._abandoned.discard(reserved)
-        return record
+            self._claims.abandon(self._reserved_name(request, sandbox))
 
     async def _spawned(self, record: ContainerRecord) -> None:
         """Wait for the runtime create started by CreateContainer; raise its error, once, if it failed."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
 from cri.core import sandbox_host as host, sandbox_orphans
+from cri.core.claims import Claims
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls, validate_user_namespace)
 from cri.core.undo import StepFailed, UndoStack, named_error, restore_or_undo, run_step
@@ -64,10 +65,9 @@ class SandboxManager:
         self._host_hosts = host_hosts
         self._index: Index[SandboxRecord] = Index("pod sandbox")
         self._names = NameRegistry("pod sandbox")
+        self._claims = Claims(self._names, self._index)
         self._locks: dict[str, asyncio.Lock] = {}
         self._stop_containers: ContainerHook | None = None
-        self._abandoned: set[str] = set()           # reserved names whose RunPodSandbox caller gave up
-        self._creating: dict[str, asyncio.Event] = {}  # reserved name -> set when its creation ends
         self._remove_containers: ContainerHook | None = None
         self._runtime_path = runtime_path
         self._host_userns_problem = host.user_namespaces_problem()
@@ -204,28 +204,7 @@ class SandboxManager:
 
     def mark_abandoned(self, spec: SandboxSpec) -> None:
         """The caller gave up before RunPodSandbox returned: its retry gets that sandbox, not 'name is reserved'."""
-        self._abandoned.add(spec.reserved_name)
-
-    async def _claim_abandoned(self, spec: SandboxSpec) -> SandboxRecord | None:
-        """The sandbox an abandoned run made under this name, once, if the retry asks for the same thing.
-
-        A different request under the name does not use up the claim: it fails as a duplicate.
-        """
-        name = spec.reserved_name
-        if name not in self._abandoned:
-            return None
-        creating = self._creating.get(name)
-        if creating is not None:  # the retry came while the first attempt still runs: wait for it
-            await creating.wait()
-        holder = self._names.holder(name)
-        record = self._index.find(holder) if holder else None
-        if record is None or record.state != "ready":
-            self._abandoned.discard(name)
-            return None
-        if record.config != spec.original or name not in self._abandoned:
-            return None
-        self._abandoned.discard(name)
-        return record
+        self._claims.abandon(spec.reserved_name)
 
     def user_namespaces_problem(self, handler: str) -> str | None:
         """Why pods of this runtime handler cannot have a user namespace of their own, or None (Status says so).
@@ -241,7 +220,8 @@ class SandboxManager:
 
     async def run_pod(self, spec: SandboxSpec) -> SandboxRecord:
         """Create a ready sandbox; on any failure everything done so far is undone and the error names the step."""
-        claimed = await self._claim_abandoned(spec)
+        claimed = await self._claims.claim(spec.reserved_name, lambda r: r.state == "ready",
+                                           lambda r: r.config == spec.original)
         if claimed is not None:
             log.info("sandbox %s: handing the result of an abandoned RunPodSandbox to its retry", claimed.id)
             return claimed
@@ -288,17 +268,14 @@ class SandboxManager:
         self._names.reserve(record.reserved_name, sandbox_id)
         undo = UndoStack()
         undo.push("name reservation", lambda: self._names.release(record.reserved_name, sandbox_id))
-        creating = self._creating[record.reserved_name] = asyncio.Event()
-        try:
-            await self._create(record, resolv, undo)
-        except BaseException as e:
-            await undo.unwind()
-            if isinstance(e, StepFailed):
-                raise named_error(e.step, e.cause) from e.cause
-            raise
-        finally:
-            creating.set()
-            del self._creating[record.reserved_name]
+        with self._claims.creating(record.reserved_name):
+            try:
+                await self._create(record, resolv, undo)
+            except BaseException as e:
+                await undo.unwind()
+                if isinstance(e, StepFailed):
+                    raise named_error(e.step, e.cause) from e.cause
+                raise
         return record
 
     async def _create(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
