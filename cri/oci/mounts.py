@@ -1,5 +1,5 @@
 """Mount capabilities: whether a host path's mount can carry the propagation a container mount asks for (pure,
-over mountinfo), and whether the kernel and an OCI runtime do recursive read-only mounts."""
+over mountinfo), and whether the kernel and an OCI runtime do recursive read-only and idmapped mounts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 
 def _unescape(field: str) -> str:
@@ -124,22 +125,23 @@ async def _output(argv: list[str]) -> str | None:
     return out.decode(errors="replace") if proc.returncode == 0 else None
 
 
-async def probe_rro(runtime_path: str) -> bool:
-    """Whether containers of this runtime binary get recursive read-only mounts on this kernel."""
+async def _probe(runtime_path: str, judge: Callable[[str | None, str], bool]) -> bool:
+    """Both need mount_setattr(2); then the runtime's features document, or its version when it has none."""
     if not kernel_at_least(os.uname().release, MOUNT_SETATTR_KERNEL):
         return False
     features = await _output([runtime_path, "features"])
     version = "" if features else (await _output([runtime_path, "--version"]) or "")
-    return runtime_supports_rro(features, version)
+    return judge(features, version)
+
+
+async def probe_rro(runtime_path: str) -> bool:
+    """Whether containers of this runtime binary get recursive read-only mounts on this kernel."""
+    return await _probe(runtime_path, runtime_supports_rro)
 
 
 async def probe_idmap(runtime_path: str) -> bool:
     """Whether containers of this runtime binary get idmapped bind mounts on this kernel."""
-    if not kernel_at_least(os.uname().release, MOUNT_SETATTR_KERNEL):
-        return False
-    features = await _output([runtime_path, "features"])
-    version = "" if features else (await _output([runtime_path, "--version"]) or "")
-    return runtime_supports_idmap(features, version)
+    return await _probe(runtime_path, runtime_supports_idmap)
 
 
 # (probe, path, inode, mtime) -> answer: Status asks every few seconds, CreateContainer for each rro or idmapped
