@@ -312,6 +312,9 @@ class ContainerManager:
         for name in set(self.images.rootfs_ids()) - known:
             log.warning("removing orphan rootfs of container %s (no record)", name)
             try:
+                for sandbox in self.sandboxes.list():  # a user-namespaced pod may hold a bind of it
+                    if sandbox.userns_path and sandbox_host.exposed_rootfs(sandbox.sandbox_dir, name).exists():
+                        await asyncio.to_thread(sandbox_host.unexpose_rootfs, sandbox.sandbox_dir, name)
                 await self.images.remove_rootfs(name)
             except Exception as e:
                 log.error("removing orphan rootfs %s: %s", name, e)

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from cri.oci import cgroups
+from tests.integration.test_sandbox_helpers import mounts_below
 from tests.integration.test_container_helpers import (container_config, exec_sync, net_env,  # noqa: F401
                                                       pod_config, registry, run, status, wait_state)
 
@@ -50,9 +50,9 @@ def host_ids(pid: int) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("handler", ["runc", "crun"])
-def test_a_pod_user_namespace_maps_its_containers_ids(net_env, tmp_path, handler):
-    if handler == "crun" and cgroups.crun_hybrid_problem():
-        pytest.skip(cgroups.crun_hybrid_problem())
+def test_a_pod_user_namespace_maps_its_containers_ids(net_env, tmp_path, handler, request):
+    if handler == "crun":
+        request.getfixturevalue("crun_host")
     d, _, _ = net_env
     cfg = userns_pod_config(tmp_path / "logs")
     cfg.linux.sysctls.update({"kernel.shmmni": "2048", "net.ipv4.ip_unprivileged_port_start": "80"})
@@ -153,3 +153,24 @@ def test_status_advertises_user_namespaces_for_installed_handlers(daemon_factory
                                                                      "missing": False}
     err = refused(d, userns_pod_config(Path(d.base) / "logs"), "missing")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "'missing'" in err.details(), err.details()
+
+
+def test_an_orphan_rootfs_bound_into_a_user_namespaced_pod_is_released_at_start(net_env, tmp_path):
+    """A container whose record was lost leaves its rootfs mounted and bound into the pod's sandbox dir; the next
+    start removes both, and the pod itself is untouched."""
+    d, _, _ = net_env
+    cfg = userns_pod_config(tmp_path / "logs")
+    pod = run_pod(d, cfg)
+    cid = run(d, pod, cfg, container_config("lost", ["sleep", "600"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    assert [m for m in mounts_below(d.base) if cid in m and "/rootfs/" in m]  # the bind in the sandbox dir
+    d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    d.kill()
+    (d.root / "containers" / f"{cid}.json").unlink()
+    d.start()
+    assert d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+    assert [m for m in mounts_below(d.base) if cid in m] == []
+    ready = d.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod)).status.state
+    assert ready == api_pb2.SANDBOX_READY
+    d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
