@@ -9,7 +9,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from cri.oci import cgroups, host
+from cri.oci import host
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
                                                       pod_with_handler, registry, run, status, wait_log, wait_state)
@@ -56,9 +56,9 @@ def test_users_groups_and_status_user(env):
     (api_pb2.SupplementalGroupsPolicy.Merge, [1000, 1234, 50000]),  # 50000: the image's /etc/group names u1
     (api_pb2.SupplementalGroupsPolicy.Strict, [1000, 1234]),
 ])
-def test_supplemental_groups_policy(env, tmp_path, handler, policy, groups):
-    if handler == "crun" and cgroups.crun_hybrid_problem():
-        pytest.skip(cgroups.crun_hybrid_problem())
+def test_supplemental_groups_policy(env, tmp_path, handler, policy, groups, request):
+    if handler == "crun":
+        request.getfixturevalue("crun_host")
     d, _, _ = env
     assert d.runtime.Status(api_pb2.StatusRequest(), timeout=30).features.supplemental_groups_policy
     pod, pod_cfg = pod_with_handler(d, tmp_path, handler, name=f"groups-{handler}")
