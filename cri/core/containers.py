@@ -578,7 +578,7 @@ class ContainerManager:
         except (UserResolutionError, RootfsPathError) as e:
             raise InvalidArgument(str(e)) from e
         record.uid, record.gid = user.uid, user.gid
-        record.supplemental_groups = [user.gid, *user.additional_gids]
+        record.supplemental_groups = list(user.additional_gids)
         opts = sandbox.namespace_options
         pid_mode = MODE_NAMES.get(sec.pid_mode, "CONTAINER")
         target_pid = 0

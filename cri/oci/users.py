@@ -84,8 +84,9 @@ def _numeric(value: str) -> int | None:
 def resolve_user(request: UserRequest, passwd_text: str | None, group_text: str | None) -> ResolvedUser:
     """Apply Kubernetes' precedence: run_as_user / run_as_username over the image USER, run_as_group over its group.
 
-    The primary gid defaults to the passwd entry's gid; supplemental groups are the image groups naming the user
-    (unless strict) plus the requested ones, without duplicates and without the primary gid.
+    The primary gid defaults to the passwd entry's gid; supplemental groups are the primary gid (the kernel's
+    group list is set from them alone, and containerd and CRI-O list it too), the image groups naming the user
+    (unless strict) and the requested ones, without duplicates.
     """
     passwd = parse_passwd(passwd_text)
     groups = parse_group(group_text)
@@ -132,11 +133,11 @@ def resolve_user(request: UserRequest, passwd_text: str | None, group_text: str 
     else:
         gid = entry.gid if entry else 0
 
-    additional: list[int] = []
+    additional: list[int] = [gid]
     if entry is not None and not request.strict_supplemental_groups:
         additional.extend(g.gid for g in groups if entry.name in g.members)
     additional.extend(request.supplemental_groups)
-    unique = tuple(dict.fromkeys(g for g in additional if g != gid))
+    unique = tuple(dict.fromkeys(additional))
     return ResolvedUser(
         uid=uid, gid=gid, additional_gids=unique, home=entry.home if entry else "/", username=entry.name if entry else ""
     )

@@ -40,6 +40,8 @@ def test_users_groups_and_status_user(env):
     assert exec_sync(d, cid, ["id", "-u"]).stdout == b"1000\n"
     assert sorted(exec_sync(d, cid, ["id", "-G"]).stdout.split()) == sorted([b"1000", b"1234", b"50000"])
     assert exec_sync(d, cid, ["sh", "-c", "echo $HOME"]).stdout == b"/home/u1\n"
+    # `id -G` prints the gid first whatever the kernel holds: the process's own group list must have it too.
+    assert sorted(int(g) for g in proc_status(d, cid)["Groups"].split()) == [1000, 1234, 50000]
     user = status(d, cid).status.user.linux
     assert (user.uid, user.gid, sorted(user.supplemental_groups)) == (1000, 1000, [1000, 1234, 50000])
     named = sleeper(d, pod, pod_cfg, "n", run_as_username="u1", run_as_group=api_pb2.Int64Value(value=4321))
@@ -72,6 +74,7 @@ def test_supplemental_groups_policy(env, tmp_path, handler, policy, groups, requ
     # An ExecSync runs as the container's user with its groups, whichever runtime runs it.
     assert exec_sync(d, cid, ["id", "-u"]).stdout == b"1000\n"
     assert sorted(int(g) for g in exec_sync(d, cid, ["id", "-G"]).stdout.split()) == groups
+    assert sorted(int(g) for g in proc_status(d, cid)["Groups"].split()) == groups  # the primary gid included
     user = status(d, cid).status.user.linux
     assert (user.uid, user.gid, sorted(user.supplemental_groups)) == (1000, 1000, groups)
 

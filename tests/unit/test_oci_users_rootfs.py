@@ -14,16 +14,16 @@ GROUP = "root:x:0:\nu1:x:1000:\nextra:x:50000:u1,other\nstaff:x:50:\n"
 
 
 @pytest.mark.parametrize("request_,expected", [
-    (UserRequest(), (0, 0, (), "/root")),
-    (UserRequest(run_as_user=1000), (1000, 1000, (50000,), "/home/u1")),
-    (UserRequest(run_as_user=1000, supplemental_groups=(1234, 1000)), (1000, 1000, (50000, 1234), "/home/u1")),
-    (UserRequest(run_as_user=1000, strict_supplemental_groups=True), (1000, 1000, (), "/home/u1")),
-    (UserRequest(run_as_user=4242), (4242, 0, (), "/")),
-    (UserRequest(run_as_username="u1", run_as_group=7), (1000, 7, (50000,), "/home/u1")),
-    (UserRequest(image_user="u1"), (1000, 1000, (50000,), "/home/u1")),
-    (UserRequest(image_user="u1:staff"), (1000, 50, (50000,), "/home/u1")),
-    (UserRequest(image_user="1000:60"), (1000, 60, (50000,), "/home/u1")),
-    (UserRequest(image_user="u1:staff", run_as_user=0), (0, 0, (), "/root")),  # run_as_user overrides both
+    (UserRequest(), (0, 0, (0,), "/root")),  # the primary gid is always a supplementary group too
+    (UserRequest(run_as_user=1000), (1000, 1000, (1000, 50000), "/home/u1")),
+    (UserRequest(run_as_user=1000, supplemental_groups=(1234, 1000)), (1000, 1000, (1000, 50000, 1234), "/home/u1")),
+    (UserRequest(run_as_user=1000, strict_supplemental_groups=True), (1000, 1000, (1000,), "/home/u1")),
+    (UserRequest(run_as_user=4242), (4242, 0, (0,), "/")),
+    (UserRequest(run_as_username="u1", run_as_group=7), (1000, 7, (7, 50000), "/home/u1")),
+    (UserRequest(image_user="u1"), (1000, 1000, (1000, 50000), "/home/u1")),
+    (UserRequest(image_user="u1:staff"), (1000, 50, (50, 50000), "/home/u1")),
+    (UserRequest(image_user="1000:60"), (1000, 60, (60, 50000), "/home/u1")),
+    (UserRequest(image_user="u1:staff", run_as_user=0), (0, 0, (0,), "/root")),  # run_as_user overrides both
 ])
 def test_resolution(request_, expected):
     user = resolve_user(request_, PASSWD, GROUP)
