@@ -45,6 +45,20 @@ class StorageConfig(Section):
     max_parallel_downloads: int = Field(3, ge=1, le=32)
     durable_pulls: bool = Field(True, description="flush a pulled image to disk before PullImage returns, so it "
                                 "survives a power loss (one syncfs per pull)")
+    pinned_images: list[str] = Field([], description="images kubelet's image GC must keep: exact names or ids, "
+                                     "'prefix*' globs, '*keyword*'")
+
+    @field_validator("pinned_images")
+    @classmethod
+    def _pinned_patterns(cls, v: list[str]) -> list[str]:
+        from storage.errors import InvalidReference
+        from storage.pinned import parse_pattern
+        for pattern in v:
+            try:
+                parse_pattern(pattern)
+            except InvalidReference as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 class NetworkConfig(Section):

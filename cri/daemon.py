@@ -85,7 +85,7 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr,
                                   runtime_path=config.runtime_path)
-    rt.images = ImageService(open_image_store(config, verify=unclean_start))
+    rt.images = ImageService(open_image_store(config, verify=unclean_start), config.storage.pinned_images)
     rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))

@@ -37,12 +37,12 @@ def _import(args) -> int:
     from storage.errors import StorageError
     with _store(args) as store:
         try:
-            records = store.import_archive(Path(args.file))
+            records = store.import_archive(Path(args.file), pin=args.pin)
         except StorageError as exc:
             print(f"pycri image import: {exc}", file=sys.stderr)
             return 1
     for record in records:
-        print(f"{record.id} {' '.join(record.repo_tags) or '<untagged>'}")
+        print(f"{record.id} {' '.join(record.repo_tags) or '<untagged>'}{' (pinned)' if record.pinned else ''}")
     return 0
 
 
@@ -50,9 +50,9 @@ def _ls(args) -> int:
     with _store(args) as store:
         records = store.list()
     rows = sorted(((name, record) for record in records for name in record.repo_tags or ["<none>"]), key=lambda row: row[0])
-    print(f"{'IMAGE':60} {'ID':19} {'SIZE':>10}")
+    print(f"{'IMAGE':60} {'ID':19} {'SIZE':>10} PINNED")
     for name, record in rows:
-        print(f"{name:60} {record.id[7:19]:19} {_human(record.size):>10}")
+        print(f"{name:60} {record.id[7:19]:19} {_human(record.size):>10} {'yes' if record.pinned else ''}".rstrip())
     return 0
 
 
@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = image.add_subparsers(dest="image_command", required=True)
     importer = commands.add_parser("import", help="load an OCI layout or docker-archive tarball")
     importer.add_argument("file", help="OCI layout directory or tarball, or a `docker save` tarball")
+    importer.add_argument("--pin", action="store_true",
+                          help="pin the imported images: reported pinned, so kubelet's image GC never removes them")
     _add_config_flags(importer)
     importer.set_defaults(func=_import)
     lister = commands.add_parser("ls", help="list images")

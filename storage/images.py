@@ -64,6 +64,7 @@ class ImageRecord(BaseModel):
     created: str = ""                         # from the config, RFC 3339
     blobs: list[str] = Field(default_factory=list)   # manifests, config, layers: kept while the image exists
     updated_ns: int = 0                       # the newest record wins a tag found on two records
+    pinned: bool = False                      # kept from kubelet's image GC (`pycri image import --pin`)
 
 
 @dataclass
@@ -338,10 +339,11 @@ class ImageStore:
             self._sweep(pins)
             raise
 
-    def _commit(self, record: ImageRecord, names: list[tuple[refs.Reference, str | None]]) -> ImageRecord:
+    def _commit(self, record: ImageRecord, names: list[tuple[refs.Reference, str | None]],
+                pin: bool = False) -> ImageRecord:
         """Publish the record under `names`, (reference, manifest digest) pairs: a tagged name adds
-        its tag (moving it off any image that had it), a digest adds name@digest. Records are
-        written outside the index lock, so lookups never wait on the disk."""
+        its tag (moving it off any image that had it), a digest adds name@digest; `pin` pins the
+        image for good. Records are written outside the index lock, so lookups never wait on the disk."""
         pins = set(record.blobs) | set(record.chain_ids)
         try:
             with self._persist_lock:
@@ -350,6 +352,7 @@ class ImageStore:
                     if existing is not None:
                         record.repo_tags, record.repo_digests = list(existing.repo_tags), list(existing.repo_digests)
                         record.blobs = sorted(set(existing.blobs) | set(record.blobs))
+                    record.pinned = pin or (existing is not None and existing.pinned)
                     changed = {record.id: record}
                     for ref, digest in names:
                         if digest and str(ref.with_digest(digest)) not in record.repo_digests:
@@ -468,7 +471,8 @@ class ImageStore:
 
     # ---- archives ----------------------------------------------------------------------
 
-    def import_archive(self, path: Path) -> list[ImageRecord]:
+    def import_archive(self, path: Path, pin: bool = False) -> list[ImageRecord]:
+        """Load every image of an OCI layout or docker-archive; `pin` marks them pinned in their records."""
         from storage.archive import read_archive
         imported = []
         with self._no_space_error(f"import {path}"), read_archive(Path(path)) as archive:
@@ -476,7 +480,7 @@ class ImageStore:
                 record = self._install(image.config, image.layers, image.manifests, image.fetch,
                                        where=f"{path}:{image.where}")
                 digest = image.manifests[0].digest if image.manifests else None
-                imported.append(self._commit(record, [(tag, digest) for tag in image.tags]))
+                imported.append(self._commit(record, [(tag, digest) for tag in image.tags], pin))
         return imported
 
     # ---- root filesystems --------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Callable
 
 from storage.auth import Credentials
 from storage.images import FsUsage, GCReport, ImageRecord, ImageStore
+from storage.pinned import PinnedImages
 from storage.rootfs import Rootfs
 
 
@@ -22,8 +23,9 @@ def _return_free_heap() -> None:
 
 
 class ImageService:
-    def __init__(self, store: ImageStore):
+    def __init__(self, store: ImageStore, pinned_patterns: list[str] = ()):
         self.store = store
+        self._pinned = PinnedImages(list(pinned_patterns))
         self._in_use: Callable[[str], bool] = lambda image_id: False
 
     def set_in_use(self, in_use: Callable[[str], bool]) -> None:
@@ -39,6 +41,10 @@ class ImageService:
     def status(self, ref: str) -> ImageRecord | None:
         """In-memory lookup: cheap enough for the event loop (kubelet asks often)."""
         return self.store.get(ref)
+
+    def pinned(self, record: ImageRecord) -> bool:
+        """Pinned at import, or named by a configured pattern: kubelet's image GC keeps it."""
+        return self._pinned.pinned(record.id, record.repo_tags + record.repo_digests, record.pinned)
 
     def list(self, filter_ref: str | None = None) -> list[ImageRecord]:
         return self.store.list(filter_ref)

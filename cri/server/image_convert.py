@@ -17,6 +17,7 @@ def user_fields(user: str) -> dict:
     return {"username": name}
 
 
-def to_cri_image(record: ImageRecord) -> api_pb2.Image:
+def to_cri_image(record: ImageRecord, pinned: bool) -> api_pb2.Image:
     return api_pb2.Image(id=record.id, repo_tags=record.repo_tags, repo_digests=record.repo_digests,
-                         size=record.size, spec=api_pb2.ImageSpec(image=record.id), **user_fields(record.user))
+                         size=record.size, spec=api_pb2.ImageSpec(image=record.id), pinned=pinned,
+                         **user_fields(record.user))

@@ -14,7 +14,7 @@ async def image_status(rt, request, context):
     record = rt.images.status(request.image.image)
     if record is None:
         return api_pb2.ImageStatusResponse()
-    response = api_pb2.ImageStatusResponse(image=to_cri_image(record))
+    response = api_pb2.ImageStatusResponse(image=to_cri_image(record, rt.images.pinned(record)))
     if request.verbose:
         response.info["info"] = json.dumps({"chainIDs": record.chain_ids, "created": record.created,
                                             "config": {"user": record.user, "env": record.env,
@@ -26,7 +26,8 @@ async def image_status(rt, request, context):
 
 async def list_images(rt, request, context):
     filter_ref = request.filter.image.image if request.HasField("filter") else ""
-    return api_pb2.ListImagesResponse(images=[to_cri_image(r) for r in rt.images.list(filter_ref or None)])
+    return api_pb2.ListImagesResponse(images=[to_cri_image(r, rt.images.pinned(r))
+                                                    for r in rt.images.list(filter_ref or None)])
 
 
 HANDLERS = {"ImageStatus": image_status, "ListImages": list_images}

@@ -112,3 +112,30 @@ def test_import_refuses_while_the_daemon_runs_on_the_root(daemon_factory, tmp_pa
     layout = write_oci_layout(tmp_path / "layout", [(build_busybox_image(), "example.test/app:1")])
     result = pycri_image("import", str(layout), root=daemon.root)
     assert result.returncode != 0 and "already using root" in result.stderr
+
+
+def test_pinned_images_by_pattern_and_by_import_pin(daemon_factory, tmp_path):
+    from cri_api.v1 import api_pb2
+
+    daemon = daemon_factory({"storage": {"pinned_images": ["example.test/infra/*", "*keep-me*"]}})
+    daemon.stop()
+    layout = write_oci_layout(tmp_path / "layout", [
+        (build_busybox_image(extra_layers=[[Entry("a", data=b"a")]]), "example.test/infra/pause:1"),
+        (build_busybox_image(extra_layers=[[Entry("b", data=b"b")]]), "example.test/app/keep-me-too:2"),
+        (build_busybox_image(extra_layers=[[Entry("c", data=b"c")]]), "example.test/app/plain:3")])
+    pinned_layout = write_oci_layout(tmp_path / "pinned", [
+        (build_busybox_image(extra_layers=[[Entry("d", data=b"d")]]), "example.test/app/imported:4")])
+    assert pycri_image("import", str(layout), root=daemon.root).returncode == 0
+    result = pycri_image("import", "--pin", str(pinned_layout), root=daemon.root)
+    assert result.returncode == 0 and "(pinned)" in result.stdout, result.stderr
+    # importing it again without --pin does not unpin it
+    assert pycri_image("import", str(pinned_layout), root=daemon.root).returncode == 0
+    daemon.start()
+
+    listed = {i.repo_tags[0]: i.pinned for i in daemon.images.ListImages(api_pb2.ListImagesRequest()).images}
+    assert listed == {"example.test/infra/pause:1": True, "example.test/app/keep-me-too:2": True,
+                      "example.test/app/plain:3": False, "example.test/app/imported:4": True}
+    for name, pinned in listed.items():
+        status = daemon.images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=name)))
+        assert status.image.pinned is pinned, name
+

@@ -85,3 +85,11 @@ def test_default_runtime_must_be_a_configured_handler(tmp_path):
     main = write(tmp_path / "pycri.conf", '[runtime]\ndefault_runtime = "kata"\n')
     with pytest.raises(ConfigError, match="kata"):
         load_config(main, environ={})
+
+
+def test_a_bad_pinned_image_pattern_names_the_file_key_and_pattern(tmp_path):
+    conf = write(tmp_path / "pycri.conf", '[storage]\npinned_images = ["registry.k8s.io/*", "exa*mple"]\n')
+    with pytest.raises(ConfigError, match=r"pycri.conf: storage.pinned_images: .*'exa\*mple'.*may only end"):
+        load_config(conf, environ={})
+    good = write(tmp_path / "good.conf", '[storage]\npinned_images = ["registry.k8s.io/*", "*pause*", "busybox"]\n')
+    assert load_config(good, environ={}).storage.pinned_images == ["registry.k8s.io/*", "*pause*", "busybox"]
