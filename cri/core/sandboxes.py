@@ -251,7 +251,8 @@ class SandboxManager:
         ns_dir = sandbox_dir / "ns"
         record = SandboxRecord(
             id=sandbox_id, name=spec.name, namespace=spec.namespace, uid=spec.uid, attempt=spec.attempt,
-            created_at=time.time_ns(), runtime_handler=handler, log_directory=spec.log_directory,
+            created_at=time.time_ns(), runtime_handler=handler, requested_handler=spec.runtime_handler,
+            log_directory=spec.log_directory,
             labels=spec.labels, annotations=spec.annotations, hostname=hostname,
             namespace_options=opts, sandbox_dir=str(sandbox_dir),
             # Known before they exist, so a record saved before the pinning lets reconciliation undo it.

@@ -13,7 +13,7 @@ def _pod_status(rt, sandbox_id: str) -> api_pb2.PodSandboxStatus | None:
         id=sandbox.id, metadata=api_pb2.PodSandboxMetadata(name=sandbox.name, uid=sandbox.uid,
                                                            namespace=sandbox.namespace, attempt=sandbox.attempt),
         created_at=sandbox.created_at, labels=sandbox.labels, annotations=sandbox.annotations,
-        runtime_handler=sandbox.runtime_handler,
+        runtime_handler=sandbox.reported_handler,
         state=api_pb2.SANDBOX_READY if sandbox.state == "ready" else api_pb2.SANDBOX_NOTREADY)
 
 

@@ -12,7 +12,7 @@ async def list_pod_sandbox(rt, request, context):
     return api_pb2.ListPodSandboxResponse(items=[
         api_pb2.PodSandbox(id=r.id, metadata=metadata(r), state=STATE_TO_CRI.get(r.state, api_pb2.SANDBOX_NOTREADY),
                            created_at=r.created_at, labels=r.labels, annotations=r.annotations,
-                           runtime_handler=r.runtime_handler)
+                           runtime_handler=r.reported_handler)
         for r in records])
 
 

@@ -22,7 +22,7 @@ async def pod_sandbox_status(rt, request, context):
             id=record.id, metadata=metadata(record), state=STATE_TO_CRI.get(record.state, api_pb2.SANDBOX_NOTREADY),
             created_at=record.created_at, network=network,
             linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=namespace_option(record))),
-            labels=record.labels, annotations=record.annotations, runtime_handler=record.runtime_handler),
+            labels=record.labels, annotations=record.annotations, runtime_handler=record.reported_handler),
         timestamp=time.time_ns())
     if request.verbose:
         response.info["info"] = json.dumps(status.info)

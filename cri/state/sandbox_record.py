@@ -92,7 +92,8 @@ class SandboxRecord(BaseModel):
     attempt: int = 0
     state: SandboxState = "creating"
     created_at: int = 0                  # nanoseconds since the epoch
-    runtime_handler: str = ""
+    runtime_handler: str = ""            # the handler that runs it: the default one when none was named
+    requested_handler: str | None = None  # what RunPodSandbox named ("" = the default); None in older records
     log_directory: str = ""
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
@@ -125,3 +126,8 @@ class SandboxRecord(BaseModel):
     def reserved_name(self) -> str:
         """The CRI name kubelet derives from metadata; unique until RemovePodSandbox."""
         return f"{self.name}_{self.namespace}_{self.uid}_{self.attempt}"
+
+    @property
+    def reported_handler(self) -> str:
+        """The handler as the caller named it: kubelet compares it with the RuntimeClass it asked for."""
+        return self.runtime_handler if self.requested_handler is None else self.requested_handler

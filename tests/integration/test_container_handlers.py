@@ -66,3 +66,23 @@ def test_a_container_whose_monitor_dies_is_killed_and_reported(env):
     st = wait_state(d, cid, api_pb2.CONTAINER_EXITED)
     assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 137 and "monitor" in st.message
     assert not Path(f"/proc/{info['pid']}").exists() or b"sleep" not in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
+
+
+def test_the_default_handler_is_reported_as_asked(env, tmp_path):
+    """A pod run with the default handler "" reports "" (as containerd and CRI-O do), one named reports its name;
+    both survive a daemon restart."""
+    d, pod, _ = env  # run with runtime_handler ""
+    named, _ = pod_with_handler(d, tmp_path, "runc", name="named-runc")
+
+    def reported() -> dict[str, str]:
+        listed = {p.id: p.runtime_handler for p in d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items}
+        for pod_id in (pod, named):
+            st = d.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+            assert st.runtime_handler == listed[pod_id]
+        return {pod_id: listed[pod_id] for pod_id in (pod, named)}
+
+    assert reported() == {pod: "", named: "runc"}
+    d.kill()
+    d.start()
+    assert reported() == {pod: "", named: "runc"}
+    d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=named), timeout=60)
