@@ -33,6 +33,7 @@ from storage.auth import AuthFile, Credentials
 from storage.content import ContentStore
 from storage.errors import ImageInUse, ImageNotFound, InvalidReference, NoSpace, StorageError, UnsupportedManifest
 from storage.fsutil import atomic_write_json, remove_tree, syncfs, usage
+from storage.idmap import IdMap
 from storage.layers import MAX_LAYERS, LayerStore, chain_ids as compute_chain_ids
 from storage.registries import RegistriesConfig
 from storage.registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, Manifest, RegistryClient, TokenCache,
@@ -485,9 +486,10 @@ class ImageStore:
 
     # ---- root filesystems --------------------------------------------------------------
 
-    def create_rootfs(self, container_id: str, image_id: str) -> Rootfs:
-        """Mount a new root for the container; its layers are pinned meanwhile so that a removal
-        of the image cannot delete them before the rootfs record names them."""
+    def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None) -> Rootfs:
+        """Mount a new root for the container (with `idmap`, the image's files are its root's: see
+        idmap_problem); its layers are pinned meanwhile so that a removal of the image cannot delete
+        them before the rootfs record names them."""
         with self._lock:
             record = self._lookup(image_id)
             if record is None:
@@ -495,9 +497,13 @@ class ImageStore:
             pins = set(record.chain_ids)
             self._pin(pins)
         try:
-            return self.rootfs.create(container_id, record.id, record.chain_ids)
+            return self.rootfs.create(container_id, record.id, record.chain_ids, idmap)
         finally:
             self._unpin(pins)
+
+    def idmap_problem(self) -> str | None:
+        """Why root filesystems cannot be idmapped here (kernel, filesystem), or None; probed once."""
+        return self.rootfs.idmap_problem()
 
     def rootfs_ids(self) -> list[str]:
         """Containers that have a root filesystem here (for reconciliation at start)."""

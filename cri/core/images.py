@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from storage.auth import Credentials
+from storage.idmap import IdMap
 from storage.images import FsUsage, GCReport, ImageRecord, ImageStore
 from storage.pinned import PinnedImages
 from storage.rootfs import Rootfs
@@ -61,8 +62,12 @@ class ImageService:
     async def import_archive(self, path: Path) -> list[ImageRecord]:
         return await asyncio.to_thread(self.store.import_archive, path)
 
-    async def create_rootfs(self, container_id: str, image_id: str) -> Rootfs:
-        return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id)
+    async def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None) -> Rootfs:
+        return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap)
+
+    async def idmap_problem(self) -> str | None:
+        """Why a user-namespaced container's rootfs cannot be idmapped on this host, or None (probed once)."""
+        return await asyncio.to_thread(self.store.idmap_problem)
 
     def rootfs_ids(self) -> list[str]:
         return self.store.rootfs_ids()
