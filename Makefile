@@ -13,7 +13,7 @@ HOST_PACKAGES := runc crun conmon containernetworking-plugins iptables catatonit
 # Python venv support, only needed on minimal images.
 VENV_PACKAGES := python3-venv
 
-.PHONY: run test install install-host install-python install-cni-default unit integration bench clean
+.PHONY: run test install install-host install-python install-cni-default unit integration bench stubs clean
 
 run: install
 	$(VENV)/bin/pycri check || true
@@ -58,6 +58,11 @@ install-cni-default:
 	  install -m 0644 cri/default-bridge.conflist $(CNI_CONF_DIR)/10-pycri-bridge.conflist; \
 	  echo "installed the default CNI network $(CNI_CONF_DIR)/10-pycri-bridge.conflist"; \
 	fi
+
+# Regenerates the checked-in CRI stubs from the vendored proto (its header names the cri-api tag and commit).
+stubs: install-python
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[stubs]'
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. cri/api/v1/api.proto
 
 bench: install
 	$(PY) bench/rpc_latency.py

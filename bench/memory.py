@@ -89,7 +89,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> int:
           f"file {med['RssFile']:.1f}), PSS {med['Pss']:.1f} MB; "
           f"{modules_imported(args.settle, env)} modules imported")
     if args.pods or args.pull:
-        from cri_api.v1 import api_pb2
+        from cri.api.v1 import api_pb2
 
         daemon = Daemon({"log_level": "info"})
         try:

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc  # noqa: E402
-from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
 from tests.imagebuild import Entry, build_busybox_image, build_image, tar_layer  # noqa: E402
 

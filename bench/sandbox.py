@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
-from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
 STEPS = ("run", "stop", "remove")
 REFERENCE = {"run": (89, 133), "stop": (82, 162), "remove": (21, 16)}  # containerd, CRI-O medians (ms)

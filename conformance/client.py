@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 import grpc
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from cri.api.v1 import api_pb2, api_pb2_grpc
 
 
 def pod_config(name: str, namespace: str = "pycri-test", uid: str | None = None, attempt: int = 0,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import grpc
-from cri_api.v1 import api_pb2_grpc
+from cri.api.v1 import api_pb2_grpc
 
 from conformance.client import Client
 from cri.config import render_toml

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import grpc
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from conformance.client import Client, container_config, pod_config
 from conformance.daemon import Daemon

@@ -1,6 +1,6 @@
 """Attach: validate, then hand back a single-use streaming URL to conmon's attach socket."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.server.container_exec import check_streams, running_container_id
 from cri.streaming.backend import AttachRequest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.core.containers import CRI_STATE, ContainerStats
 from cri.errors import InvalidArgument

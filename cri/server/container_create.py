@@ -1,6 +1,6 @@
 """CreateContainer: validate and convert the request; the manager builds the spec and runs conmon."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.server.container_convert import request_from_proto
 

@@ -1,6 +1,6 @@
 """GetContainerEvents: a server stream of created, started, stopped and deleted events (kubelet's evented PLEG)."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.server.container_convert import status_message
 

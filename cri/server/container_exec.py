@@ -1,6 +1,6 @@
 """Exec: validate, then hand back a single-use streaming URL; the command runs when the client connects."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cri.streaming.backend import ExecRequest

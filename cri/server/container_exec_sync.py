@@ -1,6 +1,6 @@
 """ExecSync: run a command to completion; its timeout kills the command, and the output is capped."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import DeadlineExceeded, InvalidArgument
 

@@ -1,6 +1,6 @@
 """ListContainers with its filters: id prefix, state, sandbox id, labels."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.server.container_convert import container_message
 

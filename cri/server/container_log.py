@@ -1,6 +1,6 @@
 """ReopenContainerLog: kubelet rotated the file; conmon reopens it (running containers only)."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 

@@ -1,6 +1,6 @@
 """RemoveContainer: kills a running container first; an unknown id is not an error."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 

@@ -1,6 +1,6 @@
 """StartContainer: only a created container can start."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 

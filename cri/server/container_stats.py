@@ -2,7 +2,7 @@
 
 import asyncio
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.container_convert import cpu_message, memory_message, stats_message

@@ -1,6 +1,6 @@
 """ContainerStatus, with the runtime's view as JSON when verbose."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.container_convert import status_message

@@ -1,6 +1,6 @@
 """StopContainer: stop signal, SIGKILL after the timeout; idempotent, and an unknown id is not an error."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 

@@ -1,6 +1,6 @@
 """UpdateContainerResources: new cgroup limits for a live container through the runtime's update."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.container_convert import resources_from_proto

@@ -2,7 +2,7 @@
 
 import time
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 
 async def image_fs_info(rt, request, context):

@@ -1,6 +1,6 @@
 """PullImage: the image id is the image_ref kubelet keeps."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from storage.auth import Credentials

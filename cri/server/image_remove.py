@@ -1,6 +1,6 @@
 """RemoveImage: by tag, digest or id, removing the image with all its tags; unknown is fine."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 

@@ -2,7 +2,7 @@
 
 import json
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.image_convert import to_cri_image

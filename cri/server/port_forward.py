@@ -1,6 +1,6 @@
 """PortForward: a single-use streaming URL; each connection then reaches a port inside the pod's netns."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument, Unavailable
 from cri.streaming.backend import PortForwardRequest

@@ -2,7 +2,7 @@
 
 import ipaddress
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 

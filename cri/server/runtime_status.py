@@ -5,7 +5,7 @@ Features are advertised only where they work: kubelet and critest turn them on f
 
 import json
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.oci import mounts
 

@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 try:
     PYCRI_VERSION = version("pycri")

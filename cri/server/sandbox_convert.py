@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 from google.protobuf.json_format import MessageToDict
 
 from cri.errors import InvalidArgument

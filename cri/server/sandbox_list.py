@@ -1,6 +1,6 @@
 """ListPodSandbox with the id-prefix, state and label-selector filters."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.server.sandbox_convert import STATE_FROM_CRI, STATE_TO_CRI, metadata
 

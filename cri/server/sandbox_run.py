@@ -1,6 +1,6 @@
 """RunPodSandbox."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.server.sandbox_convert import spec_from_request
 

@@ -3,7 +3,7 @@
 import json
 import time
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.sandbox_convert import STATE_TO_CRI, metadata, namespace_option

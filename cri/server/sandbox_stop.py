@@ -1,6 +1,6 @@
 """StopPodSandbox: an unknown id is not an error (kubelet and critest rely on that)."""
 
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 

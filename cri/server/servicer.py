@@ -14,7 +14,7 @@ import pkgutil
 from typing import Any, Callable
 
 import grpc
-from cri_api.v1 import api_pb2_grpc
+from cri.api.v1 import api_pb2_grpc
 
 from cri.server.calls import unimplemented, wrap
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.integration.test_sandbox_helpers import PrivateNetwork, mounts_below, pod_config, remove_all_pods, veths_on
 from tests.integration.test_sandbox_lifecycle import run, status, stop, remove

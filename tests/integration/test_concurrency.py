@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from conformance.hostcheck import leaks, snapshot
 from cri.oci import cgroups

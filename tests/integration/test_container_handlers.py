@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.oci import cgroups
 from tests.integration.test_container_helpers import (container_config, env, exec_sync,  # noqa: F401

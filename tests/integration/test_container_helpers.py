@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.imagebuild import Entry, build_busybox_image
 from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)

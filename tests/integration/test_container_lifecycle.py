@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from cri.api.v1 import api_pb2, api_pb2_grpc
 
 from cri.oci.runtime import EXEC_OUTPUT_CAP
 from tests.integration.test_container_helpers import (EventCollector, container_config, create, env, exec_sync,  # noqa: F401

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.oci import mounts
 from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401

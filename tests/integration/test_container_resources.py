@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.oci import cgroups, host
 from tests.integration.test_container_helpers import (container_config, env, exec_sync, net_env,  # noqa: F401

@@ -7,7 +7,7 @@ import platform
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from cri.oci import host
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES

@@ -7,7 +7,7 @@ import sys
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conformance.daemon import REPO, Daemon

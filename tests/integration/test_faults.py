@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from conformance import faults
 from conformance.client import pod_config

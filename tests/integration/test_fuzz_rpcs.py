@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from cri.api.v1 import api_pb2, api_pb2_grpc
 from google.protobuf.descriptor import FieldDescriptor as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

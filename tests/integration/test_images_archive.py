@@ -115,7 +115,7 @@ def test_import_refuses_while_the_daemon_runs_on_the_root(daemon_factory, tmp_pa
 
 
 def test_pinned_images_by_pattern_and_by_import_pin(daemon_factory, tmp_path):
-    from cri_api.v1 import api_pb2
+    from cri.api.v1 import api_pb2
 
     daemon = daemon_factory({"storage": {"pinned_images": ["example.test/infra/*", "*keep-me*"]}})
     daemon.stop()

@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.imagebuild import Entry, build_busybox_image
 from tests.integration.conftest_registry import *  # noqa: F401,F403  (registry fixtures)

@@ -4,7 +4,7 @@ pull brings it back; after a clean one nothing is re-read."""
 from __future__ import annotations
 
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.integration.conftest_registry import write_registries_conf
 

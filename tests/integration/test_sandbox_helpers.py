@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 _counter = itertools.count(1)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.integration.test_sandbox_helpers import (cgroup_exists, in_netns, iptables_rules_mentioning,  # noqa: F401
                                                     mounts_below, network, pod_config, pods, veths_on)

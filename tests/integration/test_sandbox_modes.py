@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, mounts_below,  # noqa: F401
                                                     network, pod_config, pods, remove_all_pods, veths_on)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.integration.test_container_helpers import (container_config, env, pod_with_handler,  # noqa: F401
                                                       registry, run, status, wait_state)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.integration.test_sandbox_helpers import mounts_below
 from tests.integration.test_container_helpers import (container_config, exec_sync, net_env,  # noqa: F401

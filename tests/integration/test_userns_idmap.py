@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 
 from tests.integration.test_container_helpers import (container_config, create, exec_sync, registry,  # noqa: F401
                                                       run, status, wait_state)
