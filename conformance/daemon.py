@@ -77,6 +77,8 @@ class Daemon:
             "log_level": "debug",
             "storage": {"registries_conf": str(registries), "registries_conf_dir": str(self.base / "registries.d")},
             "network": {"cni_conf_dir": str(empty_cni)},
+            # Off unless a test asks (with a free port): daemons running side by side cannot all have 9090.
+            "metrics": {"enable": False},
         }
         for key, value in (settings or {}).items():
             if isinstance(value, dict):

@@ -108,6 +108,20 @@ class StreamingConfig(Section):
     stream_creation_timeout: float = Field(30.0, gt=0)
 
 
+class MetricsConfig(Section):
+    enable: bool = Field(True, description="serve Prometheus metrics at http://address:port/metrics")
+    address: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535, description="0 = a free port (logged)")
+
+
+class TracingConfig(Section):
+    enable: bool = Field(False, description="send OpenTelemetry spans over OTLP/gRPC")
+    endpoint: str = Field("127.0.0.1:4317", description="the OTLP/gRPC collector, host:port")
+    sampling_rate_per_million: int = Field(1_000_000, ge=0, le=1_000_000,
+                                           description="traces kept per million started here; a caller's "
+                                           "sampled flag wins")
+
+
 class Config(Section):
     root: Path = Path("/var/lib/pycri")
     state_dir: Path = Path("/run/pycri")
@@ -119,6 +133,8 @@ class Config(Section):
     network: NetworkConfig = NetworkConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     streaming: StreamingConfig = StreamingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("listen")
     @classmethod
@@ -130,6 +146,11 @@ class Config(Section):
     @property
     def socket_path(self) -> Path:
         return Path(self.listen.removeprefix("unix://"))
+
+    @property
+    def admin_socket_path(self) -> Path:
+        """The root-only admin socket beside the CRI socket: pycri.sock -> pycri-admin.sock."""
+        return self.socket_path.with_name(f"{self.socket_path.stem}-admin.sock")
 
     def runtime_path(self, handler: str) -> str | None:
         """The handler's binary as an absolute path, or None when it is not installed."""

@@ -48,6 +48,7 @@ class Runtime:
     cni: Any = None
     streaming: Any = None
     events: Any = None
+    metrics: Any = None
     services: list[Service] = field(default_factory=list)
 
     def runtime_condition(self) -> tuple[bool, str, str]:
@@ -85,7 +86,13 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr,
                                   runtime_path=config.runtime_path)
-    rt.images = ImageService(open_image_store(config, verify=unclean_start), config.storage.pinned_images)
+    if config.metrics.enable:
+        from cri.observe.metrics import Metrics
+
+        rt.metrics = Metrics(rt, config.metrics.address, config.metrics.port)
+        rt.services.append(rt.metrics)  # first: a port in use stops the start before anything else ran
+    rt.images = ImageService(open_image_store(config, verify=unclean_start), config.storage.pinned_images,
+                             on_pull=rt.metrics.pulled if rt.metrics is not None else None)
     rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
@@ -187,6 +194,19 @@ def _become_subreaper() -> None:
         log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
 
 
+def _start_tracing(config: Config):
+    """The OTLP tracer when `[tracing] enable`; opentelemetry is not even imported otherwise."""
+    if not config.tracing.enable:
+        return None
+    from cri.observe import trace
+    from cri.observe.tracing import otlp_tracer
+
+    tracer = otlp_tracer(config.tracing.endpoint, config.tracing.sampling_rate_per_million)
+    trace.set_tracer(tracer)
+    log.info("tracing: OTLP spans to %s", config.tracing.endpoint)
+    return tracer
+
+
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT; then finish in-flight calls and remove the socket."""
     import grpc
@@ -204,6 +224,7 @@ async def serve(config: Config) -> None:
     _claim_socket(config.socket_path)
     _become_subreaper()
 
+    tracer = _start_tracing(config)
     rt = build_runtime(config, unclean_start=unclean)
     started: list[Service] = []
     server = grpc.aio.server(options=[
@@ -243,6 +264,8 @@ async def serve(config: Config) -> None:
             except Exception:
                 log.exception("stopping %s failed", type(service).__name__)
         config.socket_path.unlink(missing_ok=True)
+        if tracer is not None:
+            tracer.shutdown()  # sends the spans still batched
         marker.touch()
         os.close(lock_fd)
     log.info("pycri stopped")

@@ -46,6 +46,8 @@ log = logging.getLogger("pycri.storage")
 MAX_CONFIG_BYTES = 8 << 20
 _HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
 _MIN_BARE_PREFIX = 12
+# observe(kind, start, end, nbytes): a pull's blob downloads and layer unpacking, timed (wall clock seconds).
+Observer = Callable[[str, float, float, int], None]
 
 
 class ImageRecord(BaseModel):
@@ -204,9 +206,10 @@ class ImageStore:
 
     # ---- pulling -----------------------------------------------------------------------
 
-    def pull(self, ref: str, credentials: Credentials | None = None) -> ImageRecord:
+    def pull(self, ref: str, credentials: Credentials | None = None, observe: Observer | None = None) -> ImageRecord:
         """Pull `ref` (registries.conf applies) and return its record; concurrent pulls of the same
-        name coalesce into one."""
+        name coalesce into one. `observe(kind, start, end, nbytes)` hears of each blob download ("download",
+        with the bytes received) and layer unpacking ("unpack") this pull did, from its worker threads."""
         candidates = self._candidates(ref)
         key = (tuple(str(c) for c in candidates), credentials)
         with self._lock:
@@ -217,7 +220,7 @@ class ImageStore:
             return running.result().model_copy(deep=True)
         try:
             with self._no_space_error(f"pull {candidates[0]}"):
-                record = self._pull_candidates(candidates, credentials)
+                record = self._pull_candidates(candidates, credentials, observe)
             mine.set_result(record)
             return record.model_copy(deep=True)
         except BaseException as exc:
@@ -237,7 +240,8 @@ class ImageStore:
                 raise NoSpace(f"{what}: no space left under {self.root}") from None
             raise
 
-    def _pull_candidates(self, candidates: list[refs.Reference], credentials: Credentials | None) -> ImageRecord:
+    def _pull_candidates(self, candidates: list[refs.Reference], credentials: Credentials | None,
+                         observe: Observer | None = None) -> ImageRecord:
         auth_file = AuthFile.load(self.auth_file_path)
         last_error: StorageError | None = None
         for ref in candidates:
@@ -246,7 +250,7 @@ class ImageStore:
                 client = RegistryClient(source, credentials=credentials, auth_file=auth_file,
                                         token_cache=self._tokens, progress_timeout=self.progress_timeout)
                 try:
-                    return self._pull_from(client, ref)
+                    return self._pull_from(client, ref, observe)
                 except StorageError as exc:
                     if source is sources[-1] and ref is candidates[-1]:
                         raise type(exc)(f"pull {ref}: {exc}") from None
@@ -254,7 +258,7 @@ class ImageStore:
                     last_error = exc
         raise last_error or ImageNotFound(f"no source to pull {candidates[0]} from")
 
-    def _pull_from(self, client: RegistryClient, ref: refs.Reference) -> ImageRecord:
+    def _pull_from(self, client: RegistryClient, ref: refs.Reference, observe: Observer | None = None) -> ImageRecord:
         top = _retrying(client.get_manifest, ref.reference)
         manifests = [top]
         manifest = top
@@ -268,13 +272,27 @@ class ImageStore:
         config_desc, layer_descs = parse_image_manifest(manifest, str(ref))
 
         def fetch(desc_digest: str, size: int, write) -> None:
-            client.fetch_blob(desc_digest, size, write)
+            if observe is None:
+                client.fetch_blob(desc_digest, size, write)
+                return
+            received = [0]
 
-        record = self._install(config_desc, layer_descs, manifests, fetch, where=str(ref))
+            def counting(chunk: bytes) -> object:
+                received[0] += len(chunk)
+                return write(chunk)
+
+            start = time.time()
+            try:
+                client.fetch_blob(desc_digest, size, counting)
+            finally:
+                observe("download", start, time.time(), received[0])
+
+        record = self._install(config_desc, layer_descs, manifests, fetch, where=str(ref), observe=observe)
         return self._commit(record, [(ref, top.digest)])
 
     def _install(self, config_desc: Descriptor, layer_descs: list[Descriptor], manifests: list[Manifest],
-                 fetch: Callable[[str, int, Callable[[bytes], object]], None], *, where: str) -> ImageRecord:
+                 fetch: Callable[[str, int, Callable[[bytes], object]], None], *, where: str,
+                 observe: Observer | None = None) -> ImageRecord:
         """Make config, layers and manifests exist in the store; return an (uncommitted) record.
         On failure, whatever this call created and no one else uses is removed again."""
         if config_desc.size > MAX_CONFIG_BYTES:
@@ -291,7 +309,10 @@ class ImageStore:
                                                          lambda write: fetch(desc.digest, desc.size, write),
                                                          durable=self.durable))
             diff_ids, chains = config_ready.result()
+            start = time.time()
             layer, made = self.layers.ensure(chains[i], diff_ids[i], blob)
+            if made and observe is not None:
+                observe("unpack", start, time.time(), 0)
             if made:
                 created_chains.append(chains[i])
             return layer.size

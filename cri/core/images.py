@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
+from cri.observe import trace
 from storage.auth import Credentials
 from storage.idmap import IdMap
 from storage.images import FsUsage, GCReport, ImageRecord, ImageStore
@@ -24,19 +27,43 @@ def _return_free_heap() -> None:
 
 
 class ImageService:
-    def __init__(self, store: ImageStore, pinned_patterns: list[str] = ()):
+    def __init__(self, store: ImageStore, pinned_patterns: list[str] = (),
+                 on_pull: Callable[[str, float, int, str], None] | None = None):
+        """`on_pull(reference, seconds, bytes downloaded, error class or "")` hears of every pull (the metrics)."""
         self.store = store
         self._pinned = PinnedImages(list(pinned_patterns))
         self._in_use: Callable[[str], bool] = lambda image_id: False
+        self._on_pull = on_pull
 
     def set_in_use(self, in_use: Callable[[str], bool]) -> None:
         """The container manager says which image ids its containers use (checked on removal)."""
         self._in_use = in_use
 
-    async def pull(self, ref: str, credentials: Credentials | None = None) -> ImageRecord:
+    async def pull(self, ref: str, credentials: Credentials | None = None, pod: str = "") -> ImageRecord:
+        """Pull in a worker thread; the pull, its downloads and its unpacking are phases of `pod` when the
+        caller named the pod the image is for."""
+        received = 0
+        lock = threading.Lock()
+        parent = None
+
+        def observe(kind: str, start: float, end: float, nbytes: int) -> None:
+            nonlocal received
+            with lock:
+                received += nbytes
+            trace.record(kind, start, end, pod, ref, parent)
+
+        started = time.monotonic()
+        error = ""
         try:
-            return await asyncio.to_thread(self.store.pull, ref, credentials)
+            with trace.phase("pull", pod=pod, subject=ref, image=ref):
+                parent = trace.current_context()  # the pull's span: downloads and unpacking are its children
+                return await asyncio.to_thread(self.store.pull, ref, credentials, observe)
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
         finally:
+            if self._on_pull is not None:
+                self._on_pull(ref, time.monotonic() - started, received, error)
             await asyncio.to_thread(_return_free_heap)
 
     def status(self, ref: str) -> ImageRecord | None:

@@ -24,6 +24,7 @@ from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv
                                     validate_sysctls, validate_user_namespace)
 from cri.core.undo import StepFailed, UndoStack, named_error, restore_or_undo, run_step
 from cri.faults import crash_point
+from cri.observe import trace
 from cri.errors import CRIError, FailedPrecondition, InvalidArgument, Unavailable
 from cri.state import Index, NameRegistry, RecordStore, new_id
 from cri.state.container_record import IDMapSpec
@@ -269,6 +270,7 @@ class SandboxManager:
         self._names.reserve(record.reserved_name, sandbox_id)
         undo = UndoStack()
         undo.push("name reservation", lambda: self._names.release(record.reserved_name, sandbox_id))
+        trace.timeline.name(sandbox_id, f"{spec.namespace}/{spec.name}")
         with self._claims.creating(record.reserved_name):
             try:
                 await self._create(record, resolv, undo)
@@ -305,10 +307,11 @@ class SandboxManager:
         ns_dir = sandbox_dir / "ns"
         pinned = [*kinds, "user"] if opts.own_userns else kinds
         undo.push("pinned namespaces", lambda: [unpin_namespace(ns_dir / k) for k in pinned])
-        await run_step("creating the pod's namespaces",
-                    pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls,
-                                   uid_map=[_id_map(m) for m in opts.uid_mappings],
-                                   gid_map=[_id_map(m) for m in opts.gid_mappings], userns=opts.own_userns))
+        with trace.phase("namespaces", pod=record.id):
+            await run_step("creating the pod's namespaces",
+                           pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls,
+                                          uid_map=[_id_map(m) for m in opts.uid_mappings],
+                                          gid_map=[_id_map(m) for m in opts.gid_mappings], userns=opts.own_userns))
         crash_point("sandbox.run.after_namespaces")
 
         # The CNI ADD is the slow part (tens of ms): everything else runs while the plugins do.
@@ -330,7 +333,8 @@ class SandboxManager:
             return
         pod = self._pod_network(record)
         undo.push("pod network", lambda: self._cni.teardown(pod))
-        result = await run_step("setting up the pod network (CNI ADD)", self._cni.setup(pod))
+        with trace.phase("cni_add", pod=record.id):
+            result = await run_step("setting up the pod network (CNI ADD)", self._cni.setup(pod))
         record.ips = result.pod_ips()
         record.network_ready = True
         hosts = render_hosts(record.hostname, record.ips)
@@ -339,13 +343,15 @@ class SandboxManager:
     async def _setup_local(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
         # The files, the /dev/shm mount and the pod cgroup are ~40 syscalls: in a thread, so that List and Status
         # calls stay quick while many pods start at once.
-        await asyncio.to_thread(self._prepare_local, record, resolv, undo)
+        with trace.phase("sandbox_files", pod=record.id):
+            await asyncio.to_thread(self._prepare_local, record, resolv, undo)
         if record.namespace_options.pid == MODE_POD:
             namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path,
                           "user": record.userns_path}  # the PID namespace then belongs to the pod's user one
-            infra = await run_step("starting the infra process",
-                                host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
-                                                 record.cgroup_path, record.sandbox_dir))
+            with trace.phase("infra", pod=record.id):
+                infra = await run_step("starting the infra process",
+                                       host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
+                                                        record.cgroup_path, record.sandbox_dir))
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
             undo.push("infra process", lambda: host.stop_infra(*infra))
         try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
@@ -413,7 +419,8 @@ class SandboxManager:
 
     async def _teardown_network(self, record: SandboxRecord) -> None:
         try:
-            await self._cni.teardown(self._pod_network(record))
+            with trace.phase("cni_del", pod_sandbox_id=record.id):  # not part of the start timeline
+                await self._cni.teardown(self._pod_network(record))
         except Exception as e:
             raise named_error("tearing down the pod network (CNI DEL)", e) from e
         record.network_ready = False

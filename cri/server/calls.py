@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import grpc
 
+from cri.observe import trace
 from cri.server.errors import is_expected, status_for
 
 log = logging.getLogger("pycri.rpc")
@@ -37,6 +38,9 @@ def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | N
     ends after its deadline before grpc cancelled it: its reply is lost just the same."""
     level = _level(name)
     mutating = level == logging.INFO
+    metrics = getattr(rt, "metrics", None)
+    record = metrics.rpc(name) if metrics is not None else None
+    tracer = trace.tracer()
 
     async def run_to_end(request, context):
         task = asyncio.ensure_future(handler(rt, request, context))
@@ -57,6 +61,7 @@ def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | N
         rid = next(_ids)
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        span = tracer.rpc(name, context.invocation_metadata()) if tracer is not None else None
         try:
             if mutating:
                 return await run_to_end(request, context)
@@ -67,10 +72,14 @@ def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | N
                 log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
             await context.abort(code, message)
         finally:
+            duration = time.perf_counter() - start
+            if record is not None:
+                record(code.name, duration)
+            if span is not None:
+                span.close(code=code.name)
             lvl = level if code is grpc.StatusCode.OK else logging.INFO
             if log.isEnabledFor(lvl):
-                log.log(lvl, "rpc=%s id=%d code=%s duration_ms=%.2f", name, rid, code.name,
-                        (time.perf_counter() - start) * 1000)
+                log.log(lvl, "rpc=%s id=%d code=%s duration_ms=%.2f", name, rid, code.name, duration * 1000)
 
     return call
 

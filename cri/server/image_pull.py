@@ -16,8 +16,19 @@ async def pull_image(rt, request, context):
                                               auth.registry_token)
     except ConfigError as exc:
         raise InvalidArgument(f"auth for {request.image.image}: {exc}") from None
-    record = await rt.images.pull(request.image.image, None if credentials.empty else credentials)
+    record = await rt.images.pull(request.image.image, None if credentials.empty else credentials,
+                                  pod=_pod_of(rt, request.sandbox_config.metadata))
     return api_pb2.PullImageResponse(image_ref=record.id)
+
+
+def _pod_of(rt, metadata) -> str:
+    """The ready sandbox kubelet pulls for (it sends the pod's config), so the pull shows in its timeline."""
+    if not metadata.uid:
+        return ""
+    for record in rt.sandboxes.list():
+        if record.uid == metadata.uid and record.name == metadata.name and record.state == "ready":
+            return record.id
+    return ""
 
 
 HANDLERS = {"PullImage": pull_image}

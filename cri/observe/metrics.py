@@ -1,0 +1,237 @@
+"""Prometheus metrics on http://127.0.0.1:9090/metrics (`[metrics]`), named after CRI-O's
+container_runtime_crio_* set where it has one (docs/metrics.md has the mapping).
+
+The endpoint is served on the daemon's event loop, so the collectors read the managers' indexes without
+locks; prometheus_client picks the text or OpenMetrics format from the Accept header. RPCs report through
+a recorder bound once per RPC name (see `Metrics.rpc`), so the per-call cost is two dict-free observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from cri.core import events as ev
+from cri.observe import trace
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pycri"
+# From 100 µs (a List on a quiet daemon) to a minute (a slow pull or a stop with a grace period).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PULL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+REQUEST_HEAD_LIMIT = 8192
+REQUEST_TIMEOUT = 5.0
+
+
+class _StateCollector:
+    """Containers by state and pods by state, counted from the managers' indexes at scrape time."""
+
+    def __init__(self, rt: Any) -> None:
+        self._rt = rt
+
+    def collect(self):
+        containers = GaugeMetricFamily(f"{PREFIX}_containers", "Containers known to pycri, by state.",
+                                       labels=["state"])
+        counts = {"created": 0, "running": 0, "exited": 0}
+        for record in self._rt.containers.list():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        for state, n in sorted(counts.items()):
+            containers.add_metric([state], n)
+        yield containers
+        pods = GaugeMetricFamily(f"{PREFIX}_pods", "Pod sandboxes known to pycri, by state.", labels=["state"])
+        counts = {"ready": 0, "notready": 0}
+        for record in self._rt.sandboxes.list():
+            counts["ready" if record.state == "ready" else "notready"] += 1
+        for state, n in sorted(counts.items()):
+            pods.add_metric([state], n)
+        yield pods
+        threads = GaugeMetricFamily("process_threads", "Threads of the daemon process (grpc's included).")
+        threads.add_metric([], _thread_count())
+        yield threads
+
+
+def _thread_count() -> int:
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[17])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class Metrics:
+    """The daemon's metrics and the HTTP endpoint that serves them; a Service (start/stop)."""
+
+    def __init__(self, rt: Any, address: str = "127.0.0.1", port: int = 9090) -> None:
+        self._rt = rt
+        self.address, self.port = address, port
+        self.registry = registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=registry)
+        registry.register(_StateCollector(rt))
+        self.operations = Counter(f"{PREFIX}_operations", "CRI calls, by operation and gRPC status code.",
+                                  ["operation", "code"], registry=registry)
+        self.operation_errors = Counter(f"{PREFIX}_operations_errors", "CRI calls that failed, by operation "
+                                        "and gRPC status code.", ["operation", "code"], registry=registry)
+        self.latency = Histogram(f"{PREFIX}_operations_latency_seconds", "Latency of CRI calls, by operation.",
+                                 ["operation"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.pull_bytes = Counter(f"{PREFIX}_image_pulls_bytes", "Bytes downloaded by image pulls, by registry.",
+                                  ["registry"], registry=registry)
+        self.pull_success = Counter(f"{PREFIX}_image_pulls_success", "Image pulls that succeeded, by registry.",
+                                    ["registry"], registry=registry)
+        self.pull_failure = Counter(f"{PREFIX}_image_pulls_failure", "Image pulls that failed, by registry and "
+                                    "error class.", ["registry", "error"], registry=registry)
+        self.pull_duration = Histogram(f"{PREFIX}_image_pull_duration_seconds", "Duration of image pulls, by "
+                                       "registry.", ["registry"], buckets=PULL_BUCKETS, registry=registry)
+        self.oom = Counter(f"{PREFIX}_containers_oom", "Containers the kernel killed for lack of memory.",
+                           registry=registry)
+        self.oom_by_name = Counter(f"{PREFIX}_containers_oom_count", "OOM kills, by container name.", ["name"],
+                                   registry=registry)
+        self.container_start = Histogram(f"{PREFIX}_container_start_latency_seconds", "From CreateContainer to "
+                                         "the container running.", buckets=LATENCY_BUCKETS, registry=registry)
+        self.pod_start = Histogram(f"{PREFIX}_pod_start_latency_seconds", "Duration of a RunPodSandbox that "
+                                   "succeeded.", buckets=LATENCY_BUCKETS, registry=registry)
+        self.cni_latency = Histogram(f"{PREFIX}_cni_operation_latency_seconds", "Duration of CNI ADD and DEL "
+                                     "through every plugin of the network.", ["operation"],
+                                     buckets=LATENCY_BUCKETS, registry=registry)
+        self.cni_errors = Counter(f"{PREFIX}_cni_operation_errors", "CNI ADD and DEL that failed.",
+                                  ["operation"], registry=registry)
+        self._server: asyncio.AbstractServer | None = None
+        self._events: asyncio.Task | None = None
+
+    # ---- what the rest of the daemon reports -------------------------------------------------------
+
+    def rpc(self, operation: str) -> Callable[[str, float], None]:
+        """A recorder for one RPC, its label children bound now: record(code_name, seconds)."""
+        latency = self.latency.labels(operation)
+        by_code: dict[str, Callable[[], None]] = {}
+
+        def record(code: str, seconds: float) -> None:
+            latency.observe(seconds)
+            count = by_code.get(code)
+            if count is None:
+                count = by_code[code] = self._counter_for(operation, code)
+            count()
+
+        if operation == "RunPodSandbox":
+            pod_start = self.pod_start
+
+            def record_pod(code: str, seconds: float) -> None:
+                record(code, seconds)
+                if code == "OK":
+                    pod_start.observe(seconds)
+
+            return record_pod
+        return record
+
+    def _counter_for(self, operation: str, code: str) -> Callable[[], None]:
+        total = self.operations.labels(operation, code).inc
+        if code == "OK":
+            return total
+        errors = self.operation_errors.labels(operation, code).inc
+
+        def both() -> None:
+            total()
+            errors()
+
+        return both
+
+    def pulled(self, reference: str, seconds: float, nbytes: int, error: str = "") -> None:
+        registry = registry_of(reference)
+        self.pull_bytes.labels(registry).inc(nbytes)
+        if error:
+            self.pull_failure.labels(registry, error).inc()
+        else:
+            self.pull_success.labels(registry).inc()
+            self.pull_duration.labels(registry).observe(seconds)
+
+    def cni(self, operation: str, seconds: float, failed: bool) -> None:
+        self.cni_latency.labels(operation).observe(seconds)
+        if failed:
+            self.cni_errors.labels(operation).inc()
+
+    # ---- lifetime ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._serve, self.address, self.port,
+                                                      limit=REQUEST_HEAD_LIMIT)
+        except OSError as exc:
+            from cri.daemon import DaemonError
+
+            raise DaemonError(f"metrics endpoint {self.address}:{self.port}: {exc.strerror}; choose another "
+                              "[metrics] port or set [metrics] enable = false") from None
+        self.port = self._server.sockets[0].getsockname()[1]
+        trace.observers["cni_add"] = lambda seconds, failed: self.cni("ADD", seconds, failed)
+        trace.observers["cni_del"] = lambda seconds, failed: self.cni("DEL", seconds, failed)
+        self._events = asyncio.create_task(self._watch_events())
+        log.info("metrics on http://%s:%d/metrics", self.address, self.port)
+
+    async def stop(self) -> None:
+        trace.observers.pop("cni_add", None)
+        trace.observers.pop("cni_del", None)
+        if self._events is not None:
+            self._events.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _watch_events(self) -> None:
+        """OOM kills and container start latency come from the container event stream."""
+        bus = self._rt.events
+        while True:
+            queue = bus.subscribe()
+            try:
+                while (event := await queue.get()) is not None:
+                    self._on_event(event)
+            finally:
+                bus.unsubscribe(queue)
+
+    def _on_event(self, event: ev.ContainerEvent) -> None:
+        if event.kind not in (ev.STARTED, ev.STOPPED):
+            return
+        record = self._rt.containers.find(event.container_id)
+        if record is None:
+            return
+        if event.kind == ev.STARTED and record.started_at and record.created_at:
+            self.container_start.observe(max(0, record.started_at - record.created_at) / 1e9)
+        elif event.kind == ev.STOPPED and record.reason == "OOMKilled":
+            self.oom.inc()
+            self.oom_by_name.labels(record.name).inc()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"only GET\n"
+            elif urlsplit(target).path != "/metrics":
+                status, ctype, body = "404 Not Found", "text/plain", b"metrics are at /metrics\n"
+            else:
+                encoder, ctype = choose_encoder(headers.get("accept", ""))
+                status, body = "200 OK", encoder(self.registry)
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("serving a metrics scrape failed")
+        finally:
+            writer.close()
+
+
+def registry_of(reference: str) -> str:
+    """The registry host a pull went to, as the `registry` label (docker.io for unqualified names)."""
+    first = reference.split("/", 1)[0]
+    if "/" in reference and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
