@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from cri_api.v1 import api_pb2
+from cri.api.v1 import api_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest_registry import free_port
