@@ -86,6 +86,8 @@ class RuntimeConfig(Section):
     pids_limit: int = Field(0, ge=0, description="0 = no limit unless the pod asks")
     log_size_max: int = Field(-1, description="bytes per container log file; -1 = unlimited")
     stop_timeout_min: int = Field(0, ge=0)
+    cdi_spec_dirs: list[Path] = Field([Path("/etc/cdi"), Path("/var/run/cdi")],
+                                      description="CDI spec files; a later directory overrides an earlier one")
 
     @model_validator(mode="after")
     def _default_is_a_handler(self) -> "RuntimeConfig":
