@@ -66,7 +66,8 @@ class Wave:
     def _pod_config(self, name: str) -> api_pb2.PodSandboxConfig:
         ns = api_pb2.NamespaceOption(network=api_pb2.NODE if self.host_network else api_pb2.POD)
         return api_pb2.PodSandboxConfig(
-            metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name), hostname=name,
+            metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name),
+            hostname="" if self.host_network else name,  # kubelet sends none with host network
             log_directory=f"{self.log_dir}/{name}",
             linux=api_pb2.LinuxPodSandboxConfig(security_context=api_pb2.LinuxSandboxSecurityContext(
                 namespace_options=ns)))

@@ -39,7 +39,8 @@ KIT_REGISTRIES = Path(__file__).resolve().parent.parent.parent / "shared" / "cri
 def round_trip(stub, image: str, name: str, log_dir: str, handler: str, host_network: bool) -> dict[str, float]:
     ns = api_pb2.NamespaceOption(network=api_pb2.NODE if host_network else api_pb2.POD)
     pod = api_pb2.PodSandboxConfig(
-        metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name), hostname=name,
+        metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name),
+        hostname="" if host_network else name,  # kubelet sends none with host network
         log_directory=f"{log_dir}/{name}",
         linux=api_pb2.LinuxPodSandboxConfig(security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
     ctr = api_pb2.ContainerConfig(
@@ -117,7 +118,7 @@ def memory_figures(endpoint: str, daemon_pid: int, marker: str, image: str, coun
                 name = f"mem{os.getpid()}-{i}"
                 ns = api_pb2.NamespaceOption(network=api_pb2.NODE)
                 pod = api_pb2.PodSandboxConfig(
-                    metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name), hostname=name,
+                    metadata=api_pb2.PodSandboxMetadata(name=name, namespace="bench", uid=name),
                     log_directory=f"{logs}/{name}", linux=api_pb2.LinuxPodSandboxConfig(
                         security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
                 pod_id = stub.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod), timeout=120).pod_sandbox_id

@@ -197,6 +197,11 @@ class SandboxManager:
         sysctls = validate_sysctls(spec.sysctls, opts.host_network, opts.host_ipc)
         resolv = render_resolv_conf(spec.dns.servers, spec.dns.searches, spec.dns.options)
         if spec.hostname:
+            if opts.host_network:
+                # The pod shares the host's UTS namespace; containerd's runtimes fail such a pod (runc: "unable to
+                # set hostname without a private UTS namespace"), and kubelet never sends one with hostNetwork.
+                raise InvalidArgument(f"hostname {spec.hostname!r} cannot be set for a pod in the host's network "
+                                      "namespace: it shares the host's UTS namespace and hostname")
             validate_hostname(spec.hostname)
         parse_bandwidth(spec.annotations)
         if spec.log_directory and not os.path.isabs(spec.log_directory):

@@ -90,7 +90,7 @@ def pod_config(log_dir: Path, name: str = "", host_network: bool = True) -> api_
     name = name or f"pod-{uuid.uuid4().hex[:8]}"
     return api_pb2.PodSandboxConfig(
         metadata=api_pb2.PodSandboxMetadata(name=name, namespace="ctr-test", uid=f"uid-{name}"),
-        hostname=name, log_directory=str(log_dir),
+        hostname="" if host_network else name, log_directory=str(log_dir),  # kubelet sends none with host network
         linux=api_pb2.LinuxPodSandboxConfig(security_context=api_pb2.LinuxSandboxSecurityContext(
             namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE if host_network else api_pb2.POD))))
 

@@ -121,10 +121,11 @@ def wait_until(predicate, what: str, timeout: float = 10) -> None:
 
 
 def pod_config(name: str, **kwargs) -> api_pb2.PodSandboxConfig:
-    """A pod config with unique metadata; kwargs set top-level fields."""
+    """A pod config with unique metadata; kwargs set top-level fields. Like kubelet, no hostname with host network."""
+    host_network = kwargs.get("linux", api_pb2.LinuxPodSandboxConfig()).security_context.namespace_options.network
     config = api_pb2.PodSandboxConfig(
         metadata=api_pb2.PodSandboxMetadata(name=name, namespace="test-ns", uid=f"uid-{name}", attempt=0),
-        hostname=kwargs.pop("hostname", name), **kwargs)
+        hostname=kwargs.pop("hostname", "" if host_network == api_pb2.NODE else name), **kwargs)
     return config
 
 

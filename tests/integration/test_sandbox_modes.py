@@ -68,6 +68,11 @@ def test_a_sysctl_the_kernel_lacks_or_a_refused_value_is_invalid_and_leaves_noth
 
 def test_host_network_and_ipc_mode(pods):
     d, network = pods
+    # The pod shares the host's UTS namespace: a hostname of its own cannot be, so it is refused (kubelet sends none).
+    with pytest.raises(grpc.RpcError) as err:
+        run(d, pod_config("hostnet", hostname="hostnet", linux=linux(network=api_pb2.NODE)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hostname" in err.value.details()
+    assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
     pod_id = run(d, pod_config("hostnet", linux=linux(network=api_pb2.NODE, ipc=api_pb2.NODE)))
     st = status(d, pod_id).status
     details = info(d, pod_id)
