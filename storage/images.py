@@ -38,7 +38,7 @@ from storage.layers import MAX_LAYERS, LayerStore, chain_ids as compute_chain_id
 from storage.registries import RegistriesConfig
 from storage.registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, Manifest, RegistryClient, TokenCache,
                               TransientRegistryError, choose_platform)
-from storage.rootfs import Rootfs, RootfsManager
+from storage.rootfs import ImageVolume, Rootfs, RootfsManager
 from storage.unpack import UnpackLimits
 
 log = logging.getLogger("pycri.storage")
@@ -473,6 +473,10 @@ class ImageStore:
                 return False
             if in_use(record.id):
                 raise ImageInUse(f"image {name_or_id} ({record.id}) is in use by a container")
+            users = self.rootfs.volume_users(record.id)
+            if users:
+                raise ImageInUse(f"image {name_or_id} ({record.id}) is mounted as an image volume by container "
+                                 f"{users[0]}")
             (self._record_path(record.id)).unlink(missing_ok=True)
             del self._records[record.id]
         self._sweep(set(record.blobs) | set(record.chain_ids))
@@ -507,18 +511,25 @@ class ImageStore:
 
     # ---- root filesystems --------------------------------------------------------------
 
-    def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None) -> Rootfs:
-        """Mount a new root for the container (with `idmap`, the image's files are its root's: see
-        idmap_problem); its layers are pinned meanwhile so that a removal of the image cannot delete
-        them before the rootfs record names them."""
+    def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None,
+                      volume_images: list[str] = ()) -> Rootfs:
+        """Mount a new root for the container, and the root filesystems of `volume_images` read-only as its image
+        volumes (with `idmap`, the images' files are its root's: see idmap_problem). Their layers are pinned
+        meanwhile so that a removal of an image cannot delete them before the rootfs record names them."""
         with self._lock:
             record = self._lookup(image_id)
             if record is None:
                 raise ImageNotFound(f"image {image_id} not found")
-            pins = set(record.chain_ids)
+            volumes = []
+            for name in volume_images:
+                found = self._lookup(name)
+                if found is None:
+                    raise ImageNotFound(f"image {name} of an image volume is not in the store: pull it first")
+                volumes.append(ImageVolume(found.id, list(found.chain_ids)))
+            pins = set(record.chain_ids) | {c for v in volumes for c in v.chain_ids}
             self._pin(pins)
         try:
-            return self.rootfs.create(container_id, record.id, record.chain_ids, idmap)
+            return self.rootfs.create(container_id, record.id, record.chain_ids, idmap, volumes)
         finally:
             self._unpin(pins)
 

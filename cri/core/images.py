@@ -89,8 +89,9 @@ class ImageService:
     async def import_archive(self, path: Path) -> list[ImageRecord]:
         return await asyncio.to_thread(self.store.import_archive, path)
 
-    async def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None) -> Rootfs:
-        return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap)
+    async def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None,
+                            volume_images: list[str] = ()) -> Rootfs:
+        return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap, list(volume_images))
 
     async def idmap_problem(self) -> str | None:
         """Why a user-namespaced container's rootfs cannot be idmapped on this host, or None (probed once)."""

@@ -45,7 +45,7 @@ def store_factory(tmp_path):
 
     yield make
     for store in made:
-        for container_id in list(store.rootfs._chains):
+        for container_id in store.rootfs_ids():
             store.remove_rootfs(container_id)
 
 

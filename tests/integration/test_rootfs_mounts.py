@@ -1,6 +1,9 @@
-"""Idmapped root filesystems at the storage level: an overlay on idmapped clones of the image's layers shows the
-image's files as the id map's root, what is written lands as the mapped ids, the layers on disk stay host root's,
-and no clone stays mounted after a mount, a removal, a failure or a crash."""
+"""Container root filesystems at the storage level, idmapped and with image volumes.
+
+Idmapped: an overlay on idmapped clones of the image's layers shows the image's files as the id map's root, what
+is written lands as the mapped ids, the layers on disk stay host root's, and no clone stays mounted after a mount,
+a removal, a failure or a crash. Image volumes: another image's root filesystem mounted read-only beside the
+container's root, keeping that image from removal until the container's root goes."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from storage import idmap as idmapping
-from storage.errors import MountError
+from storage.errors import ImageInUse, ImageNotFound, MountError
 from storage.idmap import IdMap
 from storage.images import ImageStore
 from tests.imagebuild import Entry, build_busybox_image, write_oci_layout
@@ -42,6 +45,16 @@ def image(store: ImageStore, tmp_path: Path) -> str:
                                              Entry("data/owned", data=b"x", uid=1000, gid=1000)]])
     store.import_archive(write_oci_layout(tmp_path / "layout", [(img, "example.test/idmap:1")]))
     return img.id
+
+
+def data_images(store: ImageStore, tmp_path: Path) -> tuple[str, str]:
+    """A one-layer image without busybox, and a two-layer one whose top layer replaces a file."""
+    from tests.imagebuild import build_image, tar_layer
+    one = build_image([tar_layer([Entry("models", "dir"), Entry("models/m.bin", data=b"weights")])])
+    two = build_image([tar_layer([Entry("cfg", "dir"), Entry("cfg/a", data=b"old"), Entry("cfg/b", data=b"b")]),
+                       tar_layer([Entry("cfg/a", data=b"new")])])
+    store.import_archive(write_oci_layout(tmp_path / "data", [(one, "example.test/models:1"), (two, "example.test/cfg:2")]))
+    return one.id, two.id
 
 
 def test_an_idmapped_rootfs_shows_the_image_as_the_maps_root(store, tmp_path):
@@ -98,3 +111,46 @@ def test_a_failed_idmapped_mount_leaves_nothing(store, tmp_path):
         store.create_rootfs("c-broken", image_id, MAP)
     assert store.rootfs_ids() == [] and not (store.root / "containers/c-broken").exists()
     assert mounts_below(tmp_path) == []
+
+
+def test_image_volumes_are_read_only_views_that_keep_their_images(store, tmp_path):
+    image_id = image(store, tmp_path)
+    models, cfg = data_images(store, tmp_path)
+    rootfs = store.create_rootfs("c-vol", image_id, volume_images=["example.test/models:1", cfg])
+    assert len(rootfs.volumes) == 2 and mounts_below(tmp_path) == [str(rootfs.path), *map(str, rootfs.volumes)]
+    assert (rootfs.volumes[0] / "models/m.bin").read_bytes() == b"weights"
+    assert (rootfs.volumes[1] / "cfg/a").read_bytes() == b"new" and (rootfs.volumes[1] / "cfg/b").read_bytes() == b"b"
+    with pytest.raises(OSError) as err:
+        (rootfs.volumes[0] / "models/new").write_bytes(b"x")
+    assert err.value.errno == 30  # EROFS
+    with pytest.raises(ImageInUse, match=r"mounted as an image volume by container c-vol"):
+        store.remove(models)
+    store.gc()
+    assert (rootfs.volumes[1] / "cfg/a").read_bytes() == b"new"
+    # remounted after an unmount behind our back, then gone with the container's root
+    os.system(f"umount {rootfs.volumes[0]}")
+    assert (store.ensure_rootfs_mounted("c-vol").volumes[0] / "models/m.bin").exists()
+    store.remove_rootfs("c-vol")
+    assert mounts_below(tmp_path) == []
+    assert store.remove(models) and store.remove(cfg)
+
+
+def test_idmapped_image_volumes_and_a_missing_volume_image(store, tmp_path):
+    image_id = image(store, tmp_path)
+    models, _ = data_images(store, tmp_path)
+    rootfs = store.create_rootfs("c-idvol", image_id, MAP, volume_images=[models])
+    st = os.stat(rootfs.volumes[0] / "models/m.bin")
+    assert (st.st_uid, st.st_gid) == (MAP.uid, MAP.gid)
+    with pytest.raises(ImageNotFound, match=r"example.test/absent:1 of an image volume is not in the store"):
+        store.create_rootfs("c-absent", image_id, volume_images=["example.test/absent:1"])
+    assert store.rootfs_ids() == ["c-idvol"] and mounts_below(tmp_path) == [str(rootfs.path), str(rootfs.volumes[0])]
+
+
+def test_a_crash_before_the_record_leaves_volumes_unmounted_at_start(store, tmp_path):
+    image_id = image(store, tmp_path)
+    models, _ = data_images(store, tmp_path)
+    rootfs = store.create_rootfs("c-lost", image_id, volume_images=[models])
+    (store.root / "containers/c-lost/rootfs.json").unlink()  # as if the crash came before the record was written
+    reopened = ImageStore(store.root)
+    assert reopened.rootfs_ids() == [] and mounts_below(tmp_path) == []
+    assert not rootfs.path.parent.exists() and reopened.remove(models)
