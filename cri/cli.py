@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cri.image_cli import register as register_image_commands
 
     register_image_commands(sub)
+    from cri.admin_cli import register as register_admin_commands
+
+    register_admin_commands(sub)
     return parser
 
 

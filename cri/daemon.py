@@ -72,6 +72,7 @@ class Runtime:
 
 def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     """Wire the parts together; those with a lifetime go into `services`, started in this order."""
+    from cri.admin.server import AdminServer
     from cri.core.containers import ContainerManager
     from cri.core.events import EventBus
     from cri.core.images import ImageService
@@ -96,7 +97,8 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
-    rt.services += [rt.cni, rt.sandboxes, rt.containers, rt.streaming]
+    rt.services += [rt.cni, rt.sandboxes, rt.containers, rt.streaming,
+                    AdminServer(config.admin_socket_path, rt)]
     return rt
 
 

@@ -1,15 +1,18 @@
-"""`pycri image import FILE` and `pycri image ls`: work on the image store directly, for loading
-images onto a node without a registry (what `kind load` does with `ctr images import`).
+"""`pycri image import FILE|-` and `pycri image ls`: load images onto a node without a registry (what
+`kind load` does with `ctr images import`), and list them.
 
-They open the store the daemon uses, holding the daemon's root lock meanwhile: with a running
-daemon they refuse (two processes sweeping one store would delete each other's blobs).
+With the daemon running they go through its admin socket, so the running store takes the images at once.
+With it stopped they open the store directly, holding the daemon's root lock meanwhile (two processes
+sweeping one store would delete each other's blobs).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -33,26 +36,63 @@ def _store(args) -> Iterator:
         os.close(fd)
 
 
+def _through_daemon(args, op: str, **kwargs):
+    """The daemon's answer, or None when no daemon runs on this root (then the store is ours to open)."""
+    from cri.admin.client import AdminError, NotRunning, request
+    from cri.cli import _config_from
+
+    config = _config_from(args)
+    try:
+        return request(config.admin_socket_path, op, root=str(config.root), **kwargs)
+    except NotRunning:
+        return None
+    except AdminError as exc:
+        raise SystemExit(f"pycri image {args.image_command}: {exc}") from None
+
+
 def _import(args) -> int:
-    from storage.errors import StorageError
-    with _store(args) as store:
-        try:
-            records = store.import_archive(Path(args.file), pin=args.pin)
-        except StorageError as exc:
-            print(f"pycri image import: {exc}", file=sys.stderr)
-            return 1
-    for record in records:
-        print(f"{record.id} {' '.join(record.repo_tags) or '<untagged>'}{' (pinned)' if record.pinned else ''}")
+    path = None if args.file == "-" else Path(args.file)
+    if path is not None and not path.exists():
+        raise SystemExit(f"pycri image import: {path}: no such file or directory")
+    if path is None:
+        answer = _through_daemon(args, "import", body=sys.stdin.buffer, pin=args.pin)
+    elif path.is_dir():
+        answer = _through_daemon(args, "import", body=path, pin=args.pin)
+    else:
+        with open(path, "rb") as archive:
+            answer = _through_daemon(args, "import", body=archive, pin=args.pin)
+    if answer is None:
+        answer = _import_offline(args, path)
+    for image in answer:
+        print(f"{image['id']} {' '.join(image['repo_tags']) or '<untagged>'}{' (pinned)' if image['pinned'] else ''}")
     return 0
 
 
+def _import_offline(args, path: Path | None) -> list[dict]:
+    from storage.errors import StorageError
+
+    with _store(args) as store, tempfile.TemporaryDirectory(dir=store.root) as spool:
+        if path is None:  # stdin: spooled, since an archive is read out of order
+            path = Path(spool) / "stdin.tar"
+            with open(path, "wb") as out:
+                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        try:
+            records = store.import_archive(path, pin=args.pin)
+        except StorageError as exc:
+            raise SystemExit(f"pycri image import: {exc}") from None
+    return [{"id": r.id, "repo_tags": r.repo_tags, "pinned": r.pinned} for r in records]
+
+
 def _ls(args) -> int:
-    with _store(args) as store:
-        records = store.list()
-    rows = sorted(((name, record) for record in records for name in record.repo_tags or ["<none>"]), key=lambda row: row[0])
+    images = _through_daemon(args, "images")
+    if images is None:
+        with _store(args) as store:
+            images = [{**r.model_dump(mode="json"), "pinned": r.pinned} for r in store.list()]
+    rows = sorted(((name, image) for image in images for name in image["repo_tags"] or ["<none>"]),
+                  key=lambda row: row[0])
     print(f"{'IMAGE':60} {'ID':19} {'SIZE':>10} PINNED")
-    for name, record in rows:
-        print(f"{name:60} {record.id[7:19]:19} {_human(record.size):>10} {'yes' if record.pinned else ''}".rstrip())
+    for name, image in rows:
+        print(f"{name:60} {image['id'][7:19]:19} {_human(image['size']):>10} {'yes' if image['pinned'] else ''}".rstrip())
     return 0
 
 
@@ -67,10 +107,11 @@ def _human(size: int) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from cri.cli import _add_config_flags
 
-    image = subparsers.add_parser("image", help="manage the image store directly (daemon stopped)")
+    image = subparsers.add_parser("image", help="import and list images (through the running daemon, else directly)")
     commands = image.add_subparsers(dest="image_command", required=True)
     importer = commands.add_parser("import", help="load an OCI layout or docker-archive tarball")
-    importer.add_argument("file", help="OCI layout directory or tarball, or a `docker save` tarball")
+    importer.add_argument("file", help="OCI layout directory or tarball, a `docker save` tarball, or - for a "
+                          "tarball on standard input")
     importer.add_argument("--pin", action="store_true",
                           help="pin the imported images: reported pinned, so kubelet's image GC never removes them")
     _add_config_flags(importer)

@@ -86,8 +86,8 @@ class ImageService:
     async def gc(self) -> GCReport:
         return await asyncio.to_thread(self.store.gc, self._in_use)
 
-    async def import_archive(self, path: Path) -> list[ImageRecord]:
-        return await asyncio.to_thread(self.store.import_archive, path)
+    async def import_archive(self, path: Path, pin: bool = False) -> list[ImageRecord]:
+        return await asyncio.to_thread(self.store.import_archive, path, pin)
 
     async def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None,
                             volume_images: list[str] = ()) -> Rootfs:
