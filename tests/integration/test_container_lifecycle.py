@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import grpc
@@ -146,3 +147,29 @@ def _cmdline(pid: str) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+def kubelet_log_text(lines: list[tuple[str, str, str]], stream: str = "stdout") -> str:
+    """What kubelet's log reader shows: P records are joined with what follows until an F record ends the line."""
+    out = []
+    for s, tag, text in lines:
+        if s == stream:
+            out.append(text if tag == "P" else text + "\n")
+    return "".join(out)
+
+
+def test_partial_lines_are_tagged_as_conmon_and_cri_o_write_them(env):
+    """conmon (CRI-O's monitor, ours too) writes what each read of the pipe returned: a read ending without a newline
+    is a P record, closed by the next F. containerd buffers to the newline instead ("F xy"); kubelet's reader shows
+    both the same. Output left unterminated at exit stays P, as with both peers."""
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("partial", ["sh", "-c", "printf x; sleep 0.3; echo y; printf end"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).exit_code == 0
+    lines = wait_log(pod_cfg, "partial", lambda ls: len(ls) >= 3)
+    assert lines == [("stdout", "P", "x"), ("stdout", "F", "y"), ("stdout", "P", "end")]
+    assert kubelet_log_text(lines) == "xy\nend"
+    crictl = "/var/tmp/critools/bin/crictl"  # kubelet's own log reader (k8s.io/cri-client), where it is built
+    if os.access(crictl, os.X_OK):
+        shown = subprocess.run([crictl, "--runtime-endpoint", f"unix://{d.socket}", "logs", cid],
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and shown.stdout == "xy\nend", shown
