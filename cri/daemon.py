@@ -84,9 +84,11 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt = Runtime(config=config, unclean_start=unclean_start)
     net = config.network
     rt.cni = CNIManager(net.cni_conf_dir, net.cni_plugin_dirs, config.root / "cni-cache", net.cni_timeout)
+    rt.events = EventBus()
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr,
-                                  runtime_path=config.runtime_path)
+                                  runtime_path=config.runtime_path, events=rt.events)
+    rt.events.set_sandbox_snapshot(rt.sandboxes.snapshot)
     if config.metrics.enable:
         from cri.observe.metrics import Metrics
 
@@ -94,7 +96,6 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
         rt.services.append(rt.metrics)  # first: a port in use stops the start before anything else ran
     rt.images = ImageService(open_image_store(config, verify=unclean_start), config.storage.pinned_images,
                              on_pull=rt.metrics.pulled if rt.metrics is not None else None)
-    rt.events = EventBus()
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
     rt.services += [rt.cni, rt.sandboxes, rt.containers, rt.streaming,

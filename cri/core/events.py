@@ -1,10 +1,14 @@
-"""Container lifecycle events (created, started, stopped, deleted) broadcast to GetContainerEvents streams."""
+"""Container and pod sandbox lifecycle events (created, started, stopped, deleted) broadcast to
+GetContainerEvents streams. A sandbox's own events carry its id as the container id, as containerd sends them."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +22,7 @@ class ContainerEvent:
     sandbox_id: str
     kind: int
     timestamp_ns: int
+    sandbox: Any = None  # a copy of the pod's record when the event happened (None once it is gone)
 
 
 class EventBus:
@@ -26,6 +31,12 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue] = set()
+        self._snapshot: Callable[[str], Any] = lambda sandbox_id: None
+
+    def set_sandbox_snapshot(self, snapshot: Callable[[str], Any]) -> None:
+        """How to copy a pod's record: every event is stamped with its pod as it was then, since a stream sends
+        it later, maybe after the pod was removed (kubelet drops an event without the pod's status)."""
+        self._snapshot = snapshot
 
     def subscribe(self) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(QUEUE_LIMIT)
@@ -36,6 +47,8 @@ class EventBus:
         self._subscribers.discard(queue)
 
     def publish(self, event: ContainerEvent) -> None:
+        if event.sandbox is None:
+            event = dataclasses.replace(event, sandbox=self._snapshot(event.sandbox_id))
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
-from cri.core import sandbox_host as host, sandbox_orphans
+from cri.core import events as ev, sandbox_host as host, sandbox_orphans
 from cri.core.claims import Claims
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls, validate_user_namespace)
@@ -54,7 +54,8 @@ class SandboxManager:
     def __init__(self, root: Path, state_dir: Path, cni: CNIManager | None, *, runtime_handlers: Iterable[str],
                  default_runtime: str, pod_cidr: Callable[[], str] = lambda: "", catatonit: str = "catatonit",
                  runtime_path: Callable[[str], str | None] = lambda handler: None,
-                 host_resolv_conf: Path = Path("/etc/resolv.conf"), host_hosts: Path = Path("/etc/hosts")) -> None:
+                 host_resolv_conf: Path = Path("/etc/resolv.conf"), host_hosts: Path = Path("/etc/hosts"),
+                 events: ev.EventBus | None = None) -> None:
         self._store = RecordStore(Path(root) / "sandboxes", SandboxRecord)
         self._dir = Path(state_dir) / "sandboxes"
         self._cni = cni
@@ -72,6 +73,7 @@ class SandboxManager:
         self._remove_containers: ContainerHook | None = None
         self._runtime_path = runtime_path
         self._host_userns_problem = host.user_namespaces_problem()
+        self._events = events
 
     # --- wiring and lifetime ---------------------------------------------------------------------------
 
@@ -117,6 +119,18 @@ class SandboxManager:
     def get(self, ref: str) -> SandboxRecord:
         """The sandbox with this id or unique id prefix; NotFound otherwise."""
         return self._index.get(ref)
+
+    def snapshot(self, sandbox_id: str) -> SandboxRecord | None:
+        """A copy of the record as it is now (for events, which are sent later)."""
+        record = self._index.find(sandbox_id)
+        return record.model_copy(deep=True) if record is not None else None
+
+    def _publish(self, record: SandboxRecord, *kinds: int) -> None:
+        """The sandbox's own lifecycle events, with its id as the container id (evented PLEG follows pods so)."""
+        if self._events is not None:
+            for kind in kinds:
+                self._events.publish(ev.ContainerEvent(record.id, record.id, kind, time.time_ns(),
+                                                       record.model_copy(deep=True)))
 
     def find(self, ref: str) -> SandboxRecord | None:
         return self._index.find(ref)
@@ -164,6 +178,7 @@ class SandboxManager:
         if record.state == "ready" and record.infra_pid and not self._alive(record):
             record.state = "notready"
             self._store.save(record, durable=False)
+            self._publish(record, ev.STOPPED)
         return record
 
     async def open_port(self, ref: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -284,6 +299,7 @@ class SandboxManager:
                 if isinstance(e, StepFailed):
                     raise named_error(e.step, e.cause) from e.cause
                 raise
+        self._publish(record, ev.CREATED, ev.STARTED)
         return record
 
     async def _create(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
@@ -417,8 +433,11 @@ class SandboxManager:
             work.append(self._stop_infra(record))
         errors = [r for r in await asyncio.gather(*work, return_exceptions=True) if isinstance(r, BaseException)]
         crash_point("sandbox.stop.after_network")
+        was_ready = record.state == "ready"
         record.state = "notready"
         self._store.save(record, durable=False)
+        if was_ready:
+            self._publish(record, ev.STOPPED)
         if errors:
             raise errors[0]
 
@@ -448,6 +467,7 @@ class SandboxManager:
             await self._destroy(record)
             self._index.remove(record.id)
             self._names.release(record.reserved_name, record.id)
+            self._publish(record, ev.DELETED)
         self._locks.pop(record.id, None)
 
     async def _destroy(self, record: SandboxRecord) -> None:

@@ -71,3 +71,15 @@ def namespace_option(record: SandboxRecord) -> api_pb2.NamespaceOption:
 
 def _id_mapping(m: IDMapSpec) -> api_pb2.IDMapping:
     return api_pb2.IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
+
+
+def status_message(record: SandboxRecord) -> api_pb2.PodSandboxStatus:
+    """PodSandboxStatus of a record (also what each GetContainerEvents event carries)."""
+    ips = record.ips
+    return api_pb2.PodSandboxStatus(
+        id=record.id, metadata=metadata(record), state=STATE_TO_CRI.get(record.state, api_pb2.SANDBOX_NOTREADY),
+        created_at=record.created_at,
+        network=api_pb2.PodSandboxNetworkStatus(ip=ips[0] if ips else "",
+                                                additional_ips=[api_pb2.PodIP(ip=ip) for ip in ips[1:]]),
+        linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=namespace_option(record))),
+        labels=record.labels, annotations=record.annotations, runtime_handler=record.reported_handler)

@@ -164,6 +164,7 @@ class EventCollector:
 
     def __init__(self, d):
         self.call = d.runtime.GetContainerEvents(api_pb2.GetEventsRequest())
+        self.call.initial_metadata()  # sent once the daemon has subscribed us: no event is missed from here
         self.events: list[api_pb2.ContainerEventResponse] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
+from tests.integration.test_container_helpers import EventCollector
 from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, mounts_below,  # noqa: F401
                                                     network, pod_config, pods, remove_all_pods, veths_on)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
@@ -292,3 +293,30 @@ def test_infra_started_by_a_previous_daemon_is_stopped_after_a_restart(pods):
     except FileNotFoundError:
         state = "gone"
     assert state in ("gone", "Z")
+
+
+def test_sandbox_lifecycle_is_on_the_container_event_stream(pods):
+    """Evented PLEG learns of pods from GetContainerEvents: the sandbox's own created, started, stopped and deleted
+    events (container id = sandbox id, as containerd sends them), each with the pod's status at that moment."""
+    d, _ = pods
+    events = EventCollector(d)
+    try:
+        pod_id = run(d, pod_config("evented"))
+        ip = status(d, pod_id).status.network.ip
+        stop(d, pod_id)
+        stop(d, pod_id)  # already stopped: no second event
+        remove(d, pod_id)
+        deadline = time.monotonic() + 5
+        while len(events.kinds_for(pod_id)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert events.kinds_for(pod_id) == [api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
+                                            api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_DELETED_EVENT]
+        mine = [e for e in events.events if e.container_id == pod_id]
+        assert all(e.pod_sandbox_status.id == pod_id and e.pod_sandbox_status.metadata.name == "evented"
+                   for e in mine)  # even the deleted one: kubelet drops events without it
+        assert [e.pod_sandbox_status.state for e in mine] == [api_pb2.SANDBOX_READY] * 2 + [api_pb2.SANDBOX_NOTREADY] * 2
+        assert ip and mine[1].pod_sandbox_status.network.ip == ip
+        assert all(e.created_at > 0 for e in mine)
+    finally:
+        events.close()
