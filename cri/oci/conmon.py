@@ -9,8 +9,10 @@ re-parented to us, and we reap it when it exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,19 +132,19 @@ class Conmon:
         try:
             message = await asyncio.wait_for(asyncio.to_thread(_read_sync_message, sync_r), timeout)
         except asyncio.TimeoutError:
+            await _reap_detached(_read_pid(paths.conmon_pid_file), grace=0)  # killed: its create is abandoned
             raise ConmonError(f"conmon did not report the container pid within {timeout}s") from None
         finally:
             os.close(sync_r)
             stderr = await _finish(proc)
         pid = _reported_pid(message)
         if pid <= 0:
+            # The detached conmon ends after reporting; re-parented to the daemon, it is ours to reap (nobody
+            # watches a monitor whose container never existed) or it would stay a zombie.
+            await _reap_detached(_read_pid(paths.conmon_pid_file))
             detail = (message or {}).get("message") or stderr or "conmon exited without reporting a pid"
             raise ConmonError(f"{runtime.name} create failed: {detail.strip()}", detail)
-        try:
-            conmon_pid = int(paths.conmon_pid_file.read_text().strip())
-        except (OSError, ValueError):
-            conmon_pid = 0
-        return Created(pid=pid, conmon_pid=conmon_pid)
+        return Created(pid=pid, conmon_pid=_read_pid(paths.conmon_pid_file))
 
     @staticmethod
     def reopen_log(bundle: Path) -> None:
@@ -199,3 +201,46 @@ async def _finish(proc: asyncio.subprocess.Process) -> str:
         proc.kill()
         _, err = await proc.communicate()
     return (err or b"").decode(errors="replace").strip()
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+async def _reap_detached(pid: int, grace: float = 5.0) -> None:
+    """Wait for a conmon that failed to create its container to exit (killed after ``grace``), and reap it when
+    it is our child."""
+    if pid <= 0:
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already (and reaped by its parent)
+    try:
+        if not await _exited(fd, grace):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            await _exited(fd, 5.0)
+        try:
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            pass  # not the daemon's child (no subreaper): init reaps it
+    finally:
+        os.close(fd)
+
+
+async def _exited(pidfd: int, timeout: float) -> bool:
+    """Whether the process ended within ``timeout`` (its pidfd becomes readable)."""
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await asyncio.wait_for(exited, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)

@@ -173,3 +173,35 @@ def test_partial_lines_are_tagged_as_conmon_and_cri_o_write_them(env):
         shown = subprocess.run([crictl, "--runtime-endpoint", f"unix://{d.socket}", "logs", cid],
                                capture_output=True, text=True, timeout=30)
         assert shown.returncode == 0 and shown.stdout == "xy\nend", shown
+
+
+def children_of(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, state, comm) of every process whose parent is pid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            if int(ppid) == pid:
+                found.append((int(entry), state, comm))
+    return found
+
+
+def test_failed_creates_leave_no_zombie_or_monitor_behind(env):
+    """conmon reports the runtime's failure and exits; re-parented to the daemon (a subreaper), it must be reaped."""
+    d, pod, pod_cfg = env
+    before = children_of(d.proc.pid)
+    for i in range(3):
+        cid = create(d, pod, pod_cfg, container_config(f"fails{i}", ["/no/such/binary"]))
+        with pytest.raises(grpc.RpcError):
+            d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid), timeout=30)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(s == "Z" for _, s, _ in children_of(d.proc.pid)):
+        time.sleep(0.1)
+    after = children_of(d.proc.pid)
+    assert [c for c in after if c[1] == "Z"] == []
+    assert [c for c in after if c[2] == "conmon"] == [c for c in before if c[2] == "conmon"]
