@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri.config import Config
-from cri.oci import cgroups
+from hostos import cgroups
 
 CAP_SYS_RESOURCE = 24
 APT_FIX = "apt-get install -y {}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import fcntl
 import json
@@ -17,13 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cri.config import Config, find_binary
+from hostos import libc
 
 log = logging.getLogger("pycri")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
-PR_SET_CHILD_SUBREAPER = 36
-M_ARENA_MAX = -8  # mallopt(3)
 MALLOC_ARENAS = 2
 
 
@@ -184,17 +182,15 @@ def _limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
     """glibc gives each thread that allocates (grpc's, the pull workers') an arena of its own and keeps what is
     freed in it: after a 200 MB pull that held 7-11 MB more RSS, for no pull speed (bench/memory.py, bench/pull.py).
     Set before any thread starts, as MALLOC_ARENA_MAX would."""
-    try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    libc.mallopt(libc.M_ARENA_MAX, arenas)  # nothing where the C library is not glibc
 
 
 def _become_subreaper() -> None:
     """Orphaned exec processes are re-parented to us, so we can reap them instead of leaving zombies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
+    try:
+        libc.set_child_subreaper()
+    except OSError as e:
+        log.warning("cannot become a child subreaper: %s", e.strerror)
 
 
 def _start_tracing(config: Config):

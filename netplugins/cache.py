@@ -5,31 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hostos.atomicfile import atomic_write_json
+
 _SAFE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 CACHE_KIND = "pycriCNICacheV1"
-
-
-def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
-    """Write via a temp file and rename so a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(data, separators=(",", ":")).encode())
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class ResultCache:
@@ -45,7 +27,9 @@ class ResultCache:
         return self.dir / f"{network}-{container_id}-{ifname}.json"
 
     def save(self, network: str, container_id: str, ifname: str, entry: dict[str, Any]) -> None:
-        atomic_write_json(self._path(network, container_id, ifname), {"kind": CACHE_KIND, **entry})
+        path = self._path(network, container_id, ifname)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"kind": CACHE_KIND, **entry})
 
     def load(self, network: str, container_id: str, ifname: str) -> dict[str, Any] | None:
         """The cached entry, or None when missing or unreadable (DEL then falls back to the current config)."""

@@ -14,7 +14,6 @@ single-threaded caller, so a short-lived `unshare` process makes it together wit
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import fcntl
 import os
@@ -26,6 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from hostos import libc
+from hostos.libc import LIBC, MNT_DETACH, MS_BIND
+
 from .errors import InvalidSysctl, NamespaceError
 
 CLONE_FLAGS = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000}
@@ -34,8 +36,6 @@ HOLDER_TIMEOUT = 10.0  # how long the `unshare` making a user namespace may take
 
 # One id map line: (id inside the namespace, id outside, length).
 IDMap = tuple[int, int, int]
-_MS_BIND = 4096
-_MNT_DETACH = 2
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -43,18 +43,11 @@ _IFF_UP = 0x1
 # setresuid as a raw syscall changes only the calling thread (glibc's wrapper changes every thread).
 _SYS_SETRESUID = {"x86_64": 117, "aarch64": 147}.get(platform.machine())
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 
 def _check(result: int, what: str) -> None:
     if result != 0:
-        err = ctypes.get_errno()
-        raise NamespaceError(f"{what}: {os.strerror(err)}")
+        raise NamespaceError(libc.last_error(what).strerror)
 
 
 def start_in_fresh_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
@@ -108,7 +101,7 @@ def _bind(source: str, target: Path, what: str) -> None:
     fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
     try:
-        _check(_libc.mount(source.encode(), str(target).encode(), None, _MS_BIND, None),
+        _check(LIBC.mount(source.encode(), str(target).encode(), None, MS_BIND, None),
                f"bind-mounting {what} namespace onto {target}")
     except NamespaceError:
         os.unlink(target)
@@ -124,11 +117,11 @@ def _thread_euid(uid: int | None):
         return
     if _SYS_SETRESUID is None:
         raise NamespaceError(f"setting sysctls in a pod user namespace is not supported on {platform.machine()}")
-    _check(_libc.syscall(_SYS_SETRESUID, -1, uid, -1), f"switching to uid {uid}")
+    _check(LIBC.syscall(_SYS_SETRESUID, -1, uid, -1), f"switching to uid {uid}")
     try:
         yield
     finally:
-        _libc.syscall(_SYS_SETRESUID, -1, 0, -1)  # the thread ends right after either way
+        LIBC.syscall(_SYS_SETRESUID, -1, 0, -1)  # the thread ends right after either way
 
 
 def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None,
@@ -145,17 +138,17 @@ def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None
             flags = 0
             for k in kinds:
                 flags |= CLONE_FLAGS[k]
-            _check(_libc.unshare(flags), f"unshare {','.join(kinds)}")
+            _check(LIBC.unshare(flags), f"unshare {','.join(kinds)}")
         else:
             for k in kinds:
                 fd = os.open(f"/proc/{holder}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    _check(_libc.setns(fd, CLONE_FLAGS[k]), f"entering the new {k} namespace")
+                    _check(LIBC.setns(fd, CLONE_FLAGS[k]), f"entering the new {k} namespace")
                 finally:
                     os.close(fd)
         if hostname is not None and "uts" in kinds:
             name = hostname.encode()
-            _check(_libc.sethostname(name, len(name)), "sethostname")
+            _check(LIBC.sethostname(name, len(name)), "sethostname")
         if "net" in kinds:
             try:
                 _bring_loopback_up()
@@ -186,7 +179,7 @@ def _pin_in_thread(directory: Path, kinds: tuple[str, ...], hostname: str | None
         raise
     finally:
         for k, fd in originals.items():
-            _libc.setns(fd, CLONE_FLAGS[k])  # best effort: the thread ends right after either way
+            LIBC.setns(fd, CLONE_FLAGS[k])  # best effort: the thread ends right after either way
             os.close(fd)
 
 
@@ -263,10 +256,8 @@ def _write_id_map(pid: int, name: str, mappings: Iterable[IDMap]) -> None:
 
 def unpin_namespace(path: Path | str) -> None:
     """Unmount and delete a pinned namespace file; a missing or already unmounted file is fine."""
-    encoded = str(path).encode()
-    while _libc.umount2(encoded, _MNT_DETACH) == 0:
+    while not (err := libc.umount2(path, MNT_DETACH)):
         pass  # stacked mounts (a crash mid-pin and a retry) all come off
-    err = ctypes.get_errno()
     if err not in (errno.EINVAL, errno.ENOENT):
         raise NamespaceError(f"unmounting {path}: {os.strerror(err)}")
     try:
@@ -292,12 +283,12 @@ def _connect_in_thread(netns: str, host: str, port: int, timeout: float) -> sock
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(target, CLONE_FLAGS["net"]), f"entering network namespace {netns}")
+        _check(LIBC.setns(target, CLONE_FLAGS["net"]), f"entering network namespace {netns}")
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setblocking(False)
         return sock
     finally:
-        _libc.setns(original, CLONE_FLAGS["net"])
+        LIBC.setns(original, CLONE_FLAGS["net"])
         os.close(original)
         os.close(target)
 

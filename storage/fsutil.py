@@ -1,55 +1,20 @@
-"""Small filesystem helpers shared by the store: atomic writes, safe removal, usage counting."""
+"""Small filesystem helpers shared by the store: syncfs, safe removal, usage counting (atomic writes: hostos)."""
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import shutil
 from pathlib import Path
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Replace `path` with `data` via a temp file and rename; readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: object, *, durable: bool = True) -> None:
-    atomic_write(path, json.dumps(obj, separators=(",", ":"), sort_keys=True).encode(), durable=durable)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from hostos import libc
 
 
 def syncfs(path: Path) -> None:
     """Flush the whole filesystem holding `path` (one syscall instead of an fsync per file)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
+        if libc.LIBC.syncfs(fd) != 0:
+            raise libc.last_error("syncfs", path)
     finally:
         os.close(fd)
 

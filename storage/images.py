@@ -28,11 +28,12 @@ from typing import Callable, Iterator
 
 from pydantic import BaseModel, Field
 
+from hostos.atomicfile import atomic_write_json
 from storage import reference as refs
 from storage.auth import AuthFile, Credentials
 from storage.content import ContentStore
 from storage.errors import ImageInUse, ImageNotFound, InvalidReference, NoSpace, StorageError, UnsupportedManifest
-from storage.fsutil import atomic_write_json, remove_tree, syncfs, usage
+from storage.fsutil import remove_tree, syncfs, usage
 from storage.idmap import IdMap
 from storage.layers import MAX_LAYERS, LayerStore, chain_ids as compute_chain_ids
 from storage.registries import RegistriesConfig

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.errors import DigestMismatch
-from storage.fsutil import atomic_write_json, remove_tree, usage
+from hostos.atomicfile import atomic_write_json
+from storage.fsutil import remove_tree, usage
 from storage.unpack import UnpackLimits, unpack_layer
 
 _TMP_PREFIX = ".tmp-"

@@ -9,20 +9,19 @@ anyone deletes a tree holding it, since removing through an attached clone would
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import os
 import subprocess
 from pathlib import Path
 
+from hostos import libc
 from storage import idmap as idmapping
 from storage.errors import MountError
 from storage.fsutil import remove_tree
 from storage.idmap import IdMap
 
 _MAX_OPTIONS = 4000  # the kernel copies one page of mount data
-_MNT_DETACH = 2
 _MOUNT_TIMEOUT = 30.0
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def mount_overlay(target: Path, options: str, relative_to: Path | None = None) -> None:
@@ -30,8 +29,8 @@ def mount_overlay(target: Path, options: str, relative_to: Path | None = None) -
     relative lower paths (the kernel resolves them against the caller's cwd, which a
     multi-threaded daemon cannot change)."""
     if relative_to is None:
-        if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
-            err = ctypes.get_errno()
+        err = libc.mount("overlay", target, "overlay", 0, options)
+        if err:
             raise MountError(f"mount overlay on {target}: {os.strerror(err)}")
         return
     try:
@@ -45,14 +44,14 @@ def mount_overlay(target: Path, options: str, relative_to: Path | None = None) -
 
 def unmount(target: Path) -> None:
     """Unmount `target`; nothing to do when it is not a mount point; lazily when it is busy."""
-    if _libc.umount2(os.fsencode(target), 0) == 0:
+    err = libc.umount2(target)
+    if err in (0, errno.EINVAL, errno.ENOENT, errno.ENOTDIR):  # not a mount point, or not even there
         return
-    err = ctypes.get_errno()
-    if err in (22, 2, 20):  # EINVAL: not a mount point (already unmounted); ENOENT, ENOTDIR: not even there
-        return
-    if err == 16 and _libc.umount2(os.fsencode(target), _MNT_DETACH) == 0:  # EBUSY: detach, kernel finishes later
-        return
-    raise MountError(f"unmount {target}: {os.strerror(ctypes.get_errno() or err)}")
+    if err == errno.EBUSY:  # detach: the kernel finishes when the last user goes
+        err = libc.umount2(target, libc.MNT_DETACH)
+        if not err:
+            return
+    raise MountError(f"unmount {target}: {os.strerror(err)}")
 
 
 def release_attached(attach_dir: Path) -> None:

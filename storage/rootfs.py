@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from hostos.atomicfile import atomic_write_json
 from storage import overlay
 from storage.errors import InvalidReference, MountError
-from storage.fsutil import atomic_write_json, remove_tree, usage
+from storage.fsutil import remove_tree, usage
 from storage.idmap import IdMap
 from storage.layers import LayerStore
 

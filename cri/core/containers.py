@@ -25,7 +25,7 @@ from cri.core.undo import UndoStack, restore_or_undo
 from cri.core.streams import container_process, exec_process
 from cri.errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cri.faults import crash_point
-from cri.oci import cgroups, host, mounts as oci_mounts, spec as oci_spec
+from cri.oci import host_facts, mounts as oci_mounts, spec as oci_spec
 from cri.oci.conmon import BundlePaths, Conmon
 from cri.oci.exitwatch import ExitWatcher, read_exit_status
 from cri.oci.reaper import Reaper
@@ -35,7 +35,9 @@ from cri.oci.users import UserRequest, UserResolutionError, resolve_user
 from cri.state.container_record import ContainerRecord, ContainerRequest, ResourcesSpec
 from cri.state.ids import new_id, valid_id
 from cri.state.index import Index, NameRegistry
-from cri.state.store import RecordStore, atomic_write_bytes
+from cri.state.store import RecordStore
+from hostos import cgroups, netdev
+from hostos.atomicfile import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class ContainerStats:
 class PodStats:
     cgroup: cgroups.Stats
     usage_nano_cores: int | None
-    network: list[cgroups.InterfaceStats]
+    network: list[netdev.InterfaceStats]
     containers: list[ContainerStats]
 
 
@@ -560,7 +562,7 @@ class ContainerManager:
 
     def _check_lsm(self, request: ContainerRequest) -> None:
         sec = request.security
-        if sec.apparmor == "localhost" and not host.apparmor_enabled():
+        if sec.apparmor == "localhost" and not host_facts.apparmor_enabled():
             raise FailedPrecondition(
                 f"AppArmor profile {sec.apparmor_localhost!r} was asked for, but AppArmor is not enabled on this host")
 
@@ -592,7 +594,7 @@ class ContainerManager:
             raise FailedPrecondition(problems[0])
         devices = []
         for device in request.devices:
-            found = host.device_request(device.host_path, device.container_path, device.permissions)
+            found = host_facts.device_request(device.host_path, device.container_path, device.permissions)
             if found is None:
                 raise InvalidArgument(f"device {device.host_path!r} is not a device node on this host")
             devices.append(found)
@@ -611,7 +613,7 @@ class ContainerManager:
             mounts=[oci_spec.MountRequest(m.container_path, m.host_path, m.readonly, m.propagation,
                                           m.recursive_read_only, _id_maps(m.uid_mappings), _id_maps(m.gid_mappings))
                     for m in request.mounts],
-            devices=devices, host_devices=host.host_devices() if sec.privileged else [],
+            devices=devices, host_devices=host_facts.host_devices() if sec.privileged else [],
             hosts_path=sandbox.hosts_path, resolv_path=sandbox.resolv_conf_path, hostname_path=sandbox.hostname_path,
             shm_path=sandbox.shm_path,
             network_mode="NODE" if opts.host_network else "POD", ipc_mode="NODE" if opts.host_ipc else "POD",
@@ -620,11 +622,11 @@ class ContainerManager:
             **_user_namespace(sec, sandbox),
             privileged=sec.privileged, add_capabilities=sec.add_capabilities,
             drop_capabilities=sec.drop_capabilities, add_ambient_capabilities=sec.add_ambient_capabilities,
-            host_capabilities=host.daemon_capabilities(),
+            host_capabilities=host_facts.daemon_capabilities(),
             default_capabilities=tuple("CAP_" + c for c in self.config.runtime.default_capabilities),
             no_new_privs=sec.no_new_privs, seccomp=seccomp_kind, seccomp_localhost_profile=profile,
             masked_paths=sec.masked_paths, readonly_paths=sec.readonly_paths,
-            resources=self._resources(r), oom_score_adj_floor=host.oom_score_adj_floor(),
+            resources=self._resources(r), oom_score_adj_floor=host_facts.oom_score_adj_floor(),
             swap_accounting=cgroups.swap_accounting(), cgroups_path=record.cgroups_path,
             annotations={**request.annotations, "io.kubernetes.cri.container-name": request.name,
                          "io.kubernetes.cri.sandbox-id": sandbox.id, "io.kubernetes.cri.container-type": "container"},
@@ -993,5 +995,5 @@ class ContainerManager:
         containers = await self.list_stats(sandbox_id=sandbox.id)
         network = []
         if sandbox.netns_path and sandbox.infra_pid:
-            network = await asyncio.to_thread(cgroups.network_stats, sandbox.infra_pid)
+            network = await asyncio.to_thread(netdev.network_stats, sandbox.infra_pid)
         return PodStats(sample, self._nano_cores("pod:" + sandbox.id, sample), network, containers)

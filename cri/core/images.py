@@ -4,13 +4,13 @@ run in worker threads, so pulls and unpacking never stall the event loop."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from cri.observe import trace
+from hostos import libc
 from storage.auth import Credentials
 from storage.idmap import IdMap
 from storage.images import FsUsage, GCReport, ImageRecord, ImageStore
@@ -21,9 +21,7 @@ from storage.rootfs import Rootfs
 def _return_free_heap() -> None:
     """A pull frees its buffers into glibc's per-thread arenas, which keep the pages; malloc_trim hands
     the free ones back to the kernel (about 2 MB after a 200 MB pull)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
-    if trim is not None:
-        trim(0)
+    libc.malloc_trim()
 
 
 class ImageService:

@@ -1,176 +1,41 @@
-"""Host-side pieces of a sandbox: the pod cgroup (v1 hierarchies and v2), the /dev/shm tmpfs, the infra process."""
+"""Host-side pieces of a sandbox: the /dev/shm tmpfs, rootfs binds for user-namespaced pods, the infra process.
+
+The pod cgroup is made with hostos.cgroups."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
-import functools
 import os
-import re
 import shutil
 import signal
 import time
 from pathlib import Path
 
-from cri.errors import Internal, InvalidArgument
+from cri.errors import Internal
+from hostos import cgroups, libc
+from hostos.libc import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REMOUNT
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
-_MNT_DETACH = 2
 SHM_SIZE = 64 * 1024 * 1024
 _DEAD_STATES = ("Z", "X", "x")  # /proc/<pid>/stat states of a process that holds nothing any more
-
-
-# --- cgroups ---------------------------------------------------------------------------------------------
-
-@functools.cache
-def cgroup_mounts() -> tuple[Path, ...]:
-    """Mount points of every writable cgroup v1 hierarchy and of the v2 unified hierarchy, once per process."""
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype = right.split()[0]
-            fields = left.split()
-            if fstype in ("cgroup", "cgroup2") and "rw" in fields[5].split(","):
-                mounts.append(Path(fields[4].replace("\\040", " ")))
-    return tuple(mounts)
-
-
-def clean_cgroup_path(path: str) -> str:
-    """A normalized absolute cgroup path; InvalidArgument for anything that escapes the hierarchy."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise InvalidArgument(f"cgroup path {path!r} must not contain '..'")
-    return "/" + "/".join(parts)
-
-
-def create_cgroup(path: str) -> list[str]:
-    """Create `path` in every hierarchy; return the directories that did not exist before, top-down.
-
-    A new v1 cpuset cgroup inherits cpus and mems from its parent so processes can be placed in it.
-    """
-    created: list[str] = []
-    try:
-        for mount in cgroup_mounts():
-            current = mount
-            for part in clean_cgroup_path(path).strip("/").split("/"):
-                parent, current = current, current / part
-                try:
-                    os.mkdir(current, 0o755)
-                except FileExistsError:
-                    continue
-                created.append(str(current))
-                if (parent / "cpuset.cpus").exists():
-                    for name in ("cpuset.cpus", "cpuset.mems"):
-                        (current / name).write_text((parent / name).read_text())
-    except OSError as e:
-        remove_cgroups_now(created)
-        raise Internal(f"creating cgroup {path}: {e}") from e
-    return created
-
-
-def remove_cgroups_now(created: list[str]) -> list[str]:
-    """rmdir deepest first; return those still busy (a process not yet reaped)."""
-    busy = []
-    for directory in sorted(created, key=len, reverse=True):
-        try:
-            os.rmdir(directory)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
-                raise
-            busy.append(directory)
-    return busy
-
-
-async def remove_cgroups(created: list[str], timeout: float = 5.0) -> None:
-    """Remove what create_cgroup made; a parent shared with another pod (not empty) is left in place."""
-    deadline = time.monotonic() + timeout
-    busy = remove_cgroups_now(created)
-    while busy:
-        ours = [d for d in busy if _has_no_subdirs(d)]
-        if not ours or time.monotonic() > deadline:
-            if ours:
-                raise Internal(f"cgroups still busy after {timeout:g}s: {ours}")
-            return
-        await asyncio.sleep(0.01)
-        busy = remove_cgroups_now(busy)
-
-
-def _has_no_subdirs(directory: str) -> bool:
-    """A cgroup without child cgroups is busy only because of processes: worth waiting for."""
-    try:
-        return not any(e.is_dir() for e in os.scandir(directory))
-    except FileNotFoundError:
-        return False
-
-
-def find_cgroups(names: set[str]) -> list[str]:
-    """Every directory in every hierarchy whose name is in `names`, wherever its parent is (orphans have no record
-    left to say which parent kubelet gave them); a match is not descended into."""
-    found = []
-    for mount in cgroup_mounts():
-        for directory, subdirs, _ in os.walk(mount):
-            matches = [d for d in subdirs if d in names]
-            found += [os.path.join(directory, d) for d in matches]
-            subdirs[:] = [d for d in subdirs if d not in names]
-    return found
-
-
-def kill_cgroup_processes(directories: list[str]) -> None:
-    """SIGKILL every process in these cgroup directories (once: remove_cgroups then waits for them to go)."""
-    for directory in directories:
-        try:
-            with open(os.path.join(directory, "cgroup.procs")) as f:
-                pids = [int(p) for p in f.read().split()]
-        except (OSError, ValueError):
-            continue
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def move_to_cgroup(pid: int, path: str) -> None:
-    for mount in cgroup_mounts():
-        with open(mount / clean_cgroup_path(path).lstrip("/") / "cgroup.procs", "w") as f:
-            f.write(str(pid))
 
 
 # --- /dev/shm ------------------------------------------------------------------------------------------
 
 def mount_shm(target: Path, size: int = SHM_SIZE) -> None:
     target.mkdir(mode=0o755, exist_ok=True)
-    data = f"mode=1777,size={size}".encode()
-    if _libc.mount(b"shm", str(target).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, data) != 0:
-        raise Internal(f"mounting the pod's /dev/shm tmpfs on {target}: {os.strerror(ctypes.get_errno())}")
+    data = f"mode=1777,size={size}"
+    err = libc.mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, data)
+    if err:
+        raise Internal(f"mounting the pod's /dev/shm tmpfs on {target}: {os.strerror(err)}")
 
 
 def unmount(target: Path | str) -> None:
     """Unmount (lazily) every mount stacked on `target`; not mounted is fine."""
-    while _libc.umount2(str(target).encode(), _MNT_DETACH) == 0:
+    while not (err := libc.umount2(target, MNT_DETACH)):
         pass
-    err = ctypes.get_errno()
     if err not in (errno.EINVAL, errno.ENOENT):
         raise Internal(f"unmounting {target}: {os.strerror(err)}")
-
-
-def mounts_below(directory: Path | str) -> list[str]:
-    """Mount points strictly below `directory`, deepest first (so each comes off before what it sits on)."""
-    prefix = str(directory).rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-            if target.startswith(prefix):
-                found.append(target)
-    return sorted(set(found), key=len, reverse=True)
 
 
 # --- user namespaces -------------------------------------------------------------------------------------
@@ -190,9 +55,6 @@ def user_namespaces_problem() -> str | None:
     return None
 
 
-_MS_BIND, _MS_REMOUNT = 4096, 32
-
-
 def exposed_rootfs(sandbox_dir: Path | str, container_id: str) -> Path:
     return Path(sandbox_dir) / "rootfs" / container_id
 
@@ -210,11 +72,10 @@ def expose_rootfs(sandbox_dir: Path | str, container_id: str, source: Path, root
     target = exposed_rootfs(sandbox_dir, container_id)
     target.mkdir(mode=0o700, exist_ok=True)
     try:
-        for flags, what in ((_MS_BIND, "binding"), (_MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV, "remounting")):
-            if _libc.mount(str(source).encode() if flags == _MS_BIND else None, str(target).encode(), None,
-                           flags, None) != 0:
-                raise Internal(f"{what} the rootfs of container {container_id} at {target}: "
-                               f"{os.strerror(ctypes.get_errno())}")
+        for flags, what in ((MS_BIND, "binding"), (MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, "remounting")):
+            err = libc.mount(source if flags == MS_BIND else None, target, None, flags)
+            if err:
+                raise Internal(f"{what} the rootfs of container {container_id} at {target}: {os.strerror(err)}")
     except BaseException:
         unexpose_rootfs(sandbox_dir, container_id)
         raise
@@ -289,7 +150,7 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, w
         argv = ["nsenter", *(f"--{kind}={path}" for kind, path in sorted(namespaces.items()))] + argv
     parent = os.posix_spawnp(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, setsid=True)
     try:
-        move_to_cgroup(parent, cgroup)
+        cgroups.move(parent, cgroup)
         deadline = time.monotonic() + timeout
         while True:
             kids = _children(parent)
@@ -302,7 +163,7 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, w
                 raise Internal(f"infra process did not start within {timeout:g}s")
             await asyncio.sleep(0.001)
         infra = kids[0]
-        move_to_cgroup(infra, cgroup)  # it may have forked before its parent was moved
+        cgroups.move(infra, cgroup)  # it may have forked before its parent was moved
         return infra, process_start_time(infra), parent
     except BaseException:
         await stop_infra(0, 0, parent)

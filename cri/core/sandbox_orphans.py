@@ -13,8 +13,9 @@ import re
 import shutil
 from pathlib import Path
 
-from cri.core import sandbox_host as host
+from cri.core import sandbox_host
 from cri.errors import CRIError
+from hostos import cgroups as cg, mountinfo
 from netplugins import CNIManager
 
 log = logging.getLogger(__name__)
@@ -40,21 +41,21 @@ async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) ->
             log.warning("CNI DEL for sandbox %s without a record failed: %s", pod.id, e)
     ids = {d.name for d in dirs} | {p.id for p in pods}
     if ids:
-        cgroups = await asyncio.to_thread(host.find_cgroups, {f"pycri-{i}" for i in ids})
+        cgroups = await asyncio.to_thread(cg.find, {f"pycri-{i}" for i in ids})
         for directory in cgroups:
             log.warning("cgroup %s belongs to a sandbox without a record: killing its processes, removing it",
                         directory)
-        host.kill_cgroup_processes(cgroups)
+        cg.kill(cgroups)
         try:
-            await host.remove_cgroups(cgroups)
-        except CRIError as e:
+            await cg.remove_created(cgroups)
+        except cg.CgroupBusy as e:
             log.warning("removing cgroups of sandboxes without a record: %s", e)
     for directory in dirs:
         log.warning("sandbox directory %s has no record: unmounting its namespaces and /dev/shm, removing it",
                     directory)
         try:
-            for target in host.mounts_below(directory):
-                host.unmount(target)
+            for target in mountinfo.mounts_below(directory):
+                sandbox_host.unmount(target)
         except CRIError as e:  # removing the tree under a mount would empty the mount: leave it all for now
             log.warning("sandbox directory %s stays: %s", directory, e)
             continue

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
-from cri.core import events as ev, sandbox_host as host, sandbox_orphans
+from cri.core import events as ev, sandbox_host, sandbox_orphans
 from cri.core.claims import Claims
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls, validate_user_namespace)
@@ -29,6 +29,7 @@ from cri.errors import CRIError, FailedPrecondition, InvalidArgument, Unavailabl
 from cri.state import Index, NameRegistry, RecordStore, new_id
 from cri.state.container_record import IDMapSpec
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
+from hostos import cgroups, mountinfo
 from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, connect_in_netns,
                         namespace_alive, pin_namespaces, unpin_namespace)
 
@@ -72,7 +73,7 @@ class SandboxManager:
         self._stop_containers: ContainerHook | None = None
         self._remove_containers: ContainerHook | None = None
         self._runtime_path = runtime_path
-        self._host_userns_problem = host.user_namespaces_problem()
+        self._host_userns_problem = sandbox_host.user_namespaces_problem()
         self._events = events
 
     # --- wiring and lifetime ---------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class SandboxManager:
         """Whether what holds the pod together still exists: its network namespace and its infra process."""
         if record.netns_path and not namespace_alive(record.netns_path):
             return False
-        if record.infra_pid and not host.infra_running(record.infra_pid, record.infra_start_time):
+        if record.infra_pid and not sandbox_host.infra_running(record.infra_pid, record.infra_start_time):
             return False
         return True
 
@@ -268,7 +269,10 @@ class SandboxManager:
             hostname = os.uname().nodename
         else:
             hostname = spec.hostname or sandbox_id[:12]
-        cgroup_parent = host.clean_cgroup_path(spec.cgroup_parent or DEFAULT_CGROUP_PARENT)
+        try:
+            cgroup_parent = cgroups.clean_path(spec.cgroup_parent or DEFAULT_CGROUP_PARENT)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
         ns_dir = sandbox_dir / "ns"
         record = SandboxRecord(
             id=sandbox_id, name=spec.name, namespace=spec.namespace, uid=spec.uid, attempt=spec.attempt,
@@ -371,10 +375,10 @@ class SandboxManager:
                           "user": record.userns_path}  # the PID namespace then belongs to the pod's user one
             with trace.phase("infra", pod=record.id):
                 infra = await run_step("starting the infra process",
-                                       host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
+                                       sandbox_host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
                                                         record.cgroup_path, record.sandbox_dir))
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
-            undo.push("infra process", lambda: host.stop_infra(*infra))
+            undo.push("infra process", lambda: sandbox_host.stop_infra(*infra))
         try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
             self._store.save(record, durable=False)
         except OSError as e:
@@ -396,11 +400,11 @@ class SandboxManager:
                 shutil.copyfile(self._host_hosts, record.hosts_path)
             if not opts.host_ipc:
                 step = "mounting the pod's /dev/shm"
-                undo.push("shm mount", lambda: host.unmount(record.shm_path))
-                host.mount_shm(Path(record.shm_path))
+                undo.push("shm mount", lambda: sandbox_host.unmount(record.shm_path))
+                sandbox_host.mount_shm(Path(record.shm_path))
             step = "creating the pod cgroup"
-            record.cgroups_created = host.create_cgroup(record.cgroup_path)
-            undo.push("pod cgroup", lambda: host.remove_cgroups(record.cgroups_created))
+            record.cgroups_created = cgroups.create(record.cgroup_path)
+            undo.push("pod cgroup", lambda: cgroups.remove_created(record.cgroups_created))
         except (OSError, CRIError) as e:
             raise StepFailed(step, e) from e
 
@@ -450,7 +454,7 @@ class SandboxManager:
         record.network_ready = False
 
     async def _stop_infra(self, record: SandboxRecord) -> None:
-        await host.stop_infra(record.infra_pid, record.infra_start_time, record.infra_parent_pid)
+        await sandbox_host.stop_infra(record.infra_pid, record.infra_start_time, record.infra_parent_pid)
         record.infra_pid = record.infra_start_time = record.infra_parent_pid = 0
 
     async def remove_pod(self, ref: str) -> None:
@@ -478,21 +482,21 @@ class SandboxManager:
         if record.network_ready or record.infra_parent_pid or record.state != "notready":
             await self._stop_locked(record)
         if not record.namespace_options.host_ipc and record.shm_path:
-            host.unmount(record.shm_path)
+            sandbox_host.unmount(record.shm_path)
         for path in (record.netns_path, record.ipc_path, record.uts_path, record.userns_path):
             if path:
                 unpin_namespace(path)
         crash_point("sandbox.remove.after_namespaces")
-        for target in host.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
-            host.unmount(target)
+        for target in mountinfo.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
+            sandbox_host.unmount(target)
         if record.cgroups_created:
-            await host.remove_cgroups(record.cgroups_created)
+            await cgroups.remove_created(record.cgroups_created)
         elif half_created:  # the crash may have come before the record learned which cgroups it made
-            await host.remove_cgroups(self._cgroup_dirs(record.cgroup_path))
+            await cgroups.remove_created(self._cgroup_dirs(record.cgroup_path))
         shutil.rmtree(record.sandbox_dir, ignore_errors=True)
         self._store.delete(record.id)
 
     @staticmethod
     def _cgroup_dirs(path: str) -> list[str]:
         """The sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)."""
-        return [str(m / path.lstrip("/")) for m in host.cgroup_mounts()]
+        return [str(d) for d in cgroups.cgroup_dirs(path)]

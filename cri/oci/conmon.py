@@ -16,7 +16,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from cri.oci import cgroups
+from hostos import cgroups
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 
 CREATE_TIMEOUT = 60.0

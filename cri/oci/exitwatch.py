@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+
+from hostos.libc import LIBC, last_error
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
@@ -39,14 +40,13 @@ class ExitWatcher:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = LIBC.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        if libc.inotify_add_watch(fd, os.fsencode(self.directory), IN_CLOSE_WRITE | IN_MOVED_TO) < 0:
-            err = ctypes.get_errno()
+            raise last_error("inotify_init1")
+        if LIBC.inotify_add_watch(fd, os.fsencode(self.directory), IN_CLOSE_WRITE | IN_MOVED_TO) < 0:
+            error = last_error(f"inotify_add_watch {self.directory}")
             os.close(fd)
-            raise OSError(err, f"inotify_add_watch {self.directory} failed")
+            raise error
         self._fd = fd
         asyncio.get_running_loop().add_reader(fd, self._drain)
 

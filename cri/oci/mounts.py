@@ -1,41 +1,23 @@
 """Mount capabilities: whether a host path's mount can carry the propagation a container mount asks for (pure,
-over mountinfo), and whether the kernel and an OCI runtime do recursive read-only and idmapped mounts."""
+over parsed mountinfo), and whether the kernel and an OCI runtime do recursive read-only and idmapped mounts."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-from pathlib import Path
 from typing import Callable
 
-
-def _unescape(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+from hostos import mountinfo
 
 
-def mount_of(path: str, mountinfo_text: str) -> tuple[str, set[str]]:
-    """The mount point holding ``path`` (the last mounted wins) and its propagation tags (shared, master)."""
-    best, tags = "/", set()
-    for line in mountinfo_text.splitlines():
-        left, _, _ = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 6:
-            continue
-        point = _unescape(fields[4])
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best = point
-            tags = {f.split(":")[0] for f in fields[6:]}
-    return best, tags
-
-
-def propagation_problem(host_path: str, propagation: str, mountinfo_text: str) -> str | None:
+def propagation_problem(host_path: str, propagation: str, mounts: list[mountinfo.Mount]) -> str | None:
     """Why ``host_path`` cannot be mounted with ``propagation`` (rshared needs a shared host mount, rslave a shared
     or slave one), or None when it can."""
     if propagation == "private":
         return None
-    point, tags = mount_of(host_path, mountinfo_text)
+    holder = mountinfo.mount_of(host_path, mounts)
+    point, tags = (holder.mount_point, holder.propagation) if holder else ("/", set())
     if propagation == "rshared" and "shared" not in tags:
         return (f"mount propagation rshared (Bidirectional) needs {host_path} on a shared mount, but {point} is not "
                 f"shared; run `mount --make-rshared {point}`")
@@ -50,8 +32,8 @@ def host_propagation_problems(mounts: list[tuple[str, str]]) -> list[str]:
     wanted = [(os.path.realpath(path), mode) for path, mode in mounts if mode != "private"]
     if not wanted:
         return []
-    text = Path("/proc/self/mountinfo").read_text()
-    return [problem for path, mode in wanted if (problem := propagation_problem(path, mode, text))]
+    mounts = mountinfo.read()
+    return [problem for path, mode in wanted if (problem := propagation_problem(path, mode, mounts))]
 
 
 # --- what the kernel and an OCI runtime can do with mounts ---------------------------------------------------

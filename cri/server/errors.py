@@ -11,6 +11,7 @@ import asyncio
 import grpc
 
 from cri import errors
+from hostos.cgroups import CgroupBusy
 from netplugins import errors as net_errors
 from storage import errors as storage_errors
 
@@ -41,6 +42,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (storage_errors.NoSpace, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (storage_errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (storage_errors.StorageError, grpc.StatusCode.INTERNAL),
+    (CgroupBusy, grpc.StatusCode.INTERNAL),
     (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 

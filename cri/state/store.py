@@ -1,53 +1,22 @@
-"""Atomic persistence of pydantic records: one JSON file per object, replaced by rename.
+"""Persistence of pydantic records: one JSON file per object, replaced atomically (hostos.atomicfile).
 
-A reader sees the old record or the new one, never a torn one. `durable=True` adds an fsync of
-the file and its directory, which survives power loss; without it a write still survives a
-killed daemon (the page cache outlives the process), which is the crash the runtime must
-handle on every call, so the hot path can skip the disk flush where the caller allows.
+A reader sees the old record or the new one, never a torn one; `durable=False` skips the disk flush where
+the caller allows (a killed daemon still finds the write: the page cache outlives the process).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from hostos import atomicfile
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:
-    """Replace `path` with `data` so that no reader ever sees a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def atomic_write_json(path: Path, obj: object, *, durable: bool = True) -> None:
-    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode(), durable=durable)
 
 
 class RecordStore(Generic[M]):
@@ -62,7 +31,7 @@ class RecordStore(Generic[M]):
         return self.directory / f"{record_id}.json"
 
     def save(self, record: M, *, durable: bool = True) -> None:
-        atomic_write_bytes(self.path(record.id), record.model_dump_json().encode(), durable=durable)
+        atomicfile.atomic_write_bytes(self.path(record.id), record.model_dump_json().encode(), durable=durable)
 
     def delete(self, record_id: str) -> None:
         self.path(record_id).unlink(missing_ok=True)
@@ -77,6 +46,6 @@ class RecordStore(Generic[M]):
                 bad = entry.with_suffix(".corrupt")
                 log.error("record %s is unreadable (%s); moved aside to %s", entry, e, bad.name)
                 entry.replace(bad)
-        for tmp in self.directory.glob(".*.tmp*"):
+        for tmp in self.directory.glob(".*.tmp*"):  # a crash between write and rename (old and new names)
             tmp.unlink(missing_ok=True)
         return records

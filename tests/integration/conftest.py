@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conformance.daemon import Daemon
-from cri.oci import cgroups
+from hostos import cgroups
 from tests.integration.conftest_registry import *  # noqa: F401,F403  (registry fixtures)
 
 if os.geteuid() != 0:

@@ -14,7 +14,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from conformance.hostcheck import leaks, snapshot
-from cri.oci import cgroups
+from hostos import cgroups
 from tests.imagebuild import build_busybox_image
 from tests.integration.fake_registry import FakeRegistry
 from tests.integration.test_sandbox_helpers import PrivateNetwork

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cri.api.v1 import api_pb2
 
-from cri.oci import cgroups
+from hostos import cgroups
 from tests.integration.test_container_helpers import (container_config, env, exec_sync,  # noqa: F401
                                                       pod_with_handler, registry, run, status, wait_log, wait_state)
 

@@ -25,8 +25,6 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("handler", ["runc", "crun"])
 def test_conmon_attach_socket_and_resize(handler, request):
-    from cri.oci import cgroups
-
     if handler == "crun":
         request.getfixturevalue("crun_host")
     result = subprocess.run([sys.executable, "-m", "tests.integration.test_container_oci", handler], cwd=REPO,
@@ -50,7 +48,8 @@ def _rootfs(root: Path) -> None:
 
 
 async def _scenario(handler: str) -> dict:
-    from cri.oci import cgroups, host, spec as S
+    from cri.oci import host_facts, spec as S
+    from hostos import cgroups
     from cri.oci.conmon import BundlePaths, Conmon
     from cri.oci.exitwatch import ExitWatcher
     from cri.oci.reaper import Reaper
@@ -76,7 +75,7 @@ async def _scenario(handler: str) -> dict:
             bundle.mkdir()
             inputs = S.ContainerInputs(
                 container_id=container_id, rootfs=str(base / "rootfs"), stdin=True, tty=tty, command=command,
-                host_capabilities=host.daemon_capabilities(), cgroups_path=f"{cgroup_parent}/{container_id}",
+                host_capabilities=host_facts.daemon_capabilities(), cgroups_path=f"{cgroup_parent}/{container_id}",
                 network_mode="POD", pid_mode="CONTAINER", ipc_mode="POD")
             BundlePaths(bundle).config.write_text(json.dumps(S.container_spec(inputs)))
             created = await conmon.create_container(runtime, container_id, bundle, str(bundle / "ctr.log"), "oci",

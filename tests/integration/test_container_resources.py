@@ -10,7 +10,8 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from cri.oci import cgroups, host
+from cri.oci import host_facts
+from hostos import cgroups
 from tests.integration.test_container_helpers import (container_config, env, exec_sync, net_env,  # noqa: F401
                                                       registry, run, status, wait_log, wait_state)
 
@@ -48,7 +49,7 @@ def test_limits_are_applied_and_updated(env):
 
 
 def test_oom_score_adj_below_the_daemons_own_is_clamped(env):
-    floor = host.oom_score_adj_floor()
+    floor = host_facts.oom_score_adj_floor()
     if floor is None:
         pytest.skip("the daemon has CAP_SYS_RESOURCE: negative scores are honoured")
     d, pod, pod_cfg = env

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from cri.oci import host
+from cri.oci import host_facts
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
                                                       pod_with_handler, registry, run, status, wait_log, wait_state)
@@ -81,7 +81,7 @@ def test_supplemental_groups_policy(env, tmp_path, handler, policy, groups, requ
 
 def test_capabilities_default_add_drop_all_and_privileged(env):
     d, pod, pod_cfg = env
-    held = host.daemon_capabilities()
+    held = host_facts.daemon_capabilities()
     default = sleeper(d, pod, pod_cfg, "default")
     assert int(proc_status(d, default)["CapEff"], 16) == mask(DEFAULT_CAPABILITIES)
     added = sleeper(d, pod, pod_cfg, "add", capabilities=api_pb2.Capability(add_capabilities=["NET_ADMIN"],
@@ -139,7 +139,7 @@ def test_seccomp_runtime_default_unconfined_and_localhost(env, tmp_path):
 
 
 def test_apparmor_profile_demanded_on_a_host_without_apparmor_is_refused(env):
-    if host.apparmor_enabled():
+    if host_facts.apparmor_enabled():
         pytest.skip("this host has AppArmor")
     d, pod, pod_cfg = env
     with pytest.raises(grpc.RpcError) as err:

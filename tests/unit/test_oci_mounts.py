@@ -3,7 +3,8 @@
 import pytest
 
 from cri.oci import mounts
-from cri.oci.mounts import mount_of, propagation_problem
+from cri.oci.mounts import propagation_problem
+from hostos import mountinfo
 
 MOUNTINFO = """\
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
@@ -15,13 +16,6 @@ MOUNTINFO = """\
 """
 
 
-def test_the_deepest_mount_holds_the_path():
-    assert mount_of("/srv/shared/a/b", MOUNTINFO) == ("/srv/shared", {"shared"})
-    assert mount_of("/srv/shared/inner/x", MOUNTINFO) == ("/srv/shared/inner", set())
-    assert mount_of("/srv/sharedx", MOUNTINFO) == ("/", set())
-    assert mount_of("/srv/with space/f", MOUNTINFO)[0] == "/srv/with space"
-
-
 @pytest.mark.parametrize("path,mode,ok", [
     ("/srv/shared/d", "rshared", True), ("/srv/shared/d", "rslave", True),
     ("/srv/slave/d", "rshared", False), ("/srv/slave/d", "rslave", True),
@@ -29,7 +23,7 @@ def test_the_deepest_mount_holds_the_path():
     ("/srv/shared/inner/d", "rshared", False),
 ])
 def test_propagation_needs(path, mode, ok):
-    problem = propagation_problem(path, mode, MOUNTINFO)
+    problem = propagation_problem(path, mode, mountinfo.parse(MOUNTINFO))
     assert (problem is None) is ok
     if problem:
         assert "mount --make-rshared" in problem

@@ -6,7 +6,8 @@ import pytest
 
 from cri.core.containers import container_log_path, exit_reason, signal_number
 from cri.errors import InvalidArgument
-from cri.oci import cgroups, seccomp
+from cri.oci import seccomp
+from hostos import cgroups, netdev
 
 
 def denied(profile) -> set[str]:
@@ -165,4 +166,4 @@ def test_net_dev_parsing_skips_loopback():
     text = ("Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|...\n"
             "    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n"
             "  eth0: 2000 10 3 0 0 0 0 0 4000 20 5 0 0 0 0 0\n")
-    assert cgroups.parse_net_dev(text) == [cgroups.InterfaceStats("eth0", 2000, 3, 4000, 5)]
+    assert netdev.parse_net_dev(text) == [netdev.InterfaceStats("eth0", 2000, 3, 4000, 5)]

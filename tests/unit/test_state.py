@@ -1,10 +1,8 @@
-import os
-
 import pytest
 from pydantic import BaseModel
 
 from cri.errors import AlreadyExists, InvalidArgument, NotFound
-from cri.state import Index, NameRegistry, RecordStore, atomic_write_bytes, new_id, valid_id
+from cri.state import Index, NameRegistry, RecordStore, new_id, valid_id
 
 
 class Rec(BaseModel):
@@ -71,17 +69,3 @@ def test_record_store_sets_aside_corrupt_records_and_removes_temp_files(tmp_path
     assert store.load_all() == [good]
     assert len(list(tmp_path.glob("*.corrupt"))) == 1
     assert not list(tmp_path.glob(".*.tmp*"))
-
-
-def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
-    target = tmp_path / "f"
-    target.write_bytes(b"old")
-
-    def boom(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
-        atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]

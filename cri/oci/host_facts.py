@@ -1,4 +1,5 @@
-"""Facts about this host and this daemon that the spec must respect (read once, cached)."""
+"""Facts about this host and this daemon that a container spec must respect: capabilities, the oom_score_adj
+floor, AppArmor, device nodes (read once, cached)."""
 
 from __future__ import annotations
 

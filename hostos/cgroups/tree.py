@@ -1,0 +1,185 @@
+"""Making, filling, emptying and removing cgroup directories in every hierarchy (cgroupfs driver)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+
+from hostos.cgroups.layout import Layout, cgroup_dirs, clean_path, hierarchies
+
+
+class CgroupBusy(RuntimeError):
+    """A cgroup of ours kept processes past the time allowed for them to leave."""
+
+
+def _parts(cgroups_path: str) -> list[str]:
+    parts = clean_path(cgroups_path).strip("/").split("/")
+    if parts == [""]:
+        raise ValueError(f"cgroup path {cgroups_path!r} must be a non-empty path below the root")
+    return parts
+
+
+def create(cgroups_path: str, lay: Layout | None = None) -> list[str]:
+    """Create ``cgroups_path`` in every hierarchy; return the directories that did not exist before, top-down.
+
+    A new v1 cpuset cgroup starts with no cpus and mems, which refuses every task: it gets its parent's. On
+    failure what was made is removed again and the OSError propagates.
+    """
+    created: list[str] = []
+    parts = _parts(cgroups_path)
+    try:
+        for mount in hierarchies(lay):
+            current = mount
+            for part in parts:
+                parent, current = current, current / part
+                try:
+                    os.mkdir(current, 0o755)
+                except FileExistsError:
+                    continue
+                created.append(str(current))
+                if (parent / "cpuset.cpus").exists():
+                    for name in ("cpuset.cpus", "cpuset.mems"):
+                        (current / name).write_text((parent / name).read_text())
+    except OSError:
+        remove_now(created)
+        raise
+    return created
+
+
+def move(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:
+    """Move ``pid`` into the (existing) cgroup in every hierarchy."""
+    for directory in cgroup_dirs(clean_path(cgroups_path), lay):
+        (directory / "cgroup.procs").write_text(str(pid))
+
+
+def place(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:
+    """Create ``cgroups_path`` where missing and move ``pid`` into it."""
+    create(cgroups_path, lay)
+    move(pid, cgroups_path, lay)
+
+
+def remove(cgroups_path: str, lay: Layout | None = None) -> list[str]:
+    """rmdir the cgroup (and its now-empty children) in every hierarchy; returns the paths it could not remove."""
+    if not cgroups_path.strip("/"):
+        return []
+    return [str(d) for d in cgroup_dirs(cgroups_path, lay) if not _rmdir_tree(d)]
+
+
+def _rmdir_tree(directory: Path) -> bool:
+    try:
+        children = [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return True
+    ok = all(_rmdir_tree(Path(child)) for child in children)
+    for _ in range(5):
+        try:
+            os.rmdir(directory)
+            return ok
+        except FileNotFoundError:
+            return ok
+        except OSError:  # EBUSY while the last task is still leaving
+            time.sleep(0.01)
+    return False
+
+
+def remove_now(directories: list[str]) -> list[str]:
+    """rmdir deepest first; return those still busy (a process not yet reaped, or a child cgroup)."""
+    busy = []
+    for directory in sorted(directories, key=len, reverse=True):
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                raise
+            busy.append(directory)
+    return busy
+
+
+async def remove_created(directories: list[str], timeout: float = 5.0) -> None:
+    """Remove what `create` made; a parent shared with another pod (it has child cgroups) is left in place.
+
+    A directory that is busy only with processes is waited for; CgroupBusy after `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    busy = remove_now(directories)
+    while busy:
+        ours = [d for d in busy if _has_no_subdirs(d)]
+        if not ours or time.monotonic() > deadline:
+            if ours:
+                raise CgroupBusy(f"cgroups still busy after {timeout:g}s: {ours}")
+            return
+        await asyncio.sleep(0.01)
+        busy = remove_now(busy)
+
+
+def _has_no_subdirs(directory: str) -> bool:
+    try:
+        return not any(e.is_dir() for e in os.scandir(directory))
+    except FileNotFoundError:
+        return False
+
+
+def find(names: set[str], lay: Layout | None = None) -> list[str]:
+    """Every directory in every hierarchy whose name is in `names`, wherever its parent is (orphans have no record
+    left to say which parent kubelet gave them); a match is not descended into."""
+    found = []
+    for mount in hierarchies(lay):
+        for directory, subdirs, _ in os.walk(mount):
+            found += [os.path.join(directory, d) for d in subdirs if d in names]
+            subdirs[:] = [d for d in subdirs if d not in names]
+    return found
+
+
+def procs(directory: str | Path) -> list[int]:
+    try:
+        return [int(p) for p in (Path(directory) / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def kill(directories: list[str]) -> None:
+    """SIGKILL every process in these cgroup directories, once (`remove_created` then waits for them to go)."""
+    for directory in directories:
+        _kill(procs(directory))
+
+
+def _kill(pids: set[int] | list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _populated(directory: Path) -> bool:
+    try:
+        return "populated 1" in (directory / "cgroup.events").read_text()
+    except OSError:
+        return False
+
+
+def kill_all(cgroups_path: str, timeout: float = 1.0, lay: Layout | None = None) -> bool:
+    """SIGKILL every process left in the cgroup and wait (1 ms steps) until it is empty; False on timeout.
+
+    An exited container can leave background children behind in a shared pid namespace. The runtimes kill them
+    too, but then poll the cgroup in 10 ms steps before they can remove it: emptying it first makes their
+    delete quick.
+    """
+    if not cgroups_path.strip("/"):
+        return True
+    dirs = [d for d in cgroup_dirs(cgroups_path, lay) if d.is_dir()]
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {pid for d in dirs for pid in procs(d)}
+        if not pids and not any(_populated(d) for d in dirs):
+            return True
+        _kill(pids)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)

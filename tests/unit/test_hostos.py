@@ -1,0 +1,160 @@
+"""The host package: one mountinfo parser, atomic file writes, cgroup directories in fake cgroupfs trees."""
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from hostos import atomicfile, cgroups, mountinfo
+
+MOUNTINFO = """\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:50 / /srv/shared rw shared:7 - tmpfs tmpfs rw
+41 27 0:51 / /srv/slave rw master:7 - tmpfs tmpfs rw
+43 40 0:53 / /srv/shared/inner rw - tmpfs tmpfs rw
+44 27 0:54 / /srv/with\\040space rw shared:9 - tmpfs tmpfs rw
+45 27 0:55 /sub\\134dir /srv/tab\\011new\\012line\\134 ro,nosuid - tmpfs my\\040src rw,size=1k
+46 27 0:56 / /srv/shared/a rw - tmpfs tmpfs rw
+47 46 0:57 / /srv/shared/a/b rw - tmpfs tmpfs rw
+garbage line without separator
+"""
+
+
+def test_mountinfo_fields_and_every_octal_escape():
+    mounts = mountinfo.parse(MOUNTINFO)
+    assert [m.mount_id for m in mounts] == [27, 40, 41, 43, 44, 45, 46, 47]
+    odd = mounts[5]
+    assert odd.mount_point == "/srv/tab\tnew\nline\\" and odd.root == "/sub\\dir" and odd.source == "my src"
+    assert not odd.writable and odd.options == ("ro", "nosuid") and odd.super_options == ("rw", "size=1k")
+    assert mounts[1].propagation == {"shared"} and mounts[2].propagation == {"master"} and not mounts[3].propagation
+    assert mounts[4].mount_point == "/srv/with space"
+
+
+@pytest.mark.parametrize("path,point", [("/srv/shared/x/y", "/srv/shared"), ("/srv/shared/inner/x", "/srv/shared/inner"),
+                                        ("/srv/sharedx", "/"), ("/srv/with space/f", "/srv/with space"),
+                                        ("/srv/shared", "/srv/shared")])
+def test_the_deepest_mount_holds_the_path(path, point):
+    assert mountinfo.mount_of(path, mountinfo.parse(MOUNTINFO)).mount_point == point
+
+
+def test_mounts_below_are_strictly_below_and_deepest_first():
+    mounts = mountinfo.parse(MOUNTINFO)
+    assert mountinfo.mounts_below("/srv/shared", mounts) == ["/srv/shared/inner", "/srv/shared/a/b", "/srv/shared/a"]
+    assert mountinfo.mounts_below("/srv/shared/a/", mounts) == ["/srv/shared/a/b"]
+
+
+def test_this_process_sees_its_root_mount():
+    assert any(m.mount_point == "/" for m in mountinfo.read())
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "f.json"
+    atomicfile.atomic_write_json(target, {"b": 1, "a": [1, 2]})
+    assert target.read_bytes() == b'{"a":[1,2],"b":1}'
+    atomicfile.atomic_write_bytes(target, b"new", durable=False, mode=0o640)
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.json"]
+
+
+def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+
+    def boom(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        atomicfile.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_concurrent_writers_of_one_path_never_share_a_temp_file(tmp_path):
+    target = tmp_path / "shared"
+    payloads = [bytes([65 + i]) * 200_000 for i in range(8)]
+    errors = []
+
+    def writer(data):
+        try:
+            for _ in range(20):
+                atomicfile.atomic_write_bytes(target, data, durable=False)
+                assert target.read_bytes() in payloads  # whole, never a mix of two writers
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and os.listdir(tmp_path) == ["shared"]
+
+
+HYBRID = """\
+25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+28 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+29 25 0:26 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+30 25 0:27 / /sys/fs/cgroup/pids ro - cgroup cgroup rw,pids
+"""
+
+
+def test_hybrid_layout_has_the_named_hierarchy_and_skips_read_only_ones():
+    lay = cgroups.parse_mountinfo(HYBRID)
+    assert [str(p) for p in cgroups.hierarchies(lay)] == [
+        "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]
+    assert "pids" not in lay.v1 and not lay.is_v2
+
+
+@pytest.mark.parametrize("path,clean", [("pod//a/./b/", "/pod/a/b"), ("/", "/"), ("x", "/x")])
+def test_clean_path(path, clean):
+    assert cgroups.clean_path(path) == clean
+
+
+@pytest.mark.parametrize("bad", ["/a/../b", ".."])
+def test_clean_path_refuses_escapes(bad):
+    with pytest.raises(ValueError, match="must not contain"):
+        cgroups.clean_path(bad)
+
+
+def _fake_v1(tmp_path):
+    for c in ("cpuset", "memory"):
+        (tmp_path / c).mkdir()
+    (tmp_path / "cpuset" / "cpuset.cpus").write_text("0-1\n")
+    (tmp_path / "cpuset" / "cpuset.mems").write_text("0\n")
+    return cgroups.Layout(unified=None, v1={c: tmp_path / c for c in ("cpuset", "memory")})
+
+
+def test_create_reports_what_it_made_and_seeds_cpuset(tmp_path):
+    lay = _fake_v1(tmp_path)
+    (tmp_path / "memory" / "kubepods").mkdir()
+    created = cgroups.create("/kubepods/pod1", lay)
+    assert created == [str(tmp_path / "cpuset/kubepods"), str(tmp_path / "cpuset/kubepods/pod1"),
+                       str(tmp_path / "memory/kubepods/pod1")]
+    assert (tmp_path / "cpuset/kubepods/pod1/cpuset.cpus").read_text() == "0-1\n"
+
+
+def test_remove_created_leaves_a_shared_parent_and_removes_ours(tmp_path):
+    lay = cgroups.Layout(unified=tmp_path / "unified", v1={"memory": tmp_path / "memory"})  # no files to seed
+    for hierarchy in cgroups.hierarchies(lay):
+        hierarchy.mkdir()
+    ours = cgroups.create("/kubepods/pod1", lay)
+    (tmp_path / "memory/kubepods/other-pod").mkdir(parents=True)  # kubepods is now shared
+    asyncio.run(cgroups.remove_created(ours, timeout=0.1))
+    assert not (tmp_path / "memory/kubepods/pod1").exists() and (tmp_path / "memory/kubepods/other-pod").exists()
+    assert not (tmp_path / "unified/kubepods").exists()
+
+
+def test_find_names_anywhere_without_descending(tmp_path):
+    lay = _fake_v1(tmp_path)
+    (tmp_path / "memory/a/pycri-1/pycri-2").mkdir(parents=True)
+    (tmp_path / "cpuset/b/pycri-2").mkdir(parents=True)
+    assert sorted(cgroups.find({"pycri-1", "pycri-2"}, lay)) == sorted(
+        [str(tmp_path / "memory/a/pycri-1"), str(tmp_path / "cpuset/b/pycri-2")])
+
+
+def test_place_refuses_the_root(tmp_path):
+    with pytest.raises(ValueError, match="non-empty"):
+        cgroups.place(os.getpid(), "/", _fake_v1(tmp_path))
