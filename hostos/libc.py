@@ -1,4 +1,5 @@
-"""The C library, loaded once, with the argument types of the calls Python's os module does not offer."""
+"""The C library, loaded once, with the argument types of the calls Python's os module does not offer, and the
+syscalls glibc has no wrapper for (the new mount API)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ LIBC.syncfs.argtypes = [ctypes.c_int]
 LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 LIBC.inotify_init1.argtypes = [ctypes.c_int]
 LIBC.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+LIBC.syscall.restype = ctypes.c_long
+
+# The new mount API's syscall numbers are the same on every architecture that has them.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_OPEN_TREE_CLONE = 1
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class MountAttr(ctypes.Structure):
+    """struct mount_attr of mount_setattr(2)."""
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 def last_error(what: str, path: str | os.PathLike[str] | None = None) -> OSError:
@@ -44,6 +60,28 @@ def mount(source: str | os.PathLike[str] | None, target: str | os.PathLike[str],
 def umount2(target: str | os.PathLike[str], flags: int = 0) -> int:
     """umount2(2); 0 on success, else the errno (callers decide which ones mean "not mounted")."""
     return 0 if LIBC.umount2(os.fsencode(target), flags) == 0 else ctypes.get_errno()
+
+
+def syscall(number: int, *args: object) -> int:
+    """A raw syscall, every int argument passed as a full machine word (ctypes would pass ints as 32-bit ones)."""
+    return LIBC.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
+
+
+def attach_idmapped_clone(source: str | os.PathLike[str], target: str | os.PathLike[str], userns_fd: int) -> None:
+    """Mount a clone of the mount at `source`, idmapped with the user namespace `userns_fd`, on `target`:
+    open_tree(OPEN_TREE_CLONE), mount_setattr(MOUNT_ATTR_IDMAP), move_mount (kernel 5.12+)."""
+    tree = syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source), _OPEN_TREE_CLONE | os.O_CLOEXEC)
+    if tree < 0:
+        raise last_error(f"open_tree {os.fsdecode(source)}")
+    try:
+        attr = MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+        if syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
+            raise last_error(f"idmapping a clone of {os.fsdecode(source)} (mount_setattr)")
+        if syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH) < 0:
+            raise last_error(f"attaching the idmapped clone of {os.fsdecode(source)} at {os.fsdecode(target)} "
+                             "(move_mount)")
+    finally:
+        os.close(tree)
 
 
 def syncfs(fd: int) -> None:

@@ -10,7 +10,6 @@ option can name it. overlayfs keeps private clones of its layers, so the attache
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import subprocess
@@ -19,27 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from hostos import libc
 from storage.errors import MountError
 
 IDMAPPED_LAYERS_KERNEL = (5, 19)  # overlayfs accepts idmapped lower layers from 5.19 on
 _HOLDER_TIMEOUT = 10.0
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-# The new mount API's syscall numbers are the same on every architecture that has them.
-_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
-_AT_FDCWD = -100
-_OPEN_TREE_CLONE = 1
-_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
-_AT_EMPTY_PATH = 0x1000
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MOUNT_ATTR_IDMAP = 0x00100000
-_MNT_DETACH = 2
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 @dataclass(frozen=True)
@@ -51,16 +34,6 @@ class IdMap:
 
     def as_dict(self) -> dict:
         return {"uid": self.uid, "gid": self.gid, "length": self.length}
-
-
-def _syscall(number: int, *args) -> int:
-    """A raw syscall, every argument passed as a full machine word (ctypes would pass ints as 32-bit ones)."""
-    return _libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
-
-
-def _failed(what: str) -> MountError:
-    err = ctypes.get_errno()
-    return MountError(f"{what}: {os.strerror(err)}")
 
 
 @contextmanager
@@ -99,23 +72,17 @@ def user_namespace(idmap: IdMap) -> Iterator[int]:
 
 def attach_idmapped(source: Path, target: Path, userns_fd: int) -> None:
     """Mount an idmapped clone of the directory `source` on the existing directory `target`."""
-    tree = _syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
-    if tree < 0:
-        raise _failed(f"open_tree {source}")
     try:
-        attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
-        if _syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
-            raise _failed(f"idmapping a clone of {source} (mount_setattr)")
-        if _syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH) < 0:
-            raise _failed(f"attaching the idmapped clone of {source} at {target} (move_mount)")
-    finally:
-        os.close(tree)
+        libc.attach_idmapped_clone(source, target, userns_fd)
+    except OSError as exc:
+        raise MountError(exc.strerror) from None
 
 
 def detach(target: Path) -> None:
     """Lazily unmount `target` if something is mounted there (nothing uses an attached clone but overlay's mount)."""
-    if _libc.umount2(os.fsencode(target), _MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
-        raise _failed(f"unmount {target}")
+    err = libc.umount2(target, libc.MNT_DETACH)
+    if err not in (0, errno.EINVAL, errno.ENOENT):
+        raise MountError(f"unmount {target}: {os.strerror(err)}")
 
 
 def kernel_problem(release: str) -> str | None:
