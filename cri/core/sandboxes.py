@@ -374,9 +374,10 @@ class SandboxManager:
             namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path,
                           "user": record.userns_path}  # the PID namespace then belongs to the pod's user one
             with trace.phase("infra", pod=record.id):
+                given = {k: v for k, v in namespaces.items() if v}
                 infra = await run_step("starting the infra process",
-                                       sandbox_host.start_infra(self._catatonit, {k: v for k, v in namespaces.items() if v},
-                                                        record.cgroup_path, record.sandbox_dir))
+                                       sandbox_host.start_infra(self._catatonit, given, record.cgroup_path,
+                                                                record.sandbox_dir))
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
             undo.push("infra process", lambda: sandbox_host.stop_infra(*infra))
         try:  # so that reconciliation after a crash knows the cgroups and the infra to remove

@@ -7,7 +7,6 @@ itself a child subreaper, as the daemon does, which must not leak into the pytes
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import shutil
@@ -49,13 +48,13 @@ def _rootfs(root: Path) -> None:
 
 async def _scenario(handler: str) -> dict:
     from cri.oci import host_facts, spec as S
-    from hostos import cgroups
     from cri.oci.conmon import BundlePaths, Conmon
     from cri.oci.exitwatch import ExitWatcher
     from cri.oci.reaper import Reaper
     from cri.oci.runtime import OCIRuntime
+    from hostos import cgroups, libc
 
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, as the daemon
+    libc.set_child_subreaper()  # as the daemon
     base = Path(tempfile.mkdtemp(prefix="pycri-oci"))
     cgroup_parent = f"/pycri-oci-{os.getpid()}"
     report: dict = {}
