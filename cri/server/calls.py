@@ -22,7 +22,7 @@ log = logging.getLogger("pycri.rpc")
 _ids = itertools.count(1)
 
 # Calls kubelet makes every second or so: logged at debug so they do not drown the log.
-_QUIET_PREFIXES = ("List", "Version", "Status", "ImageStatus", "PodSandboxStatus", "ContainerStatus",
+_QUIET_PREFIXES = ("List", "Stream", "Version", "Status", "ImageStatus", "PodSandboxStatus", "ContainerStatus",
                    "ImageFsInfo", "ContainerStats", "PodSandboxStats", "RuntimeConfig")
 
 
@@ -85,9 +85,11 @@ def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | N
 
 
 def wrap_stream(name: str, handler: Callable, rt: Any) -> Callable:
+    level = _level(name)
+
     async def call(request, context: grpc.aio.ServicerContext):
         rid = next(_ids)
-        log.info("rpc=%s id=%d stream opened", name, rid)
+        log.log(level, "rpc=%s id=%d stream opened", name, rid)
         try:
             async for item in handler(rt, request, context):
                 yield item
@@ -97,7 +99,7 @@ def wrap_stream(name: str, handler: Callable, rt: Any) -> Callable:
                 log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
             await context.abort(code, message)
         finally:
-            log.info("rpc=%s id=%d stream closed", name, rid)
+            log.log(level, "rpc=%s id=%d stream closed", name, rid)
 
     return call
 

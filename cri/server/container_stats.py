@@ -1,10 +1,11 @@
-"""ContainerStats, ListContainerStats, PodSandboxStats and ListPodSandboxStats from the cgroups."""
+"""ContainerStats, PodSandboxStats and their List*/Stream* twins, from the cgroups."""
 
 import asyncio
 
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
+from cri.server.batches import batches
 from cri.server.container_convert import cpu_message, memory_message, stats_message
 
 
@@ -14,11 +15,19 @@ async def container_stats(rt, request, context):
     return api_pb2.ContainerStatsResponse(stats=stats_message(await rt.containers.stats(request.container_id)))
 
 
-async def list_container_stats(rt, request, context):
-    f = request.filter
+async def _container_stats(rt, f: api_pb2.ContainerStatsFilter) -> list[api_pb2.ContainerStats]:
     stats = await rt.containers.list_stats(id_prefix=f.id, sandbox_id=f.pod_sandbox_id,
                                            labels=dict(f.label_selector))
-    return api_pb2.ListContainerStatsResponse(stats=[stats_message(s) for s in stats])
+    return [stats_message(s) for s in stats]
+
+
+async def list_container_stats(rt, request, context):
+    return api_pb2.ListContainerStatsResponse(stats=await _container_stats(rt, request.filter))
+
+
+async def stream_container_stats(rt, request, context):
+    for batch in batches(await _container_stats(rt, request.filter)):
+        yield api_pb2.StreamContainerStatsResponse(container_stats=batch)
 
 
 def _interface(i) -> api_pb2.NetworkInterfaceUsage:
@@ -53,11 +62,18 @@ async def pod_sandbox_stats(rt, request, context):
     return api_pb2.PodSandboxStatsResponse(stats=await _pod_stats(rt, rt.sandboxes.get(request.pod_sandbox_id)))
 
 
-async def list_pod_sandbox_stats(rt, request, context):
-    f = request.filter
+async def _pods_stats(rt, f: api_pb2.PodSandboxStatsFilter) -> list[api_pb2.PodSandboxStats]:
     sandboxes = rt.sandboxes.list(id_prefix=f.id, state="ready", labels=dict(f.label_selector))
-    stats = await asyncio.gather(*(_pod_stats(rt, s) for s in sandboxes))
-    return api_pb2.ListPodSandboxStatsResponse(stats=list(stats))
+    return list(await asyncio.gather(*(_pod_stats(rt, s) for s in sandboxes)))
+
+
+async def list_pod_sandbox_stats(rt, request, context):
+    return api_pb2.ListPodSandboxStatsResponse(stats=await _pods_stats(rt, request.filter))
+
+
+async def stream_pod_sandbox_stats(rt, request, context):
+    for batch in batches(await _pods_stats(rt, request.filter)):
+        yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=batch)
 
 
 HANDLERS = {
@@ -65,4 +81,6 @@ HANDLERS = {
     "ListContainerStats": list_container_stats,
     "PodSandboxStats": pod_sandbox_stats,
     "ListPodSandboxStats": list_pod_sandbox_stats,
+    "StreamContainerStats": stream_container_stats,
+    "StreamPodSandboxStats": stream_pod_sandbox_stats,
 }

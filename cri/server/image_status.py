@@ -1,10 +1,11 @@
-"""ImageStatus and ListImages. An unknown image is an empty answer, not an error (kubelet pulls then)."""
+"""ImageStatus, ListImages and StreamImages. An unknown image is an empty answer, not an error (kubelet pulls then)."""
 
 import json
 
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
+from cri.server.batches import batches
 from cri.server.image_convert import to_cri_image
 
 
@@ -24,10 +25,18 @@ async def image_status(rt, request, context):
     return response
 
 
-async def list_images(rt, request, context):
+def _images(rt, request) -> list[api_pb2.Image]:
     filter_ref = request.filter.image.image if request.HasField("filter") else ""
-    return api_pb2.ListImagesResponse(images=[to_cri_image(r, rt.images.pinned(r))
-                                                    for r in rt.images.list(filter_ref or None)])
+    return [to_cri_image(r, rt.images.pinned(r)) for r in rt.images.list(filter_ref or None)]
 
 
-HANDLERS = {"ImageStatus": image_status, "ListImages": list_images}
+async def list_images(rt, request, context):
+    return api_pb2.ListImagesResponse(images=_images(rt, request))
+
+
+async def stream_images(rt, request, context):
+    for batch in batches(_images(rt, request)):
+        yield api_pb2.StreamImagesResponse(images=batch)
+
+
+HANDLERS = {"ImageStatus": image_status, "ListImages": list_images, "StreamImages": stream_images}

@@ -18,7 +18,7 @@ from cri.api.v1 import api_pb2_grpc
 
 from cri.server.calls import unimplemented, wrap
 
-_NOT_HANDLER_MODULES = {"servicer", "calls", "errors", "convert"}
+_NOT_HANDLER_MODULES = {"servicer", "calls", "errors", "convert", "batches"}
 
 
 def discover_handlers() -> tuple[dict[str, Callable], dict[str, Callable]]:
