@@ -30,7 +30,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 def cmd_daemon(args) -> int:
     from cri.daemon import run
 
-    return run(_config_from(args))
+    return run(_config_from(args), lambda: _config_from(args))
 
 
 def cmd_config(args) -> int:

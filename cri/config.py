@@ -131,6 +131,10 @@ class Config(Section):
     socket_mode: int = 0o660
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    log_target: Literal["auto", "stderr", "journal"] = Field(
+        "auto", description="auto = the systemd journal (native protocol, structured fields) when systemd "
+        "connected stderr to it (JOURNAL_STREAM), else stderr")
+    journal_socket: Path = Path("/run/systemd/journal/socket")
     storage: StorageConfig = StorageConfig()
     network: NetworkConfig = NetworkConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import json
 import logging
 import os
 import signal
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+from cri import logs
 from cri.config import Config, find_binary
 from hostos import libc
 
@@ -124,25 +123,6 @@ def open_image_store(config: Config, verify: bool = False):
     return store
 
 
-def _setup_logging(config: Config) -> None:
-    level = getattr(logging, config.log_level.upper())
-    handler = logging.StreamHandler(sys.stderr)
-    if config.log_format == "json":
-        class JSONFormatter(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                entry = {"time": self.formatTime(record), "level": record.levelname.lower(),
-                         "logger": record.name, "msg": record.getMessage()}
-                if record.exc_info:
-                    entry["exc"] = self.formatException(record.exc_info)
-                return json.dumps(entry)
-
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("grpc").setLevel(max(level, logging.INFO))  # its debug lines are per-call noise
-
-
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
@@ -206,8 +186,9 @@ def _start_tracing(config: Config):
     return tracer
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; then finish in-flight calls and remove the socket."""
+async def serve(config: Config, load_config: Callable[[], Config] | None = None) -> None:
+    """Run until SIGTERM or SIGINT; then finish in-flight calls and remove the socket. SIGHUP reloads what can
+    change live (cri/reload.py) from `load_config()`, which reads the configuration as the start did."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -252,6 +233,10 @@ async def serve(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if load_config is not None:
+            from cri.reload import Reloader
+
+            loop.add_signal_handler(signal.SIGHUP, Reloader(rt, load_config, logs.setup).signal)
         await stop.wait()
         log.info("shutting down: finishing in-flight calls")
         await server.stop(grace=10)
@@ -270,11 +255,11 @@ async def serve(config: Config) -> None:
     log.info("pycri stopped")
 
 
-def run(config: Config) -> int:
+def run(config: Config, load_config: Callable[[], Config] | None = None) -> int:
     _limit_malloc_arenas()
-    _setup_logging(config)
+    logs.setup(config)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, load_config))
     except DaemonError as e:
         log.error("%s", e)
         return 1

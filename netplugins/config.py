@@ -141,6 +141,13 @@ class ConfigWatcher:
         self._on_change(load_networks(self._dir))
         return True
 
+    def reread(self, conf_dir: Path | None = None) -> None:
+        """Read the directory (or a new one) now, even when it looks unchanged (SIGHUP)."""
+        if conf_dir is not None:
+            self._dir = Path(conf_dir)
+        self._signature = None
+        self.poll()
+
     def start(self) -> None:
         self.poll()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cni-config-watcher")

@@ -103,6 +103,14 @@ class CNIManager:
         """Re-read the directory now (the watcher does this by itself every interval)."""
         self._watcher.poll()
 
+    def reconfigure(self, conf_dir: Path, plugin_dirs: Iterable[Path], timeout: float) -> None:
+        """New settings from a configuration reload; the conf dir is read again at once. Pods already
+        networked keep their networks: their teardown uses the result cached at setup."""
+        self.conf_dir = Path(conf_dir)
+        self.plugin_dirs = [Path(d) for d in plugin_dirs]
+        self.timeout = timeout
+        self._watcher.reread(self.conf_dir)
+
     def default_network(self) -> NetworkConfig | None:
         return self._networks[0] if self._networks else None
 

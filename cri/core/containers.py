@@ -365,6 +365,10 @@ class ContainerManager:
     def _lock(self, container_id: str) -> asyncio.Lock:
         return self._locks.setdefault(container_id, asyncio.Lock())
 
+    def forget_runtime(self, handler: str) -> None:
+        """A reload changed the handler's definition: the next use builds its runtime anew."""
+        self._runtimes.pop(handler, None)
+
     def runtime(self, handler: str) -> OCIRuntime:
         name = handler or self.config.runtime.default_runtime
         rt = self._runtimes.get(name)

@@ -78,6 +78,11 @@ class SandboxManager:
 
     # --- wiring and lifetime ---------------------------------------------------------------------------
 
+    def set_runtime_handlers(self, handlers: Iterable[str], default_runtime: str) -> None:
+        """The handlers after a configuration reload (SIGHUP); running pods keep the one they run with."""
+        self._handlers = set(handlers)
+        self._default_runtime = default_runtime
+
     def set_container_hooks(self, stop_all: ContainerHook, remove_all: ContainerHook) -> None:
         """The container manager's callbacks: stop (resp. remove) every container of a sandbox id."""
         self._stop_containers = stop_all

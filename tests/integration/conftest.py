@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +21,8 @@ def daemon_factory():
     """Start daemons with extra settings (nested dicts of config keys); all are cleaned up after."""
     started: list[Daemon] = []
 
-    def start(settings: dict | None = None, **kwargs) -> Daemon:
-        d = Daemon(settings)
+    def start(settings: dict | None = None, base: Path | None = None, **kwargs) -> Daemon:
+        d = Daemon(settings, base)
         started.append(d)
         return d.start(**kwargs)
 
