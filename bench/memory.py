@@ -42,8 +42,11 @@ def footprint_kib(pid: int) -> dict[str, int]:
     return figures
 
 
+SETTINGS = {"log_level": "info"}
+
+
 def idle_run(settle: float, env: dict[str, str]) -> tuple[dict[str, int], Daemon]:
-    daemon = Daemon({"log_level": "info"}).start(env=env)
+    daemon = Daemon(SETTINGS).start(env=env)
     time.sleep(settle)
     return footprint_kib(daemon.proc.pid), daemon
 
@@ -68,8 +71,11 @@ def main() -> int:
     ap.add_argument("--registries-conf", default=str(KIT_REGISTRIES))
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment for the daemon, to compare settings (repeatable)")
+    ap.add_argument("--no-metrics", action="store_true",
+                    help="without the metrics endpoint (an installed daemon serves it; the test harness does not)")
     ap.add_argument("--no-bytecode-cache", action="store_true", help="compile every module at start, as the tests do")
     args = ap.parse_args()
+    SETTINGS["metrics"] = {"enable": not args.no_metrics, "port": 0}  # port 0: a free one
     with tempfile.TemporaryDirectory(prefix="pycri-pycache") as cache:
         env = {} if args.no_bytecode_cache else {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": cache}
         env.update(item.split("=", 1) for item in args.env)
@@ -91,7 +97,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.pods or args.pull:
         from cri.api.v1 import api_pb2
 
-        daemon = Daemon({"log_level": "info"})
+        daemon = Daemon(SETTINGS)
         try:
             conf = daemon.base / "registries.conf"  # the kit's, and its registry under its own name
             conf.write_text(Path(args.registries_conf).read_text()
