@@ -10,22 +10,24 @@ CNI_CONF_DIR ?= /etc/cni/net.d
 # Host tools pycri drives, all from Debian's archive.
 HOST_PACKAGES := runc crun conmon containernetworking-plugins iptables catatonit util-linux \
                  busybox-static docker-registry openssl apache2-utils curl iproute2 kmod
+# What only the tests use: chromium opens `pycri timeline --svg` in a real browser.
+TEST_PACKAGES := chromium
 # Python venv support, only needed on minimal images.
 VENV_PACKAGES := python3-venv
 
-.PHONY: run test install install-host install-python install-cni-default unit integration bench stubs clean
+.PHONY: run test install install-host install-test-host install-python install-cni-default unit integration bench stubs clean
 
 run: install
 	$(VENV)/bin/pycri check || true
 	exec $(VENV)/bin/pycri daemon
 
-test: install
+test: install install-test-host
 	$(PY) -m pytest -p no:cacheprovider -ra tests
 
 unit: install-python
 	$(PY) -m pytest -p no:cacheprovider -ra tests/unit
 
-integration: install
+integration: install install-test-host
 	$(PY) -m pytest -p no:cacheprovider -ra -m integration tests/integration
 
 install: install-host install-python install-cni-default
@@ -43,6 +45,9 @@ install-host:
 	  { apt-get update -qq && apt-get install -y -qq $$missing; }; rc=$$?; \
 	  rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
+
+install-test-host:
+	@$(MAKE) --no-print-directory install-host HOST_PACKAGES="$(TEST_PACKAGES)"
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get install -y -qq $(VENV_PACKAGES) && $(PYTHON) -m venv $(VENV); }

@@ -118,7 +118,7 @@ def render_svg(pods: list[dict]) -> str:
     if not pods:
         parts.append(f'<text x="{PAD}" y="{y + 16}">no pod start recorded yet</text>')
         y += HEADER_H
-    width = PAD * 2 + LABEL_W + CHART_W
+    width = PAD * 2 + LABEL_W + CHART_W + 30  # room for the last tick label
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" viewBox="0 0 {width} {y}" '
             f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
             + "\n".join(parts) + "\n</svg>\n")

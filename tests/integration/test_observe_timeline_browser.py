@@ -1,0 +1,58 @@
+"""`pycri timeline --svg` of a real pod start, opened in a real browser: Debian's chromium, headless, takes a
+screenshot, and the picture shows the chart (not blank, a bar in each phase's colour)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cri.api.v1 import api_pb2
+from cri.observe.timeline import COLOURS
+from tests.integration.test_container_helpers import container_config, run, start_env
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM_FLAGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def screenshot(svg: Path, png: Path, profile: Path) -> Image.Image:
+    """The SVG at its size in a window 200 px taller: the window's own chrome takes part of its height."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: `make test` installs it (Debian's chromium package)"
+    width, height = (int(float(v)) for v in (svg.read_text().split('width="', 1)[1].split('"', 1)[0],
+                                             svg.read_text().split('height="', 1)[1].split('"', 1)[0]))
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
+                    f"--window-size={width},{height + 200}", svg.as_uri()], capture_output=True, timeout=120, check=True)
+    return Image.open(png).convert("RGB")
+
+
+def colour_pixels(image: Image.Image, hex_colour: str) -> int:
+    wanted = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return sum(1 for pixel in image.get_flattened_data() if all(abs(a - b) <= 6 for a, b in zip(pixel, wanted)))
+
+
+def test_the_timeline_svg_renders_in_chromium_with_a_bar_per_phase(daemon_factory, registry, tmp_path):
+    for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path):
+        cid = run(d, pod, pod_cfg, container_config("app", ["sleep", "30"]))
+        d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+        svg = tmp_path / "timeline.svg"
+        made = subprocess.run([sys.executable, "-m", "cri", "timeline", pod[:12], "--svg", str(svg), "--config",
+                               str(d.config_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        table = subprocess.run([sys.executable, "-m", "cri", "timeline", pod[:12], "--config", str(d.config_path)],
+                               cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+        phases = {line.split()[1] for line in table.splitlines()[2:] if line.strip()}
+
+        image = screenshot(svg, tmp_path / "timeline.png", tmp_path / "chromium-profile")
+        assert image.size[0] >= 900
+        drawn = sum(1 for pixel in image.get_flattened_data() if pixel != (255, 255, 255))
+        assert drawn > 2000, f"the screenshot is (nearly) blank: {drawn} pixels drawn"
+        assert {"namespaces", "sandbox_files"} <= phases, table
+        for phase in phases:
+            assert colour_pixels(image, COLOURS[phase]) >= 20, f"no {phase} bar on the screenshot\n{table}"
