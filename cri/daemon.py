@@ -94,6 +94,9 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.images = ImageService(open_image_store(config, verify=unclean_start), config.storage.pinned_images,
                              on_pull=rt.metrics.pulled if rt.metrics is not None else None)
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
+    # StopPodSandbox/RemovePodSandbox stop or remove the pod's containers first; an image in use stays.
+    rt.sandboxes.set_container_hooks(rt.containers.stop_all_in_sandbox, rt.containers.remove_all_in_sandbox)
+    rt.images.set_in_use(rt.containers.image_in_use)
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
     rt.services += [rt.cni, rt.sandboxes, rt.containers, rt.streaming,
                     AdminServer(config.admin_socket_path, rt)]

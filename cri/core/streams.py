@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.oci.conmon import BundlePaths, Conmon, ConmonError
+from cri.state.container_state import ContainerState
 from cri.streaming.backend import InputStream, OutputStream, TerminalSize
 
 COPY_CHUNK = 32 << 10
@@ -48,7 +49,7 @@ class CoreStreams:
 
     def _running(self, container_id: str):
         record = self._containers.get(container_id)
-        if record.state != "running":
+        if record.state != ContainerState.RUNNING:
             raise FailedPrecondition(f"container {record.id} is not running (state {record.state})")
         return record
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cri.api.v1 import api_pb2
 
-from cri.core.containers import CRI_STATE, ContainerStats
+from cri.core.containers import ContainerStats
 from cri.errors import InvalidArgument
 from cri.state.container_record import (ContainerRecord, ContainerRequest, DeviceSpec, IDMapSpec, MountSpec,
                                         ResourcesSpec, SecuritySpec)
@@ -123,13 +123,13 @@ def container_message(record: ContainerRecord) -> api_pb2.Container:
     return api_pb2.Container(
         id=record.id, pod_sandbox_id=record.sandbox_id, metadata=metadata(record),
         image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
-        state=CRI_STATE[record.state], created_at=record.created_at, labels=record.labels,
+        state=record.state.cri, created_at=record.created_at, labels=record.labels,
         annotations=record.annotations)
 
 
 def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
     return api_pb2.ContainerStatus(
-        id=record.id, metadata=metadata(record), state=CRI_STATE[record.state], created_at=record.created_at,
+        id=record.id, metadata=metadata(record), state=record.state.cri, created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at, exit_code=record.exit_code,
         image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
         reason=record.reason, message=record.message, labels=record.labels, annotations=record.annotations,

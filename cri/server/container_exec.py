@@ -3,6 +3,7 @@
 from cri.api.v1 import api_pb2
 
 from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
+from cri.state.container_state import ContainerState
 from cri.streaming.backend import ExecRequest
 
 
@@ -18,7 +19,7 @@ def check_streams(request) -> None:
 
 def running_container_id(rt, ref: str) -> str:
     record = rt.containers.get(ref)
-    if record.state != "running":
+    if record.state != ContainerState.RUNNING:
         raise FailedPrecondition(f"container {record.id} is not running (state {record.state})")
     if rt.streaming is None:
         raise Unavailable("the streaming server is not running")

@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-# "creating": the record exists but the host work may be half done (reconciliation undoes it).
-ContainerState = Literal["creating", "created", "running", "exited"]
+from cri.state.container_state import ContainerState, check_move
 
 
 class IDMapSpec(BaseModel):
@@ -109,7 +108,7 @@ class ContainerRecord(BaseModel):
     name: str
     attempt: int = 0
     reserved_name: str
-    state: ContainerState = "creating"
+    state: ContainerState = ContainerState.CREATING
     created_at: int = 0              # nanoseconds since the epoch
     started_at: int = 0
     finished_at: int = 0
@@ -139,3 +138,8 @@ class ContainerRecord(BaseModel):
     stdin: bool = False
     stdin_once: bool = False
     request: dict[str, Any] = {}     # the validated request, for verbose status
+
+    def move(self, new: ContainerState) -> None:
+        """Change state along a move the table in cri/state/container_state.py allows (Internal otherwise)."""
+        check_move(self.state, new, self.id)
+        self.state = new

@@ -107,7 +107,7 @@ def process_gone(pid: int) -> bool:
     """Not running any more: no such process, or a zombie (a PID 1 that never reaps keeps those)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # (ESRCH: it was reaped between the open and the read)
         return True
 
 

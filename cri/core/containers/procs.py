@@ -1,0 +1,101 @@
+"""Small process and file facts the container parts share: is a pid still this container's conmon, kill it,
+read a pid file, when a file changed, and a background task whose failure is logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+from cri.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+
+def is_monitor_of(pid: int, container_id: str) -> bool:
+    """The pid still belongs to this container's conmon (not to a process that reused the number)."""
+    try:
+        return container_id.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+async def monitor_gone(pid: int, container_id: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while is_monitor_of(pid, container_id):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def mtime_ns(path: Path) -> int:
+    """When a file last changed (an exit file: the exit; a runtime state dir: the start); now if it is gone."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return time.time_ns()
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def background(work: Awaitable[Any], what: str) -> asyncio.Future[Any]:
+    """A task whose failure is logged even if nobody ever awaits it (whoever does still gets the exception)."""
+    task = asyncio.ensure_future(work)
+
+    def report(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("%s failed: %s", what, done.exception())
+
+    task.add_done_callback(report)
+    return task
+
+
+def signal_number(name: str) -> int:
+    """"SIGTERM", "TERM", "15" or "SIGRTMIN+3" -> the number; InvalidArgument when unknown."""
+    if not name:
+        return int(signal.SIGTERM)
+    text = name.strip().upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    if text.startswith("SIGRTMIN+") and text[9:].isdigit():
+        return int(signal.SIGRTMIN) + int(text[9:])
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        raise InvalidArgument(f"unknown stop signal {name!r}") from None
+
+
+def exit_reason(exit_code: int, oom: bool) -> str:
+    if oom:
+        return "OOMKilled"
+    return "Completed" if exit_code == 0 else "Error"

@@ -1,0 +1,65 @@
+"""ContainerStats, ListContainerStats and the pod figures of PodSandboxStats: cgroup figures, the CPU rate
+between two samples, and the writable layer's use."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from cri.core.images import ImageService
+from cri.state.container_record import ContainerRecord
+from cri.state.sandbox_record import SandboxRecord
+from hostos import cgroups, netdev
+
+
+@dataclass
+class ContainerStats:
+    record: ContainerRecord
+    cgroup: cgroups.Stats
+    usage_nano_cores: int | None
+    writable_bytes: int
+    writable_inodes: int
+
+
+@dataclass
+class PodStats:
+    cgroup: cgroups.Stats
+    usage_nano_cores: int | None
+    network: list[netdev.InterfaceStats]
+    containers: list[ContainerStats]
+
+
+class Sampler:
+    def __init__(self, images: ImageService) -> None:
+        self._images = images
+        self._cpu_samples: dict[str, tuple[int, int]] = {}  # cgroup key -> (timestamp ns, CPU use ns)
+
+    def forget(self, container_id: str) -> None:
+        self._cpu_samples.pop(container_id, None)
+
+    async def container(self, record: ContainerRecord) -> ContainerStats:
+        sample = await asyncio.to_thread(cgroups.read_stats, record.cgroups_path)
+        try:
+            used, inodes = await self._images.writable_layer_usage(record.id)
+        except Exception:
+            used, inodes = 0, 0
+        return ContainerStats(record, sample, self._nano_cores(record.id, sample), used, inodes)
+
+    async def pod(self, sandbox: SandboxRecord, containers: list[ContainerRecord]) -> PodStats:
+        """The pod cgroup's figures, its CPU rate, its network (not for host-network pods) and its containers."""
+        sample = await asyncio.to_thread(cgroups.read_stats, sandbox.cgroup_parent or "/pycri")
+        stats = list(await asyncio.gather(*(self.container(r) for r in containers)))
+        network = []
+        if sandbox.netns_path and sandbox.infra_pid:
+            network = await asyncio.to_thread(netdev.network_stats, sandbox.infra_pid)
+        return PodStats(sample, self._nano_cores("pod:" + sandbox.id, sample), network, stats)
+
+    def _nano_cores(self, key: str, sample: cgroups.Stats) -> int | None:
+        """CPU use rate since the previous sample of the same cgroup (kubelet asks every few seconds)."""
+        if sample.cpu_usage_ns is None:
+            return None
+        previous = self._cpu_samples.get(key)
+        self._cpu_samples[key] = (sample.timestamp_ns, sample.cpu_usage_ns)
+        if previous is None or sample.timestamp_ns <= previous[0]:
+            return None
+        return max(0, (sample.cpu_usage_ns - previous[1]) * 1_000_000_000 // (sample.timestamp_ns - previous[0]))

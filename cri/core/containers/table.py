@@ -1,0 +1,72 @@
+"""What every part of the container manager shares: the records (on disk and by id), the reserved names and
+abandoned-create claims, one lock per container, the OCI runtimes by handler, conmon, and the event bus."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+from cri.config import Config
+from cri.core import events as ev
+from cri.core.claims import Claims
+from cri.errors import FailedPrecondition, InvalidArgument
+from cri.oci.conmon import Conmon
+from cri.oci.runtime import OCIRuntime
+from cri.state.container_record import ContainerRecord
+from cri.state.index import Index, NameRegistry
+from cri.state.store import RecordStore
+
+
+class Table:
+    def __init__(self, config: Config, bus: ev.EventBus) -> None:
+        self.config = config
+        self.events = bus
+        self.store = RecordStore(Path(config.root) / "containers", ContainerRecord)
+        self.dir = Path(config.state_dir) / "containers"  # one bundle directory per container
+        self.exit_dir = Path(config.state_dir) / "exits"
+        self.conmon = Conmon(config.runtime.conmon, self.exit_dir)
+        self.index: Index[ContainerRecord] = Index("container")
+        self.names = NameRegistry("container")
+        self.claims = Claims(self.names, self.index)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._runtimes: dict[str, OCIRuntime] = {}
+
+    def lock(self, container_id: str) -> asyncio.Lock:
+        """The container's own lock; no lock is ever held across containers."""
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    def forget_lock(self, container_id: str) -> None:
+        self._locks.pop(container_id, None)
+
+    def forget_runtime(self, handler: str) -> None:
+        """A reload changed the handler's definition: the next use builds its runtime anew."""
+        self._runtimes.pop(handler, None)
+
+    def runtime(self, handler: str) -> OCIRuntime:
+        name = handler or self.config.runtime.default_runtime
+        rt = self._runtimes.get(name)
+        if rt is None:
+            spec = self.config.runtime.handlers.get(name)
+            if spec is None:
+                raise InvalidArgument(f"runtime handler {name!r} is not configured")
+            path = shutil.which(spec.path)
+            if path is None:
+                raise FailedPrecondition(f"runtime handler {name!r}: {spec.path} is not installed")
+            root = spec.runtime_root or Path(self.config.state_dir) / "runtimes" / name
+            rt = self._runtimes[name] = OCIRuntime(name, path, root)
+        return rt
+
+    def get(self, ref: str) -> ContainerRecord:
+        return self.index.get(ref)
+
+    def find(self, ref: str) -> ContainerRecord | None:
+        return self.index.find(ref)
+
+    def save(self, record: ContainerRecord) -> None:
+        # Not fsynced: a killed daemon keeps the page cache; reconciliation covers the rest.
+        self.store.save(record, durable=False)
+
+    def publish(self, record: ContainerRecord, kind: int) -> None:
+        self.events.publish(ev.ContainerEvent(record.id, record.sandbox_id, kind, time.time_ns()))

@@ -1,0 +1,135 @@
+"""StopContainer and RemoveContainer, and the same for every container of a pod being stopped or removed.
+
+A stop sends the stop signal, waits, then SIGKILLs; a remove undoes everything a container may have (also used
+for records a crash left half-created). The record is deleted last: a crash before that leaves it naming what
+is left to remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+
+from cri.core import events as ev, sandbox_host
+from cri.core.images import ImageService
+from cri.core.sandboxes import SandboxManager
+from cri.errors import FailedPrecondition, Internal
+from cri.faults import crash_point
+from cri.oci.runtime import OCIRuntimeError
+from cri.state.container_record import ContainerRecord
+from hostos import cgroups
+
+from .create import Creator
+from .exits import Exits
+from .procs import kill, monitor_gone, signal_number
+from .table import Table
+
+log = logging.getLogger(__name__)
+
+KILL_WAIT = 10.0  # after SIGKILL, how long conmon may take to report the exit
+MONITOR_EXIT_WAIT = 2.0  # after the container's exit, how long conmon may take to drain its output and leave
+
+
+class Teardown:
+    def __init__(self, table: Table, sandboxes: SandboxManager, images: ImageService, creator: Creator,
+                 exits: Exits) -> None:
+        self._t = table
+        self._sandboxes = sandboxes
+        self._images = images
+        self._creator = creator
+        self._exits = exits
+
+    async def stop_container(self, ref: str, timeout: float) -> None:
+        """Stop signal, then SIGKILL after ``timeout`` seconds; idempotent, and an unknown id is not an error."""
+        record = self._t.find(ref)
+        if record is None:
+            return
+        async with self._t.lock(record.id):
+            await self._stop_locked(record, timeout)
+
+    async def _stop_locked(self, record: ContainerRecord, timeout: float) -> None:
+        try:
+            await self._creator.spawned(record)
+        except FailedPrecondition:
+            pass  # it never ran: nothing to stop
+        if not record.state.live:
+            return
+        runtime = self._t.runtime(record.runtime_handler)
+        if timeout > 0:
+            try:
+                await runtime.kill(record.id, signal_number(record.stop_signal))
+            except OCIRuntimeError as e:
+                log.debug("stop signal to %s: %s", record.id, e)
+            crash_point("container.stop.after_signal")
+            if await self._exits.wait_exit(record, timeout):
+                return
+        try:
+            await runtime.kill(record.id, signal.SIGKILL, all_processes=True)
+        except OCIRuntimeError as e:
+            log.debug("SIGKILL to %s: %s", record.id, e)
+        if not await self._exits.wait_exit(record, KILL_WAIT):
+            raise Internal(f"container {record.id} did not exit {KILL_WAIT}s after SIGKILL")
+
+    async def remove_container(self, ref: str) -> None:
+        """Kill if running, then delete everything of the container; an unknown id is not an error."""
+        t = self._t
+        record = t.find(ref)
+        if record is None:
+            return
+        async with t.lock(record.id):
+            if record.id not in t.index:
+                return
+            await self._stop_locked(record, 0)
+            await self.destroy(record)
+            t.index.remove(record.id)
+            t.names.release(record.reserved_name, record.id)
+        t.forget_lock(record.id)
+        t.publish(record, ev.DELETED)
+
+    async def stop_all_in_sandbox(self, sandbox_id: str) -> None:
+        await self._creator.close(sandbox_id)
+        records = [r for r in self._t.index if r.sandbox_id == sandbox_id]
+        await asyncio.gather(*(self.stop_container(r.id, 0) for r in records))
+
+    async def remove_all_in_sandbox(self, sandbox_id: str) -> None:
+        await self._creator.close(sandbox_id)
+        records = [r for r in self._t.index if r.sandbox_id == sandbox_id]
+        await asyncio.gather(*(self.remove_container(r.id) for r in records))
+
+    async def destroy(self, record: ContainerRecord) -> None:
+        """Undo everything a container may have; used by remove and for half-created records.
+
+        The rootfs is mounted in the host's namespace, so runc's delete, the unmount and conmon's leaving are
+        independent. The record goes last: a crash before that leaves it naming what is left to remove.
+        """
+        results = await asyncio.gather(self._exits.runtime_deleted(record), self._remove_rootfs(record),
+                                       self._retire_monitor(record), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise Internal(f"removing container {record.id}: {errors[0]}") from errors[0]
+        crash_point("container.remove.after_runtime")
+        if record.bundle:
+            shutil.rmtree(record.bundle, ignore_errors=True)
+        self._t.conmon.exit_file(record.id).unlink(missing_ok=True)
+        self._t.store.delete(record.id)
+
+    async def _remove_rootfs(self, record: ContainerRecord) -> None:
+        sandbox = self._sandboxes.find(record.sandbox_id)
+        if sandbox is not None and sandbox.userns_path:  # (a removed sandbox took the bind with it)
+            await asyncio.to_thread(sandbox_host.unexpose_rootfs, sandbox.sandbox_dir, record.id)
+        await self._images.remove_rootfs(record.id)
+
+    async def _retire_monitor(self, record: ContainerRecord) -> None:
+        """conmon leaves once the container's output is drained; give it a moment, then remove its cgroup."""
+        pid = record.conmon_pid
+        if pid and not await monitor_gone(pid, record.id, MONITOR_EXIT_WAIT):
+            log.warning("container %s: conmon (pid %d) outlived its container; killing it", record.id, pid)
+            kill(pid)
+            if not await monitor_gone(pid, record.id, KILL_WAIT):
+                raise Internal(f"conmon (pid {pid}) did not exit {KILL_WAIT}s after SIGKILL")
+        if record.conmon_cgroup:
+            failed = await asyncio.to_thread(cgroups.remove, record.conmon_cgroup)
+            if failed:
+                raise Internal(f"conmon's cgroups not removed: {failed}")
