@@ -37,6 +37,11 @@ from .stats import ContainerStats, PodStats, Sampler
 from .table import Table
 from .teardown import Teardown
 
+# (the method named list shadows the builtin in the class's annotations)
+Records = list[ContainerRecord]
+Argv = list[str]
+StatsList = list[ContainerStats]
+
 
 class ContainerManager:
     def __init__(self, config: Config, sandboxes: SandboxManager, images: ImageService, bus: ev.EventBus) -> None:
@@ -107,7 +112,7 @@ class ContainerManager:
         return any(r.image_id == image_id for r in self._t.index)
 
     def list(self, id_prefix: str = "", state: int | None = None, sandbox_id: str = "",
-             labels: dict[str, str] | None = None) -> list[ContainerRecord]:
+             labels: dict[str, str] | None = None) -> Records:
         out = []
         for record in self._t.index:
             if record.state not in LISTED:
@@ -137,7 +142,7 @@ class ContainerManager:
 
     # --- exec, update, logs, stats ----------------------------------------------------------------------
 
-    async def exec_sync(self, ref: str, argv: list[str], timeout: float) -> ExecResult:
+    async def exec_sync(self, ref: str, argv: Argv, timeout: float) -> ExecResult:
         return await live.exec_sync(self._t, ref, argv, timeout)
 
     async def update_resources(self, ref: str, resources: ResourcesSpec) -> None:
@@ -150,9 +155,9 @@ class ContainerManager:
         return await self._stats.container(self._t.get(ref))
 
     async def list_stats(self, id_prefix: str = "", sandbox_id: str = "",
-                         labels: dict[str, str] | None = None) -> list[ContainerStats]:
+                         labels: dict[str, str] | None = None) -> StatsList:
         records = [r for r in self.list(id_prefix, None, sandbox_id, labels) if r.state in LIVE]
-        return list(await asyncio.gather(*(self._stats.container(r) for r in records)))
+        return [*await asyncio.gather(*(self._stats.container(r) for r in records))]
 
     async def sandbox_stats(self, sandbox: SandboxRecord) -> PodStats:
         live_records = [r for r in self.list(sandbox_id=sandbox.id) if r.state in LIVE]
