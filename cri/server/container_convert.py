@@ -151,6 +151,8 @@ def stats_message(stats: ContainerStats) -> api_pb2.ContainerStats:
                                                annotations=record.annotations),
         cpu=cpu_message(sample, stats.usage_nano_cores),
         memory=memory_message(sample),
+        swap=swap_message(sample),
+        io=io_message(sample),
         writable_layer=api_pb2.FilesystemUsage(
             timestamp=sample.timestamp_ns, fs_id=api_pb2.FilesystemIdentifier(mountpoint=record.rootfs),
             used_bytes=api_pb2.UInt64Value(value=stats.writable_bytes),
@@ -161,9 +163,38 @@ def _u64(value: int | None) -> api_pb2.UInt64Value | None:
     return api_pb2.UInt64Value(value=value) if value is not None else None
 
 
+def _psi_data(data) -> api_pb2.PsiData | None:
+    if data is None:
+        return None
+    return api_pb2.PsiData(Total=data.total_us, Avg10=data.avg10, Avg60=data.avg60, Avg300=data.avg300)
+
+
+def psi_message(pressure) -> api_pb2.PsiStats | None:
+    """PSI where the host has it (cgroup v2 with CONFIG_PSI); left unset, not zero, elsewhere."""
+    if pressure is None:
+        return None
+    return api_pb2.PsiStats(Full=_psi_data(pressure.full), Some=_psi_data(pressure.some))
+
+
 def cpu_message(sample, nano_cores: int | None) -> api_pb2.CpuUsage:
     return api_pb2.CpuUsage(timestamp=sample.timestamp_ns, usage_core_nano_seconds=_u64(sample.cpu_usage_ns),
-                            usage_nano_cores=_u64(nano_cores if nano_cores is not None else 0))
+                            usage_nano_cores=_u64(nano_cores if nano_cores is not None else 0),
+                            psi=psi_message(sample.cpu_pressure))
+
+
+def io_message(sample) -> api_pb2.IoUsage | None:
+    if sample.io_pressure is None:
+        return None
+    return api_pb2.IoUsage(timestamp=sample.timestamp_ns, psi=psi_message(sample.io_pressure))
+
+
+def swap_message(sample) -> api_pb2.SwapUsage | None:
+    """memory.swap.current/max on v2, memsw minus memory on v1 (swapaccount=1); unset without swap accounting."""
+    if sample.swap_usage is None:
+        return None
+    available = max(0, sample.swap_limit - sample.swap_usage) if sample.swap_limit is not None else None
+    return api_pb2.SwapUsage(timestamp=sample.timestamp_ns, swap_usage_bytes=_u64(sample.swap_usage),
+                             swap_available_bytes=_u64(available))
 
 
 def memory_message(sample) -> api_pb2.MemoryUsage:
@@ -173,4 +204,5 @@ def memory_message(sample) -> api_pb2.MemoryUsage:
     return api_pb2.MemoryUsage(
         timestamp=sample.timestamp_ns, working_set_bytes=_u64(sample.memory_working_set),
         available_bytes=_u64(available), usage_bytes=_u64(sample.memory_usage), rss_bytes=_u64(sample.memory_rss),
-        page_faults=_u64(sample.page_faults), major_page_faults=_u64(sample.major_page_faults))
+        page_faults=_u64(sample.page_faults), major_page_faults=_u64(sample.major_page_faults),
+        psi=psi_message(sample.memory_pressure))

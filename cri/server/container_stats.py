@@ -6,7 +6,7 @@ from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.batches import batches
-from cri.server.container_convert import cpu_message, memory_message, stats_message
+from cri.server.container_convert import cpu_message, io_message, memory_message, stats_message
 
 
 async def container_stats(rt, request, context):
@@ -51,6 +51,7 @@ async def _pod_stats(rt, sandbox) -> api_pb2.PodSandboxStats:
             labels=sandbox.labels, annotations=sandbox.annotations),
         linux=api_pb2.LinuxPodSandboxStats(
             cpu=cpu_message(sample, stats.usage_nano_cores), memory=memory_message(sample), network=network,
+            io=io_message(sample),
             process=api_pb2.ProcessUsage(timestamp=sample.timestamp_ns,
                                          process_count=api_pb2.UInt64Value(value=sample.pids or 0)),
             containers=[stats_message(s) for s in stats.containers]))

@@ -2,12 +2,12 @@
 
 from hostos.cgroups.layout import (CGROUP_ROOT, Layout, cgroup_dirs, clean_path, crun_hybrid_problem, hierarchies,
                                    layout, layout_of, parse_mountinfo, swap_accounting)
-from hostos.cgroups.stats import Stats, read_stats
+from hostos.cgroups.stats import Pressure, PsiData, Stats, oom_kills, parse_pressure, read_stats
 from hostos.cgroups.tree import (CgroupBusy, create, find, kill, kill_all, move, place, procs, remove,
                                  remove_created, remove_now)
 
 __all__ = [
     "CGROUP_ROOT", "CgroupBusy", "Layout", "Stats", "cgroup_dirs", "clean_path", "create", "crun_hybrid_problem",
-    "find", "hierarchies", "kill", "kill_all", "layout", "layout_of", "move", "parse_mountinfo", "place", "procs",
-    "read_stats", "remove", "remove_created", "remove_now", "swap_accounting",
+    "find", "hierarchies", "kill", "kill_all", "layout", "layout_of", "move", "oom_kills", "parse_mountinfo",
+    "parse_pressure", "place", "Pressure", "procs", "PsiData", "read_stats", "remove", "remove_created", "remove_now", "swap_accounting",
 ]

@@ -48,6 +48,50 @@ def test_limits_are_applied_and_updated(env):
     assert status(d, cid).status.resources.linux.memory_limit_in_bytes == 96 * MiB
 
 
+V2 = cgroups.layout().is_v2
+PSI = V2 and Path("/proc/pressure/cpu").exists()
+
+
+@pytest.mark.skipif(not V2, reason="reads cgroup v2 files; this host is cgroup v1 (the node VM lane runs it)")
+def test_limits_are_applied_and_updated_on_cgroup_v2(env):
+    d, pod, pod_cfg = env
+    swap = cgroups.swap_accounting()
+    resources = api_pb2.LinuxContainerResources(
+        cpu_shares=512, cpu_quota=50000, cpu_period=100000, memory_limit_in_bytes=64 * MiB,
+        memory_swap_limit_in_bytes=96 * MiB if swap else 0, unified={"memory.high": str(48 * MiB), "pids.max": "77"})
+    cid = run(d, pod, pod_cfg, container_config("lim2", ["sleep", "600"],
+                                                linux=api_pb2.LinuxContainerConfig(resources=resources)))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    assert cgroup_file(d, cid, "cpu.max") == "50000 100000"
+    assert cgroup_file(d, cid, "cpu.weight") not in ("", "100")  # shares 512 map below the default weight
+    assert cgroup_file(d, cid, "memory.max") == str(64 * MiB)
+    assert cgroup_file(d, cid, "memory.high") == str(48 * MiB)
+    assert cgroup_file(d, cid, "pids.max") == "77"
+    if swap:  # kubelet's memory+swap total becomes swap.max = total - memory
+        assert cgroup_file(d, cid, "memory.swap.max") == str(32 * MiB)
+    d.runtime.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(
+        container_id=cid, linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=96 * MiB,
+                                                                memory_swap_limit_in_bytes=96 * MiB if swap else 0,
+                                                                cpu_quota=20000, cpu_period=100000)))
+    assert cgroup_file(d, cid, "memory.max") == str(96 * MiB)
+    assert cgroup_file(d, cid, "cpu.max") == "20000 100000"
+    if swap:
+        assert cgroup_file(d, cid, "memory.swap.max") == "0"  # total == memory: no swap, as kubelet's NoSwap
+    assert status(d, cid).status.resources.linux.memory_limit_in_bytes == 96 * MiB
+
+
+@pytest.mark.skipif(not PSI, reason="needs cgroup v2 with pressure stall information (the node VM lane has it)")
+def test_stats_carry_pressure_on_cgroup_v2(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("psi", ["sh", "-c", "yes > /dev/null"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    stats = d.runtime.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
+    assert stats.cpu.HasField("psi") and stats.memory.HasField("psi") and stats.io.HasField("psi")
+    assert stats.memory.working_set_bytes.value > 0
+    pod_stats = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod)).stats
+    assert pod_stats.linux.cpu.HasField("psi") and pod_stats.linux.io.HasField("psi")
+
+
 def test_oom_score_adj_below_the_daemons_own_is_clamped(env):
     floor = host_facts.oom_score_adj_floor()
     if floor is None:

@@ -158,3 +158,47 @@ def test_find_names_anywhere_without_descending(tmp_path):
 def test_place_refuses_the_root(tmp_path):
     with pytest.raises(ValueError, match="non-empty"):
         cgroups.place(os.getpid(), "/", _fake_v1(tmp_path))
+
+
+PRESSURE = "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=77\n"
+
+
+def test_pressure_lines_and_a_cpu_file_without_full():
+    p = cgroups.parse_pressure(PRESSURE)
+    assert p.some == cgroups.PsiData(12345, 1.5, 0.25, 0.0) and p.full.total_us == 77
+    assert cgroups.parse_pressure(PRESSURE.splitlines()[0]).full is None
+
+
+def test_v2_stats_with_swap_pressure_and_oom_kills(tmp_path):
+    c = tmp_path / "pod" / "c1"
+    c.mkdir(parents=True)
+    (c / "memory.current").write_text("10000\n")
+    (c / "memory.swap.current").write_text("4096\n")
+    (c / "memory.swap.max").write_text("65536\n")
+    for name in ("cpu", "memory", "io"):
+        (c / f"{name}.pressure").write_text(PRESSURE)
+    (c / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n")
+    lay = cgroups.Layout(unified=tmp_path, v1={})
+    stats = cgroups.read_stats("/pod/c1", lay)
+    assert (stats.swap_usage, stats.swap_limit) == (4096, 65536)
+    assert stats.cpu_pressure.some.total_us == stats.io_pressure.full.total_us + 12268
+    assert cgroups.oom_kills("/pod/c1", lay) == 1
+    assert cgroups.oom_kills("/pod/gone", lay) == 0 and cgroups.oom_kills("/", lay) == 0
+    (c / "memory.swap.max").write_text("max\n")
+    (c / "io.pressure").unlink()  # a kernel without PSI has none of the files
+    stats = cgroups.read_stats("/pod/c1", lay)
+    assert stats.swap_limit is None and stats.io_pressure is None
+
+
+def test_v1_swap_is_memsw_minus_memory_and_oom_kills_from_oom_control(tmp_path):
+    c = tmp_path / "memory" / "pod" / "c1"
+    c.mkdir(parents=True)
+    (c / "memory.usage_in_bytes").write_text("5000\n")
+    (c / "memory.memsw.usage_in_bytes").write_text("7000\n")
+    (c / "memory.limit_in_bytes").write_text("100000\n")
+    (c / "memory.memsw.limit_in_bytes").write_text("150000\n")
+    (c / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    lay = cgroups.Layout(unified=None, v1={"memory": tmp_path / "memory"})
+    stats = cgroups.read_stats("/pod/c1", lay)
+    assert (stats.swap_usage, stats.swap_limit, stats.cpu_pressure) == (2000, 50000, None)
+    assert cgroups.oom_kills("/pod/c1", lay) == 2

@@ -103,7 +103,8 @@ class Exits:
         code = read_exit_status(exit_file)
         if code is None:
             return
-        oom = BundlePaths(Path(record.bundle)).oom_file.exists()
+        # conmon's oom file, or the kernel's own count (v2 memory.events, v1 memory.oom_control) of the cgroup
+        oom = BundlePaths(Path(record.bundle)).oom_file.exists() or cgroups.oom_kills(record.cgroups_path) > 0
         self.record_exit(record, code, exit_reason(code, oom), mtime_ns(exit_file))
 
     def record_exit(self, record: ContainerRecord, code: int, reason: str, finished: int, message: str = "") -> None:
