@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ class BundlePaths:
 class Created:
     pid: int
     conmon_pid: int
+    monitor_ready: float = 0.0  # time.time() when conmon, started and placed, was told to run `runtime create`
 
 
 class Conmon:
@@ -121,6 +123,7 @@ class Conmon:
             if cgroup:  # a dozen mkdirs and writes across the hierarchies: not on the event loop
                 await asyncio.to_thread(cgroups.place, proc.pid, cgroup)
             os.write(start_w, b"0")
+            monitor_ready = time.time()
         except OSError as e:  # the cgroup, or conmon died before its start
             os.close(sync_r)
             if proc.returncode is None:
@@ -144,7 +147,7 @@ class Conmon:
             await _reap_detached(_read_pid(paths.conmon_pid_file))
             detail = (message or {}).get("message") or stderr or "conmon exited without reporting a pid"
             raise ConmonError(f"{runtime.name} create failed: {detail.strip()}", detail)
-        return Created(pid=pid, conmon_pid=_read_pid(paths.conmon_pid_file))
+        return Created(pid=pid, conmon_pid=_read_pid(paths.conmon_pid_file), monitor_ready=monitor_ready)
 
     @staticmethod
     def reopen_log(bundle: Path) -> None:

@@ -53,6 +53,6 @@ def test_the_timeline_svg_renders_in_chromium_with_a_bar_per_phase(daemon_factor
         assert image.size[0] >= 900
         drawn = sum(1 for pixel in image.get_flattened_data() if pixel != (255, 255, 255))
         assert drawn > 2000, f"the screenshot is (nearly) blank: {drawn} pixels drawn"
-        assert {"namespaces", "sandbox_files"} <= phases, table
+        assert {"namespaces", "sandbox_files", "rootfs", "spec", "conmon", "runtime_create", "start"} <= phases, table
         for phase in phases:
             assert colour_pixels(image, COLOURS[phase]) >= 20, f"no {phase} bar on the screenshot\n{table}"

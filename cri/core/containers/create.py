@@ -22,6 +22,7 @@ from cri.core.sandboxes import SandboxManager
 from cri.core.undo import UndoStack
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.faults import crash_point
+from cri.observe import trace
 from cri.oci.conmon import BundlePaths
 from cri.oci.rootfs import RootfsPathError, ensure_mount_points
 from cri.oci.runtime import OCIRuntime
@@ -119,7 +120,8 @@ class Creator:
                 crash_point("container.create.after_record")
                 bundle.mkdir(mode=0o700)
                 undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
-                rootfs = await self._images.create_rootfs(container_id, image.id)  # storage errors map themselves
+                with trace.phase("rootfs", pod=sandbox.id, subject=request.name):
+                    rootfs = await self._images.create_rootfs(container_id, image.id)  # storage errors map themselves
                 undo.push("remove the rootfs", lambda: self._images.remove_rootfs(container_id))
                 crash_point("container.create.after_rootfs")
                 record.rootfs = str(rootfs.path)
@@ -129,14 +131,15 @@ class Creator:
                                                    rootfs.path, specgen.pod_root_ids(sandbox))
                     undo.push("unbind the rootfs",
                               lambda: sandbox_host.unexpose_rootfs(sandbox.sandbox_dir, container_id))
-                spec = await asyncio.to_thread(specgen.build_spec, t.config, t.index.find, record, request,
-                                               sandbox, image, root)
-                if sandbox.userns_path:
-                    try:
-                        await asyncio.to_thread(ensure_mount_points, root, spec["mounts"])
-                    except RootfsPathError as e:
-                        raise InvalidArgument(f"creating the mount points in the rootfs: {e}") from e
-                atomic_write_bytes(BundlePaths(bundle).config, json.dumps(spec).encode(), durable=False)
+                with trace.phase("spec", pod=sandbox.id, subject=request.name):
+                    spec = await asyncio.to_thread(specgen.build_spec, t.config, t.index.find, record, request,
+                                                   sandbox, image, root)
+                    if sandbox.userns_path:
+                        try:
+                            await asyncio.to_thread(ensure_mount_points, root, spec["mounts"])
+                        except RootfsPathError as e:
+                            raise InvalidArgument(f"creating the mount points in the rootfs: {e}") from e
+                    atomic_write_bytes(BundlePaths(bundle).config, json.dumps(spec).encode(), durable=False)
                 if log_path:
                     os.makedirs(os.path.dirname(log_path), exist_ok=True)
                 record.move(ContainerState.CREATED)
@@ -153,13 +156,16 @@ class Creator:
         return record
 
     async def _spawn(self, record: ContainerRecord, runtime: OCIRuntime, request: ContainerRequest) -> None:
-        """Start conmon, which runs `runtime create`; on failure the container ends as exited (StartError)."""
+        """Start conmon, which runs `runtime create`; on failure the container ends as exited (StartError).
+        Two phases: conmon started and placed in its cgroup, then `runtime create` until the pid is known."""
+        began, parent = time.time(), trace.current_context()  # the CreateContainer call's span, if tracing
         try:
             created = await self._t.conmon.create_container(
                 runtime, record.id, Path(record.bundle), record.log_path, request.name,
                 stdin=request.stdin, stdin_once=request.stdin_once, tty=request.tty,
                 log_size_max=self._t.config.runtime.log_size_max, cgroup=record.conmon_cgroup)
         except Exception as e:
+            trace.record("runtime_create", began, time.time(), record.sandbox_id, record.name, parent, failed=True)
             if record.state == ContainerState.CREATED:
                 record.move(ContainerState.EXITED)
                 record.exit_code, record.reason = 128, "StartError"
@@ -169,6 +175,9 @@ class Creator:
                 self._t.publish(record, ev.STOPPED)
             raise
         crash_point("container.create.after_runtime")
+        ready, done = created.monitor_ready or began, time.time()
+        trace.record("conmon", began, ready, record.sandbox_id, record.name, parent)
+        trace.record("runtime_create", ready, done, record.sandbox_id, record.name, parent)
         record.pid, record.conmon_pid = created.pid, created.conmon_pid
         self._t.save(record)
         self._exits.watch_monitor(record)

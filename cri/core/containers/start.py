@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cri.errors import FailedPrecondition, Internal
 from cri.faults import crash_point
+from cri.observe import trace
 from cri.oci.runtime import OCIRuntimeError
 from cri.state.container_state import STARTABLE, ContainerState
 
@@ -24,7 +25,8 @@ async def start_container(table: Table, creator: Creator, exits: Exits, ref: str
             raise FailedPrecondition(f"container {record.id} is {record.state}, only a created one can start")
         exits.starting.add(record.id)
         try:
-            await table.runtime(record.runtime_handler).start(record.id)
+            with trace.phase("start", pod=record.sandbox_id, subject=record.name):
+                await table.runtime(record.runtime_handler).start(record.id)
         except OCIRuntimeError as e:
             raise Internal(f"starting container {record.id}: {e}") from e
         finally:
