@@ -67,6 +67,11 @@ def _rows(pod: dict) -> list[tuple[str, str, float, float, bool]]:
     return [(p["subject"], p["phase"], p["start"] - origin, p["end"] - p["start"], p["failed"]) for p in phases]
 
 
+def _short(subject: str, width: int) -> str:
+    """Long image names keep their end (repository and tag), which tells them apart."""
+    return subject if len(subject) <= width else "…" + subject[-(width - 1):]
+
+
 def _span(pod: dict) -> float:
     return max(p["end"] for p in pod["phases"]) - min(p["start"] for p in pod["phases"])
 
@@ -79,7 +84,7 @@ def render_table(pods: Iterable[dict]) -> str:
                    f"{_span(pod) * 1000:.1f} ms from first to last phase")
         out.append(f"  {'SUBJECT':32} {'PHASE':16} {'AT ms':>9} {'TOOK ms':>9}")
         for subject, phase, at, took, failed in _rows(pod):
-            out.append(f"  {subject[:32]:32} {phase:16} {at * 1000:9.1f} {took * 1000:9.1f}"
+            out.append(f"  {_short(subject, 32):32} {phase:16} {at * 1000:9.1f} {took * 1000:9.1f}"
                        + ("  FAILED" if failed else ""))
         out.append("")
     return "\n".join(out)
@@ -107,7 +112,7 @@ def render_svg(pods: list[dict]) -> str:
         for subject, phase, at, took, failed in rows:
             colour = COLOURS.get(phase, OTHER_COLOUR)
             width = max(took * scale, 1.5)
-            parts.append(f'<text x="{PAD}" y="{y + 13}" font-size="11">{html.escape(subject[:28])} · '
+            parts.append(f'<text x="{PAD}" y="{y + 13}" font-size="11">{html.escape(_short(subject, 34))} · '
                          f'{html.escape(phase)}</text>')
             parts.append(f'<rect class="bar" x="{PAD + LABEL_W + at * scale:.1f}" y="{y + 2}" width="{width:.1f}" '
                          f'height="{ROW_H - 4}" fill="{colour}"'
