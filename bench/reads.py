@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
-from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
 from bench.compare import add_compare_argument, parse_compare  # noqa: E402
 from bench.sandbox import percentile, runtime_endpoint  # noqa: E402
