@@ -13,8 +13,10 @@ over pycri's.
 The bare targets are what pycri's transport costs by itself: a grpcio server in a process of its own, on
 a unix socket like pycri's, that parses each request and answers with the bytes pycri answered (captured
 before the first round), doing nothing else. `bare-aio` is grpc.aio, as pycri serves; `bare-sync` is
-grpcio's thread-pool server. pycri's p50 minus bare-aio's is its own overhead per call; bare-sync against
-bare-aio says whether the other server arrangement would be faster on this machine.
+grpcio's thread-pool server; `bare-sync-hop` is that server handing each call to a coroutine on an event
+loop in another thread, what every call that changes state would cost if pycri's reads were answered from
+server threads. pycri's p50 minus bare-aio's is its own overhead per call; the bare targets against each
+other say whether another server arrangement would be faster on this machine.
 Without --endpoint it starts a pycri daemon in a temporary root (host network only), pulling through
 --registries-conf (default: the critest kit's, whose registry serves 127.0.0.1:5000).
 """
@@ -122,7 +124,7 @@ class Target:
 
 # --- the bare servers ---------------------------------------------------------------------------------------
 
-def _handlers(answers: dict[str, str], asynchronous: bool) -> list:
+def _handlers(answers: dict[str, str], asynchronous: bool, hop=None) -> list:
     by_service: dict[str, dict] = {}
     for path, hex_body in answers.items():
         service, method = path.strip("/").split("/")
@@ -131,6 +133,9 @@ def _handlers(answers: dict[str, str], asynchronous: bool) -> list:
         if asynchronous:
             async def handler(request, context, body=body):
                 return body
+        elif hop is not None:
+            def handler(request, context, body=body):
+                return hop(body)
         else:
             def handler(request, context, body=body):
                 return body
@@ -153,10 +158,22 @@ def serve_bare(kind: str, socket_path: str, answers_file: str) -> None:
 
         asyncio.run(main())
     else:
+        import asyncio
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
+        hop = None
+        if kind == "sync-hop":  # each call answered by a coroutine on an event loop in another thread
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True).start()
+
+            async def on_loop(body):
+                return body
+
+            def hop(body):
+                return asyncio.run_coroutine_threadsafe(on_loop(body), loop).result()
         server = grpc.server(ThreadPoolExecutor(max_workers=10))
-        server.add_generic_rpc_handlers(_handlers(answers, False))
+        server.add_generic_rpc_handlers(_handlers(answers, False, hop))
         server.add_insecure_port(f"unix://{socket_path}")
         server.start()
         server.wait_for_termination()
@@ -228,7 +245,7 @@ def main() -> int:
                 t.setup(args.image, work)
             if not args.no_bare:
                 answers = targets[0].answers()
-                for kind in ("aio", "sync"):
+                for kind in ("aio", "sync", "sync-hop"):
                     proc, ep = start_bare(kind, answers, Path(work))
                     bare_procs.append(proc)
                     targets.append(Target(f"bare-{kind}", ep))

@@ -46,6 +46,7 @@ class Runtime:
     streaming: Any = None
     events: Any = None
     metrics: Any = None
+    answers: Any = None  # the server's serialized answers to the small reads (cri/server/answers.py)
     services: list[Service] = field(default_factory=list)
 
     def runtime_condition(self) -> tuple[bool, str, str]:

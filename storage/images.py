@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -42,6 +42,7 @@ from storage.registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, Manifest, Regis
 from storage.rootfs import ImageVolume, Rootfs, RootfsManager
 from storage.unpack import UnpackLimits
 
+T = TypeVar("T")
 log = logging.getLogger("pycri.storage")
 
 MAX_CONFIG_BYTES = 8 << 20
@@ -128,6 +129,7 @@ class ImageStore:
         self._lock = threading.RLock()          # the in-memory index, pins and in-flight pulls
         self._persist_lock = threading.Lock()   # record files: one writer at a time, in order
         self._records: dict[str, ImageRecord] = {}
+        self.generation = 0  # counts changes to the records, for readers that keep answers made from them
         self._pins: dict[str, int] = {}
         self._inflight: dict[tuple, Future] = {}
         self._load()
@@ -204,6 +206,16 @@ class ImageStore:
                 record = self._lookup(filter_ref)
                 return [record.model_copy(deep=True)] if record else []
             return [r.model_copy(deep=True) for r in self._records.values()]
+
+    def answer(self, name_or_id: str | None, render: Callable[[ImageRecord], T]) -> list[T]:
+        """render(record) of the image `name_or_id` names (none or one), or of every image when it is None, under
+        the index lock and without copies: for readers that only turn records into answers (and must not keep
+        them). An ambiguous id prefix raises InvalidReference, as in get."""
+        with self._lock:
+            if name_or_id is None:
+                return [render(r) for r in self._records.values()]
+            record = self._lookup(name_or_id)
+            return [render(record)] if record else []
 
     # ---- pulling -----------------------------------------------------------------------
 
@@ -392,6 +404,7 @@ class ImageStore:
                             record.repo_tags.append(tag)
                     record.updated_ns = time.time_ns()
                     self._records[record.id] = record
+                    self.generation += 1
                     snapshots = [r.model_dump() for r in changed.values()]
                     result = record.model_copy(deep=True)
                 for snapshot in snapshots:
@@ -434,6 +447,7 @@ class ImageStore:
                           [c for c in record.chain_ids if self.layers.get(c) is None]
                 if missing:
                     del self._records[record.id]
+                    self.generation += 1
                     (self._record_path(record.id)).unlink(missing_ok=True)
                     done.append(f"dropped image {record.id} ({', '.join(record.repo_tags) or 'untagged'}): "
                                 f"missing {', '.join(missing)}; pull it again")
@@ -480,6 +494,7 @@ class ImageStore:
                                  f"{users[0]}")
             (self._record_path(record.id)).unlink(missing_ok=True)
             del self._records[record.id]
+            self.generation += 1
         self._sweep(set(record.blobs) | set(record.chain_ids))
         return True
 

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from cri.observe import trace
 from hostos import libc
@@ -16,6 +16,8 @@ from storage.idmap import IdMap
 from storage.images import FsUsage, GCReport, ImageRecord, ImageStore
 from storage.pinned import PinnedImages
 from storage.rootfs import Rootfs
+
+T = TypeVar("T")
 
 
 def _return_free_heap() -> None:
@@ -74,6 +76,16 @@ class ImageService:
 
     def list(self, filter_ref: str | None = None) -> list[ImageRecord]:
         return self.store.list(filter_ref)
+
+    @property
+    def generation(self) -> int:
+        """Moves whenever an image record changes: answers made by `answer` are stale then."""
+        return self.store.generation
+
+    def answer(self, ref: str | None, render: Callable[[ImageRecord], T]) -> list[T]:
+        """render(record) of the image `ref` names, or of every image when it is None, without copying records
+        (`render` must not keep them); in memory, cheap enough for the event loop."""
+        return self.store.answer(ref, render)
 
     async def remove(self, ref: str) -> bool:
         return await asyncio.to_thread(self.store.remove, ref, self._in_use)

@@ -155,8 +155,12 @@ class SandboxManager:
             out.append(record)
         return sorted(out, key=lambda r: r.created_at)
 
+    def current(self, ref: str) -> SandboxRecord:
+        """The sandbox with this id or unique id prefix, NotReady if its infra process died; NotFound otherwise."""
+        return self._refresh(self._index.get(ref))
+
     def status(self, ref: str) -> SandboxStatus:
-        record = self._refresh(self._index.get(ref))
+        record = self.current(ref)
         info = {
             "pid": record.infra_pid,
             "netns": record.netns_path, "ipcns": record.ipc_path, "utsns": record.uts_path,

@@ -1,19 +1,19 @@
-"""ContainerStatus, with the runtime's view as JSON when verbose."""
+"""ContainerStatus, with the runtime's view as JSON when verbose; the plain answer is kept serialized
+(cri/server/answers.py)."""
 
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
-from cri.server.container_convert import status_message
 
 
 async def container_status(rt, request, context):
     if not request.container_id:
         raise InvalidArgument("ContainerId must not be empty")
     record = rt.containers.get(request.container_id)
-    response = api_pb2.ContainerStatusResponse(status=status_message(record))
+    body = rt.answers.container_status.get(record)
     if request.verbose:
-        response.info.update(rt.containers.verbose_info(record))
-    return response
+        body += api_pb2.ContainerStatusResponse(info=rt.containers.verbose_info(record)).SerializeToString()
+    return body
 
 
 HANDLERS = {"ContainerStatus": container_status}

@@ -1,4 +1,5 @@
-"""ImageStatus, ListImages and StreamImages. An unknown image is an empty answer, not an error (kubelet pulls then)."""
+"""ImageStatus, ListImages and StreamImages. An unknown image is an empty answer, not an error (kubelet pulls
+then). The plain answers are kept serialized until an image changes (cri/server/answers.py)."""
 
 import json
 
@@ -6,36 +7,36 @@ from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.batches import batches
-from cri.server.image_convert import to_cri_image
 
 
 async def image_status(rt, request, context):
     if not request.image.image:
         raise InvalidArgument("image must not be empty")
-    record = rt.images.status(request.image.image)
-    if record is None:
-        return api_pb2.ImageStatusResponse()
-    response = api_pb2.ImageStatusResponse(image=to_cri_image(record, rt.images.pinned(record)))
+    body = rt.answers.image_status(request.image.image)
     if request.verbose:
-        response.info["info"] = json.dumps({"chainIDs": record.chain_ids, "created": record.created,
-                                            "config": {"user": record.user, "env": record.env,
-                                                       "entrypoint": record.entrypoint, "cmd": record.cmd,
-                                                       "workingDir": record.working_dir, "volumes": record.volumes,
-                                                       "stopSignal": record.stop_signal, "labels": record.labels}})
-    return response
+        record = rt.images.status(request.image.image)
+        if record is not None:
+            body += api_pb2.ImageStatusResponse(info={"info": json.dumps({
+                "chainIDs": record.chain_ids, "created": record.created,
+                "config": {"user": record.user, "env": record.env, "entrypoint": record.entrypoint,
+                           "cmd": record.cmd, "workingDir": record.working_dir, "volumes": record.volumes,
+                           "stopSignal": record.stop_signal, "labels": record.labels}})}).SerializeToString()
+    return body
 
 
-def _images(rt, request) -> list[api_pb2.Image]:
-    filter_ref = request.filter.image.image if request.HasField("filter") else ""
-    return [to_cri_image(r, rt.images.pinned(r)) for r in rt.images.list(filter_ref or None)]
+def _filter(request) -> str | None:
+    return (request.filter.image.image if request.HasField("filter") else "") or None
 
 
 async def list_images(rt, request, context):
-    return api_pb2.ListImagesResponse(images=_images(rt, request))
+    filter_ref = _filter(request)
+    if filter_ref is None:
+        return rt.answers.image_list()
+    return api_pb2.ListImagesResponse(images=rt.images.answer(filter_ref, rt.answers.image_message))
 
 
 async def stream_images(rt, request, context):
-    for batch in batches(_images(rt, request)):
+    for batch in batches(rt.images.answer(_filter(request), rt.answers.image_message)):
         yield api_pb2.StreamImagesResponse(images=batch)
 
 

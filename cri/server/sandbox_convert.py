@@ -83,3 +83,11 @@ def status_message(record: SandboxRecord) -> api_pb2.PodSandboxStatus:
                                                 additional_ips=[api_pb2.PodIP(ip=ip) for ip in ips[1:]]),
         linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=namespace_option(record))),
         labels=record.labels, annotations=record.annotations, runtime_handler=record.reported_handler)
+
+
+def sandbox_message(record: SandboxRecord) -> api_pb2.PodSandbox:
+    """One entry of ListPodSandbox and StreamPodSandboxes."""
+    return api_pb2.PodSandbox(id=record.id, metadata=metadata(record),
+                              state=STATE_TO_CRI.get(record.state, api_pb2.SANDBOX_NOTREADY),
+                              created_at=record.created_at, labels=record.labels, annotations=record.annotations,
+                              runtime_handler=record.reported_handler)

@@ -1,26 +1,24 @@
-"""ListPodSandbox and StreamPodSandboxes with the id-prefix, state and label-selector filters."""
+"""ListPodSandbox and StreamPodSandboxes with the id-prefix, state and label-selector filters. ListPodSandbox
+joins each pod's entry, kept serialized (cri/server/answers.py)."""
 
 from cri.api.v1 import api_pb2
 
 from cri.server.batches import batches
-from cri.server.sandbox_convert import STATE_FROM_CRI, STATE_TO_CRI, metadata
+from cri.server.sandbox_convert import STATE_FROM_CRI, sandbox_message
 
 
-def _sandboxes(rt, f: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
+def _records(rt, f: api_pb2.PodSandboxFilter) -> list:
     state = STATE_FROM_CRI.get(f.state.state) if f.HasField("state") else None
-    records = rt.sandboxes.list(id_prefix=f.id, state=state, labels=dict(f.label_selector))
-    return [api_pb2.PodSandbox(id=r.id, metadata=metadata(r), state=STATE_TO_CRI.get(r.state, api_pb2.SANDBOX_NOTREADY),
-                               created_at=r.created_at, labels=r.labels, annotations=r.annotations,
-                               runtime_handler=r.reported_handler)
-            for r in records]
+    return rt.sandboxes.list(id_prefix=f.id, state=state, labels=dict(f.label_selector))
 
 
 async def list_pod_sandbox(rt, request, context):
-    return api_pb2.ListPodSandboxResponse(items=_sandboxes(rt, request.filter))
+    item = rt.answers.sandbox_item.get
+    return b"".join([item(r) for r in _records(rt, request.filter)])
 
 
 async def stream_pod_sandboxes(rt, request, context):
-    for batch in batches(_sandboxes(rt, request.filter)):
+    for batch in batches([sandbox_message(r) for r in _records(rt, request.filter)]):
         yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=batch)
 
 

@@ -1,22 +1,21 @@
-"""PodSandboxStatus: state, IPs, namespace options and, when verbose, the runtime's view as JSON."""
+"""PodSandboxStatus: state, IPs, namespace options and, when verbose, the runtime's view as JSON. The answer
+is kept serialized (cri/server/answers.py) and gets the time of each call appended."""
 
 import json
-import time
 
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
-from cri.server.sandbox_convert import status_message
 
 
 async def pod_sandbox_status(rt, request, context):
     if not request.pod_sandbox_id:
         raise InvalidArgument("PodSandboxId must not be empty")
+    if not request.verbose:
+        return rt.answers.sandbox_status_now(rt.sandboxes.current(request.pod_sandbox_id))
     status = rt.sandboxes.status(request.pod_sandbox_id)
-    response = api_pb2.PodSandboxStatusResponse(status=status_message(status.record), timestamp=time.time_ns())
-    if request.verbose:
-        response.info["info"] = json.dumps(status.info)
-    return response
+    info = api_pb2.PodSandboxStatusResponse(info={"info": json.dumps(status.info)}).SerializeToString()
+    return rt.answers.sandbox_status_now(status.record) + info
 
 
 HANDLERS = {"PodSandboxStatus": pod_sandbox_status}

@@ -5,6 +5,10 @@ also define ``ABANDONED = {"RpcName": fn(rt, request)}``, told when a caller giv
 finished, so that its retry can claim the result (see calls.wrap_unary).
 Every other RPC of both services answers UNIMPLEMENTED naming itself, so a new CRI call shows up
 as a clear error rather than a crash.
+
+The method table is built from the proto's service descriptors rather than by the generated
+``add_*_to_server``: a handler may return the serialized bytes of its answer (cri/server/answers.py
+keeps those of the small reads), which the serializer sends as they are.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import pkgutil
 from typing import Any, Callable
 
 import grpc
-from cri.api.v1 import api_pb2_grpc
+from cri.api.v1 import api_pb2
 
 from cri.server.calls import unimplemented, wrap
 
-_NOT_HANDLER_MODULES = {"servicer", "calls", "errors", "convert", "batches"}
+_NOT_HANDLER_MODULES = {"servicer", "calls", "errors", "convert", "batches", "answers"}
 
 
 def discover_handlers() -> tuple[dict[str, Callable], dict[str, Callable]]:
@@ -38,24 +42,32 @@ def discover_handlers() -> tuple[dict[str, Callable], dict[str, Callable]]:
     return handlers, abandoned
 
 
-def _rpc_names(servicer_class: type) -> list[str]:
-    return [n for n in vars(servicer_class) if n[0].isupper()]
+def _serialize(response) -> bytes:
+    return response if response.__class__ is bytes else response.SerializeToString()
+
+
+def _method_handler(method, behaviour: Callable) -> grpc.RpcMethodHandler:
+    parse = getattr(api_pb2, method.input_type.name).FromString
+    make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+    return make(behaviour, request_deserializer=parse, response_serializer=_serialize)
 
 
 def register(server: grpc.aio.Server, rt: Any) -> dict[str, Callable]:
     """Add both CRI services to `server`; return the implemented handlers by RPC name."""
+    from cri.server.answers import ReadAnswers
+
     handlers, abandoned = discover_handlers()
+    rt.answers = ReadAnswers(rt)
     known = set()
-    for servicer_class, add in (
-        (api_pb2_grpc.RuntimeServiceServicer, api_pb2_grpc.add_RuntimeServiceServicer_to_server),
-        (api_pb2_grpc.ImageServiceServicer, api_pb2_grpc.add_ImageServiceServicer_to_server),
-    ):
-        servicer = servicer_class()
-        for name in _rpc_names(servicer_class):
+    for service in api_pb2.DESCRIPTOR.services_by_name.values():
+        table = {}
+        for method in service.methods:
+            name = method.name
             known.add(name)
             fn = handlers.get(name)
-            setattr(servicer, name, wrap(name, fn, rt, abandoned.get(name)) if fn else unimplemented(name))
-        add(servicer, server)
+            table[name] = _method_handler(method, wrap(name, fn, rt, abandoned.get(name)) if fn else unimplemented(name))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, table),))
+        server.add_registered_method_handlers(service.full_name, table)
     stray = set(handlers) - known
     if stray:
         raise RuntimeError(f"handlers for RPCs that CRI v1 does not have: {sorted(stray)}")
