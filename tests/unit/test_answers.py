@@ -5,6 +5,7 @@ from types import SimpleNamespace
 from cri.api.v1 import api_pb2
 from cri.server.answers import ReadAnswers
 from cri.state.container_record import ContainerRecord
+from cri.state.container_state import ContainerState
 from cri.state.sandbox_record import SandboxRecord
 from storage.images import ImageRecord
 
@@ -33,7 +34,7 @@ def runtime(containers=(), sandboxes=(), images=()):
 
 
 def container(**fields):
-    return ContainerRecord(id="c" * 64, sandbox_id="s" * 64, name="web", reserved_name="web_0", state="created",
+    return ContainerRecord(id="c" * 64, sandbox_id="s" * 64, name="web", reserved_name="web_0", state=ContainerState.CREATED,
                            image="busybox", labels={"app": "web"}, **fields)
 
 
@@ -44,11 +45,13 @@ def test_container_status_follows_each_change_of_the_record():
     assert first.status.state == api_pb2.CONTAINER_CREATED and first.status.labels == {"app": "web"}
     assert answers.container_status.get(record) is answers.container_status.get(record)  # kept, not rebuilt
 
-    record.state, record.started_at = "running", 42
+    record.move(ContainerState.RUNNING)
+    record.started_at = 42
     second = api_pb2.ContainerStatusResponse.FromString(answers.container_status.get(record))
     assert second.status.state == api_pb2.CONTAINER_RUNNING and second.status.started_at == 42
 
-    record.state, record.exit_code, record.reason = "exited", 3, "Error"
+    record.move(ContainerState.EXITED)
+    record.exit_code, record.reason = 3, "Error"
     third = api_pb2.ContainerStatusResponse.FromString(answers.container_status.get(record))
     assert (third.status.state, third.status.exit_code, third.status.reason) == (api_pb2.CONTAINER_EXITED, 3, "Error")
 
@@ -63,7 +66,7 @@ def test_a_new_record_object_with_the_same_id_is_rendered_anew():
 
 def test_list_entries_concatenate_into_a_valid_list_answer():
     a, b = container(), ContainerRecord(id="d" * 64, sandbox_id="s" * 64, name="db", reserved_name="db_0",
-                                        state="running", image="busybox")
+                                        state=ContainerState.RUNNING, image="busybox")
     answers = ReadAnswers(runtime([a, b]))
     listed = api_pb2.ListContainersResponse.FromString(b"".join(answers.container_item.get(r) for r in (a, b)))
     assert [(c.id, c.state) for c in listed.containers] == [(a.id, api_pb2.CONTAINER_CREATED),
