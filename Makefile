@@ -10,12 +10,14 @@ CNI_CONF_DIR ?= /etc/cni/net.d
 # Host tools pycri drives, all from Debian's archive.
 HOST_PACKAGES := runc crun conmon containernetworking-plugins iptables catatonit util-linux \
                  busybox-static docker-registry openssl apache2-utils curl iproute2 kmod
+# What `make image` builds the pycri container image with (image/build.py).
+IMAGE_PACKAGES := debootstrap
 # What only the tests use: chromium opens `pycri timeline --svg` in a real browser.
 TEST_PACKAGES := chromium
 # Python venv support, only needed on minimal images.
 VENV_PACKAGES := python3-venv
 
-.PHONY: run test install install-host install-test-host install-python install-cni-default unit integration bench stubs clean
+.PHONY: run test image install install-host install-test-host install-python install-cni-default unit integration bench stubs clean
 
 run: install
 	$(VENV)/bin/pycri check || true
@@ -31,6 +33,12 @@ integration: install install-test-host
 	$(PY) -m pytest -p no:cacheprovider -ra -m integration tests/integration
 
 install: install-host install-python install-cni-default
+
+# The pycri container image as an OCI archive, build/pycri-image.tar (docker.io/pycri/pycri:<version>), from
+# Debian's packages and this tree's wheels; `pycri image import` or `ctr images import` loads it on a node.
+image: install-python
+	@$(MAKE) --no-print-directory install-host HOST_PACKAGES="$(IMAGE_PACKAGES)"
+	$(PY) image/build.py --output build/pycri-image.tar
 
 # Installs only what is missing; maintainer scripts may not start daemons (policy-rc.d), since
 # Debian's docker-registry unit would listen on every interface.

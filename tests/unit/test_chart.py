@@ -136,3 +136,42 @@ def test_the_pod_is_a_privileged_host_daemon():
     for required in ("kind: DaemonSet", "hostPID: true", "hostNetwork: true", "privileged: true",
                      'command: ["pycri", "daemon"]'):
         assert required in text
+
+
+def _rendered_commands(values: dict) -> list[list[str]]:
+    """Every `command:` of the DaemonSet, rendered without helm: the one template action in them is the
+    socket path, which the values give."""
+    socket_path = values["config"]["listen"].removeprefix("unix://")
+    text = (CHART / "templates" / "daemonset.yaml").read_text().replace("{{ $socket | quote }}", json.dumps(socket_path))
+    commands = [yaml.safe_load(line.split("command:", 1)[1]) for line in text.splitlines() if "command:" in line]
+    assert commands and all("{{" not in " ".join(c) for c in commands)
+    return commands
+
+
+def test_the_chart_runs_the_image_that_make_image_builds_and_its_commands_resolve_there(values, chart):
+    import sys
+
+    sys.path.insert(0, str(CHART.parents[1]))
+    from image.build import PACKAGES, PATH, PREFIX, REFERENCE, image_config
+
+    tag = values["image"]["tag"] or chart["appVersion"]
+    assert f"docker.io/{values['image']['repository']}:{tag}" == REFERENCE
+    config = image_config()["config"]
+    assert config["Env"] == [f"PATH={PATH}"]
+    search = PATH.split(":")
+    # Where the image's packages put the chart's commands: pycri in the venv (pip's console script, the
+    # project's [project.scripts]), python3 from Debian's python3 package.
+    installed = {"pycri": f"{PREFIX}/bin", "python3": "/usr/bin"}
+    pyproject = (CHART.parents[1] / "pyproject.toml").read_text()
+    assert 'pycri = "cri.cli:main"' in pyproject and "python3" in PACKAGES
+    daemon, check = None, None
+    for command in _rendered_commands(values):
+        assert installed[command[0]] in search, f"{command[0]} is not on the image's PATH"
+        if command[:2] == ["pycri", "daemon"]:
+            daemon = command
+        if command[:2] == ["pycri", "check"]:
+            check = command
+    assert daemon and check
+    # Run without a command, the image does what the chart's daemon container does.
+    assert [config["Entrypoint"][0].rsplit("/", 1)[1], *config["Cmd"]] == daemon
+    assert config["Entrypoint"][0] == f"{installed['pycri']}/pycri"
