@@ -166,4 +166,5 @@ def test_net_dev_parsing_skips_loopback():
     text = ("Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|...\n"
             "    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n"
             "  eth0: 2000 10 3 0 0 0 0 0 4000 20 5 0 0 0 0 0\n")
-    assert netdev.parse_net_dev(text) == [netdev.InterfaceStats("eth0", 2000, 3, 4000, 5)]
+    assert netdev.parse_net_dev(text) == [netdev.InterfaceStats("eth0", 2000, 3, 4000, 5, rx_packets=10,
+                                                                tx_packets=20)]

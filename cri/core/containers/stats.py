@@ -50,8 +50,8 @@ class Sampler:
         sample = await asyncio.to_thread(cgroups.read_stats, sandbox.cgroup_parent or "/pycri")
         stats = list(await asyncio.gather(*(self.container(r) for r in containers)))
         network = []
-        if sandbox.netns_path and sandbox.infra_pid:
-            network = await asyncio.to_thread(netdev.network_stats, sandbox.infra_pid)
+        if sandbox.netns_path:  # every pod with a network namespace of its own, an infra process or not
+            network = await asyncio.to_thread(netdev.namespace_stats, sandbox.netns_path)
         return PodStats(sample, self._nano_cores("pod:" + sandbox.id, sample), network, stats)
 
     def _nano_cores(self, key: str, sample: cgroups.Stats) -> int | None:
