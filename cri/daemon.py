@@ -240,7 +240,10 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
         if load_config is not None:
             from cri.reload import Reloader
 
-            loop.add_signal_handler(signal.SIGHUP, Reloader(rt, load_config, logs.setup).signal)
+            reloader = Reloader(rt, load_config, logs.setup)
+            loop.add_signal_handler(signal.SIGHUP, reloader.signal)
+            if _early_sighup:
+                reloader.signal()  # one came while the daemon started: apply it now
         await stop.wait()
         log.info("shutting down: finishing in-flight calls")
         await server.stop(grace=10)
@@ -259,9 +262,16 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
     log.info("pycri stopped")
 
 
+_early_sighup: list[int] = []
+
+
 def run(config: Config, load_config: Callable[[], Config] | None = None) -> int:
     _limit_malloc_arenas()
     logs.setup(config)
+    if load_config is not None:
+        # Until serve() handles it, a SIGHUP (its default action ends the process) is remembered. A Python
+        # handler rather than SIG_IGN: an ignored signal would stay ignored in the runtimes and containers started.
+        signal.signal(signal.SIGHUP, lambda signum, frame: _early_sighup.append(signum))
     try:
         asyncio.run(serve(config, load_config))
     except DaemonError as e:
