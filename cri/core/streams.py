@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.oci.conmon import BundlePaths, Conmon, ConmonError
+from cri.oci.execpipes import Orphan
 from cri.state.container_state import ContainerState
 from cri.streaming.backend import InputStream, OutputStream, TerminalSize
 
@@ -151,7 +152,7 @@ async def _exec_tty(base: list[str], container_id: str, console_path: Path, pid_
     listener.listen(1)
     listener.setblocking(False)
     pty: _PtyMaster | None = None
-    command: _Orphan | None = None
+    command: Orphan | None = None
     tasks: list[asyncio.Task] = []
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -166,7 +167,7 @@ async def _exec_tty(base: list[str], container_id: str, console_path: Path, pid_
             pty = _PtyMaster(master)
         if proc.returncode:
             raise Internal(f"exec in container {container_id}: {stderr_text}")
-        command = _Orphan(int(pid_file.read_text().strip()))  # from here on it is ours to reap, whatever happens
+        command = _orphan(int(pid_file.read_text().strip()))  # from here on it is ours to reap, whatever happens
         if pty is None:
             raise Internal(f"exec in container {container_id}: the runtime sent no terminal")
         if resize is not None:
@@ -175,7 +176,10 @@ async def _exec_tty(base: list[str], container_id: str, console_path: Path, pid_
             tasks.append(asyncio.create_task(_copy_in(stdin, pty.write, end=lambda: pty.write(EOT))))
         copies = [asyncio.create_task(_copy_out(pty.read, stdout))] if stdout else []
         tasks += copies
-        code = await command.wait()
+        try:
+            code = await command.wait()
+        except ChildProcessError as e:
+            raise Internal("the exec'd process is not the daemon's to reap (not a child subreaper?)") from e
         await _finish_copies(copies)
         return code
     finally:
@@ -187,6 +191,13 @@ async def _exec_tty(base: list[str], container_id: str, console_path: Path, pid_
         await asyncio.gather(*tasks, return_exceptions=True)
         if pty is not None:
             pty.close()
+
+
+def _orphan(pid: int) -> Orphan:
+    try:
+        return Orphan(pid)
+    except OSError as e:
+        raise Internal(f"exec'd process {pid} is gone before it could be watched: {e}") from e
 
 
 def container_process(bundle: Path) -> dict:
@@ -211,37 +222,6 @@ def exec_process(container_process: dict, cmd: list[str], tty: bool) -> dict:
         env.append("TERM=xterm")
     process["env"] = env
     return process
-
-
-class _Orphan:
-    """A process the runtime left behind for us: waited for and reaped through a pidfd (no pid reuse race)."""
-
-    def __init__(self, pid: int) -> None:
-        try:
-            self.fd = os.pidfd_open(pid)
-        except OSError as e:
-            raise Internal(f"exec'd process {pid} is gone before it could be watched: {e}") from e
-        self.code: int | None = None
-
-    async def wait(self) -> int:
-        if self.code is None:
-            await _wait_fd(self.fd, readable=True)
-            try:
-                info = os.waitid(os.P_PIDFD, self.fd, os.WEXITED)
-            except ChildProcessError as e:
-                raise Internal("the exec'd process is not the daemon's to reap (not a child subreaper?)") from e
-            self.code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
-        return self.code
-
-    async def kill_and_reap(self) -> None:
-        try:
-            if self.code is None:
-                with suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(self.fd, signal.SIGKILL)
-                with suppress(Internal):
-                    await self.wait()
-        finally:
-            os.close(self.fd)
 
 
 async def _receive_console(listener: socket.socket, proc: asyncio.subprocess.Process) -> int | None:

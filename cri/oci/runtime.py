@@ -9,6 +9,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from cri.oci.execpipes import Orphan, OutputPipes
+
 DEFAULT_TIMEOUT = 30.0
 EXEC_OUTPUT_CAP = (16 << 20) - (16 << 10)  # stdout + stderr, so the reply fits gRPC's 16 MiB message limit
 
@@ -41,21 +43,8 @@ class ExecResult:
     timed_out: bool = False
 
 
-class _Capped:
-    """Collects pipes into buffers sharing one byte budget, reading on so the writer never blocks."""
-
-    def __init__(self, budget: int):
-        self.budget = budget
-
-    async def drain(self, stream: asyncio.StreamReader, into: bytearray) -> None:
-        while chunk := await stream.read(65536):
-            if self.budget > 0:
-                kept = chunk[: self.budget]
-                into += kept
-                self.budget -= len(kept)
-
-
-# After the process exits, how long its pipes may stay open (held by a background child) before we stop reading.
+# After the command ends, how long its pipes may stay open (held by a background child) when the caller set no
+# deadline, before whoever holds them is killed.
 _PIPE_GRACE = 2.0
 
 
@@ -118,45 +107,66 @@ class OCIRuntime:
 
     async def exec_sync(self, container_id: str, process: dict, timeout: float | None, pid_file: Path,
                         output_cap: int = EXEC_OUTPUT_CAP) -> ExecResult:
-        """Run the OCI ``process`` in the container and collect its output (capped); on timeout kill the process.
+        """Run the OCI ``process`` in the container and collect its output (capped) until ``timeout``.
 
         The process goes whole through --process (written beside ``pid_file``): crun's exec takes no user or
-        groups from the container's spec. Killing the exec'd process (not runc) lets runc reap it, so no zombie
-        and no orphan is left behind.
+        groups from the container's spec. The runtime detaches (see ``execpipes``). When the deadline passes
+        first, the process is killed and the result says timed out; when it ended in time its exit code stands,
+        with what it wrote by the deadline (or a short grace without one). Either way, processes it left behind
+        that still hold its output are killed then, so nothing outlives the call through them.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout and timeout > 0 else None
         process_file = pid_file.with_suffix(".json")
         process_file.write_text(json.dumps(process))
-        cmd = [self.path, *self.global_args, "exec", "--process", str(process_file), "--pid-file", str(pid_file),
-               container_id]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err, budget = bytearray(), bytearray(), _Capped(output_cap)
-        readers = asyncio.gather(budget.drain(proc.stdout, out), budget.drain(proc.stderr, err))
+        cmd = [self.path, *self.global_args, "exec", "--detach", "--process", str(process_file),
+               "--pid-file", str(pid_file), container_id]
+        pipes = OutputPipes(output_cap)
+        command: Orphan | None = None
         timed_out = False
         try:
+            proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL, stdout=pipes.out_w,
+                                                        stderr=pipes.err_w)
+            pipes.start()
             try:
-                await asyncio.wait_for(proc.wait(), timeout if timeout and timeout > 0 else None)
+                code = await asyncio.wait_for(proc.wait(), self.timeout)  # it returns once the command runs
             except asyncio.TimeoutError:
-                timed_out = True
-                _kill_from_pid_file(pid_file)
-                try:
-                    await asyncio.wait_for(proc.wait(), self.timeout)
-                except asyncio.TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-            try:
-                await asyncio.wait_for(asyncio.shield(readers), _PIPE_GRACE)
-            except asyncio.TimeoutError:
-                pass
-        finally:
-            readers.cancel()
-            if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+                _kill_from_pid_file(pid_file)
+                raise RuntimeTimeout(f"{self.name} exec did not start the command within {self.timeout}s") from None
+            if code == 0:
+                command = _orphan(pid_file)
+                try:
+                    code = await asyncio.wait_for(command.wait(), _remaining(loop, deadline))
+                except asyncio.TimeoutError:
+                    timed_out = True
+                    await command.kill_and_reap()
+                    code = 128 + signal.SIGKILL
+            # else: the runtime could not start it; its message is on our stderr pipe
+            grace = _PIPE_GRACE if deadline is None or timed_out else _remaining(loop, deadline)
+            if not await pipes.closed(grace):
+                await pipes.kill_holders()
+                await pipes.closed(_PIPE_GRACE)
+        finally:
+            pipes.close()
+            if command is not None:
+                await command.kill_and_reap()
             pid_file.unlink(missing_ok=True)
             process_file.unlink(missing_ok=True)
-        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        return ExecResult(code, bytes(out), bytes(err), timed_out)
+        return ExecResult(code if code >= 0 else 128 - code, bytes(pipes.stdout), bytes(pipes.stderr), timed_out)
+
+
+def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - loop.time(), 0)
+
+
+def _orphan(pid_file: Path) -> Orphan:
+    """The detached command, re-parented to the daemon; ours to wait for and reap."""
+    try:
+        return Orphan(int(pid_file.read_text().strip()))
+    except (OSError, ValueError) as e:
+        raise OCIRuntimeError(f"the exec'd process could not be watched ({pid_file}): {e}") from e
 
 
 def _kill_from_pid_file(pid_file: Path) -> None:

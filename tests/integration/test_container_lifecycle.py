@@ -12,6 +12,7 @@ from cri.api.v1 import api_pb2, api_pb2_grpc
 
 from cri.oci.runtime import EXEC_OUTPUT_CAP
 from tests.integration.test_container_helpers import (EventCollector, container_config, create, env, exec_sync,  # noqa: F401
+                                                      pod_with_handler,
                                                       registry, run, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
@@ -205,3 +206,32 @@ def test_failed_creates_leave_no_zombie_or_monitor_behind(env):
     after = children_of(d.proc.pid)
     assert [c for c in after if c[1] == "Z"] == []
     assert [c for c in after if c[2] == "conmon"] == [c for c in before if c[2] == "conmon"]
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_exec_sync_whose_command_leaves_a_child_holding_stdout(env, tmp_path, handler, request):
+    """The command ends at once but a background child keeps the pipe open: ExecSync returns by its timeout with
+    what was read and the command's real exit code, and the child it started is killed."""
+    if handler == "crun":
+        request.getfixturevalue("crun_host")
+    d, _, _ = env
+    pod, cfg = pod_with_handler(d, tmp_path, handler, name=f"bg-{handler}")
+    cid = run(d, pod, cfg, container_config("bg", ["sleep", "600"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+    t0 = time.monotonic()
+    r = exec_sync(d, cid, ["sh", "-c", "sleep 4321 & echo started; exit 3"], timeout=3)
+    elapsed = time.monotonic() - t0
+    assert (r.stdout, r.exit_code) == (b"started\n", 3)
+    assert elapsed < 3 + 2, elapsed
+    assert "sleep 4321" not in exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
+    # Without a timeout the answer comes when the command ends; the child is killed then too.
+    t0 = time.monotonic()
+    r = exec_sync(d, cid, ["sh", "-c", "sleep 4322 & echo started"], timeout=0)
+    assert (r.stdout, r.exit_code) == (b"started\n", 0) and time.monotonic() - t0 < 5
+    assert "sleep 4322" not in exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
+    # A command that does not end in time is killed, its children holding the output too.
+    with pytest.raises(grpc.RpcError) as err:
+        exec_sync(d, cid, ["sh", "-c", "sleep 4323 & echo started; sleep 4324"], timeout=2)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    left = exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
+    assert "sleep 4323" not in left and "sleep 4324" not in left
