@@ -59,8 +59,10 @@ def exposed_rootfs(sandbox_dir: Path | str, container_id: str) -> Path:
     return Path(sandbox_dir) / "rootfs" / container_id
 
 
-def expose_rootfs(sandbox_dir: Path | str, container_id: str, source: Path, root_ids: tuple[int, int]) -> Path:
-    """Bind a container's rootfs where the pod's user namespace root can reach it, and nobody else.
+def expose_rootfs(sandbox_dir: Path | str, container_id: str, source: Path, root_ids: tuple[int, int],
+                  volumes: tuple[Path, ...] = ()) -> tuple[Path, tuple[Path, ...]]:
+    """Bind a container's rootfs (and its image volumes, at rootfs/<id>.volumes/<n>) where the pod's user
+    namespace root can reach them, and nobody else; returns where they are.
 
     The runtime mounts the rootfs from inside the pod's user namespace, where the daemon's 0700 storage root
     is closed. The bind sits in the sandbox dir (0711) below a directory only the pod's root (`root_ids`, its
@@ -70,24 +72,32 @@ def expose_rootfs(sandbox_dir: Path | str, container_id: str, source: Path, root
     parent.mkdir(mode=0o700, exist_ok=True)
     os.chown(parent, *root_ids)
     target = exposed_rootfs(sandbox_dir, container_id)
-    target.mkdir(mode=0o700, exist_ok=True)
+    targets = [target, *(parent / f"{container_id}.volumes" / str(n) for n in range(len(volumes)))]
     try:
-        for flags, what in ((MS_BIND, "binding"), (MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, "remounting")):
-            err = libc.mount(source if flags == MS_BIND else None, target, None, flags)
-            if err:
-                raise Internal(f"{what} the rootfs of container {container_id} at {target}: {os.strerror(err)}")
+        for where, what in zip(targets, [source, *volumes]):
+            where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for flags, step in ((MS_BIND, "binding"), (MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, "remounting")):
+                err = libc.mount(what if flags == MS_BIND else None, where, None, flags)
+                if err:
+                    raise Internal(f"{step} {what} of container {container_id} at {where}: {os.strerror(err)}")
     except BaseException:
         unexpose_rootfs(sandbox_dir, container_id)
         raise
-    return target
+    return target, tuple(targets[1:])
 
 
 def unexpose_rootfs(sandbox_dir: Path | str, container_id: str) -> None:
     """Undo expose_rootfs; nothing to do if it was never made."""
     target = exposed_rootfs(sandbox_dir, container_id)
-    unmount(target)
+    volumes = target.with_name(f"{container_id}.volumes")
+    for where in [target, *(sorted(volumes.iterdir()) if volumes.is_dir() else [])]:
+        unmount(where)
+        try:
+            where.rmdir()
+        except FileNotFoundError:
+            pass
     try:
-        target.rmdir()
+        volumes.rmdir()
     except FileNotFoundError:
         pass
 

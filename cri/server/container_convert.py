@@ -98,7 +98,13 @@ def request_from_proto(request: api_pb2.CreateContainerRequest) -> ContainerRequ
     for m in config.mounts:
         if m.propagation not in _PROPAGATION:
             raise InvalidArgument(f"unknown mount propagation {m.propagation}")
-        mounts.append(MountSpec(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+        image = m.image.image if m.HasField("image") else ""
+        if image and m.host_path:
+            raise InvalidArgument(f"mount {m.container_path}: host_path and image are mutually exclusive")
+        if m.image_sub_path and not image:
+            raise InvalidArgument(f"mount {m.container_path}: image_sub_path without an image")
+        mounts.append(MountSpec(container_path=m.container_path, host_path=m.host_path, image=image,
+                                image_sub_path=m.image_sub_path, readonly=m.readonly or bool(image),
                                 propagation=_PROPAGATION[m.propagation], selinux_relabel=m.selinux_relabel,
                                 recursive_read_only=m.recursive_read_only,
                                 uid_mappings=[_id_mapping(i) for i in m.uidMappings],
@@ -109,7 +115,7 @@ def request_from_proto(request: api_pb2.CreateContainerRequest) -> ContainerRequ
         working_dir=config.working_dir, envs=[(kv.key, kv.value) for kv in config.envs], mounts=mounts,
         devices=[DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions or "rwm")
                  for d in config.devices],
-        labels=dict(config.labels), annotations=dict(config.annotations), log_path=config.log_path,
+        cdi_devices=[d.name for d in config.CDI_devices], labels=dict(config.labels), annotations=dict(config.annotations), log_path=config.log_path,
         stdin=config.stdin, stdin_once=config.stdin_once, tty=config.tty,
         resources=resources_from_proto(config.linux.resources), security=security,
         stop_signal=api_pb2.Signal.Name(config.stop_signal) if config.stop_signal else "")
@@ -134,6 +140,8 @@ def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
         image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
         reason=record.reason, message=record.message, labels=record.labels, annotations=record.annotations,
         mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                              image=api_pb2.ImageSpec(image=m.image) if m.image else None,
+                              image_sub_path=m.image_sub_path,
                               selinux_relabel=m.selinux_relabel, propagation=_PROPAGATION_TO_CRI[m.propagation],
                               recursive_read_only=m.recursive_read_only,
                               uidMappings=[_id_mapping_to_cri(i) for i in m.uid_mappings],

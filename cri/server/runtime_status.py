@@ -19,9 +19,10 @@ async def _handler_features(rt, name: str) -> api_pb2.RuntimeHandlerFeatures:
     path = rt.config.runtime_path(name)
     rro = path is not None and await mounts.supports_rro(path)
     # kubelet puts the pod's id mappings on every mount of a `hostUsers: false` pod: a handler that cannot make
-    # idmapped mounts (runc 1.1) could run the pod but none of kubelet's containers, so it is not advertised.
+    # idmapped mounts (runc 1.1) could run the pod but none of kubelet's containers, so it is not advertised; nor
+    # where the kernel cannot idmap the rootfs (before 5.19), which would leave the image's files nobody's.
     userns = (rt.sandboxes.user_namespaces_problem(name) is None and path is not None
-              and await mounts.supports_idmap(path))
+              and await mounts.supports_idmap(path) and await rt.images.idmap_problem() is None)
     return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=userns)
 
 

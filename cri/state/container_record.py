@@ -19,7 +19,9 @@ class IDMapSpec(BaseModel):
 class MountSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
     container_path: str
-    host_path: str
+    host_path: str = ""
+    image: str = ""            # an image volume (KEP-4639): this image's root filesystem, read-only, instead of host_path
+    image_sub_path: str = ""   # ... or this directory of it
     readonly: bool = False
     propagation: Literal["private", "rslave", "rshared"] = "private"
     selinux_relabel: bool = False
@@ -89,6 +91,7 @@ class ContainerRequest(BaseModel):
     envs: list[tuple[str, str]] = []
     mounts: list[MountSpec] = []
     devices: list[DeviceSpec] = []
+    cdi_devices: list[str] = []  # fully qualified CDI device names
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     log_path: str = ""

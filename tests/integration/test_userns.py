@@ -80,11 +80,10 @@ def test_a_pod_user_namespace_maps_its_containers_ids(net_env, tmp_path, handler
     assert inside("cat", "/proc/sys/kernel/shmmni").strip() == "2048"
     assert inside("cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start").strip() == "80"
     assert inside("hostname").strip() == cfg.hostname
-    # The image's files belong to host root, which the namespace does not map: they are nobody's in there,
-    # readable but not writable (no idmapped rootfs yet); what the container writes (here in the pod's shm) is
-    # its root's.
-    assert inside("stat", "-c", "%u", "/bin/busybox").strip() == "65534"
-    assert exec_sync(d, cid, ["touch", "/bin/new"]).exit_code != 0
+    # The rootfs is idmapped: the image's files (host root's on disk) are the pod root's, which may change them;
+    # what the container writes is its root's too.
+    assert inside("stat", "-c", "%u:%g", "/bin/busybox", "/").split() == ["0:0", "0:0"]
+    assert inside("sh", "-c", "touch /bin/new && stat -c %u /bin/new").strip() == "0"
     assert inside("sh", "-c", "echo x > /dev/shm/f && stat -c %u /dev/shm/f").strip() == "0"
 
     d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)

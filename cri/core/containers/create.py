@@ -23,13 +23,16 @@ from cri.core.undo import UndoStack
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.faults import crash_point
 from cri.observe import trace
+from cri.oci import cdi
 from cri.oci.conmon import BundlePaths
 from cri.oci.rootfs import RootfsPathError, ensure_mount_points
 from cri.oci.runtime import OCIRuntime
 from cri.state.container_record import ContainerRecord, ContainerRequest
 from cri.state.container_state import ContainerState
 from cri.state.ids import new_id
+from cri.state.sandbox_record import SandboxRecord
 from hostos.atomicfile import atomic_write_bytes
+from storage.idmap import IdMap
 
 from . import specgen
 from .exits import Exits
@@ -85,6 +88,12 @@ class Creator:
         if image is None:
             raise NotFound(f"image {request.image!r} not found")
         specgen.check_lsm(request)
+        try:  # CDI devices first: an unknown one fails before anything is made
+            cdi_edits = await asyncio.to_thread(cdi.resolve, cdi.requested_devices(request.cdi_devices,
+                                                                                     request.annotations),
+                                                t.config.runtime.cdi_spec_dirs)
+        except cdi.CDIError as e:
+            raise InvalidArgument(str(e)) from e
         reserved = specgen.reserved_name(request, sandbox)
         asked = request.model_dump(mode="json")
         claimed = await t.claims.claim(reserved, lambda r: r.state == ContainerState.CREATED,
@@ -121,19 +130,22 @@ class Creator:
                 bundle.mkdir(mode=0o700)
                 undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
                 with trace.phase("rootfs", pod=sandbox.id, subject=request.name):
-                    rootfs = await self._images.create_rootfs(container_id, image.id)  # storage errors map themselves
+                    rootfs = await self._images.create_rootfs(  # storage errors map themselves
+                        container_id, image.id, await self._rootfs_idmap(sandbox),
+                        [m.image for m in request.mounts if m.image])
                 undo.push("remove the rootfs", lambda: self._images.remove_rootfs(container_id))
                 crash_point("container.create.after_rootfs")
                 record.rootfs = str(rootfs.path)
-                root = rootfs.path
+                root, volumes = rootfs.path, rootfs.volumes
                 if sandbox.userns_path:  # the runtime reaches the rootfs from inside the pod's user namespace
-                    root = await asyncio.to_thread(sandbox_host.expose_rootfs, sandbox.sandbox_dir, container_id,
-                                                   rootfs.path, specgen.pod_root_ids(sandbox))
+                    root, volumes = await asyncio.to_thread(sandbox_host.expose_rootfs, sandbox.sandbox_dir,
+                                                            container_id, rootfs.path, specgen.pod_root_ids(sandbox),
+                                                            rootfs.volumes)
                     undo.push("unbind the rootfs",
                               lambda: sandbox_host.unexpose_rootfs(sandbox.sandbox_dir, container_id))
                 with trace.phase("spec", pod=sandbox.id, subject=request.name):
                     spec = await asyncio.to_thread(specgen.build_spec, t.config, t.index.find, record, request,
-                                                   sandbox, image, root)
+                                                   sandbox, image, root, volumes, cdi_edits)
                     if sandbox.userns_path:
                         try:
                             await asyncio.to_thread(ensure_mount_points, root, spec["mounts"])
@@ -154,6 +166,21 @@ class Creator:
         self._spawning[container_id] = background(self._spawn(record, runtime, request), f"creating {container_id}")
         t.publish(record, ev.CREATED)
         return record
+
+    async def _rootfs_idmap(self, sandbox: SandboxRecord) -> IdMap | None:
+        """The pod's own mapping for a user-namespaced pod's rootfs and image volumes, where the kernel can idmap
+        them (the image's files are then its root's, as with containerd 2 and CRI-O); else None (they stay host
+        root's, nobody's inside)."""
+        if not sandbox.userns_path:
+            return None
+        problem = await self._images.idmap_problem()
+        if problem:
+            log.warning("pod sandbox %s: the rootfs is not idmapped, so the image's files are nobody's inside: %s",
+                        sandbox.id, problem)
+            return None
+        opts = sandbox.namespace_options
+        uids, gids = opts.uid_mappings[0], opts.gid_mappings[0]
+        return IdMap(uid=uids.host_id, gid=gids.host_id, length=min(uids.length, gids.length))
 
     async def _spawn(self, record: ContainerRecord, runtime: OCIRuntime, request: ContainerRequest) -> None:
         """Start conmon, which runs `runtime create`; on failure the container ends as exited (StartError).

@@ -11,8 +11,8 @@ from typing import Any
 
 from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
-from cri.oci import host_facts, mounts as oci_mounts, spec as oci_spec
-from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file
+from cri.oci import cdi, host_facts, mounts as oci_mounts, spec as oci_spec
+from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file, secure_join
 from cri.oci.runtime import OCIRuntime
 from cri.oci.users import UserRequest, UserResolutionError, resolve_user
 from cri.state.container_record import (ContainerRecord, ContainerRequest, IDMapSpec, ResourcesSpec,
@@ -67,6 +67,28 @@ def _user_namespace(sec: SecuritySpec, sandbox: SandboxRecord) -> dict[str, Any]
             "uid_mappings": list(_id_maps(opts.uid_mappings)), "gid_mappings": list(_id_maps(opts.gid_mappings))}
 
 
+def _mount_requests(request: ContainerRequest, volumes: tuple[Path, ...]) -> list[oci_spec.MountRequest]:
+    """The request's mounts for the spec; an image volume binds its read-only view (or the image_sub_path in it),
+    already idmapped by storage where the pod needs it, so kubelet's mappings on it are not applied again."""
+    out = []
+    views = iter(volumes)
+    for m in request.mounts:
+        if not m.image:
+            out.append(oci_spec.MountRequest(m.container_path, m.host_path, m.readonly, m.propagation,
+                                             m.recursive_read_only, _id_maps(m.uid_mappings), _id_maps(m.gid_mappings)))
+            continue
+        view = next(views)
+        try:
+            source = secure_join(view, m.image_sub_path) if m.image_sub_path else view
+        except RootfsPathError as e:
+            raise InvalidArgument(f"mount {m.container_path}: image_sub_path {m.image_sub_path!r}: {e}") from e
+        if not source.exists():
+            raise InvalidArgument(f"mount {m.container_path}: image_sub_path {m.image_sub_path!r} does not exist in "
+                                  f"image {m.image}")
+        out.append(oci_spec.MountRequest(m.container_path, str(source), True, "private", m.recursive_read_only))
+    return out
+
+
 def _id_maps(mappings: Iterable[IDMapSpec]) -> tuple[oci_spec.IDMap, ...]:
     return tuple(oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in mappings)
 
@@ -87,7 +109,7 @@ async def check_idmapped_mounts(request: ContainerRequest, sandbox: SandboxRecor
     """Refuse a mount's uid/gid mappings up front where the runtime cannot idmap: runc 1.1 ignores them, and
     the volume would show host ids (nobody, or a stranger's files) inside the pod. (Mappings in a pod without
     a user namespace are refused by the spec.)"""
-    wanted = [m.container_path for m in request.mounts if m.uid_mappings or m.gid_mappings]
+    wanted = [m.container_path for m in request.mounts if (m.uid_mappings or m.gid_mappings) and not m.image]
     if not wanted or not sandbox.userns_path:
         return
     if not await oci_mounts.supports_idmap(runtime.path):
@@ -135,10 +157,12 @@ def _load_profile(path: str) -> dict[str, Any]:
 
 
 def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], record: ContainerRecord,
-               request: ContainerRequest, sandbox: SandboxRecord, image: ImageRecord, rootfs: Path) -> dict[str, Any]:
-    """Everything that reads the host or the image, then the pure spec function (runs in a thread).
+               request: ContainerRequest, sandbox: SandboxRecord, image: ImageRecord, rootfs: Path,
+               volumes: tuple[Path, ...] = (), cdi_edits: list[cdi.ContainerEdits] = ()) -> dict[str, Any]:
+    """Everything that reads the host or the image, then the pure spec functions (runs in a thread).
 
     ``find`` looks up the target container of PID namespace mode TARGET; the record learns its uid and gids.
+    ``volumes`` are the image volumes' views, in the order of their mounts; ``cdi_edits`` the resolved CDI devices.
     """
     sec = request.security
     try:
@@ -181,9 +205,7 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
         image_entrypoint=image.entrypoint, image_cmd=image.cmd, image_env=image.env, envs=request.envs,
         working_dir=request.working_dir, image_working_dir=image.working_dir, tty=request.tty,
         stdin=request.stdin, user=user, hostname=sandbox.hostname, readonly_rootfs=sec.readonly_rootfs,
-        mounts=[oci_spec.MountRequest(m.container_path, m.host_path, m.readonly, m.propagation,
-                                      m.recursive_read_only, _id_maps(m.uid_mappings), _id_maps(m.gid_mappings))
-                for m in request.mounts],
+        mounts=_mount_requests(request, volumes),
         devices=devices, host_devices=host_facts.host_devices() if sec.privileged else [],
         hosts_path=sandbox.hosts_path, resolv_path=sandbox.resolv_conf_path, hostname_path=sandbox.hostname_path,
         shm_path=sandbox.shm_path,
@@ -203,6 +225,6 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
                      "io.kubernetes.cri.sandbox-id": sandbox.id, "io.kubernetes.cri.container-type": "container"},
     )
     try:
-        return oci_spec.container_spec(inputs)
+        return cdi.apply_edits(oci_spec.container_spec(inputs), list(cdi_edits))
     except oci_spec.SpecError as e:
         raise InvalidArgument(str(e)) from e
