@@ -27,8 +27,8 @@ def samples(port: int) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def value(values: dict, name: str, **labels) -> float:
-    return values.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(values: dict, metric: str, **labels) -> float:
+    return values.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_move_as_pods_and_containers_start(daemon_factory, registry, tmp_path):
@@ -96,3 +96,18 @@ def test_a_metrics_port_in_use_stops_the_start_with_a_clear_error(daemon_factory
             daemon_factory({"metrics": {"enable": True, "port": busy.getsockname()[1]}})
     finally:
         busy.close()
+
+
+def test_an_oom_kill_is_counted_by_container_name(daemon_factory, registry, tmp_path):
+    from tests.integration.test_container_helpers import wait_state
+
+    port = free_port()
+    for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path, {"metrics": {"enable": True, "port": port}}):
+        assert value(samples(port), "pycri_containers_oom_total") == 0
+        cid = run(d, pod, pod_cfg, container_config("hog", ["sh", "-c", "head -c 200m /dev/zero | tail"],
+                  linux=api_pb2.LinuxContainerConfig(resources=api_pb2.LinuxContainerResources(
+                      memory_limit_in_bytes=24 << 20, memory_swap_limit_in_bytes=24 << 20))))
+        assert wait_state(d, cid, api_pb2.CONTAINER_EXITED, timeout=60).reason == "OOMKilled"
+        after = samples(port)
+        assert value(after, "pycri_containers_oom_total") == 1
+        assert value(after, "pycri_containers_oom_count_total", name="hog") == 1
