@@ -80,7 +80,8 @@ class RuntimeConfig(Section):
         "crun": RuntimeHandler(path="crun"),
     }
     conmon: str = "conmon"
-    cgroup_manager: Literal["cgroupfs"] = "cgroupfs"
+    cgroup_manager: Literal["auto", "cgroupfs", "systemd"] = Field(
+        "auto", description="auto = systemd when it is PID 1 (/run/systemd/system exists), else cgroupfs")
     default_capabilities: list[str] = DEFAULT_CAPABILITIES
     seccomp_profile: Path | None = Field(None, description="RuntimeDefault profile; built-in when unset")
     pids_limit: int = Field(0, ge=0, description="0 = no limit unless the pod asks")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 from cri import logs
 from cri.config import Config, find_binary
 from hostos import libc
+from hostos.cgroups.driver import driver as cgroup_driver
 
 log = logging.getLogger("pycri")
 
@@ -85,7 +86,8 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.events = EventBus()
     rt.sandboxes = SandboxManager(config.root, config.state_dir, rt.cni, runtime_handlers=config.runtime.handlers,
                                   default_runtime=config.runtime.default_runtime, pod_cidr=lambda: rt.pod_cidr,
-                                  runtime_path=config.runtime_path, events=rt.events)
+                                  runtime_path=config.runtime_path, events=rt.events,
+                                  cgroup_manager=config.runtime.cgroup_manager)
     rt.events.set_sandbox_snapshot(rt.sandboxes.snapshot)
     if config.metrics.enable:
         from cri.observe.metrics import Metrics
@@ -198,6 +200,10 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
 
     from cri.server.servicer import register
 
+    try:  # systemd asked for where it is not PID 1, or its bus unreachable: say so before anything starts
+        await cgroup_driver(config.runtime.cgroup_manager).check()
+    except OSError as e:
+        raise DaemonError(f"cgroup manager: {e.strerror or e}") from None
     for directory, mode in ((config.root, 0o700), (config.state_dir, 0o711)):
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, mode)

@@ -11,6 +11,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from cri.errors import Internal
 from hostos import cgroups, libc
@@ -148,7 +149,7 @@ def _comm(pid: int) -> str:
 
 
 async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, workdir: str,
-                      timeout: float = 5.0) -> tuple[int, int, int]:
+                      place: Callable[[int], Awaitable[None]], timeout: float = 5.0) -> tuple[int, int, int]:
     """Start catatonit as pid 1 of a new PID namespace, inside the pod's other namespaces and cgroup.
 
     Returns (infra pid, its start time, pid of the `unshare` parent that holds it). posix_spawn keeps this
@@ -160,7 +161,7 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, w
         argv = ["nsenter", *(f"--{kind}={path}" for kind, path in sorted(namespaces.items()))] + argv
     parent = os.posix_spawnp(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, setsid=True)
     try:
-        cgroups.move(parent, cgroup)
+        await place(parent)  # into `cgroup`: moved there (cgroupfs), or a new systemd scope made around it
         deadline = time.monotonic() + timeout
         while True:
             kids = _children(parent)

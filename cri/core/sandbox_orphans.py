@@ -41,7 +41,7 @@ async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) ->
             log.warning("CNI DEL for sandbox %s without a record failed: %s", pod.id, e)
     ids = {d.name for d in dirs} | {p.id for p in pods}
     if ids:
-        cgroups = await asyncio.to_thread(cg.find, {f"pycri-{i}" for i in ids})
+        cgroups = await asyncio.to_thread(cg.find, {f"pycri-{i}{kind}" for i in ids for kind in ("", ".scope")})
         for directory in cgroups:
             log.warning("cgroup %s belongs to a sandbox without a record: killing its processes, removing it",
                         directory)

@@ -30,13 +30,13 @@ from cri.state import Index, NameRegistry, RecordStore, new_id
 from cri.state.container_record import IDMapSpec
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
 from hostos import cgroups, mountinfo
+from hostos.cgroups.driver import driver
 from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, connect_in_netns,
                         namespace_alive, pin_namespaces, unpin_namespace)
 
 log = logging.getLogger(__name__)
 
 ContainerHook = Callable[[str], Awaitable[None]]
-DEFAULT_CGROUP_PARENT = "/pycri"
 
 
 def _id_map(m: IDMapSpec) -> tuple[int, int, int]:
@@ -56,7 +56,8 @@ class SandboxManager:
                  default_runtime: str, pod_cidr: Callable[[], str] = lambda: "", catatonit: str = "catatonit",
                  runtime_path: Callable[[str], str | None] = lambda handler: None,
                  host_resolv_conf: Path = Path("/etc/resolv.conf"), host_hosts: Path = Path("/etc/hosts"),
-                 events: ev.EventBus | None = None) -> None:
+                 events: ev.EventBus | None = None, cgroup_manager: str = "cgroupfs") -> None:
+        self._cgroups = driver(cgroup_manager)
         self._store = RecordStore(Path(root) / "sandboxes", SandboxRecord)
         self._dir = Path(state_dir) / "sandboxes"
         self._cni = cni
@@ -279,7 +280,7 @@ class SandboxManager:
         else:
             hostname = spec.hostname or sandbox_id[:12]
         try:
-            cgroup_parent = cgroups.clean_path(spec.cgroup_parent or DEFAULT_CGROUP_PARENT)
+            cgroup_parent = self._cgroups.parent(spec.cgroup_parent)
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
         ns_dir = sandbox_dir / "ns"
@@ -297,7 +298,7 @@ class SandboxManager:
             resolv_conf_path=str(sandbox_dir / "resolv.conf"), hosts_path=str(sandbox_dir / "hosts"),
             hostname_path=str(sandbox_dir / "hostname"),
             shm_path="/dev/shm" if opts.host_ipc else str(sandbox_dir / "shm"),
-            cgroup_parent=cgroup_parent, cgroup_path=f"{cgroup_parent.rstrip('/')}/pycri-{sandbox_id}",
+            cgroup_parent=cgroup_parent, cgroup_path=self._cgroups.child(cgroup_parent, f"pycri-{sandbox_id}"),
             port_mappings=[] if opts.host_network else spec.port_mappings, dns=spec.dns, sysctls=sysctls,
             privileged=spec.privileged, config=spec.original)
         self._names.reserve(record.reserved_name, sandbox_id)
@@ -386,7 +387,7 @@ class SandboxManager:
                 given = {k: v for k, v in namespaces.items() if v}
                 infra = await run_step("starting the infra process",
                                        sandbox_host.start_infra(self._catatonit, given, record.cgroup_path,
-                                                                record.sandbox_dir))
+                                                                record.sandbox_dir, self._place_infra(record)))
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
             undo.push("infra process", lambda: sandbox_host.stop_infra(*infra))
         try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
@@ -412,9 +413,10 @@ class SandboxManager:
                 step = "mounting the pod's /dev/shm"
                 undo.push("shm mount", lambda: sandbox_host.unmount(record.shm_path))
                 sandbox_host.mount_shm(Path(record.shm_path))
-            step = "creating the pod cgroup"
-            record.cgroups_created = cgroups.create(record.cgroup_path)
-            undo.push("pod cgroup", lambda: cgroups.remove_created(record.cgroups_created))
+            if self._cgroups.name == "cgroupfs":  # under systemd the infra's scope is the pod cgroup
+                step = "creating the pod cgroup"
+                record.cgroups_created = cgroups.create(record.cgroup_path)
+                undo.push("pod cgroup", lambda: cgroups.remove_created(record.cgroups_created))
         except (OSError, CRIError) as e:
             raise StepFailed(step, e) from e
 
@@ -503,8 +505,16 @@ class SandboxManager:
             await cgroups.remove_created(record.cgroups_created)
         elif half_created:  # the crash may have come before the record learned which cgroups it made
             await cgroups.remove_created(self._cgroup_dirs(record.cgroup_path))
+        await self._cgroups.release(record.cgroup_path)  # systemd: the infra's scope, if a crash left it
         shutil.rmtree(record.sandbox_dir, ignore_errors=True)
         self._store.delete(record.id)
+
+    def _place_infra(self, record: SandboxRecord) -> Callable[[int], Awaitable[None]]:
+        """How the infra's parent enters the pod cgroup: moved into the directory made before (cgroupfs), or put
+        in a new transient scope, which is then the pod cgroup (systemd)."""
+        if self._cgroups.name == "cgroupfs":
+            return lambda pid: asyncio.to_thread(cgroups.move, pid, record.cgroup_path)
+        return lambda pid: self._cgroups.place(pid, record.cgroup_path, f"pycri infra of pod {record.id}")
 
     @staticmethod
     def _cgroup_dirs(path: str) -> list[str]:

@@ -17,7 +17,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostos import cgroups
+from hostos.cgroups.driver import CgroupfsDriver
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 
 CREATE_TIMEOUT = 60.0
@@ -66,8 +66,10 @@ class Created:
 
 
 class Conmon:
-    def __init__(self, path: str, exit_dir: Path | str, log_level: str = "error", no_sync_log: bool = True):
+    def __init__(self, path: str, exit_dir: Path | str, cgroup_driver: CgroupfsDriver | None = None,
+                 log_level: str = "error", no_sync_log: bool = True):
         self.path = path
+        self.cgroups = cgroup_driver or CgroupfsDriver()
         self.exit_dir = Path(exit_dir)
         self.log_level = log_level
         self.no_sync_log = no_sync_log
@@ -95,6 +97,7 @@ class Conmon:
         ]
         for arg in runtime.global_args:
             args += ["--runtime-arg", arg]
+        args += self.cgroups.conmon_args
         if log_size_max > 0:
             args += ["--log-size-max", str(log_size_max)]
         if self.no_sync_log:
@@ -120,8 +123,8 @@ class Conmon:
         os.close(sync_w)
         os.close(start_r)
         try:
-            if cgroup:  # a dozen mkdirs and writes across the hierarchies: not on the event loop
-                await asyncio.to_thread(cgroups.place, proc.pid, cgroup)
+            if cgroup:  # cgroupfs: a dozen mkdirs and writes in a thread; systemd: a transient scope
+                await self.cgroups.place(proc.pid, cgroup, f"pycri conmon of container {container_id}")
             os.write(start_w, b"0")
             monitor_ready = time.time()
         except OSError as e:  # the cgroup, or conmon died before its start

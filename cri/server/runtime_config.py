@@ -5,11 +5,13 @@ import ipaddress
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
+from hostos.cgroups.driver import driver
 
 
 async def runtime_config(rt, request, context):
-    driver = api_pb2.SYSTEMD if rt.config.runtime.cgroup_manager == "systemd" else api_pb2.CGROUPFS
-    return api_pb2.RuntimeConfigResponse(linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=driver))
+    systemd = driver(rt.config.runtime.cgroup_manager).name == "systemd"  # "auto" as the start resolved it
+    return api_pb2.RuntimeConfigResponse(linux=api_pb2.LinuxRuntimeConfiguration(
+        cgroup_driver=api_pb2.SYSTEMD if systemd else api_pb2.CGROUPFS))
 
 
 async def update_runtime_config(rt, request, context):

@@ -15,7 +15,7 @@ def test_defaults_match_what_operators_expect(tmp_path):
     assert c.socket_mode == 0o660
     assert c.runtime.default_runtime == "runc"
     assert set(c.runtime.handlers) == {"runc", "crun"}
-    assert c.runtime.cgroup_manager == "cgroupfs"
+    assert c.runtime.cgroup_manager == "auto"
     assert c.streaming.address == "127.0.0.1" and c.streaming.port == 0
 
 

@@ -107,14 +107,15 @@ class Creator:
         await specgen.check_idmapped_mounts(request, sandbox, handler, runtime)
         container_id = new_id()
         bundle = t.dir / container_id
-        parent = (sandbox.cgroup_parent or "/pycri").rstrip("/")
+        parent, cg = sandbox.cgroup_parent or t.cgroups.parent(""), t.cgroups
         log_path = specgen.container_log_path(sandbox.log_directory, request.log_path)
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=request.name, attempt=request.attempt,
             reserved_name=reserved, created_at=time.time_ns(), image=request.image,
             image_ref=(image.repo_digests[0] if image.repo_digests else image.id), image_id=image.id,
             runtime_handler=handler, bundle=str(bundle), log_path=log_path,
-            cgroups_path=f"{parent}/pycri-{container_id}", conmon_cgroup=f"{parent}/pycri-conmon-{container_id}",
+            cgroups_path=cg.child(parent, f"pycri-{container_id}"),
+            conmon_cgroup=cg.child(parent, f"pycri-conmon-{container_id}"),
             stop_signal=request.stop_signal or image.stop_signal,
             labels=request.labels, annotations=request.annotations, mounts=request.mounts,
             resources=request.resources, tty=request.tty, stdin=request.stdin, stdin_once=request.stdin_once,

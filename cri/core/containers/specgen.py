@@ -20,6 +20,7 @@ from cri.state.container_record import (ContainerRecord, ContainerRequest, IDMap
 from cri.state.container_state import ContainerState
 from cri.state.sandbox_record import SandboxRecord
 from hostos import cgroups
+from hostos.cgroups.driver import driver
 from storage.images import ImageRecord
 
 MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
@@ -220,7 +221,8 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
         no_new_privs=sec.no_new_privs, seccomp=seccomp_kind, seccomp_localhost_profile=profile,
         masked_paths=sec.masked_paths, readonly_paths=sec.readonly_paths,
         resources=resources(config, request.resources), oom_score_adj_floor=host_facts.oom_score_adj_floor(),
-        swap_accounting=cgroups.swap_accounting(), cgroups_path=record.cgroups_path,
+        swap_accounting=cgroups.swap_accounting(),
+        cgroups_path=driver(config.runtime.cgroup_manager).spec_path(record.cgroups_path),
         annotations={**request.annotations, "io.kubernetes.cri.container-name": request.name,
                      "io.kubernetes.cri.sandbox-id": sandbox.id, "io.kubernetes.cri.container-type": "container"},
     )

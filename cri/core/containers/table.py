@@ -17,6 +17,7 @@ from cri.oci.runtime import OCIRuntime
 from cri.state.container_record import ContainerRecord
 from cri.state.index import Index, NameRegistry
 from cri.state.store import RecordStore
+from hostos.cgroups.driver import driver
 
 
 class Table:
@@ -26,7 +27,8 @@ class Table:
         self.store = RecordStore(Path(config.root) / "containers", ContainerRecord)
         self.dir = Path(config.state_dir) / "containers"  # one bundle directory per container
         self.exit_dir = Path(config.state_dir) / "exits"
-        self.conmon = Conmon(config.runtime.conmon, self.exit_dir)
+        self.cgroups = driver(config.runtime.cgroup_manager)
+        self.conmon = Conmon(config.runtime.conmon, self.exit_dir, self.cgroups)
         self.index: Index[ContainerRecord] = Index("container")
         self.names = NameRegistry("container")
         self.claims = Claims(self.names, self.index)
@@ -55,7 +57,7 @@ class Table:
             if path is None:
                 raise FailedPrecondition(f"runtime handler {name!r}: {spec.path} is not installed")
             root = spec.runtime_root or Path(self.config.state_dir) / "runtimes" / name
-            rt = self._runtimes[name] = OCIRuntime(name, path, root)
+            rt = self._runtimes[name] = OCIRuntime(name, path, root, extra_args=self.cgroups.runtime_args)
         return rt
 
     def get(self, ref: str) -> ContainerRecord:

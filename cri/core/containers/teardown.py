@@ -130,6 +130,7 @@ class Teardown:
             if not await monitor_gone(pid, record.id, KILL_WAIT):
                 raise Internal(f"conmon (pid {pid}) did not exit {KILL_WAIT}s after SIGKILL")
         if record.conmon_cgroup:
+            await self._t.cgroups.release(record.conmon_cgroup)  # systemd: its scope; cgroupfs: nothing
             failed = await asyncio.to_thread(cgroups.remove, record.conmon_cgroup)
             if failed:
                 raise Internal(f"conmon's cgroups not removed: {failed}")

@@ -1,0 +1,102 @@
+"""The cgroup manager a daemon runs with: plain cgroupfs (mkdir and write our own directories), or systemd.
+
+Both speak cgroup paths to their callers, so stats, OOM counts, kills and removal read the same files either
+way; they differ in how a cgroup comes to exist, what the OCI runtime is told, and what kubelet is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Literal
+
+from hostos.cgroups import systemd, tree
+from hostos.cgroups.layout import clean_path
+
+Name = Literal["cgroupfs", "systemd"]
+
+
+class CgroupfsDriver:
+    name: Name = "cgroupfs"
+    default_parent = "/pycri"
+    runtime_args: tuple[str, ...] = ()   # for runc/crun before the command
+    conmon_args: tuple[str, ...] = ()
+
+    def parent(self, requested: str) -> str:
+        """The cgroup path of the pod-level parent kubelet asked for (ValueError when it cannot be one)."""
+        return clean_path(requested or self.default_parent)
+
+    def child(self, parent: str, name: str) -> str:
+        """The cgroup path of a cgroup of ours named `name` below `parent` (a path from `parent()`)."""
+        return f"{parent.rstrip('/')}/{name}"
+
+    def spec_path(self, path: str) -> str:
+        """What the OCI spec's linux.cgroupsPath says for a cgroup made by `child`."""
+        return path
+
+    async def place(self, pid: int, path: str, description: str = "") -> None:
+        """Make the cgroup (where missing) and move `pid` into it."""
+        await asyncio.to_thread(tree.place, pid, path)
+
+    async def release(self, path: str) -> None:
+        """Nothing: a cgroupfs cgroup is removed with rmdir by whoever made it."""
+
+    async def check(self) -> None:
+        """Raise OSError when this manager cannot work here (called once at start)."""
+
+
+class SystemdDriver(CgroupfsDriver):
+    """Slices for parents (kubelet's systemd driver sends names like kubepods-burstable-pod<uid>.slice), a
+    transient scope for each cgroup of ours, runc/crun told `--systemd-cgroup` with `slice:pycri:<id>`."""
+
+    name: Name = "systemd"
+    default_parent = "pycri.slice"
+    runtime_args = ("--systemd-cgroup",)
+    conmon_args = ("--systemd-cgroup",)
+
+    def __init__(self, client: systemd.Systemd | None = None) -> None:
+        self.client = client or systemd.Systemd()
+
+    def parent(self, requested: str) -> str:
+        return systemd.expand_slice(requested or self.default_parent)
+
+    def child(self, parent: str, name: str) -> str:
+        return f"{parent.rstrip('/')}/{name}.scope"
+
+    def spec_path(self, path: str) -> str:
+        slice_name, unit = systemd.scope_name(path)
+        prefix, _, name = unit[:-len(".scope")].partition("-")
+        return f"{slice_name}:{prefix}:{name}"
+
+    async def place(self, pid: int, path: str, description: str = "") -> None:
+        slice_name, unit = systemd.scope_name(path)
+        await self.client.start_scope(unit, slice_name, [pid], description or f"pycri {unit}")
+
+    async def release(self, path: str) -> None:
+        await self.client.stop_unit(systemd.scope_name(path)[1])
+
+    async def check(self) -> None:
+        await self.client.connect()
+
+
+def resolve(wanted: str) -> Name:
+    """"auto" is systemd when it is PID 1, cgroupfs otherwise; systemd asked for where it does not run is an error."""
+    if wanted == "auto":
+        return "systemd" if systemd.running() else "cgroupfs"
+    if wanted == "systemd" and not systemd.running():
+        raise systemd.SystemdError(
+            f"cgroup_manager = \"systemd\" but systemd is not PID 1 here ({systemd.SYSTEMD_RUN_DIR} does not exist); "
+            "set cgroup_manager = \"cgroupfs\" or \"auto\"")
+    if wanted not in ("cgroupfs", "systemd"):
+        raise ValueError(f"unknown cgroup manager {wanted!r}")
+    return wanted  # type: ignore[return-value]
+
+
+def driver(wanted: str) -> CgroupfsDriver:
+    """The driver for a configured cgroup_manager ("auto" resolved), one per process for each name."""
+    return _driver(resolve(wanted))
+
+
+@functools.cache
+def _driver(name: Name) -> CgroupfsDriver:
+    return SystemdDriver() if name == "systemd" else CgroupfsDriver()

@@ -1,0 +1,73 @@
+"""The cgroup managers: slice names as cgroup paths, what runc is told, and when systemd may be chosen."""
+
+import asyncio
+
+import pytest
+
+from hostos.cgroups import driver as drivers, systemd
+
+
+@pytest.mark.parametrize("name,path", [
+    ("-.slice", "/"), ("pycri.slice", "/pycri.slice"),
+    ("kubepods-burstable-pod1a2b.slice", "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b.slice"),
+])
+def test_slice_names_expand_to_their_cgroup_path(name, path):
+    assert systemd.expand_slice(name) == path
+
+
+@pytest.mark.parametrize("bad", ["kubepods", "/kubepods.slice", "a--b.slice", "-a.slice", "a-.slice", ".slice",
+                                 "a b.slice"])
+def test_what_is_not_a_slice_name_is_refused(bad):
+    with pytest.raises(ValueError):
+        systemd.expand_slice(bad)
+
+
+def test_systemd_driver_paths_and_what_runc_is_told():
+    d = drivers.SystemdDriver(client=None)
+    parent = d.parent("kubepods-besteffort-podx.slice")
+    path = d.child(parent, "pycri-abc")
+    assert path == "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/pycri-abc.scope"
+    assert d.spec_path(path) == "kubepods-besteffort-podx.slice:pycri:abc"
+    assert d.spec_path(d.child(d.parent(""), "pycri-conmon-abc")) == "pycri.slice:pycri:conmon-abc"
+    assert systemd.scope_name("/pycri-x.scope") == ("-.slice", "pycri-x.scope")
+    assert d.runtime_args == ("--systemd-cgroup",)
+
+
+def test_cgroupfs_driver_keeps_paths_as_they_are():
+    d = drivers.CgroupfsDriver()
+    parent = d.parent("kubepods//burstable/pod1/")
+    assert parent == "/kubepods/burstable/pod1" and d.parent("") == "/pycri"
+    assert d.spec_path(d.child(parent, "pycri-abc")) == "/kubepods/burstable/pod1/pycri-abc"
+    assert d.runtime_args == () and d.conmon_args == ()
+    asyncio.run(d.check())
+
+
+def test_auto_follows_pid_1_and_systemd_without_systemd_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(systemd, "SYSTEMD_RUN_DIR", tmp_path / "absent")
+    assert drivers.resolve("auto") == "cgroupfs" and drivers.resolve("cgroupfs") == "cgroupfs"
+    with pytest.raises(systemd.SystemdError, match="systemd is not PID 1 here"):
+        drivers.resolve("systemd")
+    monkeypatch.setattr(systemd, "SYSTEMD_RUN_DIR", tmp_path)
+    assert drivers.resolve("auto") == "systemd"
+    assert isinstance(drivers.driver("auto"), drivers.SystemdDriver)
+
+
+class FakeClient:
+    def __init__(self):
+        self.calls = []
+
+    async def start_scope(self, unit, slice_name, pids, description):
+        self.calls.append(("start", unit, slice_name, pids))
+
+    async def stop_unit(self, unit):
+        self.calls.append(("stop", unit))
+
+
+def test_systemd_driver_makes_a_scope_in_the_parent_slice_and_stops_it():
+    client = FakeClient()
+    d = drivers.SystemdDriver(client)
+    path = d.child(d.parent("kubepods-pod1.slice"), "pycri-conmon-c1")
+    asyncio.run(d.place(42, path))
+    asyncio.run(d.release(path))
+    assert client.calls == [("start", "pycri-conmon-c1.scope", "kubepods-pod1.slice", [42]),
+                            ("stop", "pycri-conmon-c1.scope")]
