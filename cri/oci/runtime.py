@@ -102,6 +102,11 @@ class OCIRuntime:
         except ContainerMissing:
             pass
 
+    async def checkpoint(self, container_id: str, image_path: Path, work_path: Path, timeout: float) -> None:
+        """CRIU images of the running container into `image_path`; it keeps running (a forensic checkpoint)."""
+        await self._run("checkpoint", "--image-path", str(image_path), "--work-path", str(work_path),
+                        "--leave-running", "--file-locks", container_id, timeout=timeout)
+
     async def update(self, container_id: str, resources: dict) -> None:
         await self._run("update", "--resources", "-", container_id, stdin=json.dumps(resources).encode())
 

@@ -23,7 +23,7 @@ from cri.core.undo import UndoStack
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.faults import crash_point
 from cri.observe import trace
-from cri.oci import cdi
+from cri.oci import cdi, checkpoint as checkpoint_archive
 from cri.oci.conmon import BundlePaths
 from cri.oci.rootfs import RootfsPathError, ensure_mount_points
 from cri.oci.runtime import OCIRuntime
@@ -34,7 +34,7 @@ from cri.state.sandbox_record import SandboxRecord
 from hostos.atomicfile import atomic_write_bytes
 from storage.idmap import IdMap
 
-from . import specgen
+from . import checkpoint as checkpoints, specgen
 from .exits import Exits
 from .procs import background
 from .table import Table
@@ -84,6 +84,8 @@ class Creator:
             raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready (state {sandbox.state})")
         if not request.name:
             raise InvalidArgument("container metadata name must not be empty")
+        if request.image.startswith("/") and await asyncio.to_thread(checkpoint_archive.is_archive, request.image):
+            await self._refuse_restore(request.image, sandbox)
         image = self._images.status(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found")
@@ -167,6 +169,17 @@ class Creator:
         self._spawning[container_id] = background(self._spawn(record, runtime, request), f"creating {container_id}")
         t.publish(record, ev.CREATED)
         return record
+
+    async def _refuse_restore(self, path: str, sandbox: SandboxRecord) -> None:
+        """A checkpoint archive as the image asks for a restore, which needs CRIU; pycri writes such archives
+        (CheckpointContainer) but does not restore them."""
+        handler = sandbox.runtime_handler or self._t.config.runtime.default_runtime
+        why = await checkpoints.problem(self._t, handler)
+        if why:
+            raise FailedPrecondition(f"cannot restore a container from the checkpoint archive {path}: {why}")
+        raise FailedPrecondition(f"{path} is a checkpoint archive: pycri writes them (CheckpointContainer) but does "
+                                 f"not restore them; create the container from its image "
+                                 f"(config.dump names it)")
 
     async def _rootfs_idmap(self, sandbox: SandboxRecord) -> IdMap | None:
         """The pod's own mapping for a user-namespaced pod's rootfs and image volumes, where the kernel can idmap

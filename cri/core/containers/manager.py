@@ -6,6 +6,7 @@
     teardown.py  StopContainer, RemoveContainer, and both for every container of a pod
     recover.py   reconciliation with the runtimes at start, and the orphan sweep
     live.py      ExecSync, UpdateContainerResources, ReopenContainerLog
+    checkpoint.py  CheckpointContainer (CRIU, CRI-O's archive layout)
     stats.py     ContainerStats, ListContainerStats, the pod figures of PodSandboxStats
     table.py     what they share: records, names, locks, runtimes, conmon, events
 
@@ -29,7 +30,7 @@ from cri.state.container_record import ContainerRecord, ContainerRequest, Resour
 from cri.state.container_state import LISTED, LIVE
 from cri.state.sandbox_record import SandboxRecord
 
-from . import live, start
+from . import checkpoint as checkpoints, live, start
 from .create import Creator
 from .exits import Exits
 from .recover import Recovery
@@ -150,6 +151,9 @@ class ContainerManager:
 
     async def reopen_log(self, ref: str) -> None:
         await live.reopen_log(self._t, ref)
+
+    async def checkpoint(self, ref: str, location: str, timeout: float) -> None:
+        await checkpoints.checkpoint(self._t, ref, location, timeout)
 
     async def stats(self, ref: str) -> ContainerStats:
         return await self._stats.container(self._t.get(ref))
