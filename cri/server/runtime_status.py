@@ -8,6 +8,8 @@ import json
 from cri.api.v1 import api_pb2
 
 from cri.oci import mounts
+from hostos import cgroups
+from hostos.cgroups.driver import driver
 
 
 def _condition(kind: str, ready: bool, reason: str, message: str) -> api_pb2.RuntimeCondition:
@@ -45,6 +47,8 @@ async def status(rt, request, context):
     if request.verbose:
         response.info["config"] = rt.config.model_dump_json()
         response.info["podCIDR"] = json.dumps(rt.pod_cidr)
+        response.info["cgroups"] = json.dumps({"manager": driver(rt.config.runtime.cgroup_manager).name,
+                                               **cgroups.describe()})
     return response
 
 

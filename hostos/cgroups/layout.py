@@ -80,6 +80,14 @@ def cgroup_dirs(cgroups_path: str, lay: Layout | None = None) -> list[Path]:
     return [m / relative for m in hierarchies(lay)]
 
 
+def describe(lay: Layout | None = None) -> dict[str, object]:
+    """What cgroups give on this host, for operators (verbose Status): version, swap accounting, PSI."""
+    lay = lay or layout()
+    version = "v2" if lay.is_v2 else "hybrid" if lay.unified is not None else "v1"
+    return {"version": version, "swap_accounting": swap_accounting(lay),
+            "pressure": lay.is_v2 and Path("/proc/pressure/cpu").exists()}  # per-cgroup PSI exists only on v2
+
+
 def swap_accounting(lay: Layout | None = None) -> bool:
     """Whether memory+swap limits can be set (v1 needs swapaccount=1, v2 memory.swap.max)."""
     lay = lay or layout()

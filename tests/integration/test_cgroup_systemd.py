@@ -54,6 +54,10 @@ def test_auto_reports_the_driver_this_host_has(daemon_factory):
     d = daemon_factory({"runtime": {"cgroup_manager": "auto"}})
     driver = d.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest()).linux.cgroup_driver
     assert driver == (api_pb2.SYSTEMD if systemd.running() else api_pb2.CGROUPFS)
+    facts = json.loads(d.runtime.Status(api_pb2.StatusRequest(verbose=True)).info["cgroups"])
+    assert facts["manager"] == ("systemd" if systemd.running() else "cgroupfs")
+    assert facts["version"] == ("v2" if cgroups.layout().is_v2 else "hybrid" if cgroups.layout().unified else "v1")
+    assert facts["pressure"] is (cgroups.layout().is_v2 and Path("/proc/pressure/cpu").exists())
 
 
 @pytest.fixture

@@ -202,3 +202,15 @@ def test_v1_swap_is_memsw_minus_memory_and_oom_kills_from_oom_control(tmp_path):
     stats = cgroups.read_stats("/pod/c1", lay)
     assert (stats.swap_usage, stats.swap_limit, stats.cpu_pressure) == (2000, 50000, None)
     assert cgroups.oom_kills("/pod/c1", lay) == 2
+
+
+def test_describe_names_the_version_and_what_it_offers(tmp_path):
+    (tmp_path / "memory").mkdir()
+    hybrid = cgroups.describe(cgroups.Layout(unified=tmp_path / "u", v1={"memory": tmp_path / "memory"}))
+    assert hybrid == {"version": "hybrid", "swap_accounting": False, "pressure": False}
+    (tmp_path / "memory" / "memory.memsw.limit_in_bytes").write_text("0")
+    assert cgroups.describe(cgroups.Layout(unified=None, v1={"memory": tmp_path / "memory"}))["swap_accounting"]
+    (tmp_path / "sys.slice").mkdir()
+    (tmp_path / "sys.slice" / "memory.swap.max").write_text("max\n")
+    v2 = cgroups.describe(cgroups.Layout(unified=tmp_path, v1={}))
+    assert v2["version"] == "v2" and v2["swap_accounting"]
