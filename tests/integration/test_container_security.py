@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 
 import grpc
@@ -12,7 +13,8 @@ from cri.api.v1 import api_pb2
 from cri.oci import host_facts
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
-                                                      pod_with_handler, registry, run, status, wait_log, wait_state)
+                                                      pod_config, pod_with_handler, registry, run, status, wait_log,
+                                                      wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +149,22 @@ def test_apparmor_profile_demanded_on_a_host_without_apparmor_is_refused(env):
             security_context=api_pb2.LinuxContainerSecurityContext(apparmor=api_pb2.SecurityProfile(
                 profile_type=api_pb2.SecurityProfile.Localhost, localhost_ref="my-profile")))))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "AppArmor" in err.value.details()
+
+
+def test_pod_pid_namespace_in_a_host_pid_pod_is_the_host_s(env, tmp_path):
+    """A container asking for its pod's PID namespace in a pod that uses the host's joins the host's, as the pod
+    does (there is no infra process to join); one asking for its own gets its own."""
+    d, _, _ = env
+    cfg = pod_config(tmp_path, name="hostpid")
+    cfg.linux.security_context.namespace_options.pid = api_pb2.NODE
+    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg), timeout=60).pod_sandbox_id
+    host_ns = os.readlink("/proc/self/ns/pid")
+    for mode, same in ((api_pb2.POD, True), (api_pb2.NODE, True), (api_pb2.CONTAINER, False)):
+        sc = api_pb2.LinuxContainerSecurityContext(namespace_options=api_pb2.NamespaceOption(
+            network=api_pb2.NODE, pid=mode))
+        cid = run(d, pod, cfg, container_config(f"pid{mode}", ["sleep", "600"],
+                                                linux=api_pb2.LinuxContainerConfig(security_context=sc)))
+        assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+        inside = exec_sync(d, cid, ["ls", "-l", "/proc/self/ns/pid"]).stdout.decode().split("-> ")[-1].strip()
+        assert (inside == host_ns) == same, (mode, inside, host_ns)
+    d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)

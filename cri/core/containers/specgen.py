@@ -180,6 +180,8 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
     record.supplemental_groups = list(user.additional_gids)
     opts = sandbox.namespace_options
     pid_mode = MODE_NAMES.get(sec.pid_mode, "CONTAINER")
+    if pid_mode == "POD" and opts.host_pid:
+        pid_mode = "NODE"  # the pod's PID namespace is the host's: there is no infra process, join it as the pod does
     target_pid = 0
     if pid_mode == "TARGET":
         target = find(sec.target_id)
