@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from cri.api.v1 import api_pb2
 
 from cri.core.containers import ContainerStats
 from cri.errors import InvalidArgument
+from cri.oci import signals
 from cri.state.container_record import (ContainerRecord, ContainerRequest, DeviceSpec, IDMapSpec, MountSpec,
                                         ResourcesSpec, SecuritySpec)
 
@@ -149,7 +152,29 @@ def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
         log_path=record.log_path,
         resources=api_pb2.ContainerResources(linux=resources_to_proto(record.resources)),
         user=api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(
-            uid=record.uid, gid=record.gid, supplemental_groups=record.supplemental_groups)))
+            uid=record.uid, gid=record.gid, supplemental_groups=record.supplemental_groups)),
+        stop_signal=cri_signal(record.stop_signal))
+
+
+def _cri_signals() -> dict[int, int]:
+    """Signal number -> the CRI's enum value; where names share a number the enum's first (SIGABRT, not SIGIOT)."""
+    table: dict[int, int] = {}
+    for name, value in api_pb2.Signal.items():
+        if value != api_pb2.RUNTIME_DEFAULT:
+            with contextlib.suppress(ValueError):
+                table.setdefault(signals.signal_number(name), value)
+    return table
+
+
+_CRI_SIGNALS = _cri_signals()
+
+
+def cri_signal(name: str) -> int:
+    """The signal StopContainer sends ("" is SIGTERM) as the CRI names it; RUNTIME_DEFAULT if it has no name."""
+    try:
+        return _CRI_SIGNALS.get(signals.signal_number(name), api_pb2.RUNTIME_DEFAULT)
+    except ValueError:
+        return api_pb2.RUNTIME_DEFAULT
 
 
 def stats_message(stats: ContainerStats) -> api_pb2.ContainerStats:

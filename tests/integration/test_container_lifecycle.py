@@ -235,3 +235,19 @@ def test_exec_sync_whose_command_leaves_a_child_holding_stdout(env, tmp_path, ha
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     left = exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
     assert "sleep 4323" not in left and "sleep 4324" not in left
+
+
+def test_stop_signal_is_reported_and_used(env):
+    """ContainerStatus reports the signal StopContainer sends (the config's, else the image's, else SIGTERM), and a
+    real-time one as the CRI names it (SIGRTMINPLUS1) is sent too."""
+    d, pod, pod_cfg = env
+    plain = run(d, pod, pod_cfg, container_config("plain", ["sleep", "600"]))
+    assert status(d, plain).status.stop_signal == api_pb2.SIGTERM
+    for name, sig in (("usr1", api_pb2.SIGUSR1), ("rt", api_pb2.SIGRTMINPLUS1)):
+        cid = run(d, pod, pod_cfg, container_config(name, ["sleep", "600"], stop_signal=sig))
+        assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
+        assert status(d, cid).status.stop_signal == sig
+        d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=10), timeout=30)
+        st = status(d, cid).status
+        number = {api_pb2.SIGUSR1: 10, api_pb2.SIGRTMINPLUS1: 35}[sig]
+        assert (st.state, st.exit_code, st.stop_signal) == (api_pb2.CONTAINER_EXITED, 128 + number, sig)

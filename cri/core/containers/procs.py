@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cri.errors import InvalidArgument
+from cri.oci import signals
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,11 @@ def background(work: Awaitable[Any], what: str) -> asyncio.Future[Any]:
 
 
 def signal_number(name: str) -> int:
-    """"SIGTERM", "TERM", "15" or "SIGRTMIN+3" -> the number; InvalidArgument when unknown."""
-    if not name:
-        return int(signal.SIGTERM)
-    text = name.strip().upper()
-    if text.isdigit():
-        return int(text)
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    if text.startswith("SIGRTMIN+") and text[9:].isdigit():
-        return int(signal.SIGRTMIN) + int(text[9:])
+    """The stop signal's number (see cri.oci.signals); InvalidArgument when unknown."""
     try:
-        return int(signal.Signals[text])
-    except KeyError:
-        raise InvalidArgument(f"unknown stop signal {name!r}") from None
+        return signals.signal_number(name)
+    except ValueError as e:
+        raise InvalidArgument(f"stop signal: {e}") from None
 
 
 def exit_reason(exit_code: int, oom: bool) -> str:
