@@ -110,13 +110,13 @@ def open_image_store(config: Config, verify: bool = False):
     """The image store under <root>/storage, with registries.conf and the auth file from config;
     `verify` checks every blob and layer first (after an unclean shutdown)."""
     from cri.faults import crash_point
-    from storage import registries
+    from storage import registries_conf
     from storage.errors import StorageError
     from storage.images import ImageStore
 
     st = config.storage
     try:
-        store = ImageStore(config.root / "storage", registries.load(st.registries_conf, st.registries_conf_dir),
+        store = ImageStore(config.root / "storage", registries_conf.load(st.registries_conf, st.registries_conf_dir),
                            st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads,
                            durable=st.durable_pulls, checkpoint=crash_point)
     except StorageError as exc:

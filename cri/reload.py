@@ -59,7 +59,7 @@ def _merge_handlers(rt, new: Config) -> dict[str, RuntimeHandler]:
 
 def apply(rt, new: Config, setup_logging: Callable[[Config], None]) -> list[str]:
     """Apply the live part of `new` to the running daemon; return the keys applied."""
-    from storage import registries
+    from storage import registries_conf
 
     old = rt.config
     changed = changed_keys(old, new)
@@ -67,7 +67,7 @@ def apply(rt, new: Config, setup_logging: Callable[[Config], None]) -> list[str]
     if later:
         log.warning("configuration reload: %s changed but take effect only at the next start", ", ".join(later))
 
-    store_registries = registries.load(new.storage.registries_conf, new.storage.registries_conf_dir)
+    store_registries = registries_conf.load(new.storage.registries_conf, new.storage.registries_conf_dir)
     handlers = _merge_handlers(rt, new)
     runtime = RuntimeConfig.model_validate({**old.runtime.model_dump(), "handlers": handlers,
                                             "default_runtime": new.runtime.default_runtime})

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.errors import ConfigError
+from storage.errors import RegistryConfigError
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ class Credentials:
 
 
 def decode_auth(auth: str) -> tuple[str, str]:
-    """base64("user:password") -> (user, password); raises ConfigError on anything else."""
+    """base64("user:password") -> (user, password); raises RegistryConfigError on anything else."""
     try:
         text = base64.b64decode(auth, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
-        raise ConfigError("the auth field is not base64 of 'user:password'") from None
+        raise RegistryConfigError("the auth field is not base64 of 'user:password'") from None
     user, sep, password = text.partition(":")
     if not sep:
-        raise ConfigError("the auth field is not base64 of 'user:password'")
+        raise RegistryConfigError("the auth field is not base64 of 'user:password'")
     return user, password
 
 
@@ -76,18 +76,18 @@ class AuthFile:
         try:
             doc = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read auth file {path}: {exc}") from None
+            raise RegistryConfigError(f"cannot read auth file {path}: {exc}") from None
         return cls.from_doc(doc, str(path))
 
     @classmethod
     def from_doc(cls, doc: object, source: str = "<auth file>") -> "AuthFile":
         auths = doc.get("auths", {}) if isinstance(doc, dict) else None
         if not isinstance(auths, dict):
-            raise ConfigError(f"{source}: 'auths' must be an object")
+            raise RegistryConfigError(f"{source}: 'auths' must be an object")
         entries = []
         for key, value in auths.items():
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: entry {key!r} must be an object")
+                raise RegistryConfigError(f"{source}: entry {key!r} must be an object")
             creds = Credentials.from_fields(username=value.get("username", ""), password=value.get("password", ""),
                                             auth=value.get("auth", ""), identity_token=value.get("identitytoken", ""),
                                             registry_token=value.get("registrytoken", ""))

@@ -53,7 +53,7 @@ class ArchiveError(StorageError):
     """An image archive (OCI layout or docker-archive) is malformed."""
 
 
-class ConfigError(StorageError):
+class RegistryConfigError(StorageError):
     """registries.conf or the auth file cannot be read."""
 
 

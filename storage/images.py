@@ -36,7 +36,7 @@ from storage.errors import ImageInUse, ImageNotFound, InvalidReference, NoSpace,
 from storage.fsutil import remove_tree, syncfs, usage
 from storage.idmap import IdMap
 from storage.layers import MAX_LAYERS, LayerStore, chain_ids as compute_chain_ids
-from storage.registries import RegistriesConfig
+from storage.registries_conf import RegistriesConfig
 from storage.registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, Manifest, RegistryClient, TokenCache,
                               TransientRegistryError, choose_platform)
 from storage.rootfs import ImageVolume, Rootfs, RootfsManager

@@ -24,7 +24,7 @@ from storage.auth import AuthFile, Credentials, parse_www_authenticate
 from storage.errors import (AuthError, DigestMismatch, ImageNotFound, PullTimeout, RegistryError,
                             UnsupportedManifest)
 from storage.reference import validate_digest
-from storage.registries import PullSource
+from storage.registries_conf import PullSource
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

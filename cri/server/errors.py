@@ -40,7 +40,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (storage_errors.RegistryError, grpc.StatusCode.UNAVAILABLE),
     (storage_errors.ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
     (storage_errors.NoSpace, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (storage_errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (storage_errors.RegistryConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (storage_errors.StorageError, grpc.StatusCode.INTERNAL),
     (CgroupBusy, grpc.StatusCode.INTERNAL),
     (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),

@@ -4,7 +4,7 @@ from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from storage.auth import Credentials
-from storage.errors import ConfigError
+from storage.errors import RegistryConfigError
 
 
 async def pull_image(rt, request, context):
@@ -14,7 +14,7 @@ async def pull_image(rt, request, context):
     try:
         credentials = Credentials.from_fields(auth.username, auth.password, auth.auth, auth.identity_token,
                                               auth.registry_token)
-    except ConfigError as exc:
+    except RegistryConfigError as exc:
         raise InvalidArgument(f"auth for {request.image.image}: {exc}") from None
     record = await rt.images.pull(request.image.image, None if credentials.empty else credentials,
                                   pod=_pod_of(rt, request.sandbox_config.metadata))

@@ -19,7 +19,7 @@ from storage.auth import Credentials
 from storage.errors import (AuthError, BlockedRegistry, DigestMismatch, HostileLayer, ImageInUse, ImageNotFound,
                             NoSpace, PullTimeout, RegistryError, UnsupportedManifest)
 from storage.images import ImageStore
-from storage.registries import Mirror, RegistriesConfig, RegistryEntry
+from storage.registries_conf import Mirror, RegistriesConfig, RegistryEntry
 from storage.registry import host_platform
 from tests.imagebuild import Entry, build_busybox_image, build_image, build_index, tar_layer
 from tests.integration.conftest_registry import *  # noqa: F401,F403
@@ -205,7 +205,7 @@ def test_a_killed_pull_leaves_nothing_after_the_next_start(fake, tmp_path):
     fake.serve("slow/app", "1", image)
     fake.stall_after[f"/v2/slow/app/blobs/{layer}"] = 1000
     root = tmp_path / "root"
-    script = ("import sys; from storage.images import ImageStore; from storage.registries import RegistriesConfig, "
+    script = ("import sys; from storage.images import ImageStore; from storage.registries_conf import RegistriesConfig, "
               "RegistryEntry; h=sys.argv[2]; ImageStore(sys.argv[1], RegistriesConfig((RegistryEntry(h, h, insecure=True),)))"
               ".pull(h + '/slow/app:1')")
     proc = subprocess.Popen([sys.executable, "-c", script, str(root), fake.host], cwd=Path(__file__).parents[2])

@@ -4,9 +4,9 @@ import base64
 
 import pytest
 
-from storage import registries
+from storage import registries_conf as registries
 from storage.auth import AuthFile, Credentials, decode_auth, parse_www_authenticate
-from storage.errors import BlockedRegistry, ConfigError
+from storage.errors import BlockedRegistry, RegistryConfigError
 from storage.reference import parse
 
 CONF = """
@@ -102,7 +102,7 @@ def test_drop_ins_override_by_prefix_and_replace_the_search_list(tmp_path):
 def test_bad_configuration_names_the_problem(tmp_path, text, message):
     path = tmp_path / "registries.conf"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(RegistryConfigError, match=message):
         registries.load(path)
 
 
@@ -119,9 +119,9 @@ def test_auth_file_lookup_prefers_the_most_specific_key():
     assert auth.lookup("registry.example", "team/app") == Credentials("team", "pw2")
     assert auth.lookup("tokens.example").identity_token == "refresh-1"
     assert auth.lookup("nowhere.example") is None
-    with pytest.raises(ConfigError):
+    with pytest.raises(RegistryConfigError):
         AuthFile.from_doc({"auths": {"x": {"auth": "not base64!"}}})
-    with pytest.raises(ConfigError):
+    with pytest.raises(RegistryConfigError):
         decode_auth(base64.b64encode(b"no-colon").decode())
     assert "pw" not in repr(Credentials("u", "pw"))
 

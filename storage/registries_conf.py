@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.errors import BlockedRegistry, ConfigError
+from storage.errors import BlockedRegistry, RegistryConfigError
 from storage.reference import DEFAULT_DOMAIN, Reference
 
 DEFAULT_CONF = Path("/etc/containers/registries.conf")
@@ -110,7 +110,7 @@ def _rewrite(entry: RegistryEntry, ref: Reference, location: str, insecure: bool
         remapped = location + ref.name[len(entry.prefix):]
     host, _, repository = remapped.partition("/")
     if not repository:
-        raise ConfigError(f"registries.conf location {location!r} leaves no repository for {ref}")
+        raise RegistryConfigError(f"registries.conf location {location!r} leaves no repository for {ref}")
     if host == DEFAULT_DOMAIN and "/" not in repository:
         repository = f"library/{repository}"
     return PullSource(_endpoint_host(host), repository, insecure, is_mirror)
@@ -121,26 +121,26 @@ def _parse_entry(raw: dict, source: Path) -> RegistryEntry:
         location = str(raw.get("location", "")).rstrip("/")
         prefix = str(raw.get("prefix") or location).rstrip("/")
         if not prefix:
-            raise ConfigError(f"{source}: a [[registry]] entry needs a prefix or a location")
+            raise RegistryConfigError(f"{source}: a [[registry]] entry needs a prefix or a location")
         if prefix.startswith("*.") and location:
-            raise ConfigError(f"{source}: wildcard prefix {prefix!r} cannot have a location")
+            raise RegistryConfigError(f"{source}: wildcard prefix {prefix!r} cannot have a location")
         mirrors = []
         for raw_mirror in raw.get("mirror", []):
             mode = raw_mirror.get("pull-from-mirror", "all")
             if mode not in _PULL_FROM_MIRROR:
-                raise ConfigError(f"{source}: mirror pull-from-mirror {mode!r} is not one of {sorted(_PULL_FROM_MIRROR)}")
+                raise RegistryConfigError(f"{source}: mirror pull-from-mirror {mode!r} is not one of {sorted(_PULL_FROM_MIRROR)}")
             mirrors.append(Mirror(str(raw_mirror["location"]).rstrip("/"), bool(raw_mirror.get("insecure", False)), mode))
         return RegistryEntry(prefix, location or prefix, bool(raw.get("insecure", False)),
                              bool(raw.get("blocked", False)), tuple(mirrors))
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{source}: malformed [[registry]] entry {raw!r}: {exc}") from None
+        raise RegistryConfigError(f"{source}: malformed [[registry]] entry {raw!r}: {exc}") from None
 
 
 def parse_text(text: str, source: Path = Path("<text>")) -> dict:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+        raise RegistryConfigError(f"{source}: invalid TOML: {exc}") from None
 
 
 def merge(documents: list[tuple[Path, dict]]) -> RegistriesConfig:
@@ -150,7 +150,7 @@ def merge(documents: list[tuple[Path, dict]]) -> RegistriesConfig:
     search: tuple[str, ...] = ()
     for source, doc in documents:
         if "registries" in doc and "registry" not in doc:
-            raise ConfigError(f"{source}: registries.conf version 1 ([registries.*] tables) is not supported; use [[registry]]")
+            raise RegistryConfigError(f"{source}: registries.conf version 1 ([registries.*] tables) is not supported; use [[registry]]")
         if "unqualified-search-registries" in doc:
             search = tuple(str(item) for item in doc["unqualified-search-registries"])
         for raw in doc.get("registry", []):
@@ -174,5 +174,5 @@ def load(path: Path | None = DEFAULT_CONF, dropin_dir: Path | None = None) -> Re
         try:
             documents.append((file, parse_text(file.read_text(), file)))
         except OSError as exc:
-            raise ConfigError(f"cannot read {file}: {exc}") from None
+            raise RegistryConfigError(f"cannot read {file}: {exc}") from None
     return merge(documents)
