@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
@@ -17,6 +18,7 @@ _DEST, _PATH = "org.freedesktop.systemd1", "/org/freedesktop/systemd1"
 _MANAGER = "org.freedesktop.systemd1.Manager"
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+$")
 JOB_TIMEOUT = 10.0
+_EARLY_RESULTS = 256
 
 
 class SystemdError(OSError):
@@ -55,7 +57,8 @@ class Systemd:
     def __init__(self) -> None:
         self._bus = None
         self._lock = asyncio.Lock()
-        self._jobs: dict[str, asyncio.Future[str]] = {}
+        self._jobs: dict[str, asyncio.Future[str]] = {}   # our jobs, waited for
+        self._early: OrderedDict[str, str] = OrderedDict()  # results signalled before we knew the job was ours
 
     async def connect(self):
         from dbus_fast import BusType, Message
@@ -77,11 +80,18 @@ class Systemd:
             return bus
 
     def _on_message(self, msg) -> None:
+        """JobRemoved comes for every client's jobs; the signal can be read before the reply naming our job is
+        handed back, so the latest results are kept a while (bounded) for a waiter that comes just after."""
         if msg.member == "JobRemoved" and msg.interface == _MANAGER:
             _, job, _, result = msg.body
-            future = self._jobs.setdefault(job, asyncio.get_running_loop().create_future())
-            if not future.done():
-                future.set_result(result)
+            future = self._jobs.get(job)
+            if future is not None:
+                if not future.done():
+                    future.set_result(result)
+                return
+            self._early[job] = result
+            while len(self._early) > _EARLY_RESULTS:
+                self._early.popitem(last=False)
 
     @staticmethod
     async def _call(bus, member: str, signature: str, body: list):
@@ -95,13 +105,15 @@ class Systemd:
         return reply.body
 
     async def _wait_job(self, job: str, what: str) -> None:
-        future = self._jobs.setdefault(job, asyncio.get_running_loop().create_future())
-        try:
-            result = await asyncio.wait_for(future, JOB_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise SystemdError(f"systemd did not finish {what} within {JOB_TIMEOUT:g}s") from None
-        finally:
-            self._jobs.pop(job, None)
+        result = self._early.pop(job, None)
+        if result is None:
+            future = self._jobs[job] = asyncio.get_running_loop().create_future()
+            try:
+                result = await asyncio.wait_for(future, JOB_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise SystemdError(f"systemd did not finish {what} within {JOB_TIMEOUT:g}s") from None
+            finally:
+                self._jobs.pop(job, None)
         if result != "done":
             raise SystemdError(f"systemd could not {what}: job {result}")
 

@@ -78,6 +78,10 @@ async def _scenario(address: str):
             await client.start_scope("pycri-a.scope", "pycri.slice", [123], "test")
         with pytest.raises(systemd.SystemdError, match="could not start pycri-b.scope in pycri.slice: job failed"):
             await client.start_scope("pycri-b.scope", "pycri.slice", [0], "test")
+        for i in range(300):  # other clients' jobs (kubelet's slices...) are signalled to us too
+            manager.JobRemoved(1000 + i, f"/org/freedesktop/systemd1/job/{1000 + i}", "other.service", "done")
+        await asyncio.sleep(0.3)
+        assert len(client._early) <= systemd._EARLY_RESULTS  # kept a while, never without bound
         await client.stop_unit("pycri-a.scope")
         await client.stop_unit("pycri-a.scope")  # gone already: fine
         assert "pycri-a.scope" not in manager.units
