@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from cri.core import events as ev, sandbox_host, sandbox_orphans
 from cri.core.claims import Claims
+from cri.core.sandbox_resources import pod_limits
 from cri.core.sandbox_files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname,
                                     validate_sysctls, validate_user_namespace)
 from cri.core.undo import StepFailed, UndoStack, named_error, restore_or_undo, run_step
@@ -27,9 +28,10 @@ from cri.faults import crash_point
 from cri.observe import trace
 from cri.errors import CRIError, FailedPrecondition, InvalidArgument, Unavailable
 from cri.state import Index, NameRegistry, RecordStore, new_id
-from cri.state.container_record import IDMapSpec
+from cri.state.container_record import IDMapSpec, ResourcesSpec
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
 from hostos import cgroups, mountinfo
+from hostos.cgroups import limits as limits_module
 from hostos.cgroups.driver import driver
 from netplugins import (CNIManager, NetPluginError, NetworkNotReady, PodNetwork, PortMapping, connect_in_netns,
                         namespace_alive, pin_namespaces, unpin_namespace)
@@ -173,6 +175,9 @@ class SandboxManager:
             "portMappings": [p.model_dump() for p in record.port_mappings],
             "sysctls": record.sysctls, "config": record.config,
         }
+        if record.resources is not None:
+            info["resources"] = record.resources.model_dump()
+            info["overhead"] = record.overhead.model_dump() if record.overhead else {}
         return SandboxStatus(record, info)
 
     @staticmethod
@@ -209,6 +214,26 @@ class SandboxManager:
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def update_resources(self, ref: str, resources: ResourcesSpec, overhead: ResourcesSpec) -> None:
+        """UpdatePodSandboxResources: write the pod cgroup's new limits (cri/core/sandbox_resources.py)."""
+        record = self.get(ref)
+        async with self._lock(record.id):
+            if record.state != "ready":
+                raise FailedPrecondition(f"pod sandbox {record.id} is not ready ({record.state}): nothing to resize")
+            if record.cgroup_parent == DEFAULT_CGROUP_PARENT:
+                raise FailedPrecondition(f"pod sandbox {record.id} has no cgroup of its own (RunPodSandbox gave no "
+                                         f"cgroup_parent; its pods share {DEFAULT_CGROUP_PARENT})")
+            limits = pod_limits(resources, overhead)
+            try:
+                await asyncio.to_thread(limits_module.apply, record.cgroup_parent, limits)
+            except ValueError as e:
+                raise InvalidArgument(f"pod sandbox {record.id}: {e}") from None
+            except OSError as e:
+                raise FailedPrecondition(f"pod sandbox {record.id}: resizing its cgroup {record.cgroup_parent}: "
+                                         f"{e.strerror or e}") from None
+            record.resources, record.overhead = resources, overhead
+            self._store.save(record, durable=False)
 
     # --- RunPodSandbox -------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cri.state.container_record import IDMapSpec
+from cri.state.container_record import IDMapSpec, ResourcesSpec
 
 SandboxState = Literal["creating", "ready", "notready"]
 # CRI NamespaceMode values: POD=0, CONTAINER=1, NODE=2, TARGET=3.
@@ -121,6 +121,8 @@ class SandboxRecord(BaseModel):
     sysctls: dict[str, str] = {}
     privileged: bool = False
     config: dict[str, Any] = {}          # the original PodSandboxConfig, for containers and verbose status
+    resources: ResourcesSpec | None = None  # the last UpdatePodSandboxResources: the pod's resources ...
+    overhead: ResourcesSpec | None = None   # ... and its overhead
 
     @property
     def reserved_name(self) -> str:

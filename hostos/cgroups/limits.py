@@ -1,0 +1,121 @@
+"""Resource limits written straight into a cgroup's files, v1 or v2: for the pod-level cgroup, which no OCI
+runtime manages (`runc update` only knows containers). Values follow CRI's LinuxContainerResources; 0 or ""
+leaves a setting as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hostos.cgroups.layout import Layout, layout
+
+_V2_DEFAULT_PERIOD = 100_000
+_SWAP_FILES = {"memory.memsw.limit_in_bytes", "memory.swap.max"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_period: int = 0
+    cpu_quota: int = 0          # -1: unlimited
+    cpu_shares: int = 0
+    memory: int = 0             # bytes
+    memory_swap: int = 0        # memory plus swap, as CRI gives it; -1: unlimited swap
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    hugepages: tuple[tuple[str, int], ...] = ()   # (page size such as "2MB", bytes)
+    unified: dict[str, str] = field(default_factory=dict)
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares [2, 262144] to v2 cpu.weight [1, 10000], the conversion runc and crun use."""
+    shares = min(max(shares, 2), 262144)
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def planned_writes(limits: Limits, lay: Layout) -> list[tuple[str, str, str]]:
+    """(controller, file, value) in the order to write them; controller "" is the v2 hierarchy."""
+    out: list[tuple[str, str, str]] = []
+    if lay.is_v2:
+        if limits.cpu_quota or limits.cpu_period:
+            quota = "max" if limits.cpu_quota <= 0 else str(limits.cpu_quota)
+            out.append(("", "cpu.max", f"{quota} {limits.cpu_period or _V2_DEFAULT_PERIOD}"))
+        if limits.cpu_shares:
+            out.append(("", "cpu.weight", str(shares_to_weight(limits.cpu_shares))))
+        if limits.memory:
+            out.append(("", "memory.max", str(limits.memory)))
+            if limits.memory_swap:
+                swap = "max" if limits.memory_swap < 0 else str(max(0, limits.memory_swap - limits.memory))
+                out.append(("", "memory.swap.max", swap))
+        for name, value in (("cpuset.cpus", limits.cpuset_cpus), ("cpuset.mems", limits.cpuset_mems)):
+            if value:
+                out.append(("", name, value))
+        out += [("", f"hugetlb.{size}.max", str(limit)) for size, limit in limits.hugepages]
+        out += [("", name, value) for name, value in limits.unified.items()]
+        return out
+    if limits.unified:
+        raise ValueError(f"unified cgroup settings {sorted(limits.unified)} need cgroup v2; this host runs v1")
+    if limits.cpu_period:
+        out.append(("cpu", "cpu.cfs_period_us", str(limits.cpu_period)))
+    if limits.cpu_quota:
+        out.append(("cpu", "cpu.cfs_quota_us", str(limits.cpu_quota)))
+    if limits.cpu_shares:
+        out.append(("cpu", "cpu.shares", str(limits.cpu_shares)))
+    if limits.memory:
+        out.append(("memory", "memory.limit_in_bytes", str(limits.memory)))
+        if limits.memory_swap:
+            out.append(("memory", "memory.memsw.limit_in_bytes", str(limits.memory_swap)))
+    for name, value in (("cpuset.cpus", limits.cpuset_cpus), ("cpuset.mems", limits.cpuset_mems)):
+        if value:
+            out.append(("cpuset", name, value))
+    out += [("hugetlb", f"hugetlb.{size}.limit_in_bytes", str(limit)) for size, limit in limits.hugepages]
+    return out
+
+
+def apply(cgroups_path: str, limits: Limits, lay: Layout | None = None) -> list[str]:
+    """Write the limits into the cgroup; return the files written. OSError names the file and the value.
+
+    v1 wants memory <= memory+swap at every step: when a write is refused (EINVAL), the pair is written the
+    other way round, as runc does when it lowers or raises both.
+    """
+    lay = lay or layout()
+    relative = cgroups_path.strip("/")
+    written: list[str] = []
+    writes = planned_writes(limits, lay)
+    paths = []
+    for controller, name, value in writes:
+        mount = lay.unified if controller == "" else lay.v1.get(controller)
+        if mount is None:
+            raise OSError(errno.ENOENT, f"no {controller or 'cgroup2'} hierarchy is mounted for {name}")
+        paths.append((mount / relative / name, value))
+    # Without swap accounting (v1 without swapaccount=1) there is no swap limit to write.
+    pending = [(p, v) for p, v in paths if p.name not in _SWAP_FILES or p.exists()]
+    while pending:
+        path, value = pending.pop(0)
+        try:
+            _write(path, value)
+        except OSError as e:
+            partner = _swap_partner(path, pending)
+            if e.errno != errno.EINVAL or partner is None:
+                raise
+            pending.remove(partner)
+            _write(*partner)
+            _write(path, value)
+            written.append(str(partner[0]))
+        written.append(str(path))
+    return written
+
+
+def _swap_partner(path: Path, pending: list[tuple[Path, str]]) -> tuple[Path, str] | None:
+    if path.name != "memory.limit_in_bytes":
+        return None
+    return next((p for p in pending if p[0].name == "memory.memsw.limit_in_bytes"), None)
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise OSError(e.errno, f"writing {value} to {path}: {e.strerror}") from None

@@ -1,0 +1,85 @@
+"""Pod-level limits: what is written where on cgroup v1 and v2, the v1 memory/memsw order, and the pod sum."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from cri.core.sandbox_resources import pod_limits
+from cri.state.container_record import ResourcesSpec
+from hostos.cgroups import Layout
+from hostos.cgroups import limits as limits_module
+from hostos.cgroups.limits import Limits, planned_writes, shares_to_weight
+from hostos.cgroups.limits import apply as apply_limits
+
+V2 = Layout(unified=Path("/u"), v1={})
+V1 = Layout(unified=None, v1={"cpu": Path("/c"), "memory": Path("/m"), "cpuset": Path("/s"), "hugetlb": Path("/h")})
+
+
+def test_v2_files():
+    limits = Limits(cpu_period=100000, cpu_quota=50000, cpu_shares=1024, memory=64 << 20, memory_swap=96 << 20,
+                    cpuset_cpus="0", hugepages=(("2MB", 4 << 20),), unified={"memory.high": "60000000"})
+    assert planned_writes(limits, V2) == [
+        ("", "cpu.max", "50000 100000"), ("", "cpu.weight", "39"), ("", "memory.max", str(64 << 20)),
+        ("", "memory.swap.max", str(32 << 20)), ("", "cpuset.cpus", "0"), ("", "hugetlb.2MB.max", str(4 << 20)),
+        ("", "memory.high", "60000000")]
+    assert planned_writes(Limits(cpu_quota=-1, cpu_period=50000), V2) == [("", "cpu.max", "max 50000")]
+
+
+def test_v1_files_and_unified_is_refused():
+    limits = Limits(cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory=1 << 30)
+    assert planned_writes(limits, V1) == [
+        ("cpu", "cpu.cfs_period_us", "100000"), ("cpu", "cpu.cfs_quota_us", "50000"), ("cpu", "cpu.shares", "512"),
+        ("memory", "memory.limit_in_bytes", str(1 << 30))]
+    with pytest.raises(ValueError, match="cgroup v2"):
+        planned_writes(Limits(unified={"memory.high": "1"}), V1)
+    assert planned_writes(Limits(), V1) == []
+
+
+def test_shares_to_weight_matches_the_runtimes():
+    assert (shares_to_weight(2), shares_to_weight(1024), shares_to_weight(262144)) == (1, 39, 10000)
+
+
+def test_v1_raising_memory_above_memsw_writes_memsw_first(tmp_path, monkeypatch):
+    """The kernel refuses (EINVAL) memory.limit_in_bytes above memory.memsw.limit_in_bytes: the pair is swapped."""
+    memory = tmp_path / "m"
+    pod = memory / "pod"
+    pod.mkdir(parents=True)
+    (pod / "memory.limit_in_bytes").write_text("100")
+    (pod / "memory.memsw.limit_in_bytes").write_text("100")
+    real_write = limits_module._write
+
+    def kernel_like(path: Path, value: str) -> None:
+        if path.name == "memory.limit_in_bytes" and int(value) > int((pod / "memory.memsw.limit_in_bytes").read_text()):
+            raise OSError(errno.EINVAL, f"writing {value} to {path}: Invalid argument")
+        real_write(path, value)
+
+    monkeypatch.setattr(limits_module, "_write", kernel_like)
+    written = apply_limits("/pod", Limits(memory=200, memory_swap=300), Layout(unified=None, v1={"memory": memory}))
+    assert (pod / "memory.limit_in_bytes").read_text() == "200"
+    assert (pod / "memory.memsw.limit_in_bytes").read_text() == "300"
+    assert written == [str(pod / "memory.memsw.limit_in_bytes"), str(pod / "memory.limit_in_bytes")]
+    with pytest.raises(OSError, match="memory.limit_in_bytes"):  # refused for another reason: said so
+        apply_limits("/pod", Limits(memory=900), Layout(unified=None, v1={"memory": memory}))
+
+
+def test_a_missing_swap_file_means_no_swap_accounting_and_is_skipped(tmp_path):
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    (pod / "memory.max").write_text("max")
+    apply_limits("/pod", Limits(memory=300, memory_swap=400), Layout(unified=tmp_path, v1={}))
+    assert (pod / "memory.max").read_text() == "300" and not (pod / "memory.swap.max").exists()
+
+
+def test_pod_limits_add_the_overhead():
+    resources = ResourcesSpec(cpu_period=100000, cpu_quota=200000, cpu_shares=2048, memory_limit_in_bytes=256 << 20,
+                              cpuset_cpus="0-1")
+    overhead = ResourcesSpec(cpu_period=50000, cpu_quota=5000, cpu_shares=100, memory_limit_in_bytes=16 << 20)
+    limits = pod_limits(resources, overhead)
+    assert (limits.cpu_period, limits.cpu_quota, limits.cpu_shares) == (100000, 210000, 2148)
+    assert limits.memory == 272 << 20 and limits.cpuset_cpus == "0-1"
+    # No limit stays no limit, whatever the overhead.
+    assert pod_limits(ResourcesSpec(cpu_quota=-1), overhead).cpu_quota == -1
+    assert pod_limits(ResourcesSpec(), overhead).memory == 0
