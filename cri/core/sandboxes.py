@@ -221,9 +221,10 @@ class SandboxManager:
         async with self._lock(record.id):
             if record.state != "ready":
                 raise FailedPrecondition(f"pod sandbox {record.id} is not ready ({record.state}): nothing to resize")
-            if record.cgroup_parent == DEFAULT_CGROUP_PARENT:
+            shared = self._cgroups.parent("")
+            if record.cgroup_parent == shared:
                 raise FailedPrecondition(f"pod sandbox {record.id} has no cgroup of its own (RunPodSandbox gave no "
-                                         f"cgroup_parent; its pods share {DEFAULT_CGROUP_PARENT})")
+                                         f"cgroup_parent; such pods share {shared})")
             limits = pod_limits(resources, overhead)
             try:
                 await asyncio.to_thread(limits_module.apply, record.cgroup_parent, limits)
