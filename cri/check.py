@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cri.config import Config
+from cri.oci import criu
 from hostos import cgroups
 
 CAP_SYS_RESOURCE = 24
@@ -78,7 +81,23 @@ def findings(config: Config) -> list[Finding]:
                        "present" if has_resource else
                        "missing: negative oom_score_adj is clamped to the daemon's own score",
                        "none needed; run pycri with CAP_SYS_RESOURCE to honour negative scores", required=False))
+    out.append(_idmapped_rootfs(config))
+    criu_why = asyncio.run(criu.criu_problem())
+    out.append(Finding("CRIU (CheckpointContainer)", criu_why is None, criu_why or "`criu check` passes",
+                       "a CRIU release that supports this kernel", required=False))
     return out
+
+
+def _idmapped_rootfs(config: Config) -> Finding:
+    """Tried for real on the filesystem of the root (a scratch dir there), as the daemon does."""
+    from storage import overlay
+
+    base = config.root if config.root.is_dir() else Path(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix=".check-idmap-", dir=base) as scratch:
+        problem = overlay.idmap_problem(Path(scratch) / "probe")
+    return Finding("idmapped rootfs (user-namespaced pods)", problem is None,
+                   problem or "overlay on idmapped layers works",
+                   "Linux 5.19+ and a root filesystem that supports idmapped mounts (ext4, xfs, btrfs)", required=False)
 
 
 def report(config: Config) -> int:
