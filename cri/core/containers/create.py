@@ -90,12 +90,13 @@ class Creator:
         if image is None:
             raise NotFound(f"image {request.image!r} not found")
         specgen.check_lsm(request)
-        try:  # CDI devices first: an unknown one fails before anything is made
-            cdi_edits = await asyncio.to_thread(cdi.resolve, cdi.requested_devices(request.cdi_devices,
-                                                                                     request.annotations),
-                                                t.config.runtime.cdi_spec_dirs)
-        except cdi.CDIError as e:
-            raise InvalidArgument(str(e)) from e
+        cdi_edits: list[cdi.ContainerEdits] = []
+        cdi_names = cdi.requested_devices(request.cdi_devices, request.annotations)
+        if cdi_names:  # CDI devices first: an unknown one fails before anything is made
+            try:
+                cdi_edits = await asyncio.to_thread(cdi.resolve, cdi_names, t.config.runtime.cdi_spec_dirs)
+            except cdi.CDIError as e:
+                raise InvalidArgument(str(e)) from e
         reserved = specgen.reserved_name(request, sandbox)
         asked = request.model_dump(mode="json")
         claimed = await t.claims.claim(reserved, lambda r: r.state == ContainerState.CREATED,
