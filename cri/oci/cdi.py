@@ -125,7 +125,8 @@ class _Found:
 
 
 def _read_spec(path: Path) -> SpecFile:
-    data = path.read_bytes()[:_MAX_SPEC_BYTES + 1]
+    with open(path, "rb") as f:
+        data = f.read(_MAX_SPEC_BYTES + 1)
     if len(data) > _MAX_SPEC_BYTES:
         raise CDIError("larger than 4 MiB")
     try:
@@ -148,7 +149,8 @@ def _read_spec(path: Path) -> SpecFile:
 
 
 def _scan(dirs: list[Path]) -> tuple[dict[str, _Found], dict[str, str]]:
-    """Every device by qualified name, and why a name (or a kind, for a file that cannot be read) is unusable."""
+    """Every device by qualified name, and why a name is unusable (keyed "file:<path>" for a file that cannot be
+    read, since its devices are unknown)."""
     found: dict[str, _Found] = {}
     broken: dict[str, str] = {}
     for directory in dirs:
