@@ -8,6 +8,7 @@ import stat
 from functools import lru_cache
 from pathlib import Path
 
+from cri.oci import apparmor, selinux
 from cri.oci.spec import ALL_CAPABILITIES, DeviceRequest
 
 CAP_SYS_RESOURCE_BIT = 24
@@ -45,10 +46,12 @@ def oom_score_adj_floor() -> int | None:
 
 @lru_cache(maxsize=1)
 def apparmor_enabled() -> bool:
-    try:
-        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
-    except OSError:
-        return False
+    return apparmor.enabled()
+
+
+@lru_cache(maxsize=1)
+def selinux_enabled() -> bool:
+    return selinux.enabled()
 
 
 def device_request(host_path: str, container_path: str, permissions: str = "rwm") -> DeviceRequest | None:

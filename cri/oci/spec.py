@@ -152,6 +152,8 @@ class ContainerInputs:
     no_new_privs: bool = False
     seccomp: str = "unconfined"  # unconfined | runtime/default | localhost
     seccomp_localhost_profile: dict | None = None
+    apparmor_profile: str = ""  # process.apparmorProfile; "" leaves the runtime's own (none without AppArmor)
+    selinux_label: str = ""  # process.selinuxLabel; "" when SELinux is off or nothing was asked
     masked_paths: list[str] = field(default_factory=list)
     readonly_paths: list[str] = field(default_factory=list)
     # resources and placement
@@ -459,6 +461,10 @@ def container_spec(inputs: ContainerInputs) -> dict:
     }
     if user.additional_gids:
         process["user"]["additionalGids"] = list(user.additional_gids)
+    if inputs.apparmor_profile:
+        process["apparmorProfile"] = inputs.apparmor_profile
+    if inputs.selinux_label:
+        process["selinuxLabel"] = inputs.selinux_label
     if not process["cwd"].startswith("/"):
         raise SpecError(f"working directory {process['cwd']!r} is not absolute")
     score = inputs.resources.oom_score_adj

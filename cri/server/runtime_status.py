@@ -7,7 +7,7 @@ import json
 
 from cri.api.v1 import api_pb2
 
-from cri.oci import mounts
+from cri.oci import apparmor, host_facts, mounts
 from hostos import cgroups
 from hostos.cgroups.driver import driver
 
@@ -26,6 +26,15 @@ async def _handler_features(rt, name: str) -> api_pb2.RuntimeHandlerFeatures:
     userns = (rt.sandboxes.user_namespaces_problem(name) is None and path is not None
               and await mounts.supports_idmap(path) and await rt.images.idmap_problem() is None)
     return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=userns)
+
+
+def _lsm(rt) -> dict:
+    """The security modules containers can use here: AppArmor profiles only with AppArmor on (RuntimeDefault
+    where apparmor_parser can load pycri's), SELinux labels only with SELinux on."""
+    on = host_facts.apparmor_enabled()
+    can_load = on and rt.containers.apparmor_loader.parser_path() is not None
+    return {"apparmor": {"enabled": on, "runtimeDefault": apparmor.DEFAULT_PROFILE if can_load else ""},
+            "selinux": {"enabled": host_facts.selinux_enabled()}}
 
 
 async def status(rt, request, context):
@@ -47,6 +56,7 @@ async def status(rt, request, context):
     if request.verbose:
         response.info["config"] = rt.config.model_dump_json()
         response.info["podCIDR"] = json.dumps(rt.pod_cidr)
+        response.info["lsm"] = json.dumps(_lsm(rt))
         response.info["cgroups"] = json.dumps({"manager": driver(rt.config.runtime.cgroup_manager).name,
                                                **cgroups.describe()})
     return response

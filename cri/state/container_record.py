@@ -122,6 +122,7 @@ class ContainerRecord(BaseModel):
     image_ref: str = ""              # the image's repo digest (or id) it resolved to
     image_id: str = ""
     runtime_handler: str = ""
+    apparmor_profile: str = ""       # what process.apparmorProfile names ("" without AppArmor)
     bundle: str = ""
     rootfs: str = ""
     log_path: str = ""               # absolute: the sandbox's log directory + the config's log_path

@@ -149,6 +149,14 @@ def test_apparmor_profile_demanded_on_a_host_without_apparmor_is_refused(env):
             security_context=api_pb2.LinuxContainerSecurityContext(apparmor=api_pb2.SecurityProfile(
                 profile_type=api_pb2.SecurityProfile.Localhost, localhost_ref="my-profile")))))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "AppArmor" in err.value.details()
+    # RuntimeDefault (what kubelet sends by default) runs, with no profile set; Status says AppArmor is off.
+    cid = run(d, pod, pod_cfg, container_config("aa", ["sleep", "600"], linux=api_pb2.LinuxContainerConfig(
+        security_context=api_pb2.LinuxContainerSecurityContext(apparmor=api_pb2.SecurityProfile(
+            profile_type=api_pb2.SecurityProfile.RuntimeDefault)))))
+    info = json.loads(status(d, cid, verbose=True).info["info"])
+    assert info["apparmorProfile"] == "" and "apparmorProfile" not in info["runtimeSpec"]["process"]
+    lsm = json.loads(d.runtime.Status(api_pb2.StatusRequest(verbose=True)).info["lsm"])
+    assert lsm["apparmor"] == {"enabled": False, "runtimeDefault": ""}
 
 
 def test_pod_pid_namespace_in_a_host_pid_pod_is_the_host_s(env, tmp_path):

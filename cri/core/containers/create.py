@@ -89,7 +89,7 @@ class Creator:
         image = self._images.status(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found")
-        specgen.check_lsm(request)
+        apparmor_profile = await specgen.apparmor_profile(request, t.apparmor)
         cdi_edits: list[cdi.ContainerEdits] = []
         cdi_names = cdi.requested_devices(request.cdi_devices, request.annotations)
         if cdi_names:  # CDI devices first: an unknown one fails before anything is made
@@ -119,7 +119,7 @@ class Creator:
             runtime_handler=handler, bundle=str(bundle), log_path=log_path,
             cgroups_path=cg.child(parent, f"pycri-{container_id}"),
             conmon_cgroup=cg.child(parent, f"pycri-conmon-{container_id}"),
-            stop_signal=request.stop_signal or image.stop_signal,
+            stop_signal=request.stop_signal or image.stop_signal, apparmor_profile=apparmor_profile,
             labels=request.labels, annotations=request.annotations, mounts=request.mounts,
             resources=request.resources, tty=request.tty, stdin=request.stdin, stdin_once=request.stdin_once,
             request=asked)

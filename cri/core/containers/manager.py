@@ -24,6 +24,7 @@ from cri.config import Config
 from cri.core import events as ev
 from cri.core.images import ImageService
 from cri.core.sandboxes import SandboxManager
+from cri.oci import apparmor
 from cri.oci.conmon import BundlePaths
 from cri.oci.runtime import ExecResult, OCIRuntime
 from cri.state.container_record import ContainerRecord, ContainerRequest, ResourcesSpec
@@ -98,6 +99,10 @@ class ContainerManager:
     def runtime(self, handler: str) -> OCIRuntime:
         return self._t.runtime(handler)
 
+    @property
+    def apparmor_loader(self) -> apparmor.Loader:
+        return self._t.apparmor
+
     def forget_runtime(self, handler: str) -> None:
         """A configuration reload changed the handler (cri/reload.py)."""
         self._t.forget_runtime(handler)
@@ -132,7 +137,8 @@ class ContainerManager:
     def verbose_info(self, record: ContainerRecord) -> dict[str, str]:
         info = {
             "sandboxID": record.sandbox_id, "pid": record.pid, "conmonPid": record.conmon_pid,
-            "runtimeHandler": record.runtime_handler, "bundle": record.bundle, "rootfs": record.rootfs,
+            "runtimeHandler": record.runtime_handler, "apparmorProfile": record.apparmor_profile,
+            "bundle": record.bundle, "rootfs": record.rootfs,
             "cgroupsPath": record.cgroups_path, "request": record.request,
         }
         try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
-from cri.oci import cdi, host_facts, mounts as oci_mounts, spec as oci_spec
+from cri.oci import apparmor, cdi, host_facts, mounts as oci_mounts, selinux, spec as oci_spec
 from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file, secure_join
 from cri.oci.runtime import OCIRuntime
 from cri.oci.users import UserRequest, UserResolutionError, resolve_user
@@ -128,11 +128,16 @@ async def check_idmapped_mounts(request: ContainerRequest, sandbox: SandboxRecor
             f"(no shareProcessNamespace) or no mappings on its mounts")
 
 
-def check_lsm(request: ContainerRequest) -> None:
+async def apparmor_profile(request: ContainerRequest, loader: apparmor.Loader) -> str:
+    """The AppArmor profile the container will run under, loaded (pycri's default) or checked loaded (a named
+    one); FailedPrecondition when it cannot be, as the host lacks it (peers answer UNKNOWN, with the same sense)."""
     sec = request.security
-    if sec.apparmor == "localhost" and not host_facts.apparmor_enabled():
-        raise FailedPrecondition(
-            f"AppArmor profile {sec.apparmor_localhost!r} was asked for, but AppArmor is not enabled on this host")
+    try:
+        profile = apparmor.choose(sec.apparmor, sec.apparmor_localhost, sec.privileged, host_facts.apparmor_enabled())
+        await loader.require(profile)
+    except apparmor.AppArmorError as e:
+        raise FailedPrecondition(str(e)) from e
+    return profile
 
 
 def resources(config: Config, r: ResourcesSpec) -> oci_spec.Resources:
@@ -222,6 +227,8 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
         default_capabilities=tuple("CAP_" + c for c in config.runtime.default_capabilities),
         no_new_privs=sec.no_new_privs, seccomp=seccomp_kind, seccomp_localhost_profile=profile,
         masked_paths=sec.masked_paths, readonly_paths=sec.readonly_paths,
+        apparmor_profile=record.apparmor_profile,
+        selinux_label=selinux.process_label(sec.selinux, host_facts.selinux_enabled()),
         resources=resources(config, request.resources), oom_score_adj_floor=host_facts.oom_score_adj_floor(),
         swap_accounting=cgroups.swap_accounting(),
         cgroups_path=driver(config.runtime.cgroup_manager).spec_path(record.cgroups_path),

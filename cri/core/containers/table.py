@@ -1,5 +1,6 @@
 """What every part of the container manager shares: the records (on disk and by id), the reserved names and
-abandoned-create claims, one lock per container, the OCI runtimes by handler, conmon, and the event bus."""
+abandoned-create claims, one lock per container, the OCI runtimes by handler, conmon, the AppArmor profile
+loader, and the event bus."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cri.config import Config
 from cri.core import events as ev
 from cri.core.claims import Claims
 from cri.errors import FailedPrecondition, InvalidArgument
+from cri.oci import apparmor
 from cri.oci.conmon import Conmon
 from cri.oci.runtime import OCIRuntime
 from cri.state.container_record import ContainerRecord
@@ -29,6 +31,7 @@ class Table:
         self.exit_dir = Path(config.state_dir) / "exits"
         self.cgroups = driver(config.runtime.cgroup_manager)
         self.conmon = Conmon(config.runtime.conmon, self.exit_dir, self.cgroups)
+        self.apparmor = apparmor.Loader()
         self.index: Index[ContainerRecord] = Index("container")
         self.names = NameRegistry("container")
         self.claims = Claims(self.names, self.index)
