@@ -13,7 +13,7 @@ from PIL import Image
 
 from cri.api.v1 import api_pb2
 from cri.observe.timeline import COLOURS
-from tests.integration.test_container_helpers import container_config, run, start_env
+from tests.integration.test_container_helpers import IMAGE, container_config, run, start_env
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +39,9 @@ def colour_pixels(image: Image.Image, hex_colour: str) -> int:
 
 def test_the_timeline_svg_renders_in_chromium_with_a_bar_per_phase(daemon_factory, registry, tmp_path):
     for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path):
+        # kubelet pulls for a pod with the pod's config: the pull joins that pod's timeline.
+        d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=IMAGE), sandbox_config=pod_cfg),
+                           timeout=60)
         cid = run(d, pod, pod_cfg, container_config("app", ["sleep", "30"]))
         d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
         svg = tmp_path / "timeline.svg"
@@ -53,6 +56,7 @@ def test_the_timeline_svg_renders_in_chromium_with_a_bar_per_phase(daemon_factor
         assert image.size[0] >= 900
         drawn = sum(1 for pixel in image.get_flattened_data() if pixel != (255, 255, 255))
         assert drawn > 2000, f"the screenshot is (nearly) blank: {drawn} pixels drawn"
-        assert {"namespaces", "sandbox_files", "rootfs", "spec", "conmon", "runtime_create", "start"} <= phases, table
+        assert {"namespaces", "sandbox_files", "pull", "rootfs", "spec", "conmon", "runtime_create", "start"} <= phases, table
+        assert f"{IMAGE[-31:]}" in table  # the pull's row names the image
         for phase in phases:
             assert colour_pixels(image, COLOURS[phase]) >= 20, f"no {phase} bar on the screenshot\n{table}"
