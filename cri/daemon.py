@@ -118,7 +118,7 @@ def open_image_store(config: Config, verify: bool = False):
     try:
         store = ImageStore(config.root / "storage", registries_conf.load(st.registries_conf, st.registries_conf_dir),
                            st.auth_file, st.pull_progress_timeout, parallel_downloads=st.max_parallel_downloads,
-                           durable=st.durable_pulls, checkpoint=crash_point)
+                           durable=st.durable_pulls, checkpoint=crash_point, background_reclaim=True)
     except StorageError as exc:
         raise DaemonError(f"image store: {exc}") from None
     if verify:

@@ -186,6 +186,12 @@ class RootfsManager:
                 record = self._records.pop(container_id, None) or {"chain_ids": []}
         return [*record["chain_ids"], *(c for v in record.get("volumes") or [] for c in v["chain_ids"])]
 
+    def unmount(self, container_id: str) -> None:
+        """Unmount the root and volumes of a container whose processes are gone; its files stay for removal."""
+        with self._container_lock(container_id):
+            if os.path.lexists(self.dir / container_id):
+                self._unmount_all(container_id)
+
     def _ensure_mounted(self, container_id: str) -> Rootfs:
         record = self._read(container_id)
         if record is None:

@@ -113,6 +113,10 @@ class ImageService:
     async def remove_rootfs(self, container_id: str) -> None:
         await asyncio.to_thread(self.store.remove_rootfs, container_id)
 
+    async def unmount_rootfs(self, container_id: str) -> None:
+        """Unmount an exited container's root (RemoveContainer deletes it later)."""
+        await asyncio.to_thread(self.store.unmount_rootfs, container_id)
+
     async def ensure_rootfs_mounted(self, container_id: str) -> Rootfs:
         return await asyncio.to_thread(self.store.ensure_rootfs_mounted, container_id)
 

@@ -532,6 +532,10 @@ class SandboxManager:
         elif half_created:  # the crash may have come before the record learned which cgroups it made
             await cgroups.remove_created(self._cgroup_dirs(record.cgroup_path))
         await self._cgroups.release(record.cgroup_path)  # systemd: the infra's scope, if a crash left it
+        await asyncio.to_thread(self._delete_files, record)
+
+    def _delete_files(self, record: SandboxRecord) -> None:
+        """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop."""
         shutil.rmtree(record.sandbox_dir, ignore_errors=True)
         self._store.delete(record.id)
 

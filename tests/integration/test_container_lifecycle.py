@@ -251,3 +251,19 @@ def test_stop_signal_is_reported_and_used(env):
         st = status(d, cid).status
         number = {api_pb2.SIGUSR1: 10, api_pb2.SIGRTMINPLUS1: 35}[sig]
         assert (st.state, st.exit_code, st.stop_signal) == (api_pb2.CONTAINER_EXITED, 128 + number, sig)
+
+
+def test_an_exited_containers_root_is_unmounted_before_removal_and_its_files_go_with_it(env):
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("unmounted", ["sh", "-c", "echo kept > /written"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).exit_code == 0
+    merged = f"/containers/{cid}/merged"
+    deadline = time.monotonic() + 10
+    while any(line.split()[4].endswith(merged) for line in open("/proc/self/mountinfo")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(line.split()[4].endswith(merged) for line in open("/proc/self/mountinfo"))
+    stats = d.runtime.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
+    assert stats.writable_layer.used_bytes.value > 0  # the upper layer is still there
+    d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
+    assert not any(cid in line for line in open("/proc/self/mountinfo"))
+    assert d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []

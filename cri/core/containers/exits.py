@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 
 class Exits:
-    def __init__(self, table: Table, forget_sample: Callable[[str], None]) -> None:
+    def __init__(self, table: Table, forget_sample: Callable[[str], None],
+                 unmount_rootfs: Callable[[str], Awaitable[None]]) -> None:
         self._t = table
+        self._unmount_rootfs = unmount_rootfs
         self._forget_sample = forget_sample  # the stats' CPU sample of an exited container
         self._watcher = ExitWatcher(table.exit_dir, self._on_exit_file)
         self._reaper = Reaper(self._on_monitor_exit)
@@ -120,8 +122,9 @@ class Exits:
             record.message = message
         self._t.save(record)
         self._forget_sample(record.id)
-        # runc's delete of a stopped container takes ~15 ms (it waits for the cgroup to empty): do it now, in
-        # the background, so RemoveContainer does not pay for it and the cgroup is freed at once.
+        # runc's delete of a stopped container takes ~15 ms (it waits for the cgroup to empty), and unmounting
+        # its overlay root syncs the upper layer: do both now, in the background, so RemoveContainer does not pay
+        # for them and the cgroup and the mount are freed at once (containerd unmounts at exit too).
         self._deleting[record.id] = background(self._delete_runtime(record), f"deleting {record.id} after its exit")
         waiter = self._exited.pop(record.id, None)
         if waiter is not None:
@@ -159,3 +162,8 @@ class Exits:
         failed = await asyncio.to_thread(cgroups.remove, record.cgroups_path)
         if failed:
             log.warning("container %s: cgroups not removed: %s", record.id, failed)
+        if record.state == ContainerState.EXITED:  # no process of it is left to use the root
+            try:
+                await self._unmount_rootfs(record.id)
+            except Exception as e:  # RemoveContainer unmounts again, and reports a failure then
+                log.warning("container %s: unmounting its root after its exit: %s", record.id, e)

@@ -49,7 +49,7 @@ class ContainerManager:
     def __init__(self, config: Config, sandboxes: SandboxManager, images: ImageService, bus: ev.EventBus) -> None:
         self._t = Table(config, bus)
         self._stats = Sampler(images)
-        self._exits = Exits(self._t, self._stats.forget)
+        self._exits = Exits(self._t, self._stats.forget, images.unmount_rootfs)
         self._creator = Creator(self._t, sandboxes, images, self._exits)
         self._teardown = Teardown(self._t, sandboxes, images, self._creator, self._exits)
         self._recovery = Recovery(self._t, sandboxes, images, self._exits, self._teardown)

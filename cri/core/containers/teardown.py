@@ -110,6 +110,10 @@ class Teardown:
         if errors:
             raise Internal(f"removing container {record.id}: {errors[0]}") from errors[0]
         crash_point("container.remove.after_runtime")
+        await asyncio.to_thread(self._delete_files, record)
+
+    def _delete_files(self, record: ContainerRecord) -> None:
+        """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop."""
         if record.bundle:
             shutil.rmtree(record.bundle, ignore_errors=True)
         self._t.conmon.exit_file(record.id).unlink(missing_ok=True)
