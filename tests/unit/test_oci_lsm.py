@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import stat
 
 import pytest
@@ -118,3 +120,11 @@ def test_the_spec_carries_the_profile_and_label():
     assert spec["process"]["selinuxLabel"] == "system_u:system_r:container_t:s0"
     plain = S.container_spec(S.ContainerInputs(**base))
     assert "apparmorProfile" not in plain["process"] and "selinuxLabel" not in plain["process"]
+
+
+@pytest.mark.skipif(shutil.which("apparmor_parser") is None, reason="apparmor_parser is not installed")
+def test_apparmor_parser_accepts_the_default_profile():
+    """Parse only (-Q): no kernel AppArmor needed, just the parser and its /etc/apparmor.d includes."""
+    done = subprocess.run(["apparmor_parser", "--skip-kernel-load", "--skip-cache"],
+                          input=apparmor.profile_text().encode(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
