@@ -129,3 +129,54 @@ class Orphan:
         finally:
             os.close(self.fd)
             self.fd = -1
+
+
+async def reap_failed_starts(runtime_name: str) -> list[int]:
+    """Reap what a runtime's failed detached exec left us: its child that joined the container and died before
+    it could exec the command (so it still bears the runtime's name), re-parented to the daemon as a zombie.
+
+    Only zombies that are not the daemon's own runtime calls (asyncio reaps those): they are in another PID
+    namespace or cgroup than the daemon, where only a container's process can be.
+    """
+    reaped = []
+    for pid in await asyncio.to_thread(_stray_zombies, runtime_name):
+        try:
+            orphan = Orphan(pid)
+        except OSError:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            await orphan.wait()
+            reaped.append(pid)
+        await orphan.kill_and_reap()
+    return reaped
+
+
+def _stray_zombies(comm: str) -> list[int]:
+    me = os.getpid()
+    mine = (_nspid_depth(me), _cgroups(me))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if state == "Z" and int(ppid) == me and name == comm[:15]:
+            with contextlib.suppress(OSError):
+                if (_nspid_depth(int(entry)), _cgroups(int(entry))) != mine:
+                    found.append(int(entry))
+    return found
+
+
+def _nspid_depth(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("NSpid:"):
+            return len(line.split()) - 1
+    return 1
+
+
+def _cgroups(pid: int) -> str:
+    return open(f"/proc/{pid}/cgroup").read()

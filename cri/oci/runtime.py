@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from cri.oci.execpipes import Orphan, OutputPipes
+from cri.oci.execpipes import Orphan, OutputPipes, reap_failed_starts
 
 DEFAULT_TIMEOUT = 30.0
 EXEC_OUTPUT_CAP = (16 << 20) - (16 << 10)  # stdout + stderr, so the reply fits gRPC's 16 MiB message limit
@@ -148,7 +148,9 @@ class OCIRuntime:
                     timed_out = True
                     await command.kill_and_reap()
                     code = 128 + signal.SIGKILL
-            # else: the runtime could not start it; its message is on our stderr pipe
+            else:  # the runtime could not start it (its message is on our stderr pipe); crun leaves the failed
+                # process to us, unreaped it would keep a pod's PID namespace from ending
+                await reap_failed_starts(os.path.basename(self.path))
             grace = _PIPE_GRACE if deadline is None or timed_out else _remaining(loop, deadline)
             if not await pipes.closed(grace):
                 await pipes.kill_holders()

@@ -235,6 +235,9 @@ def test_exec_sync_whose_command_leaves_a_child_holding_stdout(env, tmp_path, ha
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     left = exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
     assert "sleep 4323" not in left and "sleep 4324" not in left
+    missing = exec_sync(d, cid, ["/no/such/binary"])  # the runtime cannot start it: its error is the answer
+    assert missing.exit_code != 0 and b"/no/such/binary" in missing.stderr
+    assert [c for c in children_of(d.proc.pid) if c[1] == "Z"] == []  # crun leaves its failed child to us
 
 
 def test_stop_signal_is_reported_and_used(env):
