@@ -143,7 +143,7 @@ def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
         image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
         reason=record.reason, message=record.message, labels=record.labels, annotations=record.annotations,
         mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
-                              image=api_pb2.ImageSpec(image=m.image) if m.image else None,
+                              image=api_pb2.ImageSpec(image=m.image, image_ref=m.image_ref) if m.image else None,
                               image_sub_path=m.image_sub_path,
                               selinux_relabel=m.selinux_relabel, propagation=_PROPAGATION_TO_CRI[m.propagation],
                               recursive_read_only=m.recursive_read_only,

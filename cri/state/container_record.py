@@ -22,6 +22,7 @@ class MountSpec(BaseModel):
     host_path: str = ""
     image: str = ""            # an image volume (KEP-4639): this image's root filesystem, read-only, instead of host_path
     image_sub_path: str = ""   # ... or this directory of it
+    image_ref: str = ""        # the volume image's repo digest (or id), as ContainerStatus reports it
     readonly: bool = False
     propagation: Literal["private", "rslave", "rshared"] = "private"
     selinux_relabel: bool = False

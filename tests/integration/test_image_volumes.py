@@ -44,6 +44,9 @@ def test_an_image_volume_is_the_images_files_read_only_and_keeps_the_image(env, 
     mounts = status(d, cid).status.mounts
     assert [(m.container_path, m.image.image, m.image_sub_path, m.readonly) for m in mounts] == [
         ("/models", ref, "", True), ("/only", ref, "models", True)]
+    # ImageSpec.image_ref (CRI v1.36): the digest the volume uses, as the pod's imageID shows an image
+    digest = d.images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref))).image.repo_digests[0]
+    assert [m.image.image_ref for m in mounts] == [digest, digest]
 
     with pytest.raises(grpc.RpcError) as err:
         d.images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=ref)))

@@ -89,6 +89,8 @@ class Creator:
         image = self._images.status(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found")
+        mounts = [m.model_copy(update={"image_ref": _image_ref(self._images.status(m.image))}) if m.image else m
+                  for m in request.mounts]
         apparmor_profile = await specgen.apparmor_profile(request, t.apparmor)
         cdi_edits: list[cdi.ContainerEdits] = []
         cdi_names = cdi.requested_devices(request.cdi_devices, request.annotations)
@@ -115,12 +117,12 @@ class Creator:
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=request.name, attempt=request.attempt,
             reserved_name=reserved, created_at=time.time_ns(), image=request.image,
-            image_ref=(image.repo_digests[0] if image.repo_digests else image.id), image_id=image.id,
+            image_ref=_image_ref(image), image_id=image.id,
             runtime_handler=handler, bundle=str(bundle), log_path=log_path,
             cgroups_path=cg.child(parent, f"pycri-{container_id}"),
             conmon_cgroup=cg.child(parent, f"pycri-conmon-{container_id}"),
             stop_signal=request.stop_signal or image.stop_signal, apparmor_profile=apparmor_profile,
-            labels=request.labels, annotations=request.annotations, mounts=request.mounts,
+            labels=request.labels, annotations=request.annotations, mounts=mounts,
             resources=request.resources, tty=request.tty, stdin=request.stdin, stdin_once=request.stdin_once,
             request=asked)
         t.names.reserve(reserved, container_id)
@@ -240,3 +242,11 @@ class Creator:
             await pending
         except Exception as e:
             raise FailedPrecondition(f"container {record.id} could not be created: {e}") from e
+
+
+def _image_ref(image) -> str:
+    """What kubelet shows as an image's imageID: its repo digest, else its id ("" for an image not there, which
+    the rootfs step then reports as not found)."""
+    if image is None:
+        return ""
+    return image.repo_digests[0] if image.repo_digests else image.id
