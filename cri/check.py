@@ -12,6 +12,7 @@ from pathlib import Path
 from cri.config import Config
 from cri.oci import criu
 from hostos import cgroups
+from hostos.cgroups.driver import driver
 
 CAP_SYS_RESOURCE = 24
 APT_FIX = "apt-get install -y {}"
@@ -76,6 +77,7 @@ def findings(config: Config) -> list[Finding]:
         problem = cgroups.crun_hybrid_problem(lay)
         detail, _, fix = (problem or "crun can run here").partition("; mount them under v1: ")
         out.append(Finding("crun and cgroups", problem is None, detail, fix, required=False))
+    out.append(_cgroup_manager(config))
     has_resource = bool(effective_capabilities() & (1 << CAP_SYS_RESOURCE))
     out.append(Finding("CAP_SYS_RESOURCE", has_resource,
                        "present" if has_resource else
@@ -86,6 +88,18 @@ def findings(config: Config) -> list[Finding]:
     out.append(Finding("CRIU (CheckpointContainer)", criu_why is None, criu_why or "`criu check` passes",
                        "a CRIU release that supports this kernel", required=False))
     return out
+
+
+def _cgroup_manager(config: Config) -> Finding:
+    """The manager `auto` resolves to, and for systemd whether its bus answers (runc/crun need it too)."""
+    wanted = config.runtime.cgroup_manager
+    try:
+        manager = driver(wanted)
+        asyncio.run(manager.check())
+    except OSError as e:
+        return Finding(f"cgroup manager ({wanted})", False, e.strerror or str(e),
+                       'set [runtime] cgroup_manager = "cgroupfs", or start systemd and dbus')
+    return Finding(f"cgroup manager ({wanted})", True, manager.name)
 
 
 def _idmapped_rootfs(config: Config) -> Finding:

@@ -33,3 +33,13 @@ def test_a_configured_network_is_listed(tmp_path):
     (conf_dir / "10-net.conflist").write_text("{}")
     cni = by_name(findings(c))["CNI network configuration"]
     assert cni.ok and "10-net.conflist" in cni.detail
+
+
+def test_systemd_asked_for_without_systemd_is_a_required_failure(tmp_path, monkeypatch):
+    from hostos.cgroups import systemd
+
+    monkeypatch.setattr(systemd, "SYSTEMD_RUN_DIR", tmp_path / "absent")
+    manager = by_name(findings(config(tmp_path, cgroup_manager="systemd")[0]))["cgroup manager (systemd)"]
+    assert not manager.ok and manager.required and "not PID 1" in manager.detail and "cgroupfs" in manager.fix
+    auto = by_name(findings(config(tmp_path, cgroup_manager="auto")[0]))["cgroup manager (auto)"]
+    assert auto.ok and auto.detail == "cgroupfs"
