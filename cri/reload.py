@@ -1,7 +1,7 @@
 """SIGHUP: apply the configuration that can change while pods run, as crio does on SIGHUP.
 
 Live: logging (log_level, log_format, log_target, journal_socket), registries.conf and its drop-ins (re-read even
-when the paths did not change: that is the point of the signal), the [network] CNI settings (the conf dir is
+when the paths did not change: that is the point of the signal), [storage] pinned_images, the [network] CNI settings (the conf dir is
 read again at once), and the runtime handlers (added, changed, default_runtime). Running pods and containers
 are never touched: a handler still used by a pod keeps its definition (changing or removing it is refused with
 a warning), so their stop and removal find the runtime and root they were created with. Every other key is
@@ -21,7 +21,8 @@ from cri.config import Config, ConfigError, RuntimeConfig, RuntimeHandler
 log = logging.getLogger("pycri.reload")
 
 _LOGGING_KEYS = ("log_level", "log_format", "log_target", "journal_socket")
-_LIVE_PREFIXES = (*_LOGGING_KEYS, "storage.registries_conf", "storage.registries_conf_dir", "network.",
+_LIVE_PREFIXES = (*_LOGGING_KEYS, "storage.registries_conf", "storage.registries_conf_dir", "storage.pinned_images",
+                  "network.",
                   "runtime.handlers", "runtime.default_runtime")
 
 
@@ -80,6 +81,8 @@ def apply(rt, new: Config, setup_logging: Callable[[Config], None]) -> list[str]
     old.storage.registries_conf = new.storage.registries_conf
     old.storage.registries_conf_dir = new.storage.registries_conf_dir
     rt.images.store.registries = store_registries
+    old.storage.pinned_images = new.storage.pinned_images
+    rt.images.set_pinned(new.storage.pinned_images)
     old.network = new.network
     if rt.cni is not None:
         rt.cni.reconfigure(new.network.cni_conf_dir, new.network.cni_plugin_dirs, new.network.cni_timeout)

@@ -70,6 +70,10 @@ class ImageService:
         """In-memory lookup: cheap enough for the event loop (kubelet asks often)."""
         return self.store.get(ref)
 
+    def set_pinned(self, pinned_patterns: list[str]) -> None:
+        """New [storage] pinned_images from a configuration reload (SIGHUP)."""
+        self._pinned = PinnedImages(list(pinned_patterns))
+
     def pinned(self, record: ImageRecord) -> bool:
         """Pinned at import, or named by a configured pattern: kubelet's image GC keeps it."""
         return self._pinned.pinned(record.id, record.repo_tags + record.repo_digests, record.pinned)

@@ -61,11 +61,18 @@ def test_sighup_rereads_registries_conf_without_touching_running_containers(env,
     with pytest.raises(grpc.RpcError):
         pull(d, second)
 
+    def pinned() -> bool:
+        return d.images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=IMAGE))).image.pinned
+
+    assert not pinned()
+
     conf = tmp_path / "registries.conf"
     conf.write_text(conf.read_text() + f'[[registry]]\nprefix = "second.test"\nlocation = "{registry.host}"\n'
                     f'insecure = true\n')
+    rewrite(d, storage={"pinned_images": ["example.test/ctr/*"]})
     assert sighup(d) == "configuration reloaded"
     assert pull(d, second).image_ref
+    assert pinned()
 
     after = status(d, cid, verbose=True)
     assert after.status.state == api_pb2.CONTAINER_RUNNING
