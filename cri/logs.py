@@ -90,7 +90,9 @@ class JournalHandler(logging.Handler):
                 raise
         fd = os.memfd_create("pycri-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.write(fd, payload)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             self._sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))], 0, self.path)
         finally:
