@@ -6,6 +6,7 @@ leaves a setting as it is.
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from hostos.cgroups.layout import Layout, layout
 
 _V2_DEFAULT_PERIOD = 100_000
 _SWAP_FILES = {"memory.memsw.limit_in_bytes", "memory.swap.max"}
+# Names that become file names in the cgroup directory: nothing that could leave it.
+_UNIFIED_KEY = re.compile(r"[a-z][a-z0-9_]*\.[a-z0-9_.]+")
+_PAGE_SIZE = re.compile(r"[0-9]+[KMG]B")
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,14 @@ def shares_to_weight(shares: int) -> int:
 
 
 def planned_writes(limits: Limits, lay: Layout) -> list[tuple[str, str, str]]:
-    """(controller, file, value) in the order to write them; controller "" is the v2 hierarchy."""
+    """(controller, file, value) in the order to write them; controller "" is the v2 hierarchy. ValueError for a
+    unified key or hugepage size that is not a cgroup file name."""
+    for key in limits.unified:
+        if not _UNIFIED_KEY.fullmatch(key) or ".." in key:
+            raise ValueError(f"unified key {key!r} is not a cgroup interface file name (controller.setting)")
+    for size, _ in limits.hugepages:
+        if not _PAGE_SIZE.fullmatch(size):
+            raise ValueError(f"hugepage size {size!r} is not a page size such as 2MB or 1GB")
     out: list[tuple[str, str, str]] = []
     if lay.is_v2:
         if limits.cpu_quota or limits.cpu_period:

@@ -76,6 +76,11 @@ def test_resize_writes_the_pod_cgroup_and_leaves_the_container_running(resized_p
                                                  timeout=10).info["info"])
     assert info["resources"]["memory_limit_in_bytes"] == 48 * MiB
 
+    with pytest.raises(grpc.RpcError) as e:  # a name that would leave the cgroup directory
+        _resize(d, pod, api_pb2.LinuxContainerResources(
+            hugepage_limits=[api_pb2.HugepageLimit(page_size="../../../tmp/x", limit=1)]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page size" in e.value.details()
+
     if not cgroups.layout().is_v2:
         with pytest.raises(grpc.RpcError) as e:
             _resize(d, pod, api_pb2.LinuxContainerResources(unified={"memory.high": str(40 * MiB)}))

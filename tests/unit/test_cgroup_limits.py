@@ -83,3 +83,11 @@ def test_pod_limits_add_the_overhead():
     # No limit stays no limit, whatever the overhead.
     assert pod_limits(ResourcesSpec(cpu_quota=-1), overhead).cpu_quota == -1
     assert pod_limits(ResourcesSpec(), overhead).memory == 0
+
+
+@pytest.mark.parametrize("limits", [Limits(unified={"../../etc/passwd": "x"}), Limits(unified={"memory.max/..": "1"}),
+                                    Limits(unified={"cgroup..procs": "1"}), Limits(hugepages=(("../2MB", 1),)),
+                                    Limits(hugepages=(("2MB/x", 1),))])
+def test_names_that_would_leave_the_cgroup_directory_are_refused(limits):
+    with pytest.raises(ValueError):
+        planned_writes(limits, V2)
