@@ -2,7 +2,7 @@
 """N pods brought up at once and torn down at once, as kubelet does when a node takes or loses a workload.
 
     bench/concurrency.py [--endpoint unix:///run/pycri/pycri.sock] [-n 10] [--containers 1] [--rounds 3]
-                         [--image IMAGE] [--compare ENDPOINT] [--handler crun] [--registries-conf FILE]
+                         [--image IMAGE] [--compare [LABEL=]ENDPOINT ...] [--handler crun] [--registries-conf FILE]
                          [--host-network]
 
 Each round, one thread per pod, all released together: up is RunPodSandbox, then CreateContainer and
@@ -11,8 +11,8 @@ down is StopContainer (timeout 10; the containers trap SIGTERM), RemoveContainer
 RemovePodSandbox. Meanwhile one more thread polls ListPodSandbox, ListContainers and Status back to back, as
 kubelet's PLEG and node status loops do (target: p99 under 20 ms while 50 pods of 2 containers come and go).
 It prints the wall time of each phase, pods per second, p50/p90 of every call and p50/p99 of the polls over all
-rounds; with --compare the same for another runtime (e.g. the kit's containerd) and the ratios
-pycri/reference (below 1: pycri is faster). Without --endpoint it starts a pycri daemon in a temporary root
+rounds; the same for each --compare runtime (the kit's containerd, a CRI-O socket) and the ratios
+pycri/that runtime (below 1: pycri is faster). Without --endpoint it starts a pycri daemon in a temporary root
 on a private bridge network (10.125.0.0/16, ipMasq on), pulling through --registries-conf (default: the
 critest kit's, whose registry serves 127.0.0.1:5000). Whatever it created is removed, even when a call fails.
 """
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
+from bench.compare import add_compare_argument, parse_compare  # noqa: E402
 from bench.sandbox import BenchNetwork, percentile, runtime_endpoint  # noqa: E402
 
 UP = ("runp", "create", "start")
@@ -187,7 +188,7 @@ def report(label: str, figures: dict, pods: int, containers: int, rounds: int) -
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint")
-    ap.add_argument("--compare")
+    add_compare_argument(ap)
     ap.add_argument("-n", "--pods", type=int, default=10, help="pods brought up and torn down at once")
     ap.add_argument("--containers", type=int, default=1, help="containers per pod")
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds (after one warm-up round)")
@@ -203,13 +204,13 @@ def main() -> int:
         shape = (args.pods, args.containers, args.rounds)
         ours = measure(endpoint, *shape, args.image, args.handler, args.host_network)
         report("pycri", ours, *shape)
-        if args.compare:
-            theirs = measure(args.compare, *shape, args.image, "", args.host_network)
-            report("reference", theirs, *shape)
+        for label, other in parse_compare(args.compare):
+            theirs = measure(other, *shape, args.image, "", args.host_network)
+            report(label, theirs, *shape)
             print(f"ratio      up {ours['up'] / theirs['up']:.2f}  down {ours['down'] / theirs['down']:.2f}  "
                   f"total {(ours['up'] + ours['down']) / (theirs['up'] + theirs['down']):.2f}  "
                   + "  ".join(f"{s} {ours['steps'][s][0] / theirs['steps'][s][0]:.2f}" for s in UP + DOWN)
-                  + "  (wall time and p50 pycri/reference)")
+                  + f"  (wall time and p50 pycri/{label})")
             print("ratio      " + "  ".join(f"{s} p99 {ours['polls'][s][1] / theirs['polls'][s][1]:.2f}" for s in POLLS))
     return 0
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Pod + container lifecycle latency per step, p50 and p90, as the critest kit's crictl benchmark does it.
 
-    bench/lifecycle.py [--endpoint unix:///run/pycri/pycri.sock] [-n 20] [--image IMAGE] [--compare ENDPOINT]
+    bench/lifecycle.py [--endpoint unix:///run/pycri/pycri.sock] [-n 20] [--image IMAGE] [--compare [LABEL=]ENDPOINT ...]
                        [--handler crun] [--registries-conf FILE] [--host-network]
 
 Each round: RunPodSandbox, CreateContainer, StartContainer, StopContainer (timeout 10; the container traps
 SIGTERM), RemoveContainer, StopPodSandbox, RemovePodSandbox. Without --endpoint it starts a pycri daemon in a
 temporary root on a private bridge network, pulling through --registries-conf (default: the critest kit's,
 whose registry serves 127.0.0.1:5000). It also prints the daemon's RSS idle and the PSS each running
-container adds (conmon), and with --compare the same figures for another runtime (e.g. the kit's containerd).
+container adds (conmon), and the same figures for each --compare runtime (the kit's containerd, a CRI-O socket).
 Targets (critest benchmark medians on this machine, containerd 1.6 / CRI-O 1.36): create 10 / 90 ms,
 start 57 / 19, stop 52 / 129, remove 3 / 17.
 """
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
+from bench.compare import add_compare_argument, parse_compare  # noqa: E402
 from bench.sandbox import BenchNetwork, percentile, print_targets, runtime_endpoint  # noqa: E402
 
 STEPS = ("runp", "create", "start", "stop", "rm", "stopp", "rmp")
@@ -149,7 +150,7 @@ def report(label: str, figures: dict[str, tuple[float, float]]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint")
-    ap.add_argument("--compare")
+    add_compare_argument(ap)
     ap.add_argument("-n", type=int, default=20)
     ap.add_argument("--image", default=DEFAULT_IMAGE)
     ap.add_argument("--handler", default="", help="runtime handler (RuntimeClass) for the pods, e.g. crun")
@@ -164,11 +165,11 @@ def main() -> int:
         print_targets(REFERENCE, ours)
         if daemon is not None and args.memory_pods:
             print(memory_figures(endpoint, daemon.proc.pid, str(daemon.base), args.image, args.memory_pods))
-        if args.compare and os.path.exists(args.compare.removeprefix("unix://")):
-            theirs = measure(args.compare, args.n, args.image, "", args.host_network)
-            report("reference", theirs)
+        for label, other in parse_compare(args.compare):
+            theirs = measure(other, args.n, args.image, "", args.host_network)
+            report(label, theirs)
             print("ratio      " + "  ".join(f"{s} {ours[s][0] / theirs[s][0]:.2f}" for s in STEPS)
-                  + "  (p50 pycri/reference)")
+                  + f"  (p50 pycri/{label})")
     return 0
 
 

@@ -3,14 +3,13 @@
 
     bench/rpc_latency.py [--endpoint unix:///run/pycri/pycri.sock] [-n 2000]
 
-Without --endpoint it starts a pycri daemon in a temporary root. With --compare ENDPOINT it
-measures that runtime too (containerd from ../shared/critest) and prints the ratios.
+Without --endpoint it starts a pycri daemon in a temporary root. Each --compare [LABEL=]ENDPOINT (repeatable:
+the kit's containerd, a CRI-O socket) is measured too, with the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -20,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
 from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+
+from bench.compare import add_compare_argument, parse_compare  # noqa: E402
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -55,7 +56,7 @@ def rss_mb(pid: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint")
-    ap.add_argument("--compare", help="another runtime's endpoint, e.g. unix:///run/containerd/containerd.sock")
+    add_compare_argument(ap)
     ap.add_argument("-n", type=int, default=2000)
     args = ap.parse_args()
     daemon = None
@@ -71,11 +72,11 @@ def main() -> int:
             print(f"pycri      {name:8s} p50 {p50:.3f} ms  p99 {p99:.3f} ms  ({args.n} calls)")
         if daemon is not None:
             print(f"pycri      idle RSS after the run: {rss_mb(daemon.proc.pid):.1f} MB")
-        if args.compare and os.path.exists(args.compare.removeprefix("unix://")):
-            theirs = measure(args.compare, args.n)
+        for label, other in parse_compare(args.compare):
+            theirs = measure(other, args.n)
             for name, (p50, p99) in theirs.items():
-                print(f"reference  {name:8s} p50 {p50:.3f} ms  p99 {p99:.3f} ms")
-                print(f"ratio      {name:8s} p50 pycri/reference = {ours[name][0] / p50:.2f}")
+                print(f"{label:10s} {name:8s} p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+                print(f"ratio      {name:8s} p50 pycri/{label} = {ours[name][0] / p50:.2f}")
     finally:
         if daemon is not None:
             daemon.cleanup()

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """RunPodSandbox / StopPodSandbox / RemovePodSandbox latency, p50 and p90, sequential and in parallel.
 
-    bench/sandbox.py [--endpoint unix:///run/pycri/pycri.sock] [-n 20] [--parallel 10] [--compare ENDPOINT]
+    bench/sandbox.py [--endpoint unix:///run/pycri/pycri.sock] [-n 20] [--parallel 10] [--compare [LABEL=]ENDPOINT ...]
 
 Without --endpoint it starts a pycri daemon in a temporary root, on a private bridge network built like
 cri/default-bridge.conflist (ipMasq on; --no-masq matches the critest kit's containerd network, which has
-it off). With --compare it measures that runtime too (e.g. the kit's containerd) and prints the ratios.
+it off). Each --compare runtime (the kit's containerd, a CRI-O socket; bench/compare.py) is measured too, with
+the ratios pycri/that runtime.
 Reference medians from critest's benchmark on this machine: run 89 ms containerd / 133 ms CRI-O,
 stop 82 / 162, remove 21 / 16.
 """
@@ -29,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
 from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+
+from bench.compare import add_compare_argument, parse_compare  # noqa: E402
 
 STEPS = ("run", "stop", "remove")
 REFERENCE = {"run": (89, 133), "stop": (82, 162), "remove": (21, 16)}  # containerd, CRI-O medians (ms)
@@ -139,7 +142,7 @@ def report(label: str, figures: dict[str, dict[str, tuple[float, float]]]) -> No
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint")
-    ap.add_argument("--compare")
+    add_compare_argument(ap)
     ap.add_argument("-n", type=int, default=20, help="sequential rounds (parallel runs n*parallel/2 lifecycles)")
     ap.add_argument("--parallel", type=int, default=10)
     ap.add_argument("--no-masq", action="store_true", help="ipMasq off, like the critest kit's containerd network")
@@ -149,12 +152,12 @@ def main() -> int:
         ours = measure(endpoint, args.n, args.parallel)
         report("pycri", ours)
         print_targets(REFERENCE, ours["sequential"])
-        if args.compare and os.path.exists(args.compare.removeprefix("unix://")):
-            theirs = measure(args.compare, args.n, args.parallel)
-            report("reference", theirs)
+        for label, other in parse_compare(args.compare):
+            theirs = measure(other, args.n, args.parallel)
+            report(label, theirs)
             for mode in ours:
                 print(f"ratio      {mode:15s} " + "  ".join(
-                    f"{s} {ours[mode][s][0] / theirs[mode][s][0]:.2f}" for s in STEPS) + "  (p50 pycri/reference)")
+                    f"{s} {ours[mode][s][0] / theirs[mode][s][0]:.2f}" for s in STEPS) + f"  (p50 pycri/{label})")
     return 0
 
 

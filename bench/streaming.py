@@ -2,7 +2,7 @@
 """Streaming figures: exec round trip and port-forward throughput, through the URLs Exec/PortForward return.
 
     bench/streaming.py [--endpoint unix:///run/pycri/pycri.sock --image IMAGE] [-n 50] [--mb 100]
-                       [--compare unix:///run/containerd/containerd.sock --compare-image IMAGE]
+                       [--compare [LABEL=]ENDPOINT ... --compare-image IMAGE]
 
 exec: Exec RPC + SPDY upgrade + `echo hi` to its exit status, as `kubectl exec` does it (p50/p90 ms).
 port-forward: --mb MB up through a forwarded connection into a sink that answers with what it counted, then the
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
+from bench.compare import add_compare_argument, parse_compare  # noqa: E402
 from bench.sandbox import percentile  # noqa: E402
 from tests.streamclient import SpdyPortForward, spdy_exec  # noqa: E402
 
@@ -156,7 +157,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint")
     ap.add_argument("--image", default="")
-    ap.add_argument("--compare")
+    add_compare_argument(ap)
     ap.add_argument("--compare-image", default="registry.k8s.io/e2e-test-images/busybox:1.29-2")
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--mb", type=int, default=100)
@@ -178,13 +179,10 @@ def main() -> int:
             daemon = Daemon({"log_level": "warning", "storage": {"registries_conf": str(conf)}}).start()
             endpoint, image = f"unix://{daemon.socket}", "bench.test/bench/busybox:1"
         ours = measure("pycri", endpoint, image, args.n, args.mb)
-        if args.compare:
-            if not os.path.exists(args.compare.removeprefix("unix://")):
-                print(f"reference  {args.compare} is not running: no comparison")
-            else:
-                theirs = measure("reference", args.compare, args.compare_image, args.n, args.mb)
-                print(f"ratio      exec p50 {ours[0] / theirs[0]:.2f} (pycri/reference, lower is better); "
-                      f"port-forward up {ours[1] / theirs[1]:.2f}, down {ours[2] / theirs[2]:.2f} (higher is better)")
+        for label, other in parse_compare(args.compare):
+            theirs = measure(label, other, args.compare_image, args.n, args.mb)
+            print(f"ratio      exec p50 {ours[0] / theirs[0]:.2f} (pycri/{label}, lower is better); "
+                  f"port-forward up {ours[1] / theirs[1]:.2f}, down {ours[2] / theirs[2]:.2f} (higher is better)")
     finally:
         if daemon is not None:
             leaks = daemon.cleanup()
