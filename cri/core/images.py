@@ -34,6 +34,7 @@ class ImageService:
         self._pinned = PinnedImages(list(pinned_patterns))
         self._in_use: Callable[[str], bool] = lambda image_id: False
         self._on_pull = on_pull
+        self._idmap_problem: tuple[str | None] | None = None
 
     def set_in_use(self, in_use: Callable[[str], bool]) -> None:
         """The container manager says which image ids its containers use (checked on removal)."""
@@ -108,8 +109,11 @@ class ImageService:
         return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap, list(volume_images))
 
     async def idmap_problem(self) -> str | None:
-        """Why a user-namespaced container's rootfs cannot be idmapped on this host, or None (probed once)."""
-        return await asyncio.to_thread(self.store.idmap_problem)
+        """Why a user-namespaced container's rootfs cannot be idmapped on this host, or None (probed once, in a
+        worker thread; Status asks for every handler, so the answer is remembered here, without a thread hop)."""
+        if self._idmap_problem is None:
+            self._idmap_problem = (await asyncio.to_thread(self.store.idmap_problem),)
+        return self._idmap_problem[0]
 
     def rootfs_ids(self) -> list[str]:
         return self.store.rootfs_ids()
