@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from cri import logs
+from cri import logs, sdnotify
 from cri.config import Config, find_binary
 from hostos import libc
 from hostos.cgroups.driver import driver as cgroup_driver
@@ -217,6 +217,7 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
     tracer = _start_tracing(config)
     rt = build_runtime(config, unclean_start=unclean)
     started: list[Service] = []
+    watchdog: asyncio.Task | None = None
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -250,10 +251,17 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
             loop.add_signal_handler(signal.SIGHUP, reloader.signal)
             if _early_sighup:
                 reloader.signal()  # one came while the daemon started: apply it now
+        sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving CRI v1 on {config.listen}")
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            watchdog = asyncio.create_task(sdnotify.keep_watchdog_fed(interval))
         await stop.wait()
+        sdnotify.notify("STOPPING=1\nSTATUS=shutting down")
         log.info("shutting down: finishing in-flight calls")
         await server.stop(grace=10)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         await server.stop(grace=None)
         for service in reversed(started):
             try:

@@ -1,0 +1,74 @@
+"""sd_notify against a real unix datagram socket, as systemd listens on one."""
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from cri import sdnotify
+
+
+@pytest.fixture
+def listener(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify"
+    sock.bind(str(path))
+    sock.settimeout(5)
+    yield str(path), sock
+    sock.close()
+
+
+def test_notify_sends_one_datagram_per_message(listener):
+    path, sock = listener
+    assert sdnotify.notify("READY=1\nSTATUS=serving", {"NOTIFY_SOCKET": path})
+    assert sock.recv(4096) == b"READY=1\nSTATUS=serving"
+
+
+def test_notify_reaches_an_abstract_socket():
+    name = f"pycri-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        assert sdnotify.notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name})
+        assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_without_systemd_nothing_is_sent():
+    assert sdnotify.notify("READY=1", {}) is False
+
+
+def test_a_socket_nobody_listens_on_is_logged_not_raised(tmp_path, caplog):
+    assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
+    assert "sd_notify" in caplog.text
+
+
+@pytest.mark.parametrize("env, interval", [
+    ({}, None),
+    ({"WATCHDOG_USEC": "60000000"}, 30.0),
+    ({"WATCHDOG_USEC": "0"}, None),
+    ({"WATCHDOG_USEC": "junk"}, None),
+    ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, None),  # meant for another process
+    ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}, 1.0),
+])
+def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(env, interval):
+    assert sdnotify.watchdog_interval(env) == interval
+
+
+def test_watchdog_pings_repeat_until_cancelled(listener):
+    path, sock = listener
+
+    async def feed_briefly():
+        task = asyncio.create_task(sdnotify.keep_watchdog_fed(0.05, {"NOTIFY_SOCKET": path}))
+        await asyncio.sleep(0.18)
+        task.cancel()
+
+    asyncio.run(feed_briefly())
+    pings = []
+    sock.settimeout(0.5)
+    try:
+        while True:
+            pings.append(sock.recv(64))
+    except TimeoutError:
+        pass
+    assert 3 <= len(pings) <= 5 and set(pings) == {b"WATCHDOG=1"}
