@@ -19,6 +19,9 @@ from conformance.client import Client
 from cri.config import render_toml
 
 REPO = Path(__file__).resolve().parent.parent  # the source tree, or site-packages when installed
+# Multiplies the start and stop waits: the node VM (qemu without KVM, conformance/nodevm) runs
+# everything many times slower than the host, and its agent sets this.
+TIME_SCALE = float(os.environ.get("PYCRI_TEST_TIME_SCALE") or 1)
 
 
 def _unmount_below(path: Path) -> list[str]:
@@ -100,6 +103,7 @@ class Daemon:
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
         log.close()
+        timeout *= TIME_SCALE
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.proc.poll() is not None:
@@ -131,7 +135,7 @@ class Daemon:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(timeout * TIME_SCALE)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()

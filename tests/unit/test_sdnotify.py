@@ -57,18 +57,20 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(env, interv
 
 def test_watchdog_pings_repeat_until_cancelled(listener):
     path, sock = listener
+    sock.setblocking(False)
 
-    async def feed_briefly():
+    async def three_pings_then_cancel() -> list[bytes]:
+        loop = asyncio.get_running_loop()
         task = asyncio.create_task(sdnotify.keep_watchdog_fed(0.05, {"NOTIFY_SOCKET": path}))
-        await asyncio.sleep(0.18)
+        pings = [await asyncio.wait_for(loop.sock_recv(sock, 64), 10) for _ in range(3)]
         task.cancel()
+        await asyncio.sleep(0.2)
+        with pytest.raises(BlockingIOError):
+            while True:  # drain the ping that may have been in flight, then nothing more comes
+                sock.recv(64)
+        await asyncio.sleep(0.2)
+        with pytest.raises(BlockingIOError):
+            sock.recv(64)
+        return pings
 
-    asyncio.run(feed_briefly())
-    pings = []
-    sock.settimeout(0.5)
-    try:
-        while True:
-            pings.append(sock.recv(64))
-    except TimeoutError:
-        pass
-    assert 3 <= len(pings) <= 5 and set(pings) == {b"WATCHDOG=1"}
+    assert asyncio.run(three_pings_then_cancel()) == [b"WATCHDOG=1"] * 3

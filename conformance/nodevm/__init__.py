@@ -1,0 +1,17 @@
+"""The node VM: a Debian 12 guest with systemd as PID 1, pure cgroup v2 and AppArmor, booted under qemu.
+
+This build machine is a cgroup v1 hybrid host without systemd or an LSM; the nodes kubelet runs on
+are not. The VM lets tests and critest run on that production shape without touching the host:
+
+    python -m conformance.nodevm build                 # build (or reuse) the cached disk
+    python -m conformance.nodevm run -- CMD ARGS...    # boot, install pycri, run CMD inside, power off
+
+Modules: `image` builds the disk from Debian's archive, `wheels` installs the Python dependencies
+on the host, `vm` boots qemu under a machine-wide lock, `guest` is the agent the VM runs at boot
+(stdlib only).
+"""
+
+from pathlib import Path
+
+CACHE = Path("/var/tmp/pycri-nodevm")
+REPO = Path(__file__).resolve().parent.parent.parent

@@ -1,0 +1,84 @@
+"""python -m conformance.nodevm {build | run [options] -- CMD...}: see conformance/nodevm/__init__.py."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from conformance.critest import DEFAULT_WORK, find_critest, find_kit
+from conformance.nodevm import REPO, image, wheels
+from conformance.nodevm.vm import Job, Machine, Share, boot, machine_lock
+
+DEFAULT_CRITOOLS = Path("/var/tmp/critools/bin")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def critest_shares(env: dict[str, str]) -> tuple[list[Share], str | None]:
+    """The shares that let the guest run critest, or none and the reason critest cannot run."""
+    env = {**env, "PATH": f"{env.get('PATH', os.defpath)}:{DEFAULT_CRITOOLS}"}
+    critest = find_critest(env)
+    crictl = shutil.which(env.get("CRICTL") or "crictl", path=env["PATH"])
+    if critest is None:
+        return [], f"no critest binary ($CRITEST unset, none on PATH or in {DEFAULT_CRITOOLS})"
+    if crictl is None or Path(crictl).parent != Path(critest).parent:
+        return [], f"crictl not found beside {critest} (set $CRICTL to a crictl in the same directory)"
+    kit = find_kit(env, REPO)
+    if kit is None:
+        return [], "critest kit not found (set $CRITEST_KIT to the directory of run-critest.sh)"
+    work = Path(env.get("CRITEST_WORK") or DEFAULT_WORK)
+    if not (work / "registry").is_dir() or not (work / "conf" / "test-images.yaml").is_file():
+        return [], f"the kit's images are not built ({work}/registry, conf/): run {kit}/setup-registry.sh setup"
+    shares = [Share("critools", Path(critest).resolve().parent), Share("kit", kit.resolve()), Share("kitwork", work)]
+    return shares, None
+
+
+def run_in_vm(command: list[str], *, install: bool, timeout_s: float, env: dict[str, str],
+              machine: Machine) -> int:
+    shares, why_not = critest_shares(dict(os.environ))
+    job_env = dict(env)
+    if why_not:
+        job_env["NODEVM_NO_CRITEST"] = why_not
+    with machine_lock(log):
+        img = image.build(log=log)
+        all_shares = [Share("src", REPO)]
+        if install:
+            all_shares.append(Share("site", wheels.site_dir(log=log)))
+        job = Job(command=command, shares=all_shares + shares, env=job_env, install=install, timeout_s=timeout_s)
+        return boot(img, job, machine, log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conformance.nodevm", description=__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("build", help="build (or reuse) the cached node image and wheelhouse")
+    for name, text in (("run", "boot the VM, install pycri and run CMD in /opt/pycri (the checkout's copy)"),):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--cpus", type=int, default=2)
+        p.add_argument("--memory", type=int, default=3072, help="MB")
+        p.add_argument("--timeout", type=float, default=3600, help="seconds the command may take")
+        p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment for CMD")
+        if name == "run":
+            p.add_argument("--no-install", action="store_true", help="do not install pycri (boot and run only)")
+            p.add_argument("command", nargs="+", metavar="CMD")
+    opts = parser.parse_args(argv)
+    if opts.action == "build":
+        with machine_lock(log):
+            print(image.build(log=log).dir)
+            print(wheels.site_dir(log=log))
+        return 0
+    env = dict(item.split("=", 1) for item in opts.env)
+    machine = Machine(cpus=opts.cpus, memory_mb=opts.memory)
+    return run_in_vm(opts.command, install=not opts.no_install, timeout_s=opts.timeout, env=env, machine=machine)
+
+
+if __name__ == "__main__":
+    # SIGTERM (a CI timeout) unwinds like ^C, so the VM is stopped rather than orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(main())

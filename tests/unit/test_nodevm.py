@@ -1,0 +1,92 @@
+"""The node VM tool's host side: what it boots, what it shares, and the one-VM-per-machine lock."""
+
+import fcntl
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from conformance.nodevm import REPO, image, vm, wheels
+from conformance.nodevm.__main__ import critest_shares
+
+
+def makefile_host_packages() -> set[str]:
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    return set(re.search(r"^HOST_PACKAGES :=(.*)$", text, re.M).group(1).split())
+
+
+def test_the_node_has_every_package_the_makefile_installs_on_a_build_machine():
+    assert makefile_host_packages() <= set(image.PACKAGES)
+
+
+def test_the_cache_key_follows_the_package_list():
+    assert image.cache_key(image.PACKAGES) == image.cache_key(tuple(reversed(image.PACKAGES)))
+    assert image.cache_key(image.PACKAGES) != image.cache_key(image.PACKAGES + ("strace",))
+
+
+def test_qemu_gets_no_network_a_throwaway_disk_and_read_only_shares(tmp_path):
+    img = image.Image(tmp_path / "image")
+    cmd = vm.qemu_command(img, tmp_path / "run", [vm.Share("src", REPO)], vm.Machine())
+    assert cmd[cmd.index("-nic") + 1] == "none"
+    assert "-netdev" not in cmd and "-net" not in cmd
+    drive = cmd[cmd.index("-drive") + 1]
+    assert "snapshot=on" in drive
+    shares = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-virtfs"]
+    assert [s for s in shares if "mount_tag=job" in s] == [
+        f"local,path={tmp_path / 'run'},mount_tag=job,security_model=none,multidevs=remap"]
+    assert all(s.endswith(",readonly=on") for s in shares if "mount_tag=job" not in s)
+    append = cmd[cmd.index("-append") + 1]
+    assert "apparmor=1 security=apparmor" in append and "systemd.unified_cgroup_hierarchy=1" in append
+
+
+def test_the_job_names_each_share_at_its_mount_point():
+    job = vm.Job(["true"], shares=[vm.Share("wheels", Path("/w"))], env={"A": "1"}, install=False)
+    assert job.to_json()["shares"] == {"wheels": "/mnt/nodevm/wheels"}
+    assert job.to_json()["command"] == ["true"] and job.to_json()["env"] == {"A": "1"}
+
+
+def test_a_second_holder_of_the_lock_waits(tmp_path):
+    lock = tmp_path / "vm.lock"
+    with vm.machine_lock(lambda _: None, lock):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert f"pid {os.getpid()}" in lock.read_text()
+        finally:
+            os.close(fd)
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
+    finally:
+        os.close(fd)
+
+
+def test_without_critest_the_reason_is_given(tmp_path):
+    shares, why = critest_shares({"PATH": str(tmp_path), "CRITEST": str(tmp_path / "critest")})
+    assert shares == [] and "critest" in why
+
+
+def test_critest_is_shared_with_its_kit_and_images(tmp_path):
+    bin_dir, kit, work = tmp_path / "bin", tmp_path / "kit", tmp_path / "work"
+    for tool in ("critest", "crictl"):
+        (bin_dir / tool).parent.mkdir(exist_ok=True)
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    kit.mkdir()
+    (kit / "run-critest.sh").write_text("")
+    env = {"PATH": str(bin_dir), "CRITEST_KIT": str(kit), "CRITEST_WORK": str(work)}
+    assert critest_shares(env)[1].startswith("the kit's images are not built")
+    (work / "registry").mkdir(parents=True)
+    (work / "conf").mkdir()
+    (work / "conf" / "test-images.yaml").write_text("")
+    shares, why = critest_shares(env)
+    assert why is None
+    assert {s.tag: s.path for s in shares} == {"critools": bin_dir, "kit": kit, "kitwork": work}
+
+
+def test_the_site_directory_holds_the_dependencies_and_the_test_extras():
+    reqs = wheels.requirements(REPO / "pyproject.toml")
+    assert any(r.startswith("grpcio==") for r in reqs)
+    assert any(r.startswith("pytest") for r in reqs)
