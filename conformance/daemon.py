@@ -20,8 +20,9 @@ from cri.config import render_toml
 
 REPO = Path(__file__).resolve().parent.parent  # the source tree, or site-packages when installed
 # Multiplies the start and stop waits: the node VM (qemu without KVM, conformance/nodevm) runs
-# everything many times slower than the host, and its agent sets this.
-TIME_SCALE = float(os.environ.get("PYCRI_TEST_TIME_SCALE") or 1)
+# everything many times slower than the host, and its agent sets this. Not PYCRI_*: the daemon
+# reads those as configuration and refuses unknown keys.
+TIME_SCALE = float(os.environ.get("NODEVM_TIME_SCALE") or 1)
 
 
 def _unmount_below(path: Path) -> list[str]:

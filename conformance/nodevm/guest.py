@@ -115,7 +115,7 @@ def command_env(job: dict) -> dict[str, str]:
     env = {"HOME": "/root", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "NODEVM_OUT": str(JOB / "out"),
            # Emulation runs Python some 10-25 times slower than the host: stretch the daemon's
            # start wait (conformance/daemon.py) and pytest-timeout's per-test limit.
-           "PYCRI_TEST_TIME_SCALE": str(TIME_SCALE), "PYTEST_TIMEOUT": str(int(300 * TIME_SCALE))}
+           "NODEVM_TIME_SCALE": str(TIME_SCALE), "PYTEST_TIMEOUT": str(int(300 * TIME_SCALE))}
     if "critools" in shares:
         path.append(shares["critools"])
         env["CRITEST"] = f"{shares['critools']}/critest"
