@@ -91,6 +91,7 @@ def render_table(pods: Iterable[dict]) -> str:
 
 
 ROW_H, LABEL_W, CHART_W, PAD, HEADER_H = 18, 300, 640, 12, 24
+MIN_BAR_W = 4.0  # px: a phase of 2 ms in a start of 2 s is still a visible bar (14 px high: >= 56 px drawn)
 
 
 def render_svg(pods: list[dict]) -> str:
@@ -111,7 +112,7 @@ def render_svg(pods: list[dict]) -> str:
                          f'text-anchor="middle">{total * 1000 * tick / 4:.0f} ms</text>')
         for subject, phase, at, took, failed in rows:
             colour = COLOURS.get(phase, OTHER_COLOUR)
-            width = max(took * scale, 1.5)
+            width = max(took * scale, MIN_BAR_W)
             parts.append(f'<text x="{PAD}" y="{y + 13}" font-size="11">{html.escape(_short(subject, 34))} · '
                          f'{html.escape(phase)}</text>')
             parts.append(f'<rect class="bar" x="{PAD + LABEL_W + at * scale:.1f}" y="{y + 2}" width="{width:.1f}" '
