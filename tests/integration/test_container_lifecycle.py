@@ -135,10 +135,11 @@ def test_a_container_exiting_at_once_still_reports_started_before_stopped(env):
 
 def test_background_children_of_an_exited_container_do_not_survive_its_removal(env):
     d, pod, pod_cfg = env
-    cid = run(d, pod, pod_cfg, container_config("parent", ["sh", "-c", "sleep 4321 & exit 0"]))
+    seconds = str(40000 + os.getpid() % 10000)  # a mark of this run's child: other test runs may share the host
+    cid = run(d, pod, pod_cfg, container_config("parent", ["sh", "-c", f"sleep {seconds} & exit 0"]))
     assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).state == api_pb2.CONTAINER_EXITED
     d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
-    survivors = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == b"sleep\0004321\0"]
+    survivors = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == f"sleep\0{seconds}\0".encode()]
     assert survivors == []
 
 
