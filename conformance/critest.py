@@ -31,7 +31,6 @@ from pathlib import Path
 
 DEFAULT_ENDPOINT = "unix:///run/pycri/pycri.sock"
 DEFAULT_WORK = Path("/var/tmp/critest-kit")
-FALLBACK_KIT = Path("/work/shared/critest")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # critest's own suite timeout is the kit's TIMEOUT (3h); the wrapper allows a little more.
 RUN_TIMEOUT_S = 3 * 3600 + 600
@@ -199,12 +198,9 @@ def find_critest(env: dict[str, str]) -> str | None:
 
 
 def find_kit(env: dict[str, str], repo_root: Path = REPO_ROOT) -> Path | None:
-    """The critest kit: $CRITEST_KIT, else ../shared/critest beside the repo, else /work/shared."""
-    if env.get("CRITEST_KIT"):
-        candidates = [Path(env["CRITEST_KIT"])]
-    else:
-        candidates = [repo_root.parent / "shared" / "critest", FALLBACK_KIT]
-    return next((c for c in candidates if (c / "run-critest.sh").is_file()), None)
+    """The critest kit: $CRITEST_KIT, else ../shared/critest beside the repo."""
+    kit = Path(env["CRITEST_KIT"]) if env.get("CRITEST_KIT") else repo_root.parent / "shared" / "critest"
+    return kit if (kit / "run-critest.sh").is_file() else None
 
 
 def log_path(env: dict[str, str], benchmark: bool) -> Path:
