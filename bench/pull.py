@@ -119,7 +119,7 @@ def main() -> int:
         try:
             registry = args.registry
             if registry is None:
-                from tests.integration.conftest_registry import start_registry
+                from tests.integration.helpers_registry import start_registry
                 gen = start_registry(Path(tmp) / "registry")
                 registry = next(gen)
                 closers.append(gen.close)

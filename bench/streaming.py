@@ -168,7 +168,7 @@ def main() -> int:
         if endpoint is None:
             from conformance.daemon import Daemon
             from tests.imagebuild import build_busybox_image, push_to_registry
-            from tests.integration.conftest_registry import start_registry
+            from tests.integration.helpers_registry import start_registry
 
             work = Path(tempfile.mkdtemp(prefix="pycri-bench-stream"))
             registry = start_registry(work / "registry")

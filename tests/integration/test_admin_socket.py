@@ -15,7 +15,7 @@ import pytest
 
 from cri.api.v1 import api_pb2
 from tests.imagebuild import Entry, build_busybox_image, write_docker_archive, write_oci_layout
-from tests.integration.test_container_helpers import pod_config
+from tests.integration.helpers_containers import pod_config
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,8 @@ def test_a_bad_archive_is_refused_with_the_daemons_reason_and_the_daemon_goes_on
 def test_the_admin_socket_is_roots_alone(daemon):
     admin = daemon.base / "cri-admin.sock"
     assert stat.S_IMODE(admin.stat().st_mode) == 0o600 and admin.stat().st_uid == 0
-    probe = ("import os, socket, sys\nos.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
+    probe = ("import os, socket, sys\nos.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, "
+             "65534)\n"
              "s = socket.socket(socket.AF_UNIX)\n"
              "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('denied'); sys.exit()\n"
              "s.sendall(b'{\"op\": \"pods\"}\\n'); s.shutdown(socket.SHUT_WR); print(s.makefile().readline())")

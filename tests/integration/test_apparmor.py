@@ -13,8 +13,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from cri.oci import apparmor
-from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
-                                                      registry, run, status, wait_state)
+from tests.integration.helpers_containers import container_config, create, exec_sync, run, status, wait_state
 
 pytestmark = [
     pytest.mark.integration,

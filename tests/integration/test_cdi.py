@@ -10,8 +10,7 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_container_helpers import (container_config, create, exec_sync, registry,  # noqa: F401
-                                                      run, start_env, wait_state)
+from tests.integration.helpers_containers import container_config, create, exec_sync, run, start_env, wait_state
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,7 @@ from cri.api.v1 import api_pb2
 from conformance.daemon import Daemon
 from hostos import cgroups
 from hostos.cgroups import systemd
-from tests.integration.test_container_helpers import (container_config, pod_config, registry, run,  # noqa: F401
-                                                      start_env, status, wait_state)
+from tests.integration.helpers_containers import container_config, pod_config, run, start_env, status, wait_state
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,7 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
-                                                      registry, run, wait_state)
+from tests.integration.helpers_containers import container_config, create, exec_sync, run, wait_state
 
 pytestmark = pytest.mark.integration
 

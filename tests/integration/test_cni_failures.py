@@ -9,7 +9,7 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_sandbox_helpers import PrivateNetwork, mounts_below, pod_config, remove_all_pods, veths_on
+from tests.integration.helpers_sandboxes import PrivateNetwork, mounts_below, pod_config, remove_all_pods, veths_on
 from tests.integration.test_sandbox_lifecycle import run, status, stop, remove
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from netplugins import CNIManager, PodNetwork, connect_in_netns, namespace_alive, pin_namespaces, unpin_namespace
-from tests.integration.test_sandbox_helpers import PrivateNetwork, veths_on
+from tests.integration.helpers_sandboxes import PrivateNetwork, veths_on
 
 pytestmark = pytest.mark.integration
 

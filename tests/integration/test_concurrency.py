@@ -17,7 +17,7 @@ from conformance.hostcheck import leaks, snapshot
 from hostos import cgroups
 from tests.imagebuild import build_busybox_image
 from tests.integration.fake_registry import FakeRegistry
-from tests.integration.test_sandbox_helpers import PrivateNetwork
+from tests.integration.helpers_sandboxes import PrivateNetwork
 
 pytestmark = pytest.mark.integration
 
@@ -202,7 +202,7 @@ def test_ten_pods_of_two_containers_run_stop_and_go_away_concurrently(world):
             all_at_once([lambda c=c: w.start(c) for c in cids])
             return cids
 
-        cids_by_pod = all_at_once([lambda p=p, c=c: two_containers(p, c) for p, c in zip(pod_ids, configs)])
+        cids_by_pod = all_at_once([lambda p=p, c=c: two_containers(p, c) for p, c in zip(pod_ids, configs, strict=True)])
 
         statuses = {p: w.pod_status(p) for p in pod_ids}
         assert all(s.state == api_pb2.SANDBOX_READY for s in statuses.values())
@@ -211,7 +211,7 @@ def test_ten_pods_of_two_containers_run_stop_and_go_away_concurrently(world):
         assert len(w.net.leases()) == PODS
         listed = w.containers()
         assert len(listed) == 2 * PODS
-        for pod_id, cids in zip(pod_ids, cids_by_pod):
+        for pod_id, cids in zip(pod_ids, cids_by_pod, strict=True):
             mine = sorted((c.metadata.name, c.id) for c in listed if c.pod_sandbox_id == pod_id)
             assert [name for name, _ in mine] == ["app", "sidecar"] and {cid for _, cid in mine} == set(cids)
         assert all(c.state == api_pb2.CONTAINER_RUNNING for c in listed)
@@ -314,7 +314,7 @@ def test_containers_created_while_their_pod_is_removed_do_not_outlive_it(world):
         calls = [lambda n=n: outcome(w.create, pod_id, pod, w.container(n)) for n in ("a", "b", "c")]
         return all_at_once(calls + [lambda: outcome(w.remove_pod, pod_id)])
 
-    results = all_at_once([lambda p=p, c=c: creates_and_removal(p, c) for p, c in zip(pod_ids, configs)])
+    results = all_at_once([lambda p=p, c=c: creates_and_removal(p, c) for p, c in zip(pod_ids, configs, strict=True)])
     for per_pod in results:
         assert per_pod[-1][0] == "ok", per_pod
         assert {code for code, _ in per_pod[:-1]} <= {"ok", "NOT_FOUND", "FAILED_PRECONDITION"}, per_pod
@@ -330,7 +330,7 @@ def test_containers_started_while_their_pod_stops_are_not_left_running(world):
     before = w.host_state()
     configs = [w.pod(f"halt{i}") for i in range(5)]
     pod_ids = [w.run_pod(c) for c in configs]
-    cids = {p: [w.create(p, c, w.container(n)) for n in ("a", "b")] for p, c in zip(pod_ids, configs)}
+    cids = {p: [w.create(p, c, w.container(n)) for n in ("a", "b")] for p, c in zip(pod_ids, configs, strict=True)}
 
     def starts_and_stop(pod_id: str) -> list[tuple[str, object]]:
         return all_at_once([lambda c=c: outcome(w.start, c) for c in cids[pod_id]]

@@ -10,8 +10,8 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from hostos import cgroups
-from tests.integration.test_container_helpers import (container_config, env, exec_sync,  # noqa: F401
-                                                      pod_with_handler, registry, run, status, wait_log, wait_state)
+from tests.integration.helpers_containers import (container_config, exec_sync, pod_with_handler, run, status,
+                                                  wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,8 @@ import pytest
 from cri.api.v1 import api_pb2, api_pb2_grpc
 
 from cri.oci.runtime import EXEC_OUTPUT_CAP
-from tests.integration.test_container_helpers import (EventCollector, container_config, create, env, exec_sync,  # noqa: F401
-                                                      pod_with_handler,
-                                                      registry, run, status, wait_log, wait_state)
+from tests.integration.helpers_containers import (EventCollector, container_config, create, exec_sync,
+                                                  pod_with_handler, run, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +69,8 @@ def test_a_container_without_a_log_path_runs_and_execs(env):
 
 def test_sigterm_ignoring_process_is_killed_after_the_timeout(env):
     d, pod, pod_cfg = env
-    cid = run(d, pod, pod_cfg, container_config("stubborn", ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"]))
+    cid = run(d, pod, pod_cfg, container_config("stubborn", ["sh", "-c", "trap '' TERM; echo ready; while true; do "
+                                                                         "sleep 1; done"]))
     wait_log(pod_cfg, "stubborn", lambda ls: ("stdout", "F", "ready") in ls)
     d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1), timeout=30)
     st = status(d, cid).status

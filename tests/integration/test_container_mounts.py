@@ -11,8 +11,8 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from cri.oci import mounts
-from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
-                                                      pod_with_handler, registry, run, start_env, status, wait_state)
+from tests.integration.helpers_containers import (container_config, create, exec_sync, pod_with_handler, run,
+                                                  start_env, status, wait_state)
 
 pytestmark = pytest.mark.integration
 

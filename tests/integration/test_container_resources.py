@@ -12,8 +12,7 @@ from cri.api.v1 import api_pb2
 
 from cri.oci import host_facts
 from hostos import cgroups
-from tests.integration.test_container_helpers import (container_config, env, exec_sync, net_env,  # noqa: F401
-                                                      registry, run, status, wait_log, wait_state)
+from tests.integration.helpers_containers import container_config, exec_sync, run, status, wait_log, wait_state
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -141,7 +140,8 @@ def test_stats_move_under_load(env):
 
 def test_reopen_log_after_rotation(env):
     d, pod, pod_cfg = env
-    cid = run(d, pod, pod_cfg, container_config("rot", ["sh", "-c", "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done"]))
+    cid = run(d, pod, pod_cfg, container_config("rot", ["sh", "-c", "i=0; while true; do echo line$i; i=$((i+1)); "
+                                                                    "sleep 0.05; done"]))
     log = Path(pod_cfg.log_directory) / "rot.log"
     wait_log(pod_cfg, "rot", lambda ls: len(ls) >= 2)
     log.rename(log.with_suffix(".log.1"))

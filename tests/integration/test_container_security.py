@@ -12,9 +12,8 @@ from cri.api.v1 import api_pb2
 
 from cri.oci import host_facts
 from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
-from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
-                                                      pod_config, pod_with_handler, registry, run, status, wait_log,
-                                                      wait_state)
+from tests.integration.helpers_containers import (container_config, create, exec_sync, pod_config, pod_with_handler,
+                                                  run, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 

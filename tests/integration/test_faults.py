@@ -12,8 +12,7 @@ from cri.api.v1 import api_pb2
 from conformance import faults
 from conformance.client import pod_config
 from tests.imagebuild import build_busybox_image
-from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
-from tests.integration.test_sandbox_helpers import PrivateNetwork
+from tests.integration.helpers_sandboxes import PrivateNetwork
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,8 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from tests.imagebuild import Entry, build_image, tar_layer
-from tests.integration.test_container_helpers import (container_config, create, env, exec_sync,  # noqa: F401
-                                                      registry, run, status, wait_state)
-from tests.integration.test_sandbox_helpers import mounts_below
+from tests.integration.helpers_containers import container_config, create, exec_sync, run, status, wait_state
+from tests.integration.helpers_sandboxes import mounts_below
 
 pytestmark = pytest.mark.integration
 

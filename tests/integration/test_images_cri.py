@@ -11,7 +11,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from tests.imagebuild import Entry, build_busybox_image
-from tests.integration.conftest_registry import *  # noqa: F401,F403  (registry fixtures)
+from tests.integration.helpers_registry import write_registries_conf
 from tests.integration.fake_registry import EMPTY, FakeRegistry, leftovers
 
 pytestmark = pytest.mark.integration

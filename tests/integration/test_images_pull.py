@@ -22,7 +22,6 @@ from storage.images import ImageStore
 from storage.registries_conf import Mirror, RegistriesConfig, RegistryEntry
 from storage.registry import host_platform
 from tests.imagebuild import Entry, build_busybox_image, build_image, build_index, tar_layer
-from tests.integration.conftest_registry import *  # noqa: F401,F403
 from tests.integration.fake_registry import EMPTY, FakeRegistry, leftovers
 
 pytestmark = [pytest.mark.integration,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.conftest_registry import write_registries_conf
+from tests.integration.helpers_registry import write_registries_conf
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from cri.server.batches import MAX_BATCH_BYTES
-from tests.integration.test_container_helpers import (container_config, create, env,  # noqa: F401  (fixture)
-                                                      pod_config, run)
+from tests.integration.helpers_containers import container_config, create, pod_config, run
 
 # Four of these make more than one batch, while one List* answer still fits gRPC's 4 MiB default.
 BIG = "x" * (MAX_BATCH_BYTES // 3)

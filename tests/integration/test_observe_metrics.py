@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import urllib.request
 
+import grpc
 import pytest
 from cri.api.v1 import api_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest_registry import free_port
-from tests.integration.test_container_helpers import IMAGE, container_config, pod_config, run, start_env
-from tests.integration.test_sandbox_helpers import installed_network
+from tests.integration.helpers_registry import free_port
+from tests.integration.helpers_containers import container_config, run, start_env
+from tests.integration.helpers_sandboxes import installed_network
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def test_metrics_move_as_pods_and_containers_start(daemon_factory, registry, tmp
             assert value(before, "process_open_fds") > 0 and value(before, "process_threads") > 1
 
             cid = run(d, pod, pod_cfg, container_config("sleeper", ["sleep", "60"]))
-            with pytest.raises(Exception):
+            with pytest.raises(grpc.RpcError):
                 d.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id="f" * 64), timeout=10)
             after = samples(port)
             assert value(after, "pycri_containers", state="running") == 1
@@ -71,7 +72,7 @@ def test_metrics_move_as_pods_and_containers_start(daemon_factory, registry, tmp
 def test_openmetrics_on_request_and_failed_pulls_by_registry(daemon_factory, tmp_path):
     port = free_port()
     d = daemon_factory({"metrics": {"enable": True, "port": port}})
-    with pytest.raises(Exception):
+    with pytest.raises(grpc.RpcError):
         d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="127.0.0.1:9/nothing:1")),
                            timeout=30)
     ctype, text = scrape(port, accept="application/openmetrics-text; version=1.0.0")
@@ -99,7 +100,7 @@ def test_a_metrics_port_in_use_stops_the_start_with_a_clear_error(daemon_factory
 
 
 def test_an_oom_kill_is_counted_by_container_name(daemon_factory, registry, tmp_path):
-    from tests.integration.test_container_helpers import wait_state
+    from tests.integration.helpers_containers import wait_state
 
     port = free_port()
     for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path, {"metrics": {"enable": True, "port": port}}):

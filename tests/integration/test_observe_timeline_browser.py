@@ -13,7 +13,7 @@ from PIL import Image
 
 from cri.api.v1 import api_pb2
 from cri.observe.timeline import COLOURS
-from tests.integration.test_container_helpers import IMAGE, container_config, run, start_env
+from tests.integration.helpers_containers import IMAGE, container_config, run, start_env
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def screenshot(svg: Path, png: Path, profile: Path) -> Image.Image:
 
 def colour_pixels(image: Image.Image, hex_colour: str) -> int:
     wanted = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
-    return sum(1 for pixel in image.get_flattened_data() if all(abs(a - b) <= 6 for a, b in zip(pixel, wanted)))
+    return sum(1 for pixel in image.get_flattened_data() if all(abs(a - b) <= 6 for a, b in zip(pixel, wanted, strict=False)))
 
 
 def test_the_timeline_svg_renders_in_chromium_with_a_bar_per_phase(daemon_factory, registry, tmp_path):

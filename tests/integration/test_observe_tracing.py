@@ -13,8 +13,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from cri.api.v1 import api_pb2
-from tests.integration.conftest_registry import free_port
-from tests.integration.test_container_helpers import pod_config
+from tests.integration.helpers_registry import free_port
+from tests.integration.helpers_containers import pod_config
 
 pytestmark = pytest.mark.integration
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

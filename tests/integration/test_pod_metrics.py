@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
-from tests.integration.test_container_helpers import (container_config, exec_sync, net_env,  # noqa: F401
-                                                      pod_config, run)
+from tests.integration.helpers_containers import container_config, exec_sync, pod_config, run
 
 NETWORK = ["container_network_receive_bytes_total", "container_network_transmit_bytes_total",
            "container_network_receive_packets_total", "container_network_transmit_packets_total"]

@@ -11,9 +11,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from hostos import cgroups
-from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
-from tests.integration.test_container_helpers import (container_config, env, exec_sync,  # noqa: F401  (fixture)
-                                                      pod_config, run, status)
+from tests.integration.helpers_containers import container_config, exec_sync, pod_config, run, status
 
 MiB = 1 << 20
 

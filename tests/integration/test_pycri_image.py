@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cri.api.v1 import api_pb2
-from tests.integration.test_container_helpers import pod_config
+from tests.integration.helpers_containers import pod_config
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -16,10 +16,9 @@ from cri.api.v1 import api_pb2
 from conformance.client import container_config
 from conformance.daemon import _kill_processes_mentioning
 from tests.imagebuild import build_busybox_image
-from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
-from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, installed_network,  # noqa: F401
-                                                    iptables_rules_mentioning, mounts_below, pod_config, pods,
-                                                    process_gone, remove_all_pods, veths_on, wait_until)
+from tests.integration.helpers_sandboxes import (PrivateNetwork, cgroup_exists, installed_network,
+                                                 iptables_rules_mentioning, mounts_below, pod_config, process_gone,
+                                                 remove_all_pods, veths_on, wait_until)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
 from tests.integration.test_sandbox_modes import linux
 
@@ -227,8 +226,9 @@ def _simulate_reboot(d, cgroup_paths: list[str]) -> None:
                     pass
     _kill_processes_mentioning(d.base)  # conmon
     for path in cgroup_paths:
-        wait_until(lambda: all(not (c / "cgroup.procs").read_text().strip() for c in _cgroup_dirs(path)),
-                    f"the processes of {path} are gone")
+        wait_until(lambda: all(not (c / "cgroup.procs").read_text().strip()
+                               for c in _cgroup_dirs(path)),  # noqa: B023  (waited for in this iteration)
+                   f"the processes of {path} are gone")
     for target in mounts_below(d.base)[::-1]:  # /proc/self/mounts lists a mount before what is stacked on it
         subprocess.run(["umount", "-l", target], check=True)
     shutil.rmtree(d.state_dir)

@@ -15,10 +15,8 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from cri.config import render_toml
-from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
-from tests.integration.test_container_helpers import (IMAGE, container_config, env,  # noqa: F401  (fixture)
-                                                      exec_sync, pod_config, run, status)
-from tests.integration.test_sandbox_helpers import installed_network
+from tests.integration.helpers_containers import container_config, exec_sync, pod_config, run, status
+from tests.integration.helpers_sandboxes import installed_network
 from tests.journal_socket import FakeJournal
 
 
@@ -33,7 +31,7 @@ def sighup(d, timeout: float = 20) -> str:
     os.kill(d.proc.pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for text, n in zip(done, before):
+        for text, n in zip(done, before, strict=False):
             if _count(d, text) > n:
                 return text
         time.sleep(0.05)

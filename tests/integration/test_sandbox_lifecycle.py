@@ -12,8 +12,8 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_sandbox_helpers import (cgroup_exists, in_netns, iptables_rules_mentioning,  # noqa: F401
-                                                    mounts_below, network, pod_config, pods, veths_on)
+from tests.integration.helpers_sandboxes import (cgroup_exists, in_netns, iptables_rules_mentioning, mounts_below,
+                                                 pod_config, veths_on)
 
 pytestmark = pytest.mark.integration
 

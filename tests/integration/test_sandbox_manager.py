@@ -11,7 +11,7 @@ from cri.core.sandboxes import SandboxManager
 from cri.errors import Unavailable
 from cri.state.sandbox_record import SandboxSpec
 from netplugins import CNIManager
-from tests.integration.test_sandbox_helpers import PrivateNetwork, mounts_below
+from tests.integration.helpers_sandboxes import PrivateNetwork, mounts_below
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_container_helpers import EventCollector
-from tests.integration.test_sandbox_helpers import (PrivateNetwork, cgroup_exists, mounts_below,  # noqa: F401
-                                                    network, pod_config, pods, remove_all_pods, veths_on)
+from tests.integration.helpers_containers import EventCollector
+from tests.integration.helpers_sandboxes import (PrivateNetwork, cgroup_exists, mounts_below, pod_config,
+                                                 remove_all_pods, veths_on)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
 
 pytestmark = pytest.mark.integration

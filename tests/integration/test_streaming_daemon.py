@@ -12,8 +12,7 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_container_helpers import (container_config, env, pod_with_handler,  # noqa: F401
-                                                      registry, run, status, wait_state)
+from tests.integration.helpers_containers import container_config, pod_with_handler, run, status, wait_state
 from tests.streamclient import HttpError, SpdyPortForward, SpdySession, WebSocketClient, spdy_exec
 
 pytestmark = pytest.mark.integration
@@ -193,8 +192,8 @@ def test_port_forward_to_the_pod(env):
 def pod_network_env(daemon_factory, registry, tmp_path):  # noqa: F811
     """(daemon, pod id, pod config) for a pod on a private bridge network: its own network namespace."""
     from tests.imagebuild import build_busybox_image
-    from tests.integration.test_container_helpers import IMAGE
-    from tests.integration.test_sandbox_helpers import PrivateNetwork, remove_all_pods
+    from tests.integration.helpers_containers import IMAGE
+    from tests.integration.helpers_sandboxes import PrivateNetwork, remove_all_pods
 
     conf = tmp_path / "registries.conf"
     conf.write_text(f'unqualified-search-registries = []\n[[registry]]\nprefix = "example.test"\n'

@@ -12,9 +12,8 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_sandbox_helpers import mounts_below
-from tests.integration.test_container_helpers import (container_config, exec_sync, net_env,  # noqa: F401
-                                                      pod_config, registry, run, status, wait_state)
+from tests.integration.helpers_sandboxes import mounts_below
+from tests.integration.helpers_containers import container_config, exec_sync, pod_config, run, status, wait_state
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,8 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_container_helpers import (container_config, create, exec_sync, registry,  # noqa: F401
-                                                      run, status, wait_state)
-from tests.integration.test_userns import MAPPING, net_env, run_pod, userns_pod_config  # noqa: F401
+from tests.integration.helpers_containers import container_config, create, exec_sync, run, status, wait_state
+from tests.integration.test_userns import MAPPING, run_pod, userns_pod_config
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 from cri.api.v1 import api_pb2
 
-from tests.integration.test_container_helpers import (container_config, exec_sync, net_env,  # noqa: F401
-                                                      registry, run, status, wait_state)
+from tests.integration.helpers_containers import container_config, exec_sync, run, status, wait_state
 from tests.integration.test_image_volumes import image_mount, pull_data_image
-from tests.integration.test_sandbox_helpers import mounts_below
+from tests.integration.helpers_sandboxes import mounts_below
 from tests.integration.test_userns import HOST_BASE, MAPPING, run_pod, userns_pod_config
 
 

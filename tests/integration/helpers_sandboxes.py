@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from cri.api.v1 import api_pb2
 
 _counter = itertools.count(1)
@@ -56,24 +55,6 @@ def installed_network(base: Path, **options):
         yield net
     finally:
         net.cleanup()
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    """The private network; parametrize it indirectly with True to turn ipMasq on."""
-    with installed_network(tmp_path, ip_masq=getattr(request, "param", False)) as net:
-        yield net
-
-
-@pytest.fixture
-def pods(daemon_factory, network):
-    """A daemon on the private network; returns (daemon, network) and removes every pod after."""
-    d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir)}})
-    try:
-        yield d, network
-    finally:
-        remove_all_pods(d)
-
 
 def veths_on(bridge: str) -> list[str]:
     out = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True).stdout

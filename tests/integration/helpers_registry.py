@@ -1,4 +1,5 @@
-"""Registry fixtures: Debian's docker-registry (distribution 2.8) on 127.0.0.1, in a temp dir.
+"""Test registries: Debian's docker-registry (distribution 2.8) on 127.0.0.1, in a temp dir. The session fixtures
+(in conftest.py) that start them:
 
 `registry`          anonymous, plain HTTP
 `private_registry`  htpasswd (Basic) auth; user/password in .credentials
@@ -33,12 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
-import pytest
-
-from tests.imagebuild import Image, Index, build_busybox_image, push_to_registry
-
-__all__ = ["Registry", "start_registry", "write_registries_conf", "registry", "private_registry", "token_registry",
-           "tls_registry", "busybox_ref"]
+from tests.imagebuild import Image, Index, push_to_registry
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 TOKEN_SERVICE = "pycri-test-registry"
@@ -183,71 +179,9 @@ http:
         proc.wait()
         log.close()
 
-
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory) -> Iterator[Registry]:
-    workdir = tmp_path_factory.mktemp("registry")
-    gen = start_registry(workdir)
-    try:
-        yield Registry(next(gen))
-    finally:
-        gen.close()
-
-
-@pytest.fixture(scope="session")
-def private_registry(tmp_path_factory) -> Iterator[Registry]:
-    workdir = tmp_path_factory.mktemp("private-registry")
-    user, password = "alice", "s3cret-" + os.urandom(4).hex()
-    htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], check=True, capture_output=True,
-                              text=True, timeout=30).stdout
-    (workdir / "htpasswd").write_text(htpasswd)
-    gen = start_registry(workdir, f"auth:\n  htpasswd:\n    realm: pycri-test\n    path: {workdir / 'htpasswd'}\n")
-    try:
-        yield Registry(next(gen), credentials=(user, password))
-    finally:
-        gen.close()
-
-
-@pytest.fixture(scope="session")
-def token_registry(tmp_path_factory) -> Iterator[Registry]:
-    workdir = tmp_path_factory.mktemp("token-registry")
-    server = TokenServer(workdir, "bob", "t0ken-" + os.urandom(4).hex())
-    gen = None
-    try:
-        auth = (f"auth:\n  token:\n    realm: {server.realm}\n    service: {TOKEN_SERVICE}\n"
-                f"    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {server.cert}\n")
-        gen = start_registry(workdir, auth)
-        yield Registry(next(gen), credentials=(server.username, server.password), token_server=server)
-    finally:
-        if gen is not None:
-            gen.close()
-        server.close()
-
-
-@pytest.fixture(scope="session")
-def tls_registry(tmp_path_factory) -> Iterator[Registry]:
-    workdir = tmp_path_factory.mktemp("tls-registry")
-    cert, key = workdir / "cert.pem", workdir / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    gen = start_registry(workdir, tls=(cert, key))
-    try:
-        yield Registry(next(gen), tls=True)
-    finally:
-        gen.close()
-
-
 def write_registries_conf(path: Path, *registries: Registry) -> Path:
     """A registries.conf that lets the daemon pull from the test registries (plain HTTP or
     self-signed TLS, both `insecure`)."""
     entries = "".join(f'[[registry]]\nlocation = "{r.host}"\ninsecure = true\n\n' for r in registries)
     path.write_text("unqualified-search-registries = []\n\n" + entries)
     return path
-
-
-@pytest.fixture(scope="session")
-def busybox_ref(registry) -> str:
-    """A busybox image (sh, ls, cat, sleep, ... as applet links) in the session registry."""
-    registry.push("library/busybox", "latest", build_busybox_image())
-    return f"{registry.host}/library/busybox:latest"

@@ -1,5 +1,5 @@
-"""Shared fixtures for the container tests: a daemon with a busybox image pulled from a local registry, and a
-host-network pod (no CNI needed) to put containers in."""
+"""Helpers for the container tests: a daemon with a busybox image pulled from a local registry and a pod to put
+containers in (start_env; the env and net_env fixtures in conftest.py use it), and CRI call shorthands."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import uuid
 from pathlib import Path
 
 import grpc
-import pytest
 from cri.api.v1 import api_pb2
 
 from tests.imagebuild import Entry, build_busybox_image
-from tests.integration.conftest_registry import registry  # noqa: F401  (fixture)
-from tests.integration.test_sandbox_helpers import installed_network
 
 IMAGE = "example.test/ctr/busybox:1"
 EXTRA_APPLETS = ("chmod", "dd", "yes", "seq", "unshare", "swapoff", "mount", "printf")
@@ -51,7 +48,7 @@ def image_layers() -> list[list[Entry]]:
     return [users + applets + [Entry("keyctl-probe", data=keyctl_probe(), mode=0o755)]]
 
 
-def start_env(daemon_factory, registry, tmp_path, settings: dict | None = None, host_network: bool = True):  # noqa: F811
+def start_env(daemon_factory, registry, tmp_path, settings: dict | None = None, host_network: bool = True):
     """A daemon that has pulled the test image, and a pod; yields (daemon, pod id, pod config), then removes the pod."""
     conf = tmp_path / "registries.conf"
     conf.write_text(f'unqualified-search-registries = []\n[[registry]]\nprefix = "example.test"\n'
@@ -70,21 +67,6 @@ def start_env(daemon_factory, registry, tmp_path, settings: dict | None = None, 
         if d.proc is not None and d.proc.poll() is None:
             d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
             d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
-
-
-@pytest.fixture
-def env(daemon_factory, registry, tmp_path):  # noqa: F811
-    """(daemon, pod id, pod config): a host-network pod (no CNI needed) and the test image pulled."""
-    yield from start_env(daemon_factory, registry, tmp_path)
-
-
-@pytest.fixture
-def net_env(daemon_factory, registry, tmp_path):  # noqa: F811
-    """Like env, but the pod is on a private CNI bridge network."""
-    with installed_network(tmp_path) as network:
-        yield from start_env(daemon_factory, registry, tmp_path, {"network": {"cni_conf_dir": str(network.conf_dir)}},
-                             host_network=False)
-
 
 def pod_config(log_dir: Path, name: str = "", host_network: bool = True) -> api_pb2.PodSandboxConfig:
     name = name or f"pod-{uuid.uuid4().hex[:8]}"
