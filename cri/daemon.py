@@ -9,12 +9,12 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable
 
 from cri import logs, sdnotify
-from cri.config import Config, find_binary
+from cri.config import Config
+from cri.context import Runtime, Service
 from hostos import libc
 from hostos.cgroups.driver import driver as cgroup_driver
 
@@ -23,50 +23,6 @@ log = logging.getLogger("pycri")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
 MALLOC_ARENAS = 2
-
-
-class Service(Protocol):
-    """A part with a lifetime: started in build order, stopped in reverse."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-@dataclass
-class Runtime:
-    """What every RPC handler reaches: the configuration and the managers of the core."""
-
-    config: Config
-    unclean_start: bool = False
-    pod_cidr: str = ""
-    images: Any = None
-    sandboxes: Any = None
-    containers: Any = None
-    cni: Any = None
-    streaming: Any = None
-    events: Any = None
-    metrics: Any = None
-    answers: Any = None  # the server's serialized answers to the small reads (cri/server/answers.py)
-    services: list[Service] = field(default_factory=list)
-
-    def runtime_condition(self) -> tuple[bool, str, str]:
-        """Ready when the default runtime and conmon are installed; kubelet asks every few seconds."""
-        runtime = self.config.runtime
-        handler = runtime.default_runtime
-        for name, wanted, reason in ((f"default runtime {handler!r}", runtime.handlers[handler].path, "OCIRuntimeMissing"),
-                                     ("conmon", runtime.conmon, "ConmonMissing")):
-            if find_binary(wanted) is None:
-                return False, reason, f"{name} ({wanted}) is not installed"
-        return True, "", ""
-
-    def network_condition(self) -> tuple[bool, str, str]:
-        if self.cni is None:
-            return False, "NetworkPluginNotReady", "the network layer is not configured"
-        return self.cni.ready()
-
-    def set_pod_cidr(self, cidr: str) -> None:
-        self.pod_cidr = cidr
 
 
 def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from storage.errors import StorageError
 
 from cri.config import Config, ConfigError, RuntimeConfig, RuntimeHandler
+
+if TYPE_CHECKING:  # (the handler context imports the managers)
+    from cri.context import Runtime
 
 log = logging.getLogger("pycri.reload")
 
@@ -58,7 +61,7 @@ def _merge_handlers(rt, new: Config) -> dict[str, RuntimeHandler]:
     return merged
 
 
-def apply(rt, new: Config, setup_logging: Callable[[Config], None]) -> list[str]:
+def apply(rt: Runtime, new: Config, setup_logging: Callable[[Config], None]) -> list[str]:
     """Apply the live part of `new` to the running daemon; return the keys applied."""
     from storage import registries_conf
 
@@ -100,7 +103,7 @@ def apply(rt, new: Config, setup_logging: Callable[[Config], None]) -> list[str]
 class Reloader:
     """Runs one reload at a time from SIGHUP: `load()` builds the configuration as the daemon's start did."""
 
-    def __init__(self, rt, load: Callable[[], Config], setup_logging: Callable[[Config], None]):
+    def __init__(self, rt: Runtime, load: Callable[[], Config], setup_logging: Callable[[Config], None]):
         self._rt = rt
         self._load = load
         self._setup_logging = setup_logging

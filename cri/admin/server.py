@@ -11,11 +11,14 @@ import socket
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cri.errors import CRIError, InvalidArgument, NotFound
 from cri.observe import trace
 from storage.errors import StorageError
+
+if TYPE_CHECKING:  # (the handler context imports the managers)
+    from cri.context import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def _container(record) -> dict:
 class AdminServer:
     """A Service: listens on `path` (mode 0600) and serves only root."""
 
-    def __init__(self, path: Path, rt: Any) -> None:
+    def __init__(self, path: Path, rt: Runtime) -> None:
         self.path = Path(path)
         self._rt = rt
         self._server: asyncio.AbstractServer | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Callable, TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
@@ -19,6 +19,9 @@ from prometheus_client.exposition import choose_encoder
 
 from cri.core import events as ev
 from cri.observe import trace
+
+if TYPE_CHECKING:  # (the handler context imports the managers)
+    from cri.context import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ REQUEST_TIMEOUT = 5.0
 class _StateCollector:
     """Containers by state and pods by state, counted from the managers' indexes at scrape time."""
 
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self._rt = rt
 
     def collect(self):
@@ -69,7 +72,7 @@ def _thread_count() -> int:
 class Metrics:
     """The daemon's metrics and the HTTP endpoint that serves them; a Service (start/stop)."""
 
-    def __init__(self, rt: Any, address: str = "127.0.0.1", port: int = 9090) -> None:
+    def __init__(self, rt: Runtime, address: str = "127.0.0.1", port: int = 9090) -> None:
         self._rt = rt
         self.address, self.port = address, port
         self.registry = registry = CollectorRegistry(auto_describe=False)

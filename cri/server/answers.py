@@ -113,5 +113,6 @@ class ReadAnswers:
     def image_list(self) -> bytes:
         self._images_current()
         if self._image_list is None:
-            self._image_list = api_pb2.ListImagesResponse(images=self._rt.images.answer(None, self.image_message)).SerializeToString()
+            images = self._rt.images.answer(None, self.image_message)
+            self._image_list = api_pb2.ListImagesResponse(images=images).SerializeToString()
         return self._image_list

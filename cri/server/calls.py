@@ -11,12 +11,15 @@ import inspect
 import itertools
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable, TYPE_CHECKING
 
 import grpc
 
 from cri.observe import trace
 from cri.server.errors import is_expected, status_for
+
+if TYPE_CHECKING:  # (the handler context imports the managers)
+    from cri.context import Runtime
 
 log = logging.getLogger("pycri.rpc")
 _ids = itertools.count(1)
@@ -30,7 +33,7 @@ def _level(name: str) -> int:
     return logging.DEBUG if name.startswith(_QUIET_PREFIXES) else logging.INFO
 
 
-def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | None = None) -> Callable:
+def wrap_unary(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable | None = None) -> Callable:
     """Calls that change the host run to their end even when the caller gives up (a deadline, a
     dropped connection): stopping half-way would leave work for reconciliation to undo. An
     abandoned call is reported to `on_abandoned(rt, request)` at once, so that the caller's retry,
@@ -84,7 +87,7 @@ def wrap_unary(name: str, handler: Callable, rt: Any, on_abandoned: Callable | N
     return call
 
 
-def wrap_stream(name: str, handler: Callable, rt: Any) -> Callable:
+def wrap_stream(name: str, handler: Callable, rt: Runtime) -> Callable:
     level = _level(name)
 
     async def call(request, context: grpc.aio.ServicerContext):
@@ -104,7 +107,7 @@ def wrap_stream(name: str, handler: Callable, rt: Any) -> Callable:
     return call
 
 
-def wrap(name: str, handler: Callable, rt: Any, on_abandoned: Callable | None = None) -> Callable:
+def wrap(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable | None = None) -> Callable:
     if inspect.isasyncgenfunction(handler):
         return wrap_stream(name, handler, rt)
     return wrap_unary(name, handler, rt, on_abandoned)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 from cri.api.v1 import api_pb2
 
@@ -118,7 +119,8 @@ def request_from_proto(request: api_pb2.CreateContainerRequest) -> ContainerRequ
         working_dir=config.working_dir, envs=[(kv.key, kv.value) for kv in config.envs], mounts=mounts,
         devices=[DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions or "rwm")
                  for d in config.devices],
-        cdi_devices=[d.name for d in config.CDI_devices], labels=dict(config.labels), annotations=dict(config.annotations), log_path=config.log_path,
+        cdi_devices=[d.name for d in config.CDI_devices], labels=dict(config.labels),
+        annotations=dict(config.annotations), log_path=config.log_path,
         stdin=config.stdin, stdin_once=config.stdin_once, tty=config.tty,
         resources=resources_from_proto(config.linux.resources), security=security,
         stop_signal=api_pb2.Signal.Name(config.stop_signal) if config.stop_signal else "")
@@ -128,17 +130,21 @@ def metadata(record: ContainerRecord) -> api_pb2.ContainerMetadata:
     return api_pb2.ContainerMetadata(name=record.name, attempt=record.attempt)
 
 
+def _state(record: ContainerRecord) -> api_pb2.ContainerState:
+    return cast(api_pb2.ContainerState, record.state.cri)
+
+
 def container_message(record: ContainerRecord) -> api_pb2.Container:
     return api_pb2.Container(
         id=record.id, pod_sandbox_id=record.sandbox_id, metadata=metadata(record),
         image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
-        state=record.state.cri, created_at=record.created_at, labels=record.labels,
+        state=_state(record), created_at=record.created_at, labels=record.labels,
         annotations=record.annotations)
 
 
 def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
     return api_pb2.ContainerStatus(
-        id=record.id, metadata=metadata(record), state=record.state.cri, created_at=record.created_at,
+        id=record.id, metadata=metadata(record), state=_state(record), created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at, exit_code=record.exit_code,
         image=api_pb2.ImageSpec(image=record.image), image_ref=record.image_ref, image_id=record.image_id,
         reason=record.reason, message=record.message, labels=record.labels, annotations=record.annotations,
@@ -153,7 +159,7 @@ def status_message(record: ContainerRecord) -> api_pb2.ContainerStatus:
         resources=api_pb2.ContainerResources(linux=resources_to_proto(record.resources)),
         user=api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(
             uid=record.uid, gid=record.gid, supplemental_groups=record.supplemental_groups)),
-        stop_signal=cri_signal(record.stop_signal))
+        stop_signal=cast(api_pb2.Signal, cri_signal(record.stop_signal)))
 
 
 def _cri_signals() -> dict[int, int]:

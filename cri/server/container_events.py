@@ -1,13 +1,17 @@
 """GetContainerEvents: a server stream of created, started, stopped and deleted events (kubelet's evented PLEG),
 for containers and for pod sandboxes (whose events name the sandbox id as the container id)."""
 
+import grpc
+from collections.abc import AsyncIterator
 from cri.api.v1 import api_pb2
 
 from cri.server.container_convert import status_message
 from cri.server import sandbox_convert
+from cri.context import Runtime
 
 
-async def get_container_events(rt, request, context):
+async def get_container_events(rt: Runtime, request: api_pb2.GetEventsRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.ContainerEventResponse]:
     queue = rt.events.subscribe()
     try:
         await context.send_initial_metadata(())  # the client may wait for it: from here on it misses nothing

@@ -2,10 +2,13 @@
 
 import time
 
+import grpc
 from cri.api.v1 import api_pb2
+from cri.context import Runtime
 
 
-async def image_fs_info(rt, request, context):
+async def image_fs_info(rt: Runtime, request: api_pb2.ImageFsInfoRequest,
+                        context: grpc.aio.ServicerContext) -> api_pb2.ImageFsInfoResponse:
     now = time.time_ns()
     response = api_pb2.ImageFsInfoResponse()
     for usage in await rt.images.fs_info():

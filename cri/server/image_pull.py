@@ -1,13 +1,16 @@
 """PullImage: the image id is the image_ref kubelet keeps."""
 
+import grpc
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
+from cri.context import Runtime
 from storage.auth import Credentials
 from storage.errors import RegistryConfigError
 
 
-async def pull_image(rt, request, context):
+async def pull_image(rt: Runtime, request: api_pb2.PullImageRequest,
+                     context: grpc.aio.ServicerContext) -> api_pb2.PullImageResponse:
     if not request.image.image:
         raise InvalidArgument("image must not be empty")
     auth = request.auth
@@ -21,7 +24,7 @@ async def pull_image(rt, request, context):
     return api_pb2.PullImageResponse(image_ref=record.id)
 
 
-def _pod_of(rt, metadata) -> str:
+def _pod_of(rt: Runtime, metadata) -> str:
     """The ready sandbox kubelet pulls for (it sends the pod's config), so the pull shows in its timeline."""
     if not metadata.uid:
         return ""

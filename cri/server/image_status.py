@@ -3,13 +3,17 @@ then). The plain answers are kept serialized until an image changes (cri/server/
 
 import json
 
+import grpc
+from collections.abc import AsyncIterator
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.batches import batches
+from cri.context import Runtime
 
 
-async def image_status(rt, request, context):
+async def image_status(rt: Runtime, request: api_pb2.ImageStatusRequest,
+                       context: grpc.aio.ServicerContext) -> api_pb2.ImageStatusResponse | bytes:
     if not request.image.image:
         raise InvalidArgument("image must not be empty")
     body = rt.answers.image_status(request.image.image)
@@ -28,14 +32,16 @@ def _filter(request) -> str | None:
     return (request.filter.image.image if request.HasField("filter") else "") or None
 
 
-async def list_images(rt, request, context):
+async def list_images(rt: Runtime, request: api_pb2.ListImagesRequest,
+                      context: grpc.aio.ServicerContext) -> api_pb2.ListImagesResponse | bytes:
     filter_ref = _filter(request)
     if filter_ref is None:
         return rt.answers.image_list()
     return api_pb2.ListImagesResponse(images=rt.images.answer(filter_ref, rt.answers.image_message))
 
 
-async def stream_images(rt, request, context):
+async def stream_images(rt: Runtime, request: api_pb2.StreamImagesRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamImagesResponse]:
     for batch in batches(rt.images.answer(_filter(request), rt.answers.image_message)):
         yield api_pb2.StreamImagesResponse(images=batch)
 

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import asyncio
 
+from typing import cast
+
+import grpc
+from collections.abc import AsyncIterator
 from cri.api.v1 import api_pb2
 
 from cri.server.batches import batches
+from cri.context import Runtime
 
 COUNTER, GAUGE = api_pb2.COUNTER, api_pb2.GAUGE
 BASE_LABELS = ["container", "pod", "namespace", "image", "id", "name"]
@@ -52,7 +57,7 @@ DESCRIPTORS: dict[str, tuple[str, int, list[str]]] = {
 def _metric(name: str, timestamp: int, labels: list[str], value: int | None, *extra: str) -> api_pb2.Metric | None:
     if value is None:
         return None
-    return api_pb2.Metric(name=name, timestamp=timestamp, metric_type=DESCRIPTORS[name][1],
+    return api_pb2.Metric(name=name, timestamp=timestamp, metric_type=cast(api_pb2.MetricType, DESCRIPTORS[name][1]),
                           label_values=[*labels, *extra], value=api_pb2.UInt64Value(value=max(0, int(value))))
 
 
@@ -80,10 +85,10 @@ def _network_metrics(interfaces, timestamp: int, labels: list[str]) -> list[api_
                             ("transmit_bytes", i.tx_bytes), ("transmit_packets", i.tx_packets),
                             ("transmit_packets_dropped", i.tx_dropped), ("transmit_errors", i.tx_errors)):
             out.append(_metric(f"container_network_{name}_total", timestamp, labels, value, i.name))
-    return out
+    return [m for m in out if m is not None]
 
 
-async def _pod_metrics(rt, sandbox) -> api_pb2.PodSandboxMetrics:
+async def _pod_metrics(rt: Runtime, sandbox) -> api_pb2.PodSandboxMetrics:
     stats = await rt.containers.sandbox_stats(sandbox)
     pod_labels = ["", sandbox.name, sandbox.namespace, "", sandbox.id, ""]
     metrics = _cgroup_metrics(stats.cgroup, pod_labels)
@@ -93,8 +98,9 @@ async def _pod_metrics(rt, sandbox) -> api_pb2.PodSandboxMetrics:
         r = c.record
         labels = [r.name, sandbox.name, sandbox.namespace, r.image_ref or r.image, r.id, r.name]
         own = _cgroup_metrics(c.cgroup, labels)
-        own.append(_metric("container_fs_usage_bytes", c.cgroup.timestamp_ns, labels, c.writable_bytes))
-        own.append(_metric("container_fs_inodes_used", c.cgroup.timestamp_ns, labels, c.writable_inodes))
+        own += [m for m in (_metric("container_fs_usage_bytes", c.cgroup.timestamp_ns, labels, c.writable_bytes),
+                            _metric("container_fs_inodes_used", c.cgroup.timestamp_ns, labels, c.writable_inodes))
+                if m is not None]
         containers.append(api_pb2.ContainerMetrics(container_id=r.id, metrics=own))
     return api_pb2.PodSandboxMetrics(pod_sandbox_id=sandbox.id, metrics=metrics, container_metrics=containers)
 
@@ -103,17 +109,21 @@ async def _all_pod_metrics(rt) -> list[api_pb2.PodSandboxMetrics]:
     return list(await asyncio.gather(*(_pod_metrics(rt, s) for s in rt.sandboxes.list(state="ready"))))
 
 
-async def list_metric_descriptors(rt, request, context):
+async def list_metric_descriptors(rt: Runtime, request: api_pb2.ListMetricDescriptorsRequest,
+                                  context: grpc.aio.ServicerContext) -> api_pb2.ListMetricDescriptorsResponse:
     return api_pb2.ListMetricDescriptorsResponse(descriptors=[
         api_pb2.MetricDescriptor(name=name, help=help_text, label_keys=[*BASE_LABELS, *extra])
         for name, (help_text, _, extra) in DESCRIPTORS.items()])
 
 
-async def list_pod_sandbox_metrics(rt, request, context):
+async def list_pod_sandbox_metrics(rt: Runtime, request: api_pb2.ListPodSandboxMetricsRequest,
+                                   context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxMetricsResponse:
     return api_pb2.ListPodSandboxMetricsResponse(pod_metrics=await _all_pod_metrics(rt))
 
 
-async def stream_pod_sandbox_metrics(rt, request, context):
+async def stream_pod_sandbox_metrics(
+        rt: Runtime, request: api_pb2.StreamPodSandboxMetricsRequest,
+        context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
     for batch in batches(await _all_pod_metrics(rt)):
         yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=batch)
 

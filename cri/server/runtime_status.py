@@ -4,10 +4,13 @@ Features are advertised only where they work: kubelet and critest turn them on f
 """
 
 import json
+from typing import Any
 
+import grpc
 from cri.api.v1 import api_pb2
 
 from cri.oci import apparmor, host_facts, mounts
+from cri.context import Runtime
 from hostos import cgroups
 from hostos.cgroups.driver import driver
 
@@ -17,7 +20,7 @@ def _condition(kind: str, ready: bool, reason: str, message: str) -> api_pb2.Run
                                     message="" if ready else message)
 
 
-async def _handler_features(rt, name: str) -> api_pb2.RuntimeHandlerFeatures:
+async def _handler_features(rt: Runtime, name: str) -> api_pb2.RuntimeHandlerFeatures:
     path = rt.config.runtime_path(name)
     rro = path is not None and await mounts.supports_rro(path)
     # kubelet puts the pod's id mappings on every mount of a `hostUsers: false` pod: a handler that cannot make
@@ -28,7 +31,7 @@ async def _handler_features(rt, name: str) -> api_pb2.RuntimeHandlerFeatures:
     return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=userns)
 
 
-def _lsm(rt) -> dict:
+def _lsm(rt: Runtime) -> dict[str, Any]:
     """The security modules containers can use here: AppArmor profiles only with AppArmor on (RuntimeDefault
     where apparmor_parser can load pycri's), SELinux labels only with SELinux on."""
     on = host_facts.apparmor_enabled()
@@ -37,7 +40,8 @@ def _lsm(rt) -> dict:
             "selinux": {"enabled": host_facts.selinux_enabled()}}
 
 
-async def status(rt, request, context):
+async def status(rt: Runtime, request: api_pb2.StatusRequest,
+                 context: grpc.aio.ServicerContext) -> api_pb2.StatusResponse:
     runtime_ready, runtime_reason, runtime_message = rt.runtime_condition()
     network_ready, network_reason, network_message = rt.network_condition()
     response = api_pb2.StatusResponse(

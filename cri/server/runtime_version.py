@@ -2,7 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+import grpc
 from cri.api.v1 import api_pb2
+from cri.context import Runtime
 
 try:
     PYCRI_VERSION = version("pycri")
@@ -17,7 +19,8 @@ _RESPONSE = api_pb2.VersionResponse(
 )
 
 
-async def version_rpc(rt, request, context):
+async def version_rpc(rt: Runtime, request: api_pb2.VersionRequest,
+                      context: grpc.aio.ServicerContext) -> api_pb2.VersionResponse:
     return _RESPONSE
 
 

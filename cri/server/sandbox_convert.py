@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from cri.api.v1 import api_pb2
 from google.protobuf.json_format import MessageToDict
 
@@ -59,12 +61,17 @@ def metadata(record: SandboxRecord) -> api_pb2.PodSandboxMetadata:
                                       attempt=record.attempt)
 
 
+def _mode(mode: int) -> api_pb2.NamespaceMode:
+    return cast(api_pb2.NamespaceMode, mode)
+
+
 def namespace_option(record: SandboxRecord) -> api_pb2.NamespaceOption:
     opts = record.namespace_options
-    option = api_pb2.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc, target_id=opts.target_id)
+    option = api_pb2.NamespaceOption(network=_mode(opts.network), pid=_mode(opts.pid), ipc=_mode(opts.ipc),
+                                     target_id=opts.target_id)
     if opts.own_userns:
         option.userns_options.CopyFrom(api_pb2.UserNamespace(
-            mode=opts.user, uids=[_id_mapping(m) for m in opts.uid_mappings],
+            mode=_mode(opts.user), uids=[_id_mapping(m) for m in opts.uid_mappings],
             gids=[_id_mapping(m) for m in opts.gid_mappings]))
     return option
 

@@ -3,12 +3,15 @@ is kept serialized (cri/server/answers.py) and gets the time of each call append
 
 import json
 
+import grpc
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
+from cri.context import Runtime
 
 
-async def pod_sandbox_status(rt, request, context):
+async def pod_sandbox_status(rt: Runtime, request: api_pb2.PodSandboxStatusRequest,
+                             context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatusResponse | bytes:
     if not request.pod_sandbox_id:
         raise InvalidArgument("PodSandboxId must not be empty")
     if not request.verbose:

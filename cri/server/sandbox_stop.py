@@ -1,11 +1,14 @@
 """StopPodSandbox: an unknown id is not an error (kubelet and critest rely on that)."""
 
+import grpc
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
+from cri.context import Runtime
 
 
-async def stop_pod_sandbox(rt, request, context):
+async def stop_pod_sandbox(rt: Runtime, request: api_pb2.StopPodSandboxRequest,
+                           context: grpc.aio.ServicerContext) -> api_pb2.StopPodSandboxResponse:
     if not request.pod_sandbox_id:
         raise InvalidArgument("PodSandboxId must not be empty")
     await rt.sandboxes.stop_pod(request.pod_sandbox_id)

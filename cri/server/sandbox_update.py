@@ -1,12 +1,15 @@
 """UpdatePodSandboxResources: in-place pod-level resize (cri/core/sandbox_resources.py)."""
 
+import grpc
 from cri.api.v1 import api_pb2
 
 from cri.errors import InvalidArgument
 from cri.server.container_convert import resources_from_proto
+from cri.context import Runtime
 
 
-async def update_pod_sandbox_resources(rt, request, context):
+async def update_pod_sandbox_resources(rt: Runtime, request: api_pb2.UpdatePodSandboxResourcesRequest,
+                                       context: grpc.aio.ServicerContext) -> api_pb2.UpdatePodSandboxResourcesResponse:
     if not request.pod_sandbox_id:
         raise InvalidArgument("PodSandboxId must not be empty")
     for name in ("resources", "overhead"):

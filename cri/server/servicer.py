@@ -65,7 +65,8 @@ def register(server: grpc.aio.Server, rt: Any) -> dict[str, Callable]:
             name = method.name
             known.add(name)
             fn = handlers.get(name)
-            table[name] = _method_handler(method, wrap(name, fn, rt, abandoned.get(name)) if fn else unimplemented(name))
+            call = wrap(name, fn, rt, abandoned.get(name)) if fn else unimplemented(name)
+            table[name] = _method_handler(method, call)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, table),))
         server.add_registered_method_handlers(service.full_name, table)
     stray = set(handlers) - known
