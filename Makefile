@@ -17,14 +17,20 @@ TEST_PACKAGES := chromium
 # Python venv support, only needed on minimal images.
 VENV_PACKAGES := python3-venv
 
-.PHONY: run test image install install-host install-test-host install-python install-cni-default unit integration bench stubs clean
+.PHONY: run test lint image install install-host install-test-host install-python install-cni-default unit integration bench stubs clean
 
 run: install
 	$(VENV)/bin/pycri check || true
 	exec $(VENV)/bin/pycri daemon
 
-test: install install-test-host
+test: install install-test-host lint
 	$(PY) -m pytest -p no:cacheprovider -ra tests
+
+# ruff on everything, mypy strict on the core, OCI, host, storage and network rooms (pyproject.toml); `make test`
+# runs it first.
+lint: install-python
+	$(VENV)/bin/ruff check --no-cache
+	$(VENV)/bin/mypy
 
 unit: install-python
 	$(PY) -m pytest -p no:cacheprovider -ra tests/unit

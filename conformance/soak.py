@@ -113,8 +113,10 @@ def main() -> int:
         ap.error("--pid is required with --endpoint")
     else:
         r = soak(args.endpoint, args.pid, args.image, args.n)
-    print(f"lifecycles        {r['lifecycles']} in {r['seconds']:.0f} s ({r['seconds'] / r['lifecycles'] * 1000:.0f} ms each)")
-    print(f"daemon RSS        {r['rss_kb'][0] / 1024:.1f} MB -> {r['rss_kb'][1] / 1024:.1f} MB ({r['rss_growth_pct']:+.1f} %)")
+    print(f"lifecycles        {r['lifecycles']} in {r['seconds']:.0f} s ({r['seconds'] / r['lifecycles'] * 1000:.0f} "
+          "ms each)")
+    print(f"daemon RSS        {r['rss_kb'][0] / 1024:.1f} MB -> {r['rss_kb'][1] / 1024:.1f} MB "
+          f"({r['rss_growth_pct']:+.1f} %)")
     print(f"daemon open fds   {r['fds'][0]} -> {r['fds'][1]}")
     print(f"left on the host  {r['left_on_host'] or 'nothing'}")
     ok = r["rss_growth_pct"] < 10 and r["fds"][1] <= r["fds"][0] and not r["left_on_host"]

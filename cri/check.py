@@ -61,7 +61,8 @@ def findings(config: Config) -> list[Finding]:
     for plugin in ("bridge", "host-local", "loopback", "portmap"):
         dirs = [d for d in config.network.cni_plugin_dirs if (d / plugin).is_file()]
         out.append(Finding(f"CNI plugin {plugin}", bool(dirs),
-                           str(dirs[0] / plugin) if dirs else f"not in {', '.join(map(str, config.network.cni_plugin_dirs))}",
+                           str(dirs[0] / plugin) if dirs
+                           else f"not in {', '.join(map(str, config.network.cni_plugin_dirs))}",
                            APT_FIX.format("containernetworking-plugins")))
     confs = sorted(p for ext in ("*.conf", "*.conflist", "*.json") for p in config.network.cni_conf_dir.glob(ext)) \
         if config.network.cni_conf_dir.is_dir() else []
@@ -69,7 +70,8 @@ def findings(config: Config) -> list[Finding]:
                        ", ".join(p.name for p in confs) or f"none in {config.network.cni_conf_dir}",
                        "make install-cni-default (installs a bridge network, 10.88.0.0/16)"))
     overlay = "overlay" in Path("/proc/filesystems").read_text()
-    out.append(Finding("overlayfs", overlay, "available" if overlay else "not in /proc/filesystems", "modprobe overlay"))
+    out.append(Finding("overlayfs", overlay, "available" if overlay else "not in /proc/filesystems",
+                       "modprobe overlay"))
     lay = cgroups.layout()
     kind = "v2" if lay.is_v2 else ("hybrid (v1 controllers, v2 at %s)" % lay.unified if lay.unified else "v1")
     out.append(Finding("cgroups", True, kind, required=False))

@@ -249,7 +249,7 @@ def load_config(
     """Build the effective configuration; raise ConfigError naming the file and key at fault."""
     environ = dict(os.environ) if environ is None else environ
     explicit = path is not None or "PYCRI_CONFIG" in environ
-    path = Path(path or environ.get("PYCRI_CONFIG", DEFAULT_CONFIG_FILE))
+    path = Path(path or environ.get("PYCRI_CONFIG") or DEFAULT_CONFIG_FILE)
     merged: dict = {}
     origin: dict[tuple, str] = {}
     if path.exists():

@@ -92,11 +92,12 @@ def _ls(args) -> int:
                   key=lambda row: row[0])
     print(f"{'IMAGE':60} {'ID':19} {'SIZE':>10} PINNED")
     for name, image in rows:
-        print(f"{name:60} {image['id'][7:19]:19} {_human(image['size']):>10} {'yes' if image['pinned'] else ''}".rstrip())
+        pinned = "yes" if image["pinned"] else ""
+        print(f"{name:60} {image['id'][7:19]:19} {_human(image['size']):>10} {pinned}".rstrip())
     return 0
 
 
-def _human(size: int) -> str:
+def _human(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000 or unit == "GB":
             return f"{size:.1f}{unit}" if unit != "B" else f"{size}B"

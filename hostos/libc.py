@@ -53,7 +53,9 @@ def check(result: int, what: str) -> None:
 def mount(source: str | os.PathLike[str] | None, target: str | os.PathLike[str], fstype: str | None, flags: int,
           data: str | None = None) -> int:
     """mount(2); 0 on success, else the errno (each caller words its own error)."""
-    enc = lambda s: os.fsencode(s) if s is not None else None  # noqa: E731
+    def enc(s: str | os.PathLike[str] | None) -> bytes | None:
+        return os.fsencode(s) if s is not None else None
+
     return 0 if LIBC.mount(enc(source), os.fsencode(target), enc(fstype), flags, enc(data)) == 0 else ctypes.get_errno()
 
 
@@ -64,7 +66,8 @@ def umount2(target: str | os.PathLike[str], flags: int = 0) -> int:
 
 def syscall(number: int, *args: object) -> int:
     """A raw syscall, every int argument passed as a full machine word (ctypes would pass ints as 32-bit ones)."""
-    return LIBC.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
+    result: int = LIBC.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
+    return result
 
 
 def attach_idmapped_clone(source: str | os.PathLike[str], target: str | os.PathLike[str], userns_fd: int) -> None:

@@ -78,7 +78,8 @@ def install_pycri(root: Path, wheels: Path) -> None:
     """Wheels built here, installed by the image's own python3 into a venv: no index is consulted in the root."""
     shutil.rmtree(wheels, ignore_errors=True)  # only this tree's pins: no wheel of an earlier build
     wheels.mkdir(parents=True)
-    run(sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--wheel-dir", str(wheels), str(REPO))
+    run(sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--wheel-dir", str(wheels),
+        str(REPO))
     inside = root / "tmp" / "wheels"
     shutil.copytree(wheels, inside, dirs_exist_ok=True)
     run("mount", "--bind", "/proc", str(root / "proc"))

@@ -109,7 +109,7 @@ def load_networks(conf_dir: Path) -> list[NetworkConfig]:
     return networks
 
 
-def _dir_signature(conf_dir: Path) -> tuple:
+def _dir_signature(conf_dir: Path) -> tuple[Any, ...]:
     """A cheap fingerprint of the directory: names, sizes and mtimes of candidate files."""
     try:
         entries = [(e.name, e.stat().st_mtime_ns, e.stat().st_size)
@@ -129,8 +129,8 @@ class ConfigWatcher:
         self._dir = Path(conf_dir)
         self._on_change = on_change
         self._interval = interval
-        self._signature: tuple | None = None
-        self._task: asyncio.Task | None = None
+        self._signature: tuple[Any, ...] | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     def poll(self) -> bool:
         """Reload if the directory changed since the last poll; True when it did."""

@@ -54,10 +54,10 @@ def plugin_stdin(name: str, cni_version: str, plugin: Mapping[str, Any], prev_re
     conf["cniVersion"] = cni_version
     if prev_result is not None:
         conf["prevResult"] = prev_result
-    declared = plugin.get("capabilities") if isinstance(plugin.get("capabilities"), dict) else {}
+    declared = plugin["capabilities"] if isinstance(plugin.get("capabilities"), dict) else {}
     runtime = {k: v for k, v in capability_args.items() if declared.get(k) is True}
     if runtime:
-        existing = conf.get("runtimeConfig") if isinstance(conf.get("runtimeConfig"), dict) else {}
+        existing = conf["runtimeConfig"] if isinstance(conf.get("runtimeConfig"), dict) else {}
         conf["runtimeConfig"] = {**existing, **runtime}
     return json.dumps(conf, separators=(",", ":")).encode()
 
@@ -107,7 +107,7 @@ async def exec_plugin(path: Path, env: Mapping[str, str], stdin: bytes, timeout:
             raise
         raise CNITimeout(path.name, command, 999, f"timed out after {timeout:g}s") from None
     if proc.returncode != 0:
-        raise parse_error(path.name, command, stdout, stderr, proc.returncode)
+        raise parse_error(path.name, command, stdout, stderr, proc.returncode or 0)
     return stdout
 
 
@@ -116,7 +116,8 @@ def decode_json(plugin: str, command: str, stdout: bytes) -> dict[str, Any]:
     try:
         data = json.loads(stdout)
     except ValueError as e:
-        raise CNIError(plugin, command, 999, "plugin printed invalid JSON", stdout[:500].decode(errors="replace")) from e
+        raise CNIError(plugin, command, 999, "plugin printed invalid JSON",
+                       stdout[:500].decode(errors="replace")) from e
     if not isinstance(data, dict):
         raise CNIError(plugin, command, 999, "plugin result is not a JSON object")
     return data

@@ -134,7 +134,8 @@ class CNIManager:
         """ADD/CHECK stop at the first failing plugin; DEL runs every plugin (reverse order) and then raises
         the first error, so one broken plugin cannot keep the others from releasing what they hold."""
         if command == "DEL":
-            return await self._del_chain(network, pod, netns, caps, prev_result)
+            await self._del_chain(network, pod, netns, caps, prev_result)
+            return None
         args = cni_args(pod.namespace, pod.name, pod.id, pod.uid)
         env = plugin_env(command, pod.id, netns, pod.ifname, args, self.plugin_dirs)
         for plugin in network.plugins:
@@ -223,7 +224,7 @@ class CNIManager:
         DEL takes those from the cache)."""
         pods = {}
         for entry in self.cache.entries():
-            meta = entry.get("pod") if isinstance(entry.get("pod"), dict) else {}
+            meta = entry["pod"] if isinstance(entry.get("pod"), dict) else {}
             pod = PodNetwork(id=entry["containerId"], name=str(meta.get("name", "")),
                              namespace=str(meta.get("namespace", "")), uid=str(meta.get("uid", "")),
                              netns=str(entry.get("netns") or ""), ifname=entry["ifName"])

@@ -23,7 +23,7 @@ import struct
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from hostos import libc
 from hostos.libc import LIBC, MNT_DETACH, MS_BIND
@@ -50,7 +50,7 @@ def _check(result: int, what: str) -> None:
         raise NamespaceError(libc.last_error(what).strerror)
 
 
-def start_in_fresh_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+def start_in_fresh_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     """Run `fn` on a new OS thread that ends afterwards, so namespace changes it makes die with it."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
@@ -71,7 +71,7 @@ def start_in_fresh_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
     return future
 
 
-async def _await_thread(future: asyncio.Future, undo: Callable[[Any], None]) -> Any:
+async def _await_thread(future: asyncio.Future[Any], undo: Callable[[Any], None]) -> Any:
     """Await a thread's result; if the caller is cancelled, let the thread finish and undo what it made."""
     try:
         return await asyncio.shield(future)
@@ -109,7 +109,7 @@ def _bind(source: str, target: Path, what: str) -> None:
 
 
 @contextmanager
-def _thread_euid(uid: int | None):
+def _thread_euid(uid: int | None) -> Iterator[None]:
     """Act as `uid` in this thread only: the kernel lets only a user namespace's root (as the host sees that
     uid), not host root, write the IPC sysctls of an IPC namespace the user namespace owns."""
     if uid is None:
@@ -201,7 +201,8 @@ async def pin_namespaces(directory: Path, kinds: Iterable[str] = ("net", "ipc", 
     Path(directory).mkdir(parents=True, exist_ok=True)
     if not userns:
         future = start_in_fresh_thread(_pin_in_thread, Path(directory), kinds, hostname, dict(sysctls or {}))
-        return await _await_thread(future, lambda pinned: [unpin_namespace(p) for p in pinned.values()])
+        pinned: dict[str, Path] = await _await_thread(future, _unpin_all)
+        return pinned
     holder = await _start_holder(kinds)
     try:
         _write_id_map(holder.pid, "uid_map", uid_map)
@@ -209,9 +210,15 @@ async def pin_namespaces(directory: Path, kinds: Iterable[str] = ("net", "ipc", 
         root_uid = next((outside for inside, outside, _ in uid_map if inside == 0), None)
         future = start_in_fresh_thread(_pin_in_thread, Path(directory), kinds, hostname, dict(sysctls or {}),
                                        holder.pid, root_uid)
-        return await _await_thread(future, lambda pinned: [unpin_namespace(p) for p in pinned.values()])
+        pinned = await _await_thread(future, _unpin_all)
+        return pinned
     finally:
         await _stop_holder(holder)
+
+
+def _unpin_all(pinned: dict[str, Path]) -> None:
+    for path in pinned.values():
+        unpin_namespace(path)
 
 
 async def _start_holder(kinds: tuple[str, ...]) -> asyncio.subprocess.Process:
@@ -224,6 +231,7 @@ async def _start_holder(kinds: tuple[str, ...]) -> asyncio.subprocess.Process:
     except OSError as e:
         raise NamespaceError(f"starting `unshare` to make the pod's user namespace: {e}") from e
     try:
+        assert proc.stdout is not None  # (PIPE)
         line = await asyncio.wait_for(proc.stdout.readline(), HOLDER_TIMEOUT)
     except BaseException:
         await _stop_holder(proc)
@@ -302,4 +310,5 @@ async def connect_in_netns(netns: Path | str, port: int, host: str = "127.0.0.1"
     if not namespace_alive(netns):
         raise NamespaceError(f"network namespace {netns} does not exist")
     future = start_in_fresh_thread(_connect_in_thread, str(netns), host, port, timeout)
-    return await _await_thread(future, lambda sock: sock.close())
+    sock: socket.socket = await _await_thread(future, lambda sock: sock.close())
+    return sock

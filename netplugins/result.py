@@ -74,7 +74,8 @@ def _check_ip(value: Any, what: str) -> str | None:
         ipaddress.ip_address(value)
     except ValueError as e:
         raise InvalidResult(f"{what} {value!r} is not an IP address") from e
-    return value
+    checked: str = value
+    return checked
 
 
 def parse_result(data: Any, cni_version: str | None = None) -> NetworkResult:
@@ -99,7 +100,7 @@ def parse_result(data: Any, cni_version: str | None = None) -> NetworkResult:
         ips.append(IPConfig(_check_cidr(item.get("address"), "ips address"),
                             _check_ip(item.get("gateway"), "gateway"), iface))
     routes = tuple(r for r in data.get("routes") or [] if isinstance(r, dict))
-    dns = data.get("dns") if isinstance(data.get("dns"), dict) else {}
+    dns = data["dns"] if isinstance(data.get("dns"), dict) else {}
     return NetworkResult(version, tuple(interfaces), tuple(ips), routes, dns, data)
 
 
@@ -111,5 +112,5 @@ def _parse_legacy(data: dict[str, Any], version: str) -> NetworkResult:
         if isinstance(block, dict):
             ips.append(IPConfig(_check_cidr(block.get("ip"), f"{key}.ip"), _check_ip(block.get("gateway"), "gateway")))
             routes.extend(r for r in block.get("routes") or [] if isinstance(r, dict))
-    dns = data.get("dns") if isinstance(data.get("dns"), dict) else {}
+    dns = data["dns"] if isinstance(data.get("dns"), dict) else {}
     return NetworkResult(version, (), tuple(ips), tuple(routes), dns, data)

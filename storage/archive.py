@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from storage import reference as refs
 from storage.errors import ArchiveError, InvalidReference
@@ -62,13 +62,13 @@ class _Files:
         return name in self._members
 
     @contextmanager
-    def open(self, name: str) -> Iterator[BinaryIO]:
+    def open(self, name: str) -> Iterator[IO[bytes]]:
         with self._lock:
             if self._tar is None:
                 if ".." in name.split("/"):
                     raise ArchiveError(f"{self.path}: entry name {name!r} leaves the layout")
                 try:
-                    f = open(self.path / name, "rb")
+                    f: IO[bytes] | None = open(self.path / name, "rb")
                 except OSError as exc:
                     raise ArchiveError(f"{self.path}: missing {name}: {exc.strerror}") from None
             else:
@@ -81,6 +81,7 @@ class _Files:
                     raise ArchiveError(f"{self.path}: cannot read {name}: {exc}") from None
                 if f is None:
                     raise ArchiveError(f"{self.path}: {name} is not a file")
+            assert f is not None
             try:
                 yield f
             finally:
@@ -112,7 +113,7 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{hex_part}"
 
 
-def _name_of(annotations: dict) -> refs.Reference | None:
+def _name_of(annotations: dict[str, Any]) -> refs.Reference | None:
     """The image name an index entry carries; a bare tag ("latest") names no repository."""
     for key in _NAME_ANNOTATIONS:
         value = (annotations or {}).get(key)
@@ -179,7 +180,8 @@ class Archive:
             raise ArchiveError(f"{self.path}: manifest.json is not a list")
         found = []
         for item in doc:
-            if not isinstance(item, dict) or not isinstance(item.get("Config"), str) or not isinstance(item.get("Layers"), list):
+            if (not isinstance(item, dict) or not isinstance(item.get("Config"), str)
+                    or not isinstance(item.get("Layers"), list)):
                 raise ArchiveError(f"{self.path}: malformed manifest.json entry")
             config_bytes = self.files.read(item["Config"], 8 << 20)
             config = Descriptor("sha256:" + hashlib.sha256(config_bytes).hexdigest(), len(config_bytes), "")
@@ -191,7 +193,7 @@ class Archive:
                 def measure(chunk: bytes) -> None:
                     nonlocal size
                     size += len(chunk)
-                    hasher.update(chunk)
+                    hasher.update(chunk)  # noqa: B023  (called only within this iteration)
 
                 self.files.copy(str(layer_name), measure)
                 desc = Descriptor("sha256:" + hasher.hexdigest(), size, DOCKER_MANIFEST)
@@ -204,7 +206,8 @@ class Archive:
                 except InvalidReference as exc:
                     raise ArchiveError(f"{self.path}: {exc}") from None
 
-            def fetch(digest: str, size: int, write, names=names) -> None:
+            def fetch(digest: str, size: int, write: Callable[[bytes], object],
+                      names: dict[str, str] = names) -> None:
                 self.files.copy(names[digest], write)
 
             found.append(ArchiveImage(f"{self.path.name}:{item['Config']}", config, layers, [], tags, fetch))

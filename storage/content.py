@@ -97,7 +97,10 @@ class ContentStore:
     def put(self, data: bytes, *, durable: bool = True) -> str:
         """Store small bytes we already hold (manifests, configs); returns their digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        self.ensure(digest, len(data), lambda write: write(data), durable=durable)
+        def fill(write: Callable[[bytes], object]) -> None:
+            write(data)
+
+        self.ensure(digest, len(data), fill, durable=durable)
         return digest
 
     def verify(self, digest: str) -> bool:

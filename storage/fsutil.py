@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from hostos import libc
 
@@ -27,7 +28,7 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=_ignore_missing)
 
 
-def _ignore_missing(func, failed, exc_info) -> None:
+def _ignore_missing(func: object, failed: object, exc_info: Any) -> None:
     if not isinstance(exc_info[1], FileNotFoundError):
         raise exc_info[1]
 

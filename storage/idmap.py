@@ -16,7 +16,7 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from hostos import libc
 from storage.errors import MountError
@@ -32,7 +32,7 @@ class IdMap:
     gid: int      # host gid of the pod's root
     length: int   # ids mapped, the same for both
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "gid": self.gid, "length": self.length}
 
 
@@ -48,6 +48,7 @@ def user_namespace(idmap: IdMap) -> Iterator[int]:
         raise MountError(f"starting `unshare` for an idmapped rootfs: {exc}") from None
     fd = -1
     try:
+        assert holder.stdout is not None  # (PIPE)
         if holder.stdout.readline() != b"ready\n":
             holder.kill()
             err = holder.communicate(timeout=_HOLDER_TIMEOUT)[1].decode(errors="replace").strip()

@@ -14,17 +14,19 @@ removed at the next start (or by the failed pull itself).
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -103,7 +105,7 @@ class Descriptor:
     media_type: str
 
 
-def _retrying(fn, *args):
+def _retrying(fn: Callable[..., T], *args: Any) -> T:
     """Call fn, retrying transient registry failures with exponential backoff."""
     import tenacity  # here, not at import: only pulls retry, and an idle daemon need not hold it
 
@@ -112,6 +114,7 @@ def _retrying(fn, *args):
                                      wait=tenacity.wait_exponential(multiplier=0.2, max=3.0), reraise=True):
         with attempt:
             return fn(*args)
+    raise AssertionError("tenacity stopped without a result or an error")  # (reraise=True: never reached)
 
 
 class ImageStore:
@@ -143,7 +146,7 @@ class ImageStore:
         self._records: dict[str, ImageRecord] = {}
         self.generation = 0  # counts changes to the records, for readers that keep answers made from them
         self._pins: dict[str, int] = {}
-        self._inflight: dict[tuple, Future] = {}
+        self._inflight: dict[tuple[Any, ...], Future[ImageRecord]] = {}
         self._reclaimer = ThreadPoolExecutor(1, thread_name_prefix="reclaim") if background_reclaim else None
         self._load()
         self._sweep(self.content.all_digests() | self.layers.all_chain_ids())
@@ -172,7 +175,7 @@ class ImageStore:
     def _record_path(self, image_id: str) -> Path:
         return self.records_dir / f"{image_id.removeprefix('sha256:')}.json"
 
-    def _save(self, snapshot: dict) -> None:
+    def _save(self, snapshot: dict[str, Any]) -> None:
         atomic_write_json(self._record_path(snapshot['id']), snapshot,
                           durable=self.durable)
 
@@ -220,7 +223,7 @@ class ImageStore:
                 return [record.model_copy(deep=True)] if record else []
             return [r.model_copy(deep=True) for r in self._records.values()]
 
-    def answer(self, name_or_id: str | None, render: Callable[[ImageRecord], T]) -> list[T]:
+    def answer(self, name_or_id: str | None, render: Callable[[ImageRecord], T]) -> builtins.list[T]:
         """render(record) of the image `name_or_id` names (none or one), or of every image when it is None, under
         the index lock and without copies: for readers that only turn records into answers (and must not keep
         them). An ambiguous id prefix raises InvalidReference, as in get."""
@@ -266,7 +269,7 @@ class ImageStore:
                 raise NoSpace(f"{what}: no space left under {self.root}") from None
             raise
 
-    def _pull_candidates(self, candidates: list[refs.Reference], credentials: Credentials | None,
+    def _pull_candidates(self, candidates: builtins.list[refs.Reference], credentials: Credentials | None,
                          observe: Observer | None = None) -> ImageRecord:
         auth_file = AuthFile.load(self.auth_file_path)
         last_error: StorageError | None = None
@@ -297,7 +300,7 @@ class ImageStore:
             manifests.append(manifest)
         config_desc, layer_descs = parse_image_manifest(manifest, str(ref))
 
-        def fetch(desc_digest: str, size: int, write) -> None:
+        def fetch(desc_digest: str, size: int, write: Callable[[bytes], object]) -> None:
             if observe is None:
                 client.fetch_blob(desc_digest, size, write)
                 return
@@ -316,7 +319,8 @@ class ImageStore:
         record = self._install(config_desc, layer_descs, manifests, fetch, where=str(ref), observe=observe)
         return self._commit(record, [(ref, top.digest)])
 
-    def _install(self, config_desc: Descriptor, layer_descs: list[Descriptor], manifests: list[Manifest],
+    def _install(self, config_desc: Descriptor, layer_descs: builtins.list[Descriptor],
+                 manifests: builtins.list[Manifest],
                  fetch: Callable[[str, int, Callable[[bytes], object]], None], *, where: str,
                  observe: Observer | None = None) -> ImageRecord:
         """Make config, layers and manifests exist in the store; return an (uncommitted) record.
@@ -327,7 +331,7 @@ class ImageStore:
         self._pin(pins)
         created_chains: list[str] = []
         # Layer downloads start at once, alongside the config they need only to unpack.
-        config_ready: Future = Future()
+        config_ready: Future[Any] = Future()
 
         def one_layer(i: int) -> int:
             desc = layer_descs[i]
@@ -348,9 +352,9 @@ class ImageStore:
                                     thread_name_prefix="pull") as pool:
                 futures = [pool.submit(one_layer, i) for i in range(len(layer_descs))]
                 try:
-                    _retrying(lambda: self.content.ensure(config_desc.digest, config_desc.size,
-                                                          lambda write: fetch(config_desc.digest, config_desc.size, write),
-                                                          durable=self.durable))
+                    _retrying(lambda: self.content.ensure(
+                        config_desc.digest, config_desc.size,
+                        lambda write: fetch(config_desc.digest, config_desc.size, write), durable=self.durable))
                     config = _parse_config(self.content.read(config_desc.digest, MAX_CONFIG_BYTES), where)
                     diff_ids = config["rootfs"]["diff_ids"]
                     if len(diff_ids) != len(layer_descs):
@@ -379,7 +383,8 @@ class ImageStore:
                 cmd=_strings(conf.get("Cmd")), working_dir=str(conf.get("WorkingDir") or ""),
                 volumes=sorted((conf.get("Volumes") or {}).keys()) if isinstance(conf.get("Volumes"), dict) else [],
                 stop_signal=str(conf.get("StopSignal") or ""),
-                labels={str(k): str(v) for k, v in (conf.get("Labels") or {}).items()} if isinstance(conf.get("Labels"), dict) else {},
+                labels=({str(k): str(v) for k, v in (conf.get("Labels") or {}).items()}
+                        if isinstance(conf.get("Labels"), dict) else {}),
                 chain_ids=chains, created=str(config.get("created") or ""),
                 blobs=sorted({config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)}))
         except BaseException:
@@ -387,7 +392,7 @@ class ImageStore:
             self._sweep(pins)
             raise
 
-    def _commit(self, record: ImageRecord, names: list[tuple[refs.Reference, str | None]],
+    def _commit(self, record: ImageRecord, names: builtins.list[tuple[refs.Reference, str | None]],
                 pin: bool = False) -> ImageRecord:
         """Publish the record under `names`, (reference, manifest digest) pairs: a tagged name adds
         its tag (moving it off any image that had it), a digest adds name@digest; `pin` pins the
@@ -442,7 +447,7 @@ class ImageStore:
                 else:
                     self._pins.pop(key, None)
 
-    def verify(self) -> list[str]:
+    def verify(self) -> builtins.list[str]:
         """After an unclean shutdown: drop blobs whose bytes no longer match their digest, layers
         without their metadata, and images missing any of what they need. Returns what it did."""
         done: list[str] = []
@@ -520,7 +525,7 @@ class ImageStore:
         del in_use
         return self._sweep(self.content.all_digests() | self.layers.all_chain_ids())
 
-    def fs_info(self) -> list[FsUsage]:
+    def fs_info(self) -> builtins.list[FsUsage]:
         blobs_bytes, blobs_inodes = usage(self.content.blobs)
         layer_bytes, layer_inodes = self.layers.usage()
         c_bytes, c_inodes = self.rootfs.usage()
@@ -529,7 +534,7 @@ class ImageStore:
 
     # ---- archives ----------------------------------------------------------------------
 
-    def import_archive(self, path: Path, pin: bool = False) -> list[ImageRecord]:
+    def import_archive(self, path: Path, pin: bool = False) -> builtins.list[ImageRecord]:
         """Load every image of an OCI layout or docker-archive; `pin` marks them pinned in their records."""
         from storage.archive import read_archive
         imported = []
@@ -544,7 +549,7 @@ class ImageStore:
     # ---- root filesystems --------------------------------------------------------------
 
     def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None,
-                      volume_images: list[str] = ()) -> Rootfs:
+                      volume_images: Sequence[str] = ()) -> Rootfs:
         """Mount a new root for the container, and the root filesystems of `volume_images` read-only as its image
         volumes (with `idmap`, the images' files are its root's: see idmap_problem). Their layers are pinned
         meanwhile so that a removal of an image cannot delete them before the rootfs record names them."""
@@ -569,7 +574,7 @@ class ImageStore:
         """Why root filesystems cannot be idmapped here (kernel, filesystem), or None; probed once."""
         return self.rootfs.idmap_problem()
 
-    def rootfs_ids(self) -> list[str]:
+    def rootfs_ids(self) -> builtins.list[str]:
         """Containers that have a root filesystem here (for reconciliation at start)."""
         return sorted(self.rootfs.referenced_ids())
 
@@ -587,7 +592,7 @@ class ImageStore:
         return self.rootfs.writable_usage(container_id)
 
 
-def _strings(value) -> list[str]:
+def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [str(v) for v in value]
     if isinstance(value, str):
@@ -617,9 +622,9 @@ def parse_image_manifest(manifest: Manifest, where: str) -> tuple[Descriptor, li
     return descriptor(doc.get("config"), where), [descriptor(layer, where) for layer in layers]
 
 
-def _parse_config(data: bytes, where: str) -> dict:
+def _parse_config(data: bytes, where: str) -> dict[str, Any]:
     try:
-        config = json.loads(data)
+        config: dict[str, Any] = json.loads(data)
         diff_ids = config["rootfs"]["diff_ids"]
         if not isinstance(diff_ids, list):
             raise TypeError("diff_ids is not a list")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from storage.errors import BlockedRegistry, RegistryConfigError
 from storage.reference import DEFAULT_DOMAIN, Reference
@@ -116,7 +117,7 @@ def _rewrite(entry: RegistryEntry, ref: Reference, location: str, insecure: bool
     return PullSource(_endpoint_host(host), repository, insecure, is_mirror)
 
 
-def _parse_entry(raw: dict, source: Path) -> RegistryEntry:
+def _parse_entry(raw: dict[str, Any], source: Path) -> RegistryEntry:
     try:
         location = str(raw.get("location", "")).rstrip("/")
         prefix = str(raw.get("prefix") or location).rstrip("/")
@@ -128,29 +129,32 @@ def _parse_entry(raw: dict, source: Path) -> RegistryEntry:
         for raw_mirror in raw.get("mirror", []):
             mode = raw_mirror.get("pull-from-mirror", "all")
             if mode not in _PULL_FROM_MIRROR:
-                raise RegistryConfigError(f"{source}: mirror pull-from-mirror {mode!r} is not one of {sorted(_PULL_FROM_MIRROR)}")
-            mirrors.append(Mirror(str(raw_mirror["location"]).rstrip("/"), bool(raw_mirror.get("insecure", False)), mode))
+                raise RegistryConfigError(f"{source}: mirror pull-from-mirror {mode!r} is not one of "
+                                          f"{sorted(_PULL_FROM_MIRROR)}")
+            mirrors.append(Mirror(str(raw_mirror["location"]).rstrip("/"), bool(raw_mirror.get("insecure", False)),
+                                  mode))
         return RegistryEntry(prefix, location or prefix, bool(raw.get("insecure", False)),
                              bool(raw.get("blocked", False)), tuple(mirrors))
     except (KeyError, TypeError, AttributeError) as exc:
         raise RegistryConfigError(f"{source}: malformed [[registry]] entry {raw!r}: {exc}") from None
 
 
-def parse_text(text: str, source: Path = Path("<text>")) -> dict:
+def parse_text(text: str, source: Path = Path("<text>")) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RegistryConfigError(f"{source}: invalid TOML: {exc}") from None
 
 
-def merge(documents: list[tuple[Path, dict]]) -> RegistriesConfig:
+def merge(documents: list[tuple[Path, dict[str, Any]]]) -> RegistriesConfig:
     """Fold the main file and its drop-ins (in order): a later entry with the same prefix replaces
     an earlier one, and a later unqualified-search-registries replaces the earlier list."""
     entries: dict[str, RegistryEntry] = {}
     search: tuple[str, ...] = ()
     for source, doc in documents:
         if "registries" in doc and "registry" not in doc:
-            raise RegistryConfigError(f"{source}: registries.conf version 1 ([registries.*] tables) is not supported; use [[registry]]")
+            raise RegistryConfigError(f"{source}: registries.conf version 1 ([registries.*] tables) is not supported; "
+                                      "use [[registry]]")
         if "unqualified-search-registries" in doc:
             search = tuple(str(item) for item in doc["unqualified-search-registries"])
         for raw in doc.get("registry", []):

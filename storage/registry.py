@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from storage.auth import AuthFile, Credentials, parse_www_authenticate
 from storage.errors import (AuthError, DigestMismatch, ImageNotFound, PullTimeout, RegistryError,
@@ -51,7 +51,7 @@ class Manifest:
     media_type: str
     digest: str
 
-    def json(self) -> dict:
+    def json(self) -> dict[str, Any]:
         try:
             doc = json.loads(self.body)
         except ValueError as exc:
@@ -65,10 +65,10 @@ class TokenCache:
     """Bearer tokens by (realm, service, scope, who), until shortly before they expire."""
 
     def __init__(self) -> None:
-        self._tokens: dict[tuple, tuple[str, float]] = {}
+        self._tokens: dict[tuple[Any, ...], tuple[str, float]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> str | None:
+    def get(self, key: tuple[Any, ...]) -> str | None:
         with self._lock:
             hit = self._tokens.get(key)
             if hit and hit[1] > time.monotonic():
@@ -76,11 +76,11 @@ class TokenCache:
             self._tokens.pop(key, None)
             return None
 
-    def drop(self, key: tuple) -> None:
+    def drop(self, key: tuple[Any, ...]) -> None:
         with self._lock:
             self._tokens.pop(key, None)
 
-    def put(self, key: tuple, token: str, lifetime: float) -> None:
+    def put(self, key: tuple[Any, ...], token: str, lifetime: float) -> None:
         with self._lock:
             self._tokens[key] = (token, time.monotonic() + max(lifetime - 10.0, lifetime * 0.5))
 
@@ -160,7 +160,8 @@ def _registry_message(body: bytes) -> str:
     """The registry's own words from an error body ({"errors":[{"code","message"}]}), if any."""
     try:
         errors = json.loads(body).get("errors") or []
-        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors) or body[:200].decode(errors="replace")
+        return ("; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
+                or body[:200].decode(errors="replace"))
     except (ValueError, AttributeError):
         return body[:200].decode(errors="replace").strip()
 
@@ -179,7 +180,7 @@ class RegistryClient:
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._scope = f"repository:{source.repository}:pull"
         self._scheme: str | None = None
-        self._token_key: tuple | None = None
+        self._token_key: tuple[Any, ...] | None = None
 
     @property
     def scheme(self) -> str:
@@ -240,13 +241,15 @@ class RegistryClient:
             path = (url.path or "/") + "?" + url.query + sep + urllib.parse.urlencode(query)
             body, method = None, "GET"
             if creds and creds.username:
-                headers["Authorization"] = "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+                basic = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+                headers["Authorization"] = "Basic " + basic
         status, _, data = self._simple(url.scheme, url.netloc, method, path, headers, body)
         if status in (401, 403):
             raise AuthError(f"registry {self.source.host}: token server {url.netloc} refused the credentials "
                             f"(HTTP {status}): {_registry_message(data)}")
         if status != 200:
-            raise TransientRegistryError(f"registry {self.source.host}: token server {url.netloc} answered HTTP {status}")
+            raise TransientRegistryError(f"registry {self.source.host}: token server {url.netloc} answered HTTP "
+                                         f"{status}")
         try:
             doc = json.loads(data)
             token = doc.get("token") or doc.get("access_token")
@@ -258,7 +261,7 @@ class RegistryClient:
         self.tokens.put(key, token, lifetime)
         return token
 
-    def _simple(self, scheme: str, host: str, method: str, path: str, headers: dict,
+    def _simple(self, scheme: str, host: str, method: str, path: str, headers: dict[str, Any],
                 body: bytes | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One request whose whole (small) answer is read; network failures become transient errors."""
         resp = self._send(scheme, host, method, path, headers, body)
@@ -274,7 +277,7 @@ class RegistryClient:
             _drop_connection(scheme, host, self.timeout)
             raise TransientRegistryError(f"registry {host}: {exc or type(exc).__name__}") from None
 
-    def _send(self, scheme: str, host: str, method: str, path: str, headers: dict,
+    def _send(self, scheme: str, host: str, method: str, path: str, headers: dict[str, Any],
               body: bytes | None = None) -> http.client.HTTPResponse:
         for attempt in (0, 1):  # a kept-alive connection the server closed gets one fresh retry
             conn = _connection(scheme, host, self.timeout)
@@ -316,7 +319,8 @@ class RegistryClient:
                     self.tokens.drop(self._token_key)  # the registry no longer takes the cached token
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 if not challenge:
-                    raise AuthError(f"registry {host}: 401 without a WWW-Authenticate challenge: {_registry_message(data)}")
+                    raise AuthError(f"registry {host}: 401 without a WWW-Authenticate challenge: "
+                                    f"{_registry_message(data)}")
                 self._challenge = parse_www_authenticate(challenge)
                 if self._challenge[0] not in ("basic", "bearer"):
                     raise AuthError(f"registry {host}: unsupported auth scheme {self._challenge[0]!r}")
@@ -340,8 +344,10 @@ class RegistryClient:
                 return resp
             message = _registry_message(_discard(resp, scheme, host, self.timeout))
             if resp.status in (401, 403):
-                who = f"as {self.credentials.username!r}" if self.credentials and self.credentials.username else "anonymously"
-                raise AuthError(f"registry {host}: access to {self.source.repository} denied {who} (HTTP {resp.status}): {message}")
+                user = self.credentials.username if self.credentials else ""
+                who = f"as {user!r}" if user else "anonymously"
+                raise AuthError(f"registry {host}: access to {self.source.repository} denied {who} (HTTP "
+                                f"{resp.status}): {message}")
             if resp.status == 404:
                 raise ImageNotFound(f"registry {host}: {self.source.repository}: not found: {message}")
             if resp.status == 429 or resp.status >= 500:
@@ -357,7 +363,8 @@ class RegistryClient:
         try:
             length = resp.getheader("Content-Length")
             if length is not None and int(length) > MAX_MANIFEST_BYTES:
-                raise UnsupportedManifest(f"{self.where}:{reference}: manifest of {length} bytes exceeds {MAX_MANIFEST_BYTES}")
+                raise UnsupportedManifest(f"{self.where}:{reference}: manifest of {length} bytes exceeds "
+                                          f"{MAX_MANIFEST_BYTES}")
             body = resp.read(MAX_MANIFEST_BYTES + 1)
             if len(body) > MAX_MANIFEST_BYTES:
                 raise UnsupportedManifest(f"{self.where}:{reference}: manifest exceeds {MAX_MANIFEST_BYTES} bytes")
@@ -401,16 +408,19 @@ class RegistryClient:
                 chunk = resp.read(CHUNK)
             except socket.timeout:
                 _drop_connection(self.scheme, self.source.host, self.timeout)
-                raise PullTimeout(f"registry {self.source.host}: blob {digest}: no data for {self.timeout:g}s") from None
+                raise PullTimeout(f"registry {self.source.host}: blob {digest}: no data for "
+                                  f"{self.timeout:g}s") from None
             except (OSError, http.client.HTTPException) as exc:
                 _drop_connection(self.scheme, self.source.host, self.timeout)
-                raise TransientRegistryError(f"registry {self.source.host}: blob {digest}: {exc or type(exc).__name__}") from None
+                raise TransientRegistryError(f"registry {self.source.host}: blob {digest}: "
+                                             f"{exc or type(exc).__name__}") from None
             if not chunk:
                 break
             received += len(chunk)
             try:
                 if received > size:
-                    raise DigestMismatch(f"{self.where}: blob {digest} is larger than the {size} bytes its descriptor says")
+                    raise DigestMismatch(f"{self.where}: blob {digest} is larger than the {size} bytes its descriptor "
+                                         "says")
                 hasher.update(chunk)
                 sink(chunk)
             except BaseException:  # the rest of the body is unread: this connection is done
@@ -438,7 +448,7 @@ def host_platform() -> tuple[str, str]:
     return _ARCH.get(machine, (machine, ""))
 
 
-def choose_platform(index: dict, where: str, platform: tuple[str, str] | None = None) -> dict:
+def choose_platform(index: dict[str, Any], where: str, platform: tuple[str, str] | None = None) -> dict[str, Any]:
     """The descriptor for linux/<arch>(/<variant>) in an index; an exact variant beats none."""
     arch, variant = platform or host_platform()
     candidates = []

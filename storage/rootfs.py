@@ -19,9 +19,10 @@ import os
 import re
 import threading
 from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from hostos.atomicfile import atomic_write_json
 from storage import overlay
@@ -60,7 +61,7 @@ class RootfsManager:
         self.layers = layers
         self._lock = threading.Lock()
         self._idmap_problem: list[str | None] = []  # probed once
-        self._records: dict[str, dict] = {}
+        self._records: dict[str, dict[str, Any]] = {}
         self._container_locks: dict[str, threading.Lock] = {}
         for name in os.listdir(self.dir):
             record = self._read(name)
@@ -71,13 +72,14 @@ class RootfsManager:
             else:
                 self._records[name] = record
 
-    def _read(self, container_id: str) -> dict | None:
+    def _read(self, container_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.dir / container_id / "rootfs.json").read_text())
+            record: dict[str, Any] = json.loads((self.dir / container_id / "rootfs.json").read_text())
+            return record
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
 
-    def _rootfs(self, container_id: str, record: dict) -> Rootfs:
+    def _rootfs(self, container_id: str, record: dict[str, Any]) -> Rootfs:
         base = self.dir / container_id
         volumes = tuple(base / "volumes" / str(n) for n in range(len(record.get("volumes") or [])))
         return Rootfs(container_id, record["image_id"], base / "merged", base / "upper", bool(record.get("idmap")),
@@ -109,7 +111,7 @@ class RootfsManager:
             lowers.append(self.layers.links / layer.link)
         return lowers
 
-    def _mount(self, container_id: str, record: dict) -> None:
+    def _mount(self, container_id: str, record: dict[str, Any]) -> None:
         """Mount whatever of the container's root and image volumes is not mounted."""
         base = self.dir / container_id
         idmap = IdMap(**record["idmap"]) if record.get("idmap") else None
@@ -142,7 +144,7 @@ class RootfsManager:
             yield
 
     def create(self, container_id: str, image_id: str, chain_ids: list[str], idmap: IdMap | None = None,
-               volumes: list[ImageVolume] = ()) -> Rootfs:
+               volumes: Sequence[ImageVolume] = ()) -> Rootfs:
         """Make and mount the container's root and its image volumes, idmapped with `idmap` if given; if it
         already exists, make sure it is mounted."""
         base = self.dir / container_id

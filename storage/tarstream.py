@@ -9,7 +9,7 @@ rest (sparse files, multi-volume, oversized metadata records) instead of guessin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import Iterator, Protocol
 
 from storage.errors import HostileLayer
 
@@ -89,10 +89,14 @@ def _pax_records(data: bytes) -> dict[str, bytes]:
     return records
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class TarStream:
     """Entries of a tar stream read from `source` (anything with read(n))."""
 
-    def __init__(self, source: BinaryIO):
+    def __init__(self, source: Readable):
         self._source = source
         self._buf = b""
         self._off = 0

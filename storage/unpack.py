@@ -89,9 +89,11 @@ def open_decompressed(path: Path) -> BinaryIO:
             f.close()
             if big:
                 from isal import igzip_threaded
-                return igzip_threaded.open(path, "rb", threads=1, block_size=_COPY_CHUNK)
+                threaded: BinaryIO = igzip_threaded.open(path, "rb", threads=1, block_size=_COPY_CHUNK)
+                return threaded
             from isal import igzip
-            return igzip.open(path, "rb")
+            inflated: BinaryIO = igzip.open(path, "rb")
+            return inflated
         if magic == ZSTD_MAGIC:
             import zstandard
             return zstandard.ZstdDecompressor().stream_reader(f, read_size=_COPY_CHUNK, closefd=True)
@@ -206,6 +208,7 @@ class _Extractor:
         elif member.kind == REGULAR:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             _, fd = self._make(parent_parts, name, lambda fd: os.open(name, flags, 0o600, dir_fd=fd))
+            assert isinstance(fd, int)
             self._regular(tar, member, fd)
         elif member.kind == HARDLINK:
             link_parts = _components(member.linkname, "hardlink target")
@@ -221,7 +224,8 @@ class _Extractor:
             try:
                 self._make(parent_parts, name, link)
             except FileNotFoundError:
-                raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: target not in this layer") from None
+                raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: "
+                                   f"target not in this layer") from None
             except (PermissionError, IsADirectoryError):
                 raise HostileLayer(f"hardlink {member.name!r} -> {member.linkname!r}: target is a directory") from None
             # a hard link shares the target's inode and metadata
@@ -307,7 +311,7 @@ def _xattrs(member: TarEntry) -> list[tuple[str, bytes]]:
     return [(key, value) for key, value in member.xattrs.items() if not key.startswith(_FORBIDDEN_XATTR_PREFIXES)]
 
 
-def _set_xattr(target, key: str, value: bytes, *, follow_symlinks: bool = True) -> None:
+def _set_xattr(target: int | str | os.PathLike[str], key: str, value: bytes, *, follow_symlinks: bool = True) -> None:
     try:
         os.setxattr(target, key, value, follow_symlinks=follow_symlinks)
     except OSError as exc:

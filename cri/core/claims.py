@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from cri.state.index import Index, NameRegistry
 
 R = TypeVar("R")
 
 
-class Claims:
+class Claims(Generic[R]):
     """The reserved names a retry may claim, and the creates still running under a name."""
 
-    def __init__(self, names: NameRegistry, index: Index) -> None:
+    def __init__(self, names: NameRegistry, index: Index[R]) -> None:
         self._names = names
         self._index = index
         self._abandoned: set[str] = set()

@@ -30,7 +30,7 @@ class EventBus:
     None and ends its stream), never waited for."""
 
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue] = set()
+        self._subscribers: set[asyncio.Queue[Any]] = set()
         self._snapshot: Callable[[str], Any] = lambda sandbox_id: None
 
     def set_sandbox_snapshot(self, snapshot: Callable[[str], Any]) -> None:
@@ -38,12 +38,12 @@ class EventBus:
         it later, maybe after the pod was removed (kubelet drops an event without the pod's status)."""
         self._snapshot = snapshot
 
-    def subscribe(self) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue(QUEUE_LIMIT)
+    def subscribe(self) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_LIMIT)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[Any]) -> None:
         self._subscribers.discard(queue)
 
     def publish(self, event: ContainerEvent) -> None:

@@ -4,8 +4,10 @@ run in worker threads, so pulls and unpacking never stall the event loop."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -27,7 +29,7 @@ def _return_free_heap() -> None:
 
 
 class ImageService:
-    def __init__(self, store: ImageStore, pinned_patterns: list[str] = (),
+    def __init__(self, store: ImageStore, pinned_patterns: Sequence[str] = (),
                  on_pull: Callable[[str, float, int, str], None] | None = None):
         """`on_pull(reference, seconds, bytes downloaded, error class or "")` hears of every pull (the metrics)."""
         self.store = store
@@ -87,7 +89,7 @@ class ImageService:
         """Moves whenever an image record changes: answers made by `answer` are stale then."""
         return self.store.generation
 
-    def answer(self, ref: str | None, render: Callable[[ImageRecord], T]) -> list[T]:
+    def answer(self, ref: str | None, render: Callable[[ImageRecord], T]) -> builtins.list[T]:
         """render(record) of the image `ref` names, or of every image when it is None, without copying records
         (`render` must not keep them); in memory, cheap enough for the event loop."""
         return self.store.answer(ref, render)
@@ -95,17 +97,17 @@ class ImageService:
     async def remove(self, ref: str) -> bool:
         return await asyncio.to_thread(self.store.remove, ref, self._in_use)
 
-    async def fs_info(self) -> list[FsUsage]:
+    async def fs_info(self) -> builtins.list[FsUsage]:
         return await asyncio.to_thread(self.store.fs_info)
 
     async def gc(self) -> GCReport:
         return await asyncio.to_thread(self.store.gc, self._in_use)
 
-    async def import_archive(self, path: Path, pin: bool = False) -> list[ImageRecord]:
+    async def import_archive(self, path: Path, pin: bool = False) -> builtins.list[ImageRecord]:
         return await asyncio.to_thread(self.store.import_archive, path, pin)
 
     async def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None,
-                            volume_images: list[str] = ()) -> Rootfs:
+                            volume_images: Sequence[str] = ()) -> Rootfs:
         return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap, list(volume_images))
 
     async def idmap_problem(self) -> str | None:
@@ -115,7 +117,7 @@ class ImageService:
             self._idmap_problem = (await asyncio.to_thread(self.store.idmap_problem),)
         return self._idmap_problem[0]
 
-    def rootfs_ids(self) -> list[str]:
+    def rootfs_ids(self) -> builtins.list[str]:
         return self.store.rootfs_ids()
 
     async def remove_rootfs(self, container_id: str) -> None:

@@ -100,7 +100,8 @@ def render_resolv_conf(servers: Iterable[str], searches: Iterable[str], options:
         except ValueError:
             raise InvalidArgument(f"DNS server {server!r} is not an IP address") from None
     if len(searches) > _MAX_SEARCHES or len(" ".join(searches)) > _MAX_SEARCH_CHARS:
-        raise InvalidArgument(f"DNS search list is longer than {_MAX_SEARCHES} domains or {_MAX_SEARCH_CHARS} characters")
+        raise InvalidArgument(f"DNS search list is longer than {_MAX_SEARCHES} domains or {_MAX_SEARCH_CHARS} "
+                              "characters")
     for item in searches + options:
         if not item or any(c.isspace() for c in item) or "\0" in item:
             raise InvalidArgument(f"DNS search domain or option {item!r} is empty or contains whitespace")

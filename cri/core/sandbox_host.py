@@ -75,7 +75,7 @@ def expose_rootfs(sandbox_dir: Path | str, container_id: str, source: Path, root
     target = exposed_rootfs(sandbox_dir, container_id)
     targets = [target, *(parent / f"{container_id}.volumes" / str(n) for n in range(len(volumes)))]
     try:
-        for where, what in zip(targets, [source, *volumes]):
+        for where, what in zip(targets, [source, *volumes], strict=True):
             where.mkdir(mode=0o700, parents=True, exist_ok=True)
             for flags, step in ((MS_BIND, "binding"), (MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, "remounting")):
                 err = libc.mount(what if flags == MS_BIND else None, where, None, flags)

@@ -33,6 +33,7 @@ async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) ->
     pods = [p for p in (cni.cached_pods() if cni is not None else []) if _ID_RE.match(p.id) and p.id not in known]
     # The network first, while the netns is still pinned: the plugins then find and delete the veth inside it.
     for pod in pods:
+        assert cni is not None  # (pods come from its cache)
         log.warning("sandbox %s has no record but a cached CNI result: running CNI DEL to release its network",
                     pod.id)
         try:
@@ -42,9 +43,9 @@ async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) ->
     ids = {d.name for d in dirs} | {p.id for p in pods}
     if ids:
         cgroups = await asyncio.to_thread(cg.find, {f"pycri-{i}{kind}" for i in ids for kind in ("", ".scope")})
-        for directory in cgroups:
+        for cgroup in cgroups:
             log.warning("cgroup %s belongs to a sandbox without a record: killing its processes, removing it",
-                        directory)
+                        cgroup)
         cg.kill(cgroups)
         try:
             await cg.remove_created(cgroups)

@@ -10,6 +10,7 @@ finished (undone) by reconciliation at the next start.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import shutil
@@ -43,6 +44,11 @@ ContainerHook = Callable[[str], Awaitable[None]]
 
 def _id_map(m: IDMapSpec) -> tuple[int, int, int]:
     return m.container_id, m.host_id, m.length
+
+
+def _unpin_all(ns_dir: Path, kinds: Iterable[str]) -> None:
+    for kind in kinds:
+        unpin_namespace(ns_dir / kind)
 
 
 @dataclass
@@ -367,7 +373,7 @@ class SandboxManager:
                                         ("uts", opts.host_network)) if not host_mode]
         ns_dir = sandbox_dir / "ns"
         pinned = [*kinds, "user"] if opts.own_userns else kinds
-        undo.push("pinned namespaces", lambda: [unpin_namespace(ns_dir / k) for k in pinned])
+        undo.push("pinned namespaces", lambda: _unpin_all(ns_dir, pinned))
         with trace.phase("namespaces", pod=record.id):
             await run_step("creating the pod's namespaces",
                            pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls,
@@ -393,9 +399,11 @@ class SandboxManager:
         if record.namespace_options.host_network:
             return
         pod = self._pod_network(record)
-        undo.push("pod network", lambda: self._cni.teardown(pod))
+        cni = self._cni
+        assert cni is not None  # (a pod network is set up only with the CNI manager the daemon always makes)
+        undo.push("pod network", lambda: cni.teardown(pod))
         with trace.phase("cni_add", pod=record.id):
-            result = await run_step("setting up the pod network (CNI ADD)", self._cni.setup(pod))
+            result = await run_step("setting up the pod network (CNI ADD)", cni.setup(pod))
         record.ips = result.pod_ips()
         record.network_ready = True
         hosts = render_hosts(record.hostname, record.ips)
@@ -484,6 +492,7 @@ class SandboxManager:
             raise errors[0]
 
     async def _teardown_network(self, record: SandboxRecord) -> None:
+        assert self._cni is not None  # (network_ready is set only with one)
         try:
             with trace.phase("cni_del", pod_sandbox_id=record.id):  # not part of the start timeline
                 await self._cni.teardown(self._pod_network(record))
@@ -547,6 +556,6 @@ class SandboxManager:
         return lambda pid: self._cgroups.place(pid, record.cgroup_path, f"pycri infra of pod {record.id}")
 
     @staticmethod
-    def _cgroup_dirs(path: str) -> list[str]:
+    def _cgroup_dirs(path: str) -> builtins.list[str]:
         """The sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)."""
         return [str(d) for d in cgroups.cgroup_dirs(path)]

@@ -24,12 +24,18 @@ import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any, TYPE_CHECKING
 
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.oci.conmon import BundlePaths, Conmon, ConmonError
 from cri.oci.execpipes import Orphan
+from cri.state.container_record import ContainerRecord
 from cri.state.container_state import ContainerState
 from cri.streaming.backend import InputStream, OutputStream, TerminalSize
+
+if TYPE_CHECKING:  # (the container manager imports this module)
+    from cri.core.containers import ContainerManager
+    from cri.core.sandboxes import SandboxManager
 
 COPY_CHUNK = 32 << 10
 # After the command exits, how long output may keep flowing (a background child holding the pipe) before we stop.
@@ -44,11 +50,11 @@ EOT = b"\x04"
 class CoreStreams:
     """StreamingBackend for the daemon: ``containers`` is the ContainerManager, ``sandboxes`` the SandboxManager."""
 
-    def __init__(self, containers, sandboxes) -> None:
+    def __init__(self, containers: ContainerManager, sandboxes: SandboxManager) -> None:
         self._containers = containers
         self._sandboxes = sandboxes
 
-    def _running(self, container_id: str):
+    def _running(self, container_id: str) -> ContainerRecord:
         record = self._containers.get(container_id)
         if record.state != ContainerState.RUNNING:
             raise FailedPrecondition(f"container {record.id} is not running (state {record.state})")
@@ -81,7 +87,7 @@ class CoreStreams:
         bundle = Path(record.bundle)
         sock = await _connect_attach_socket(BundlePaths(bundle).attach_socket)
         loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task] = []
+        tasks: list[asyncio.Task[Any]] = []
         try:
             output = asyncio.create_task(_attach_output(sock, stdout, stderr))
             tasks.append(output)
@@ -118,11 +124,12 @@ async def _exec_pipes(argv: list[str], pid_file: Path, stdin: InputStream | None
         stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL)
     copies = [asyncio.create_task(_copy_out(pipe.read, sink))
-              for pipe, sink in ((proc.stdout, stdout), (proc.stderr, stderr)) if sink]
-    feeder = asyncio.create_task(_feed_pipe(stdin, proc.stdin)) if stdin else None
+              for pipe, sink in ((proc.stdout, stdout), (proc.stderr, stderr)) if sink and pipe]
+    feeder = asyncio.create_task(_feed_pipe(stdin, proc.stdin)) if stdin and proc.stdin else None
     try:
         await proc.wait()
         await _finish_copies(copies)
+        assert proc.returncode is not None  # (waited for)
         return _exit_code(proc.returncode)
     finally:
         await _end_process(proc, pid_file, copies + ([feeder] if feeder else []))
@@ -153,15 +160,15 @@ async def _exec_tty(base: list[str], container_id: str, console_path: Path, pid_
     listener.setblocking(False)
     pty: _PtyMaster | None = None
     command: Orphan | None = None
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[Any]] = []
     try:
         proc = await asyncio.create_subprocess_exec(
-            *base, "--detach", "--console-socket", str(console_path), container_id, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            *base, "--detach", "--console-socket", str(console_path), container_id, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
             master = await _receive_console(listener, proc)
         finally:
-            stderr_text = (await proc.stderr.read()).decode(errors="replace").strip()
+            stderr_text = (await proc.stderr.read()).decode(errors="replace").strip() if proc.stderr else ""
             await proc.wait()
         if master is not None:
             pty = _PtyMaster(master)
@@ -200,15 +207,16 @@ def _orphan(pid: int) -> Orphan:
         raise Internal(f"exec'd process {pid} is gone before it could be watched: {e}") from e
 
 
-def container_process(bundle: Path) -> dict:
+def container_process(bundle: Path) -> dict[str, Any]:
     """The container's own OCI process, from its bundle's config.json: what every exec starts from."""
     try:
-        return json.loads(BundlePaths(bundle).config.read_text())["process"]
+        process: dict[str, Any] = json.loads(BundlePaths(bundle).config.read_text())["process"]
+        return process
     except (OSError, ValueError, KeyError) as e:
         raise Internal(f"reading the container's process from {bundle}: {e}") from e
 
 
-def exec_process(container_process: dict, cmd: list[str], tty: bool) -> dict:
+def exec_process(container_process: dict[str, Any], cmd: list[str], tty: bool) -> dict[str, Any]:
     """The OCI process an exec runs: the container's own (user, groups, capabilities, cwd, env, limits), with
     cmd as its args, and for a terminal TERM=xterm as CRI-O sets it.
 
@@ -296,11 +304,19 @@ class _PtyMaster:
             self.fd = -1
 
 
+def _resolver(future: asyncio.Future[None]) -> Callable[[], None]:
+    """A reader/writer callback that resolves `future` once (the loop may call it again before removal)."""
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+    return resolve
+
+
 async def _wait_fd(fd: int, readable: bool) -> None:
     loop = asyncio.get_running_loop()
-    ready = loop.create_future()
+    ready: asyncio.Future[None] = loop.create_future()
     add, remove = (loop.add_reader, loop.remove_reader) if readable else (loop.add_writer, loop.remove_writer)
-    add(fd, lambda: ready.done() or ready.set_result(None))
+    add(fd, _resolver(ready))
     try:
         await ready
     finally:
@@ -359,16 +375,16 @@ async def _apply_resizes(resize: AsyncIterator[TerminalSize], apply: Callable[[T
             apply(size)
 
 
-async def _finish_copies(copies: list[asyncio.Task]) -> None:
+async def _finish_copies(copies: list[asyncio.Task[Any]]) -> None:
     """Let the output copies end on their own (EOF), but not wait forever on a pipe a background child holds."""
     if copies:
         await asyncio.wait(copies, timeout=OUTPUT_GRACE)
         for task in copies:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
 
-async def _end_process(proc: asyncio.subprocess.Process, pid_file: Path, tasks: list[asyncio.Task]) -> None:
+async def _end_process(proc: asyncio.subprocess.Process, pid_file: Path, tasks: list[asyncio.Task[Any]]) -> None:
     """Kill the exec'd command if it still runs (the client left), reap the runtime, stop the copies.
 
     The command is killed, not the runtime: a killed runtime would orphan its half-started child.  The pid file

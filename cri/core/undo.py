@@ -63,7 +63,7 @@ class UndoStack:
                 log.exception("undo of %r failed", what)
 
 
-async def restore_or_undo(record: Any, kind: str, names: NameRegistry, index: Index,
+async def restore_or_undo(record: Any, kind: str, names: NameRegistry, index: Index[Any],
                           destroy: Callable[[Any], Awaitable[None]]) -> bool:
     """At start, for a container or sandbox record: one a crash left "creating" is undone (False); any other is
     taken back (True), its name reserved again (a clash is logged: it stays listed so it can be removed)."""

@@ -16,6 +16,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -251,13 +252,13 @@ def _depth(path: str) -> int:
     return len([p for p in path.split("/") if p])
 
 
-def apply_edits(spec: dict, edits: list[ContainerEdits]) -> dict:
+def apply_edits(spec: dict[str, Any], edits: list[ContainerEdits]) -> dict[str, Any]:
     """A copy of the OCI spec with the resolved edits applied: env replaces a variable of the same name, a device
     node or mount replaces one at the same container path, hooks and additional gids are added, and mounts are
     ordered parents first."""
     if not edits:
         return spec
-    out = json.loads(json.dumps(spec))
+    out: dict[str, Any] = json.loads(json.dumps(spec))
     process = out.setdefault("process", {})
     linux = out.setdefault("linux", {})
     for edit in edits:
@@ -267,10 +268,11 @@ def apply_edits(spec: dict, edits: list[ContainerEdits]) -> dict:
             env[:] = [e for e in env if e.split("=", 1)[0] != name] + [entry]
         for node in edit.device_nodes:
             devices = linux.setdefault("devices", [])
-            entry = {"path": node.path, "type": node.type, "major": node.major or 0, "minor": node.minor or 0}
-            entry.update({k: v for k, v in (("fileMode", node.file_mode), ("uid", node.uid), ("gid", node.gid))
+            device: dict[str, object] = {"path": node.path, "type": node.type, "major": node.major or 0,
+                                         "minor": node.minor or 0}
+            device.update({k: v for k, v in (("fileMode", node.file_mode), ("uid", node.uid), ("gid", node.gid))
                           if v is not None})
-            devices[:] = [d for d in devices if d.get("path") != node.path] + [entry]
+            devices[:] = [d for d in devices if d.get("path") != node.path] + [device]
             if node.type != "p":  # a FIFO is no device to the cgroup
                 rules = linux.setdefault("resources", {}).setdefault("devices", [])
                 rules.append({"allow": True, "type": "c" if node.type == "u" else node.type, "major": node.major or 0,
@@ -285,10 +287,10 @@ def apply_edits(spec: dict, edits: list[ContainerEdits]) -> dict:
             mounts.append({"destination": mount.container_path, "type": kind, "source": mount.host_path,
                            "options": options})
         for hook in edit.hooks:
-            entry = {"path": hook.path, **({"args": hook.args} if hook.args else {}),
+            hook_entry = {"path": hook.path, **({"args": hook.args} if hook.args else {}),
                      **({"env": hook.env} if hook.env else {}),
                      **({"timeout": hook.timeout} if hook.timeout else {})}
-            out.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(entry)
+            out.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(hook_entry)
         gids = [g for g in edit.additional_gids if g]
         if gids:
             user = process.setdefault("user", {})

@@ -19,6 +19,7 @@ import stat
 import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_DUMP = "config.dump"
@@ -30,7 +31,7 @@ _OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
 def config_dump(container_id: str, name: str, image: str, image_ref: str, runtime: str, created_ns: int,
-                now: datetime | None = None) -> dict:
+                now: datetime | None = None) -> dict[str, Any]:
     """config.dump's fields, named as CRI-O names them."""
     def rfc3339(moment: datetime) -> str:
         return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
@@ -76,7 +77,7 @@ def _empty(name: Path) -> tarfile.TarInfo:
     return info
 
 
-def write_archive(location: Path, work: Path, *, config: dict, spec: dict, upper: Path) -> None:
+def write_archive(location: Path, work: Path, *, config: dict[str, Any], spec: dict[str, Any], upper: Path) -> None:
     """Write the archive of the CRIU images in work/checkpoint, the container's config and spec, and its rootfs
     changes in `upper`, to `location`."""
     (work / CONFIG_DUMP).write_text(json.dumps(config))

@@ -14,8 +14,10 @@ import json
 import os
 import time
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hostos.cgroups.driver import CgroupfsDriver
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
@@ -174,7 +176,7 @@ def _write_ctl(fifo: Path, line: str) -> None:
         os.close(fd)
 
 
-def _reported_pid(message: dict | None) -> int:
+def _reported_pid(message: dict[str, Any] | None) -> int:
     """conmon 2.x names the field "data" (older releases "pid"); negative means the runtime failed."""
     if not message:
         return -1
@@ -182,7 +184,7 @@ def _reported_pid(message: dict | None) -> int:
     return value if isinstance(value, int) else -1
 
 
-def _read_sync_message(fd: int) -> dict | None:
+def _read_sync_message(fd: int) -> dict[str, Any] | None:
     """First JSON line conmon writes on the sync pipe: {"data": pid} or {"data": -1, "message": "..."}."""
     buf = b""
     while b"\n" not in buf:
@@ -194,7 +196,8 @@ def _read_sync_message(fd: int) -> dict | None:
     if not line:
         return None
     try:
-        return json.loads(line)
+        message: dict[str, Any] = json.loads(line)
+        return message
     except ValueError:
         return {"data": -1, "message": line.decode(errors="replace")}
 
@@ -238,11 +241,19 @@ async def _reap_detached(pid: int, grace: float = 5.0) -> None:
         os.close(fd)
 
 
+def _resolver(future: asyncio.Future[None]) -> Callable[[], None]:
+    """A reader callback that resolves `future` once (the loop may call it again before removal)."""
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+    return resolve
+
+
 async def _exited(pidfd: int, timeout: float) -> bool:
     """Whether the process ended within ``timeout`` (its pidfd becomes readable)."""
     loop = asyncio.get_running_loop()
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    exited: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, _resolver(exited))
     try:
         await asyncio.wait_for(exited, timeout)
         return True

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 PROBE_TIMEOUT = 30.0
-_answers: dict[tuple, str | None] = {}
+_answers: dict[tuple[Any, ...], str | None] = {}
 
 
 async def _run(argv: list[str]) -> tuple[int, str]:
@@ -30,7 +32,7 @@ async def _run(argv: list[str]) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace")
 
 
-async def _once(kind: str, path: str, probe) -> str | None:
+async def _once(kind: str, path: str, probe: Callable[[str], Awaitable[str | None]]) -> str | None:
     try:
         st = os.stat(path)
     except OSError as exc:

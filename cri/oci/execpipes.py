@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
+from typing import Any
 
 
 class OutputPipes:
@@ -25,7 +27,7 @@ class OutputPipes:
         self._out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
         self._err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
         self._inodes = {os.fstat(fd).st_ino for fd in (self._out_r, self._err_r)}
-        self._readers: asyncio.Future | None = None
+        self._readers: asyncio.Future[Any] | None = None
 
     def start(self) -> None:
         """Start reading; call once the child holds the write ends (they are closed here)."""
@@ -95,6 +97,14 @@ def _kill_holders(inodes: set[int]) -> list[int]:
     return killed
 
 
+def _resolver(future: asyncio.Future[None]) -> Callable[[], None]:
+    """A reader callback that resolves `future` once (the loop may call it again before removal)."""
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+    return resolve
+
+
 class Orphan:
     """A process the runtime left behind for us: waited for and reaped through a pidfd (no pid reuse race)."""
 
@@ -106,13 +116,14 @@ class Orphan:
         """Its exit code (128 + the signal that killed it); ChildProcessError when it is not ours to reap."""
         if self.code is None:
             loop = asyncio.get_running_loop()
-            ended = loop.create_future()
-            loop.add_reader(self.fd, lambda: ended.done() or ended.set_result(None))
+            ended: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(self.fd, _resolver(ended))
             try:
                 await ended
             finally:
                 loop.remove_reader(self.fd)
             info = os.waitid(os.P_PIDFD, self.fd, os.WEXITED)
+            assert info is not None  # (None only with WNOHANG)
             self.code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
         return self.code
 

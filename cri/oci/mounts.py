@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Callable
+from collections.abc import Awaitable
+from typing import Any, Callable
 
 from hostos import mountinfo
 
@@ -32,8 +33,8 @@ def host_propagation_problems(mounts: list[tuple[str, str]]) -> list[str]:
     wanted = [(os.path.realpath(path), mode) for path, mode in mounts if mode != "private"]
     if not wanted:
         return []
-    mounts = mountinfo.read()
-    return [problem for path, mode in wanted if (problem := propagation_problem(path, mode, mounts))]
+    table = mountinfo.read()
+    return [problem for path, mode in wanted if (problem := propagation_problem(path, mode, table))]
 
 
 # --- what the kernel and an OCI runtime can do with mounts ---------------------------------------------------
@@ -128,10 +129,10 @@ async def probe_idmap(runtime_path: str) -> bool:
 
 # (probe, path, inode, mtime) -> answer: Status asks every few seconds, CreateContainer for each rro or idmapped
 # mount; a binary replaced in place (a package upgrade) is probed again.
-_answers: dict[tuple, bool] = {}
+_answers: dict[tuple[Any, ...], bool] = {}
 
 
-async def _once(probe, runtime_path: str) -> bool:
+async def _once(probe: Callable[[str], Awaitable[bool]], runtime_path: str) -> bool:
     try:
         st = os.stat(runtime_path)
     except OSError:

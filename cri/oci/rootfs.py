@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 _MAX_SYMLINKS = 255
 
@@ -77,7 +78,7 @@ def ensure_rootfs_dir(root: Path | str, path: str) -> Path:
     return target
 
 
-def ensure_mount_points(root: Path | str, mounts: list[dict]) -> None:
+def ensure_mount_points(root: Path | str, mounts: list[dict[str, Any]]) -> None:
     """Create the missing targets of a spec's mounts (a file for a file bind mount, else a directory) as host
     root, for a runtime that mounts from inside a user namespace where it may not write the image's dirs."""
     for mount in mounts:

@@ -8,6 +8,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cri.oci.execpipes import Orphan, OutputPipes, reap_failed_starts
 
@@ -81,10 +82,11 @@ class OCIRuntime:
             raise cls(message, text, proc.returncode)
         return out
 
-    async def state(self, container_id: str) -> dict:
-        return json.loads(await self._run("state", container_id))
+    async def state(self, container_id: str) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(await self._run("state", container_id))
+        return state
 
-    async def list(self) -> list[dict]:
+    async def list(self) -> list[dict[str, Any]]:
         """Every container under our root ({"id", "pid", "status", "bundle", ...}); empty when the root is gone."""
         return json.loads(await self._run("list", "--format", "json") or b"null") or []
 
@@ -107,10 +109,10 @@ class OCIRuntime:
         await self._run("checkpoint", "--image-path", str(image_path), "--work-path", str(work_path),
                         "--leave-running", "--file-locks", container_id, timeout=timeout)
 
-    async def update(self, container_id: str, resources: dict) -> None:
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         await self._run("update", "--resources", "-", container_id, stdin=json.dumps(resources).encode())
 
-    async def exec_sync(self, container_id: str, process: dict, timeout: float | None, pid_file: Path,
+    async def exec_sync(self, container_id: str, process: dict[str, Any], timeout: float | None, pid_file: Path,
                         output_cap: int = EXEC_OUTPUT_CAP) -> ExecResult:
         """Run the OCI ``process`` in the container and collect its output (capped) until ``timeout``.
 
@@ -151,7 +153,7 @@ class OCIRuntime:
             else:  # the runtime could not start it (its message is on our stderr pipe); crun leaves the failed
                 # process to us, unreaped it would keep a pod's PID namespace from ending
                 await reap_failed_starts(os.path.basename(self.path))
-            grace = _PIPE_GRACE if deadline is None or timed_out else _remaining(loop, deadline)
+            grace = _PIPE_GRACE if deadline is None or timed_out else max(deadline - loop.time(), 0)
             if not await pipes.closed(grace):
                 await pipes.kill_holders()
                 await pipes.closed(_PIPE_GRACE)

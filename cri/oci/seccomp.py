@@ -10,6 +10,7 @@ runtimes do, so granting CAP_SYS_ADMIN really allows mount.
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 EPERM = 1
 ENOSYS = 38
@@ -68,7 +69,7 @@ def _kernel_before(release: str, major: int, minor: int) -> bool:
 
 
 def default_profile(capabilities: frozenset[str] | set[str] = frozenset(), kernel_release: str | None = None,
-                    machine: str | None = None) -> dict:
+                    machine: str | None = None) -> dict[str, Any]:
     """The RuntimeDefault profile for a container holding ``capabilities`` (names like "CAP_SYS_ADMIN")."""
     release = kernel_release if kernel_release is not None else platform.release()
     denied: list[str] = []
@@ -78,7 +79,7 @@ def default_profile(capabilities: frozenset[str] | set[str] = frozenset(), kerne
     # ptrace could bypass seccomp before 4.8; on newer kernels it is as safe as the capabilities around it.
     if _kernel_before(release, 4, 8) and "CAP_SYS_PTRACE" not in capabilities:
         denied.append("ptrace")
-    syscalls: list[dict] = [{"names": sorted(denied), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}]
+    syscalls: list[dict[str, Any]] = [{"names": sorted(denied), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}]
     if "CAP_SYS_ADMIN" not in capabilities:
         # clone3 passes its flags in memory seccomp cannot read: ENOSYS makes libc fall back to clone.
         syscalls.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS})
@@ -97,7 +98,7 @@ class SeccompProfileError(Exception):
 _ARCH_ALIASES = {"SCMP_ARCH_X86_64": "x86_64", "SCMP_ARCH_AARCH64": "aarch64"}
 
 
-def _applies(filter_: dict | None, capabilities: frozenset[str] | set[str], machine: str) -> bool:
+def _applies(filter_: dict[str, Any] | None, capabilities: frozenset[str] | set[str], machine: str) -> bool:
     if not filter_:
         return True
     caps = filter_.get("caps") or []
@@ -110,12 +111,12 @@ def _applies(filter_: dict | None, capabilities: frozenset[str] | set[str], mach
 
 
 def to_oci(profile: object, capabilities: frozenset[str] | set[str] = frozenset(),
-           machine: str | None = None) -> dict:
+           machine: str | None = None) -> dict[str, Any]:
     """Convert a Localhost profile (Docker's format, a superset of OCI's) into the OCI ``linux.seccomp`` object."""
     machine = machine or platform.machine()
     if not isinstance(profile, dict) or not isinstance(profile.get("defaultAction"), str):
         raise SeccompProfileError("seccomp profile must be a JSON object with a defaultAction")
-    out: dict = {"defaultAction": profile["defaultAction"]}
+    out: dict[str, Any] = {"defaultAction": profile["defaultAction"]}
     if isinstance(profile.get("defaultErrnoRet"), int):
         out["defaultErrnoRet"] = profile["defaultErrnoRet"]
     arches = profile.get("architectures")
@@ -139,7 +140,7 @@ def to_oci(profile: object, capabilities: frozenset[str] | set[str] = frozenset(
         names = rule.get("names") or ([rule["name"]] if rule.get("name") else [])
         if not names or not all(isinstance(n, str) for n in names):
             raise SeccompProfileError(f"seccomp rule without syscall names: {rule!r}")
-        converted: dict = {"names": list(names), "action": rule["action"]}
+        converted: dict[str, Any] = {"names": list(names), "action": rule["action"]}
         for key in ("errnoRet", "args"):
             if rule.get(key) is not None:
                 converted[key] = rule[key]

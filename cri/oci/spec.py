@@ -8,6 +8,7 @@ message for the user; the core maps them to InvalidArgument.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from cri.oci import seccomp
 from cri.oci.users import ResolvedUser
@@ -151,7 +152,7 @@ class ContainerInputs:
     default_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     no_new_privs: bool = False
     seccomp: str = "unconfined"  # unconfined | runtime/default | localhost
-    seccomp_localhost_profile: dict | None = None
+    seccomp_localhost_profile: dict[str, Any] | None = None
     apparmor_profile: str = ""  # process.apparmorProfile; "" leaves the runtime's own (none without AppArmor)
     selinux_label: str = ""  # process.selinuxLabel; "" when SELinux is off or nothing was asked
     masked_paths: list[str] = field(default_factory=list)
@@ -222,7 +223,7 @@ def capability_set(inputs: ContainerInputs) -> list[str]:
     return [c for c in ALL_CAPABILITIES if c in caps]
 
 
-def _capabilities_object(inputs: ContainerInputs, caps: list[str]) -> dict:
+def _capabilities_object(inputs: ContainerInputs, caps: list[str]) -> dict[str, Any]:
     ambient = [c for c in (_normalise_cap(a) for a in inputs.add_ambient_capabilities) if c in caps]
     if inputs.user.uid == 0:
         effective = list(caps)
@@ -242,9 +243,9 @@ def _has_mount_at(inputs: ContainerInputs, path: str) -> bool:
     return any(m.container_path.rstrip("/") == path for m in inputs.mounts)
 
 
-def _mounts(inputs: ContainerInputs) -> list[dict]:
+def _mounts(inputs: ContainerInputs) -> list[dict[str, Any]]:
     sys_options = ["nosuid", "noexec", "nodev"] + ([] if inputs.privileged else ["ro"])
-    mounts: list[dict] = [
+    mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -281,7 +282,8 @@ def _mounts(inputs: ContainerInputs) -> list[dict]:
         if m.recursive_read_only:
             _check_recursive_read_only(m)
             options.append("rro")  # the runtime applies MOUNT_ATTR_RDONLY to every submount (mount_setattr)
-        mount = {"destination": m.container_path, "type": "bind", "source": m.host_path, "options": options}
+        mount: dict[str, Any] = {"destination": m.container_path, "type": "bind", "source": m.host_path,
+                                 "options": options}
         if m.uid_mappings or m.gid_mappings:
             # "idmap" too: runtime-spec 1.1 asks for it, so that a runtime which does not know the fields fails
             # instead of ignoring them (crun applies the mappings either way).
@@ -302,7 +304,7 @@ def _check_recursive_read_only(m: MountRequest) -> None:
                         f"not {m.propagation}")
 
 
-def _mount_id_mappings(m: MountRequest, inputs: ContainerInputs, kind: str) -> list[dict]:
+def _mount_id_mappings(m: MountRequest, inputs: ContainerInputs, kind: str) -> list[dict[str, Any]]:
     """An idmapped mount's mapping: only inside a pod user namespace (outside one, host ids need no mapping),
     one mapping (what kubelet sends), within the 32-bit id space."""
     if inputs.userns_mode != "POD":
@@ -330,8 +332,8 @@ def rootfs_propagation(inputs: ContainerInputs) -> str | None:
     return None
 
 
-def _namespaces(inputs: ContainerInputs) -> list[dict]:
-    namespaces: list[dict] = [{"type": "mount"}]
+def _namespaces(inputs: ContainerInputs) -> list[dict[str, Any]]:
+    namespaces: list[dict[str, Any]] = [{"type": "mount"}]
     if inputs.network_mode != "NODE":
         namespaces.append({"type": "network", "path": inputs.netns_path} if inputs.netns_path else {"type": "network"})
     if inputs.ipc_mode != "NODE":
@@ -359,7 +361,7 @@ def _namespaces(inputs: ContainerInputs) -> list[dict]:
     return namespaces
 
 
-def _id_mappings(mappings: list[IDMap], kind: str) -> list[dict]:
+def _id_mappings(mappings: list[IDMap], kind: str) -> list[dict[str, Any]]:
     if len(mappings) != 1:
         raise SpecError(f"user namespace needs exactly one {kind} mapping, got {len(mappings)}")
     m = mappings[0]
@@ -371,10 +373,10 @@ def _id_mappings(mappings: list[IDMap], kind: str) -> list[dict]:
 
 
 def resources_object(res: Resources, privileged: bool = False, swap_accounting: bool = False,
-                     devices: list[DeviceRequest] | None = None) -> dict:
+                     devices: list[DeviceRequest] | None = None) -> dict[str, Any]:
     """linux.resources; also what ``runc update`` takes for UpdateContainerResources."""
-    out: dict = {}
-    cpu: dict = {}
+    out: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
     if res.cpu_shares:
         cpu["shares"] = res.cpu_shares
     if res.cpu_quota:
@@ -389,7 +391,7 @@ def resources_object(res: Resources, privileged: bool = False, swap_accounting: 
         out["cpu"] = cpu
     if res.memory_limit < 0 or res.memory_swap_limit < 0:
         raise SpecError("memory limits cannot be negative")
-    memory: dict = {}
+    memory: dict[str, Any] = {}
     if res.memory_limit:
         memory["limit"] = res.memory_limit
         if swap_accounting:
@@ -417,7 +419,7 @@ def resources_object(res: Resources, privileged: bool = False, swap_accounting: 
     return out
 
 
-def _device_entries(devices: list[DeviceRequest]) -> list[dict]:
+def _device_entries(devices: list[DeviceRequest]) -> list[dict[str, Any]]:
     return [{"path": d.container_path, "type": d.type, "major": d.major, "minor": d.minor,
              "fileMode": d.file_mode, "uid": d.uid, "gid": d.gid} for d in devices]
 
@@ -430,7 +432,7 @@ def _validate_device_permissions(devices: list[DeviceRequest]) -> None:
             raise SpecError(f"device permissions {d.permissions!r} must be a combination of r, w and m")
 
 
-def _seccomp(inputs: ContainerInputs, caps: list[str]) -> dict | None:
+def _seccomp(inputs: ContainerInputs, caps: list[str]) -> dict[str, Any] | None:
     if inputs.privileged or inputs.seccomp == "unconfined":
         return None
     if inputs.seccomp == "runtime/default":
@@ -445,12 +447,12 @@ def _seccomp(inputs: ContainerInputs, caps: list[str]) -> dict | None:
     raise SpecError(f"unknown seccomp profile kind {inputs.seccomp!r}")
 
 
-def container_spec(inputs: ContainerInputs) -> dict:
+def container_spec(inputs: ContainerInputs) -> dict[str, Any]:
     """The complete config.json for one container."""
     caps = capability_set(inputs)
     _validate_device_permissions(inputs.devices)
     user = inputs.user
-    process: dict = {
+    process: dict[str, Any] = {
         "terminal": inputs.tty,
         "user": {"uid": user.uid, "gid": user.gid, "umask": 0o022},
         "args": process_args(inputs),
@@ -476,7 +478,7 @@ def container_spec(inputs: ContainerInputs) -> dict:
 
     devices = list(inputs.host_devices) if inputs.privileged else []
     devices += [d for d in inputs.devices if d.container_path not in {h.container_path for h in devices}]
-    linux: dict = {
+    linux: dict[str, Any] = {
         "namespaces": _namespaces(inputs),
         "resources": resources_object(inputs.resources, inputs.privileged, inputs.swap_accounting, inputs.devices),
         "devices": _device_entries(devices),
@@ -496,7 +498,7 @@ def container_spec(inputs: ContainerInputs) -> dict:
     if profile is not None:
         linux["seccomp"] = profile
 
-    spec: dict = {
+    spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": inputs.rootfs, "readonly": inputs.readonly_rootfs},

@@ -139,5 +139,5 @@ def resolve_user(request: UserRequest, passwd_text: str | None, group_text: str 
     additional.extend(request.supplemental_groups)
     unique = tuple(dict.fromkeys(additional))
     return ResolvedUser(
-        uid=uid, gid=gid, additional_gids=unique, home=entry.home if entry else "/", username=entry.name if entry else ""
-    )
+        uid=uid, gid=gid, additional_gids=unique, home=entry.home if entry else "/",
+        username=entry.name if entry else "")

@@ -20,7 +20,7 @@ class MountSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
     container_path: str
     host_path: str = ""
-    image: str = ""            # an image volume (KEP-4639): this image's root filesystem, read-only, instead of host_path
+    image: str = ""            # an image volume (KEP-4639): this image's root filesystem, read-only, not host_path
     image_sub_path: str = ""   # ... or this directory of it
     image_ref: str = ""        # the volume image's repo digest (or id), as ContainerStatus reports it
     readonly: bool = False

@@ -41,7 +41,8 @@ class Index(Generic[T]):
             if object_id.startswith(ref):
                 matches.append(object_id)
         if len(matches) > 1:
-            raise InvalidArgument(f"{self.kind} id prefix {ref!r} is ambiguous: it matches {matches[0]} and {matches[1]}")
+            raise InvalidArgument(f"{self.kind} id prefix {ref!r} is ambiguous: it matches {matches[0]} and "
+                                  f"{matches[1]}")
         return self._objects[matches[0]] if matches else None
 
     def get(self, ref: str) -> T:

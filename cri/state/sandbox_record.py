@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,7 +11,10 @@ from cri.state.container_record import IDMapSpec, ResourcesSpec
 SandboxState = Literal["creating", "ready", "notready"]
 # CRI NamespaceMode values: POD=0, CONTAINER=1, NODE=2, TARGET=3.
 NamespaceMode = Literal[0, 1, 2, 3]
-MODE_POD, MODE_CONTAINER, MODE_NODE, MODE_TARGET = 0, 1, 2, 3
+MODE_POD: Final = 0
+MODE_CONTAINER: Final = 1
+MODE_NODE: Final = 2
+MODE_TARGET: Final = 3
 
 
 class DNSSettings(BaseModel):

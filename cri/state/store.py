@@ -31,7 +31,8 @@ class RecordStore(Generic[M]):
         return self.directory / f"{record_id}.json"
 
     def save(self, record: M, *, durable: bool = True) -> None:
-        atomicfile.atomic_write_bytes(self.path(record.id), record.model_dump_json().encode(), durable=durable)
+        record_id: str = getattr(record, "id")  # noqa: B009  (every record model has one; M cannot say so)
+        atomicfile.atomic_write_bytes(self.path(record_id), record.model_dump_json().encode(), durable=durable)
 
     def delete(self, record_id: str) -> None:
         self.path(record_id).unlink(missing_ok=True)

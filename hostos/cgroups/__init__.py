@@ -9,7 +9,8 @@ from hostos.cgroups.tree import (CgroupBusy, create, find, kill, kill_all, move,
 
 __all__ = [
     "CGROUP_ROOT", "CgroupBusy", "Layout", "Pressure", "PsiData", "Stats", "cgroup_dirs", "clean_path", "create",
-    "crun_hybrid_problem", "describe", "find", "hierarchies", "kill", "kill_all", "layout", "layout_of", "move", "oom_kills",
+    "crun_hybrid_problem", "describe", "find", "hierarchies", "kill", "kill_all", "layout", "layout_of", "move",
+    "oom_kills",
     "parse_mountinfo", "parse_pressure", "place", "procs", "read_stats", "remove", "remove_created", "remove_now",
     "swap_accounting",
 ]

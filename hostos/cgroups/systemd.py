@@ -12,6 +12,11 @@ import asyncio
 import re
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (dbus_fast is imported on first use: only systemd hosts need it)
+    from dbus_fast import Message
+    from dbus_fast.aio import MessageBus
 
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 _DEST, _PATH = "org.freedesktop.systemd1", "/org/freedesktop/systemd1"
@@ -55,12 +60,12 @@ class Systemd:
     """A connection to the system bus, opened at start (connect) or on first use, and reopened after it drops."""
 
     def __init__(self) -> None:
-        self._bus = None
+        self._bus: MessageBus | None = None
         self._lock = asyncio.Lock()
         self._jobs: dict[str, asyncio.Future[str]] = {}   # our jobs, waited for
         self._early: OrderedDict[str, str] = OrderedDict()  # results signalled before we knew the job was ours
 
-    async def connect(self):
+    async def connect(self) -> MessageBus:
         from dbus_fast import BusType, Message
         from dbus_fast.aio import MessageBus
 
@@ -79,7 +84,7 @@ class Systemd:
             self._bus = bus
             return bus
 
-    def _on_message(self, msg) -> None:
+    def _on_message(self, msg: Message) -> None:
         """JobRemoved comes for every client's jobs; the signal can be read before the reply naming our job is
         handed back, so the latest results are kept a while (bounded) for a waiter that comes just after."""
         if msg.member == "JobRemoved" and msg.interface == _MANAGER:
@@ -94,15 +99,17 @@ class Systemd:
                 self._early.popitem(last=False)
 
     @staticmethod
-    async def _call(bus, member: str, signature: str, body: list):
+    async def _call(bus: MessageBus, member: str, signature: str, body: list[Any]) -> list[Any]:
         from dbus_fast import Message, MessageType
 
         reply = await bus.call(Message(destination=_DEST, path=_PATH, interface=_MANAGER, member=member,
                                        signature=signature, body=body))
+        assert reply is not None  # (only a call flagged NO_REPLY_EXPECTED gets none)
         if reply.message_type == MessageType.ERROR:
             detail = reply.body[0] if reply.body else ""
             raise SystemdError(f"systemd {member}: {reply.error_name}: {detail}")
-        return reply.body
+        answer: list[Any] = reply.body
+        return answer
 
     async def _wait_job(self, job: str, what: str) -> None:
         result = self._early.pop(job, None)

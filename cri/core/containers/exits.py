@@ -132,7 +132,7 @@ class Exits:
         self._t.publish(record, ev.STOPPED)
 
     async def wait_exit(self, record: ContainerRecord, timeout: float) -> bool:
-        if record.state == ContainerState.EXITED:
+        if not record.state.live:
             return True
         waiter = self._exited.setdefault(record.id, asyncio.Event())
         if self._t.conmon.exit_file(record.id).exists():  # written before we started waiting

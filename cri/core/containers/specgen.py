@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ def _load_profile(path: str) -> dict[str, Any]:
 
 def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], record: ContainerRecord,
                request: ContainerRequest, sandbox: SandboxRecord, image: ImageRecord, rootfs: Path,
-               volumes: tuple[Path, ...] = (), cdi_edits: list[cdi.ContainerEdits] = ()) -> dict[str, Any]:
+               volumes: tuple[Path, ...] = (), cdi_edits: Sequence[cdi.ContainerEdits] = ()) -> dict[str, Any]:
     """Everything that reads the host or the image, then the pure spec functions (runs in a thread).
 
     ``find`` looks up the target container of PID namespace mode TARGET; the record learns its uid and gids.
