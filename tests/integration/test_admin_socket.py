@@ -59,20 +59,27 @@ def test_images_import_into_the_running_daemon_and_its_objects_read_back(daemon,
                 metadata=api_pb2.ContainerMetadata(name="worker"), image=api_pb2.ImageSpec(image="example.test/saved:2"),
                 command=["sleep", "60"], log_path="w.log")), timeout=60).container_id
         pods = pycri(daemon, "pods").stdout.splitlines()
-        assert len(pods) == 2 and pods[1].startswith(pod[:13]) and "ctr-test/adminpod" in pods[1] and "ready" in pods[1]
+        assert len(pods) == 2
+        assert pods[1].startswith(pod[:13])
+        assert "ctr-test/adminpod" in pods[1]
+        assert "ready" in pods[1]
         ps = pycri(daemon, "ps").stdout.splitlines()
-        assert len(ps) == 2 and ps[1].split()[:3] == [cid[:13], "worker", "created"] and pod[:13] in ps[1]
+        assert len(ps) == 2
+        assert ps[1].split()[:3] == [cid[:13], "worker", "created"]
+        assert pod[:13] in ps[1]
         inspected = json.loads(pycri(daemon, "inspect", cid[:12]).stdout)
         assert inspected["kind"] == "container" and inspected["record"]["id"] == cid
         assert inspected["record"]["sandbox_id"] == pod
         assert json.loads(pycri(daemon, "inspect", pod).stdout)["kind"] == "pod"
         image = json.loads(pycri(daemon, "inspect", "example.test/layout:1").stdout)
-        assert image["kind"] == "image" and image["record"]["repo_tags"] == ["example.test/layout:1"]
+        assert image["kind"] == "image"
+        assert image["record"]["repo_tags"] == ["example.test/layout:1"]
         missing = pycri(daemon, "inspect", "0" * 20)
         assert missing.returncode == 1 and "no container, pod or image" in missing.stderr
 
         table = pycri(daemon, "timeline", "adminpod")
-        assert table.returncode == 0 and table.stdout.startswith(f"POD ctr-test/adminpod {pod[:13]}")
+        assert table.returncode == 0
+        assert table.stdout.startswith(f"POD ctr-test/adminpod {pod[:13]}")
         phases = [line.split()[1] for line in table.stdout.splitlines()[2:] if line.strip()]
         assert "namespaces" in phases and "sandbox_files" in phases
         svg = tmp_path / "t.svg"

@@ -59,7 +59,8 @@ def test_runtime_default_unconfined_and_privileged(env):
     lsm = json.loads(d.runtime.Status(api_pb2.StatusRequest(verbose=True)).info["lsm"])
     assert lsm["apparmor"] == {"enabled": True, "runtimeDefault": apparmor.DEFAULT_PROFILE}
     default = sleeper(d, pod, pod_cfg, "default")  # no profile named: kubelet's default is RuntimeDefault
-    assert confinement(d, default) == "pycri-default (enforce)" and reported(d, default) == "pycri-default"
+    assert confinement(d, default) == "pycri-default (enforce)"
+    assert reported(d, default) == "pycri-default"
     assert apparmor.DEFAULT_PROFILE in apparmor.loaded()
     asked = sleeper(d, pod, pod_cfg, "asked", apparmor=api_pb2.SecurityProfile(
         profile_type=api_pb2.SecurityProfile.RuntimeDefault))

@@ -74,5 +74,6 @@ def test_an_unknown_cdi_device_is_refused_naming_it(cdi_env, config_kwargs, mess
     d, pod, cfg = cdi_env
     with pytest.raises(grpc.RpcError) as err:
         create(d, pod, cfg, container_config("nodev", ["true"], **config_kwargs))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details(), err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert message in err.value.details(), err.value.details()
     assert list(d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers) == []

@@ -46,7 +46,8 @@ def test_systemd_asked_for_where_it_is_not_pid_1_refuses_to_start(tmp_path):
     d = Daemon({"runtime": {"cgroup_manager": "systemd"}}, base=tmp_path)
     proc = subprocess.run(d.command(), capture_output=True, text=True, timeout=30, cwd=REPO)
     assert proc.returncode != 0
-    assert "systemd is not PID 1 here" in proc.stderr and 'cgroup_manager = "cgroupfs"' in proc.stderr
+    assert "systemd is not PID 1 here" in proc.stderr
+    assert 'cgroup_manager = "cgroupfs"' in proc.stderr
 
 
 def test_auto_reports_the_driver_this_host_has(daemon_factory):
@@ -108,4 +109,5 @@ def test_a_kubelet_slice_parent_and_a_path_parent(systemd_env):
     cfg.linux.cgroup_parent = "/kubepods/burstable"
     with pytest.raises(grpc.RpcError) as err:
         d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg), timeout=60)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "slice name" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "slice name" in err.value.details()

@@ -72,7 +72,9 @@ def test_plugin_error_code_and_message_reach_the_caller(setup, tmp_path):
     with pytest.raises(grpc.RpcError) as err:
         run(d, pod_config("failing"))
     details = err.value.details()
-    assert "code 11" in details and "no more leases" in details and "pool exhausted" in details
+    assert "code 11" in details
+    assert "no more leases" in details
+    assert "pool exhausted" in details
     assert_nothing_left(d, net)
 
 
@@ -92,7 +94,8 @@ def test_a_hung_plugin_is_killed_at_the_timeout(setup, tmp_path):
     d, net = setup([{"type": "hang"}], cni_plugin_dirs=[str(plugins), "/usr/lib/cni"], cni_timeout=1)
     with pytest.raises(grpc.RpcError) as err:
         run(d, pod_config("hung"))
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "timed out" in err.value.details()
     assert_nothing_left(d, net)
 
 

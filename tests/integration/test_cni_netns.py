@@ -22,7 +22,8 @@ def test_pin_sets_hostname_sysctls_and_loopback_then_unpins(tmp_path):
     pinned = asyncio.run(pin_namespaces(tmp_path / "ns", hostname="pinned-host",
                                         sysctls={"net/ipv4/ip_forward": "1", "kernel/shm_rmid_forced": "1"}))
     try:
-        assert set(pinned) == {"net", "ipc", "uts"} and all(namespace_alive(p) for p in pinned.values())
+        assert set(pinned) == {"net", "ipc", "uts"}
+        assert all(namespace_alive(p) for p in pinned.values())
         out = subprocess.run(["nsenter", f"--net={pinned['net']}", f"--uts={pinned['uts']}", f"--ipc={pinned['ipc']}",
                               "sh", "-c", "hostname; cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shm_rmid_forced;"
                               " ip -o link show lo"], capture_output=True, text=True)

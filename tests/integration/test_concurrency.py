@@ -213,7 +213,8 @@ def test_ten_pods_of_two_containers_run_stop_and_go_away_concurrently(world):
         assert len(listed) == 2 * PODS
         for pod_id, cids in zip(pod_ids, cids_by_pod, strict=True):
             mine = sorted((c.metadata.name, c.id) for c in listed if c.pod_sandbox_id == pod_id)
-            assert [name for name, _ in mine] == ["app", "sidecar"] and {cid for _, cid in mine} == set(cids)
+            assert [name for name, _ in mine] == ["app", "sidecar"]
+            assert {cid for _, cid in mine} == set(cids)
         assert all(c.state == api_pb2.CONTAINER_RUNNING for c in listed)
         running = leaks(before, w.host_state())
         assert {"mounts", "processes", "veth", "cgroups"} <= running.keys(), "the leak check sees what pods hold"

@@ -64,7 +64,9 @@ def test_a_container_whose_monitor_dies_is_killed_and_reported(env):
     info = json.loads(status(d, cid, verbose=True).info["info"])
     os.kill(info["conmonPid"], 9)
     st = wait_state(d, cid, api_pb2.CONTAINER_EXITED)
-    assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 137 and "monitor" in st.message
+    assert st.state == api_pb2.CONTAINER_EXITED
+    assert st.exit_code == 137
+    assert "monitor" in st.message
     assert not Path(f"/proc/{info['pid']}").exists() or b"sleep" not in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
 
 

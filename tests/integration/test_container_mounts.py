@@ -65,7 +65,8 @@ def test_propagation_the_host_mount_cannot_carry_is_refused(env, host_mount):
                           propagation=api_pb2.PROPAGATION_BIDIRECTIONAL)
     with pytest.raises(grpc.RpcError) as err:
         create(d, pod, pod_cfg, container_config("bad", ["true"], mounts=[mount]))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "shared" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "shared" in err.value.details()
 
 
 def test_readonly_bind_and_symlinked_host_path(env, tmp_path):

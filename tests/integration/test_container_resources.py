@@ -85,7 +85,9 @@ def test_stats_carry_pressure_on_cgroup_v2(env):
     cid = run(d, pod, pod_cfg, container_config("psi", ["sh", "-c", "yes > /dev/null"]))
     assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
     stats = d.runtime.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
-    assert stats.cpu.HasField("psi") and stats.memory.HasField("psi") and stats.io.HasField("psi")
+    assert stats.cpu.HasField("psi")
+    assert stats.memory.HasField("psi")
+    assert stats.io.HasField("psi")
     assert stats.memory.working_set_bytes.value > 0
     pod_stats = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod)).stats
     assert pod_stats.linux.cpu.HasField("psi") and pod_stats.linux.io.HasField("psi")

@@ -147,7 +147,8 @@ def test_apparmor_profile_demanded_on_a_host_without_apparmor_is_refused(env):
         create(d, pod, pod_cfg, container_config("aa", ["true"], linux=api_pb2.LinuxContainerConfig(
             security_context=api_pb2.LinuxContainerSecurityContext(apparmor=api_pb2.SecurityProfile(
                 profile_type=api_pb2.SecurityProfile.Localhost, localhost_ref="my-profile")))))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "AppArmor" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "AppArmor" in err.value.details()
     # RuntimeDefault (what kubelet sends by default) runs, with no profile set; Status says AppArmor is off.
     cid = run(d, pod, pod_cfg, container_config("aa", ["sleep", "600"], linux=api_pb2.LinuxContainerConfig(
         security_context=api_pb2.LinuxContainerSecurityContext(apparmor=api_pb2.SecurityProfile(

@@ -49,11 +49,13 @@ def test_import_oci_layout_directory_and_tarball_and_docker_archive(tmp_path):
 
     first = pycri_image("import", str(layout), root=root)
     assert first.returncode == 0, first.stderr
-    assert f"{app.id} example.test/team/app:1" in first.stdout and f"{mine.id} example.test/multi:2" in first.stdout
+    assert f"{app.id} example.test/team/app:1" in first.stdout
+    assert f"{mine.id} example.test/multi:2" in first.stdout
     again = pycri_image("import", str(tar_dir(layout, tmp_path / "layout.tar")), root=root)
     assert again.returncode == 0, again.stderr  # the same images again: nothing changes
     docker = pycri_image("import", str(saved), root=root)
-    assert docker.returncode == 0 and "docker.io/library/saved:3 example.test/saved:4" in docker.stdout, docker.stderr
+    assert docker.returncode == 0, docker.stderr
+    assert "docker.io/library/saved:3 example.test/saved:4" in docker.stdout, docker.stderr
     listing = pycri_image("ls", root=root)
     assert listing.returncode == 0
     names = [line.split()[0] for line in listing.stdout.splitlines()[1:]]

@@ -59,7 +59,8 @@ def test_pull_status_list_remove_through_a_remapped_registry(mapped_daemon, regi
     filtered = images.ListImages(api_pb2.ListImagesRequest(filter=api_pb2.ImageFilter(image=spec("nothing.test/x:1"))))
     assert list(filtered.images) == []
     fs = images.ImageFsInfo(api_pb2.ImageFsInfoRequest())
-    assert fs.image_filesystems[0].used_bytes.value > 0 and fs.image_filesystems[0].inodes_used.value > 0
+    assert fs.image_filesystems[0].used_bytes.value > 0
+    assert fs.image_filesystems[0].inodes_used.value > 0
     assert len(fs.container_filesystems) == 1
     # a second tag on the same image; removing by one tag removes the image with both
     registry.push("cri/busybox", "latest", image)
@@ -77,7 +78,8 @@ def test_unknown_image_status_is_empty_and_bad_requests_name_the_problem(mapped_
     assert not images.ImageStatus(api_pb2.ImageStatusRequest(image=spec("example.test/no/such:1"))).HasField("image")
     with pytest.raises(grpc.RpcError) as err:
         images.PullImage(api_pb2.PullImageRequest(image=spec("Not A/Ref")))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Not A/Ref" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Not A/Ref" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         images.PullImage(api_pb2.PullImageRequest(image=spec("example.test/no/such:1")))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "no/such" in err.value.details()
@@ -95,7 +97,8 @@ def test_private_registry_needs_the_credentials_kubelet_passes(mapped_daemon, pr
     wrong = api_pb2.AuthConfig(username=user, password="wrong")
     with pytest.raises(grpc.RpcError) as err:
         images.PullImage(api_pb2.PullImageRequest(image=spec("private.test/team/app:v1"), auth=wrong))
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and repr(user) in err.value.details()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert repr(user) in err.value.details()
     right = api_pb2.AuthConfig(username=user, password=password)
     ref = images.PullImage(api_pb2.PullImageRequest(image=spec("private.test/team/app:v1"), auth=right)).image_ref
     assert ref == image.id

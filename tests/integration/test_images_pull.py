@@ -211,7 +211,8 @@ def test_a_killed_pull_leaves_nothing_after_the_next_start(fake, tmp_path):
     try:
         deadline = time.monotonic() + 30
         while not (root / "ingest").exists() or not os.listdir(root / "ingest"):
-            assert proc.poll() is None and time.monotonic() < deadline, "the pull never started downloading"
+            assert proc.poll() is None, "the pull never started downloading"
+            assert time.monotonic() < deadline, "the pull never started downloading"
             time.sleep(0.02)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -256,7 +257,8 @@ def test_many_layers_mount_and_tags_move_and_survive_a_restart(registry, store_f
     store = store_factory(insecure(registry.host))
     record = store.pull(f"{registry.host}/many/layers:1")
     rootfs = store.create_rootfs("c-many", record.id)
-    assert (rootfs.path / "layer0").read_text() == "0" and (rootfs.path / "layer399").read_text() == "399"
+    assert (rootfs.path / "layer0").read_text() == "0"
+    assert (rootfs.path / "layer399").read_text() == "399"
     store.remove_rootfs("c-many")
     # the tag moves to the image pulled last; the old image keeps its digest but loses the tag
     registry.push("many/layers", "1", small)

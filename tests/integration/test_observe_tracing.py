@@ -73,9 +73,11 @@ def test_a_pod_start_is_one_trace_under_the_callers_span(daemon_factory, collect
     children = {s.name: s for s in spans if s.parent_span_id == run.span_id}
     assert {"namespaces", "sandbox_files"} <= set(children), sorted(children)
     for child in children.values():
-        assert child.trace_id == run.trace_id and run.start_time_unix_nano <= child.start_time_unix_nano
+        assert child.trace_id == run.trace_id
+        assert run.start_time_unix_nano <= child.start_time_unix_nano
         assert child.end_time_unix_nano <= run.end_time_unix_nano
     attributes = {a.key: a.value.string_value for a in children["namespaces"].attributes}
     assert attributes["pycri.pod_sandbox_id"] == pod
     stop = next(s for s in spans if s.name == "StopPodSandbox")
-    assert stop.trace_id != run.trace_id and stop.parent_span_id == b""  # no traceparent: a trace of its own
+    assert stop.trace_id != run.trace_id
+    assert stop.parent_span_id == b""

@@ -40,7 +40,8 @@ def test_pod_stats_have_the_network_of_every_pod(pods):
     for pod in configs:
         net = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod), timeout=30).stats.linux.network
         assert net.default_interface.name == "eth0", pod
-        assert net.default_interface.tx_bytes.value > 0 and net.default_interface.rx_bytes.value >= 0
+        assert net.default_interface.tx_bytes.value > 0
+        assert net.default_interface.rx_bytes.value >= 0
 
 
 def _samples(pod_metrics, keys: dict[str, list[str]]) -> list[tuple[str, dict[str, str], int, str]]:
@@ -72,7 +73,8 @@ def test_metrics_follow_their_descriptors(pods):
                  if n == "container_memory_working_set_bytes" and cid == containers[pm.pod_sandbox_id]]
         assert ws[1] > 0
         assert ws[0]["container"] == "talker" and ws[0]["pod"] == cfg.metadata.name
-        assert ws[0]["namespace"] == cfg.metadata.namespace and ws[0]["id"] == containers[pm.pod_sandbox_id]
+        assert ws[0]["namespace"] == cfg.metadata.namespace
+        assert ws[0]["id"] == containers[pm.pod_sandbox_id]
         pod_level = {n: labels for n, labels, _, cid in samples if not cid}
         assert pod_level["container_memory_usage_bytes"]["container"] == ""
         assert all(m.timestamp > 0 for m in pm.metrics)

@@ -82,7 +82,8 @@ def test_resize_writes_the_pod_cgroup_and_leaves_the_container_running(resized_p
     if not cgroups.layout().is_v2:
         with pytest.raises(grpc.RpcError) as e:
             _resize(d, pod, api_pb2.LinuxContainerResources(unified={"memory.high": str(40 * MiB)}))
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cgroup v2" in e.value.details()
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cgroup v2" in e.value.details()
 
 
 def test_a_limit_below_what_the_pod_uses_is_refused_and_named(resized_pod, cgroup_parent):
@@ -103,7 +104,8 @@ def test_what_cannot_be_resized_is_a_clear_status(env):  # noqa: F811
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as e:  # no cgroup_parent: its pods share pycri's default cgroup
         _resize(d, shared_parent_pod, api_pb2.LinuxContainerResources(memory_limit_in_bytes=64 * MiB))
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "cgroup_parent" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cgroup_parent" in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
         _resize(d, shared_parent_pod, api_pb2.LinuxContainerResources(memory_limit_in_bytes=-5))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -149,7 +149,9 @@ def test_a_cached_cni_result_without_a_record_is_deleted_through_the_plugins_at_
         config = pod_config("cni-orphan", port_mappings=[api_pb2.PortMapping(
             protocol=api_pb2.TCP, container_port=80, host_port=host_port)])
         pod_id = _crash_running_a_pod(d, config, "sandbox.run.after_network")
-        assert net.leases() and veths_on(net.bridge) and iptables_rules_mentioning(pod_id)
+        assert net.leases()
+        assert veths_on(net.bridge)
+        assert iptables_rules_mentioning(pod_id)
         assert _cni_cache_entries(d, pod_id)
         _lose_record(d, pod_id)
         d.start()

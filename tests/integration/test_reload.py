@@ -127,7 +127,8 @@ def test_sighup_applies_cni_config_and_runtime_handlers(daemon, tmp_path):
             pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
                 config=pod_config(tmp_path, name="on-extra", host_network=False)), timeout=60).pod_sandbox_id
             st = d.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=10).status
-            assert st.state == api_pb2.SANDBOX_READY and st.network.ip.startswith(f"10.123.{network.index}.")
+            assert st.state == api_pb2.SANDBOX_READY
+            assert st.network.ip.startswith(f"10.123.{network.index}.")
             d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
             d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
     finally:
@@ -172,7 +173,9 @@ def test_under_systemd_the_daemon_logs_structured_entries_to_the_journal(daemon_
         (serving,) = journal.find(MESSAGE="pycri serving CRI v1")
         assert serving["PRIORITY"] == "6" and serving["SYSLOG_IDENTIFIER"] == "pycri"
         (run_call,) = journal.find(RPC="RunPodSandbox")
-        assert run_call["CODE"] == "OK" and float(run_call["DURATION_MS"]) > 0 and run_call["LOGGER"] == "pycri.rpc"
+        assert run_call["CODE"] == "OK"
+        assert float(run_call["DURATION_MS"]) > 0
+        assert run_call["LOGGER"] == "pycri.rpc"
         assert "pycri serving" not in d.log_path.read_text(errors="replace")  # not twice: stderr stays quiet
 
         rewrite(d, log_target="stderr")  # SIGHUP moves the log back to stderr

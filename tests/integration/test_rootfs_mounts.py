@@ -99,7 +99,8 @@ def test_clones_a_crash_left_attached_are_unmounted_at_start_never_deleted_throu
     assert len(mounts_below(tmp_path)) == 3
     reopened = ImageStore(store.root)
     assert mounts_below(tmp_path) == [str(kept.path)]
-    assert reopened.rootfs_ids() == ["c-kept"] and not (store.root / "containers/c-norecord").exists()
+    assert reopened.rootfs_ids() == ["c-kept"]
+    assert not (store.root / "containers/c-norecord").exists()
     assert (layer_dir / "etc/app.conf").read_bytes() == b"v1"
 
 
@@ -117,9 +118,11 @@ def test_image_volumes_are_read_only_views_that_keep_their_images(store, tmp_pat
     image_id = image(store, tmp_path)
     models, cfg = data_images(store, tmp_path)
     rootfs = store.create_rootfs("c-vol", image_id, volume_images=["example.test/models:1", cfg])
-    assert len(rootfs.volumes) == 2 and mounts_below(tmp_path) == [str(rootfs.path), *map(str, rootfs.volumes)]
+    assert len(rootfs.volumes) == 2
+    assert mounts_below(tmp_path) == [str(rootfs.path), *map(str, rootfs.volumes)]
     assert (rootfs.volumes[0] / "models/m.bin").read_bytes() == b"weights"
-    assert (rootfs.volumes[1] / "cfg/a").read_bytes() == b"new" and (rootfs.volumes[1] / "cfg/b").read_bytes() == b"b"
+    assert (rootfs.volumes[1] / "cfg/a").read_bytes() == b"new"
+    assert (rootfs.volumes[1] / "cfg/b").read_bytes() == b"b"
     with pytest.raises(OSError) as err:
         (rootfs.volumes[0] / "models/new").write_bytes(b"x")
     assert err.value.errno == 30  # EROFS
@@ -143,7 +146,8 @@ def test_idmapped_image_volumes_and_a_missing_volume_image(store, tmp_path):
     assert (st.st_uid, st.st_gid) == (MAP.uid, MAP.gid)
     with pytest.raises(ImageNotFound, match=r"example.test/absent:1 of an image volume is not in the store"):
         store.create_rootfs("c-absent", image_id, volume_images=["example.test/absent:1"])
-    assert store.rootfs_ids() == ["c-idvol"] and mounts_below(tmp_path) == [str(rootfs.path), str(rootfs.volumes[0])]
+    assert store.rootfs_ids() == ["c-idvol"]
+    assert mounts_below(tmp_path) == [str(rootfs.path), str(rootfs.volumes[0])]
 
 
 def test_a_crash_before_the_record_leaves_volumes_unmounted_at_start(store, tmp_path):

@@ -72,14 +72,17 @@ def test_host_network_and_ipc_mode(pods):
     # The pod shares the host's UTS namespace: a hostname of its own cannot be, so it is refused (kubelet sends none).
     with pytest.raises(grpc.RpcError) as err:
         run(d, pod_config("hostnet", hostname="hostnet", linux=linux(network=api_pb2.NODE)))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hostname" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hostname" in err.value.details()
     assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
     pod_id = run(d, pod_config("hostnet", linux=linux(network=api_pb2.NODE, ipc=api_pb2.NODE)))
     st = status(d, pod_id).status
     details = info(d, pod_id)
     assert st.state == api_pb2.SANDBOX_READY
     assert st.linux.namespaces.options.network == api_pb2.NODE
-    assert details["netns"] == "" and details["ipcns"] == "" and details["shm"] == "/dev/shm"
+    assert details["netns"] == ""
+    assert details["ipcns"] == ""
+    assert details["shm"] == "/dev/shm"
     assert details["hostname"] == os.uname().nodename
     assert Path(details["resolvConf"]).read_bytes() == Path("/etc/resolv.conf").read_bytes()
     assert Path(details["hosts"]).read_bytes() == Path("/etc/hosts").read_bytes()

@@ -106,7 +106,8 @@ def test_a_pod_user_namespace_maps_its_containers_ids(net_env, tmp_path, handler
 def test_bad_user_namespace_requests_are_invalid_and_leave_nothing(net_env, tmp_path, change, message):
     d, pod, _ = net_env
     err = refused(d, userns_pod_config(tmp_path / "logs", **change))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details(), err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert message in err.details(), err.details()
     assert [p.id for p in d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items] == [pod]
 
 
@@ -115,7 +116,8 @@ def test_a_failure_after_the_user_namespace_is_made_undoes_it(net_env, tmp_path)
     cfg = userns_pod_config(tmp_path / "logs")
     cfg.linux.sysctls["kernel.shmmni"] = "not-a-number"  # refused inside the new namespaces, after the pinning began
     err = refused(d, cfg)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "kernel.shmmni" in err.details(), err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert "kernel.shmmni" in err.details(), err.details()
     assert [p.id for p in d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items] == [pod]
     sandboxes = Path(d.state_dir) / "sandboxes"
     assert sorted(p.name for p in sandboxes.iterdir()) == [pod]  # the daemon_factory leak check covers the mounts
@@ -128,7 +130,8 @@ def test_containers_cannot_pick_another_user_namespace_than_their_pods(net_env, 
             userns_options=api_pb2.UserNamespace(mode=api_pb2.POD, uids=MAPPING, gids=MAPPING)))))
     with pytest.raises(grpc.RpcError) as err:
         run(d, plain_pod, plain_cfg, asks_pod)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "has none" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "has none" in err.value.details()
 
     cfg = userns_pod_config(tmp_path / "logs")
     pod = run_pod(d, cfg)
@@ -138,7 +141,8 @@ def test_containers_cannot_pick_another_user_namespace_than_their_pods(net_env, 
     uids.extend(other)
     with pytest.raises(grpc.RpcError) as err:
         run(d, pod, cfg, asks_pod)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "uid mappings differ" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "uid mappings differ" in err.value.details()
     d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
 
 

@@ -105,7 +105,8 @@ def test_volume_mappings_need_a_pod_user_namespace(net_env, volume):
     with pytest.raises(grpc.RpcError) as err:
         create(d, pod, cfg, container_config("idmap", ["true"], mounts=[idmapped("/vol", volume)]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "/vol" in err.value.details() and "userns_options mode POD" in err.value.details(), err.value.details()
+    assert "/vol" in err.value.details(), err.value.details()
+    assert "userns_options mode POD" in err.value.details(), err.value.details()
 
 
 def test_idmapped_volumes_in_a_shared_pid_namespace_are_refused_on_crun(net_env, volume, tmp_path, request):

@@ -42,9 +42,11 @@ def test_a_user_namespaced_pod_owns_its_image_files_on_crun(net_env, registry, t
     # on the host, what it wrote belongs to the pod's host ids; the image's own layers are host root's, unchanged
     rootfs = Path(json.loads(status(d, cid, verbose=True).info["info"])["rootfs"])
     upper = rootfs.parent / "upper"
-    assert (upper / "etc/passwd").stat().st_uid == HOST_BASE and (upper / "made").stat().st_uid == HOST_BASE + 1000
+    assert (upper / "etc/passwd").stat().st_uid == HOST_BASE
+    assert (upper / "made").stat().st_uid == HOST_BASE + 1000
     layer_passwd = [p for p in (d.root / "storage/layers").glob("*/diff/etc/passwd")]
-    assert layer_passwd and all(p.stat().st_uid == 0 and b"u2:" not in p.read_bytes() for p in layer_passwd)
+    assert layer_passwd
+    assert all(p.stat().st_uid == 0 and b"u2:" not in p.read_bytes() for p in layer_passwd)
 
     # a crash keeps the container and its rootfs; the restarted daemon still removes everything
     d.kill()

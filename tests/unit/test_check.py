@@ -17,7 +17,9 @@ def test_a_missing_default_runtime_fails_with_the_package_to_install(tmp_path, c
     (conf_dir / "10-net.conflist").write_text("{}")
     found = by_name(findings(c))
     runc = found["runtime handler runc"]
-    assert not runc.ok and runc.required and "apt-get install -y runc" in runc.fix
+    assert not runc.ok
+    assert runc.required
+    assert "apt-get install -y runc" in runc.fix
     assert report(c) == 1
     assert "[FAIL] runtime handler runc" in capsys.readouterr().out
 

@@ -34,7 +34,9 @@ def test_capability_args_go_only_to_plugins_that_declare_them():
                                       {"ips": []}, caps))
     bridge = json.loads(plugin_stdin("net", "1.0.0", {"type": "bridge"}, None, caps))
     assert portmap["runtimeConfig"] == {"portMappings": [{"hostPort": 80}]}
-    assert portmap["prevResult"] == {"ips": []} and portmap["name"] == "net" and portmap["cniVersion"] == "1.0.0"
+    assert portmap["prevResult"] == {"ips": []}
+    assert portmap["name"] == "net"
+    assert portmap["cniVersion"] == "1.0.0"
     assert "runtimeConfig" not in bridge and "prevResult" not in bridge
 
 

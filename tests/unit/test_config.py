@@ -52,7 +52,9 @@ def test_unknown_key_names_the_file_and_the_key(tmp_path):
     bad = write(d / "50-bad.conf", "[network]\ncni_confdir = '/x'\n")
     with pytest.raises(ConfigError) as e:
         load_config(main, environ={})
-    assert str(bad) in str(e.value) and "network.cni_confdir" in str(e.value) and "unknown key" in str(e.value)
+    assert str(bad) in str(e.value)
+    assert "network.cni_confdir" in str(e.value)
+    assert "unknown key" in str(e.value)
 
 
 def test_bad_value_names_the_key(tmp_path):

@@ -45,7 +45,9 @@ def test_parse_summary_accepts_the_log_fallback_shape_without_reasons():
     data = summary_json(failed=0, failed_specs=[])
     del data["failure_reasons"], data["suite_errors"], data["wall_s"]
     summary = critest.parse_summary(data)
-    assert summary.failure_reasons == {} and summary.suite_errors == () and summary.wall_s is None
+    assert summary.failure_reasons == {}
+    assert summary.suite_errors == ()
+    assert summary.wall_s is None
 
 
 @pytest.mark.parametrize(
@@ -181,7 +183,8 @@ def test_own_daemon_network_is_a_bridge_with_leases_in_our_dir_and_host_ports(tm
     assert bridge["ipam"]["dataDir"] == str(tmp_path / "ipam")
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.99.0.0/16"}]]
     assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}}
-    assert critest.POD_SUBNET != "10.87.0.0/16" and critest.BRIDGE != "ctrd0"  # the kit's containerd
+    assert critest.POD_SUBNET != "10.87.0.0/16"
+    assert critest.BRIDGE != "ctrd0"
 
 
 def test_endpoint_and_start_daemon_exclude_each_other(tmp_path):

@@ -25,9 +25,15 @@ def test_mountinfo_fields_and_every_octal_escape():
     mounts = mountinfo.parse(MOUNTINFO)
     assert [m.mount_id for m in mounts] == [27, 40, 41, 43, 44, 45, 46, 47]
     odd = mounts[5]
-    assert odd.mount_point == "/srv/tab\tnew\nline\\" and odd.root == "/sub\\dir" and odd.source == "my src"
-    assert not odd.writable and odd.options == ("ro", "nosuid") and odd.super_options == ("rw", "size=1k")
-    assert mounts[1].propagation == {"shared"} and mounts[2].propagation == {"master"} and not mounts[3].propagation
+    assert odd.mount_point == "/srv/tab\tnew\nline\\"
+    assert odd.root == "/sub\\dir"
+    assert odd.source == "my src"
+    assert not odd.writable
+    assert odd.options == ("ro", "nosuid")
+    assert odd.super_options == ("rw", "size=1k")
+    assert mounts[1].propagation == {"shared"}
+    assert mounts[2].propagation == {"master"}
+    assert not mounts[3].propagation
     assert mounts[4].mount_point == "/srv/with space"
 
 
@@ -143,7 +149,8 @@ def test_remove_created_leaves_a_shared_parent_and_removes_ours(tmp_path):
     ours = cgroups.create("/kubepods/pod1", lay)
     (tmp_path / "memory/kubepods/other-pod").mkdir(parents=True)  # kubepods is now shared
     asyncio.run(cgroups.remove_created(ours, timeout=0.1))
-    assert not (tmp_path / "memory/kubepods/pod1").exists() and (tmp_path / "memory/kubepods/other-pod").exists()
+    assert not (tmp_path / "memory/kubepods/pod1").exists()
+    assert (tmp_path / "memory/kubepods/other-pod").exists()
     assert not (tmp_path / "unified/kubepods").exists()
 
 

@@ -72,7 +72,8 @@ async def _scenario(address: str):
     client = systemd.Systemd()
     try:
         await client.start_scope("pycri-a.scope", "pycri.slice", [123], "test")
-        assert manager.subscribed and manager.units["pycri-a.scope"] == ("pycri.slice", [123], "inactive-or-failed")
+        assert manager.subscribed
+        assert manager.units["pycri-a.scope"] == ("pycri.slice", [123], "inactive-or-failed")
         assert await client.units("pycri-*") == ["pycri-a.scope"]
         with pytest.raises(systemd.SystemdError, match="UnitExists"):
             await client.start_scope("pycri-a.scope", "pycri.slice", [123], "test")

@@ -45,10 +45,13 @@ def test_entries_carry_priority_logger_code_and_the_message_pairs(journal):
     info, debug, warning = journal.entries
     assert info["MESSAGE"] == "rpc=RunPodSandbox id=7 code=OK duration_ms=1.50"
     assert (info["PRIORITY"], debug["PRIORITY"], warning["PRIORITY"]) == ("6", "7", "4")
-    assert info["RPC"] == "RunPodSandbox" and info["ID"] == "7" and info["CODE"] == "OK"
+    assert info["RPC"] == "RunPodSandbox"
+    assert info["ID"] == "7"
+    assert info["CODE"] == "OK"
     assert info["DURATION_MS"] == "1.50"
     assert info["SYSLOG_IDENTIFIER"] == "pycri" and info["LOGGER"] == logger.name
-    assert info["CODE_FILE"] == __file__ and info["CODE_FUNC"] == "test_entries_carry_priority_logger_code_and_the_message_pairs"
+    assert info["CODE_FILE"] == __file__
+    assert info["CODE_FUNC"] == "test_entries_carry_priority_logger_code_and_the_message_pairs"
     assert warning["REASON"] == "two words"
 
 

@@ -38,7 +38,8 @@ def example() -> list[dict]:
 
 def test_the_table_gives_offsets_and_durations_in_start_order():
     lines = render_table(example()).splitlines()
-    assert lines[0].startswith("POD default/web 1111111111111") and "650.0 ms from first to last phase" in lines[0]
+    assert lines[0].startswith("POD default/web 1111111111111")
+    assert "650.0 ms from first to last phase" in lines[0]
     rows = [line.split() for line in lines[2:7]]
     assert [r[:2] for r in rows] == [["sandbox", "namespaces"], ["sandbox", "cni_add"], ["nginx:1", "pull"],
                                       ["app", "spec"], ["app", "runtime_create"]]

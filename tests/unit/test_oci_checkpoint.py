@@ -40,7 +40,8 @@ def test_the_archive_holds_what_crio_writes(tmp_path):
     (upper / "tmp/new").write_text("x")
     config = archive.config_dump("c" * 64, "app", "example.test/app:1", "sha256:" + "a" * 64, "runc",
                                  1_700_000_000_000_000_000, now=datetime(2026, 12, 3, 13, 0, tzinfo=timezone.utc))
-    assert config["createdTime"] == "2023-11-14T22:13:20Z" and config["checkpointedTime"] == "2026-12-03T13:00:00Z"
+    assert config["createdTime"] == "2023-11-14T22:13:20Z"
+    assert config["checkpointedTime"] == "2026-12-03T13:00:00Z"
     location = tmp_path / "out/checkpoint-app.tar"
     archive.write_archive(location, work, config=config, spec={"ociVersion": "1.0.2"}, upper=upper)
     with tarfile.open(location) as tar:
@@ -51,7 +52,8 @@ def test_the_archive_holds_what_crio_writes(tmp_path):
             "dump.log"} <= names and "deleted.files" not in names
     assert archive.is_archive(str(location)) and os.listdir(location.parent) == [location.name]
     (tmp_path / "junk.tar").write_bytes(b"junk")
-    assert not archive.is_archive(str(tmp_path / "junk.tar")) and not archive.is_archive("relative.tar")
+    assert not archive.is_archive(str(tmp_path / "junk.tar"))
+    assert not archive.is_archive("relative.tar")
 
 
 def test_reasons_name_what_is_missing():

@@ -25,7 +25,8 @@ def test_default_profile_denies_the_dangerous_syscalls():
         assert name in denied(profile), name
     assert "ptrace" not in denied(profile)
     clone_rules = [r for r in profile["syscalls"] if r["names"] == ["clone"]]
-    assert len(clone_rules) == 8 and all(r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" for r in clone_rules)
+    assert len(clone_rules) == 8
+    assert all(r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" for r in clone_rules)
     assert any(r["names"] == ["clone3"] and r["errnoRet"] == seccomp.ENOSYS for r in profile["syscalls"])
 
 
@@ -82,7 +83,8 @@ def test_mountinfo_parsing_v1_hybrid_and_v2():
     assert str(v1.v1["cpu"]) == str(v1.v1["cpuacct"]) == "/sys/fs/cgroup/cpu,cpuacct"
     assert "systemd" not in v1.v1
     v2 = cgroups.parse_mountinfo(MOUNTINFO_V2)
-    assert v2.is_v2 and [str(p) for p in cgroups.cgroup_dirs("/pod/c", v2)] == ["/sys/fs/cgroup/pod/c"]
+    assert v2.is_v2
+    assert [str(p) for p in cgroups.cgroup_dirs("/pod/c", v2)] == ["/sys/fs/cgroup/pod/c"]
 
 
 def test_stats_of_a_missing_cgroup_are_empty_not_an_error():
@@ -142,7 +144,8 @@ def test_crun_hybrid_problem_names_the_controllers_and_the_mount(tmp_path):
     (tmp_path / "cgroup.controllers").write_text("hugetlb\n")
     layout = cgroups.Layout(unified=tmp_path, v1={"memory": tmp_path / "memory"})
     problem = cgroups.crun_hybrid_problem(layout)
-    assert "hugetlb" in problem and "mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb" in problem
+    assert "hugetlb" in problem
+    assert "mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb" in problem
     (tmp_path / "cgroup.controllers").write_text("\n")
     assert cgroups.crun_hybrid_problem(layout) is None
     assert cgroups.crun_hybrid_problem(cgroups.Layout(unified=tmp_path, v1={})) is None  # pure v2 is fine

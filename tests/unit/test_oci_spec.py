@@ -113,14 +113,17 @@ def test_unprivileged_defaults():
 
 def test_explicit_masked_paths_replace_the_defaults():
     spec = S.container_spec(inputs(masked_paths=["/proc/x"], readonly_paths=["/proc/y"]))
-    assert spec["linux"]["maskedPaths"] == ["/proc/x"] and spec["linux"]["readonlyPaths"] == ["/proc/y"]
+    assert spec["linux"]["maskedPaths"] == ["/proc/x"]
+    assert spec["linux"]["readonlyPaths"] == ["/proc/y"]
 
 
 def test_privileged_clears_masks_allows_devices_and_ignores_seccomp():
     dev = S.DeviceRequest("/dev/sda", "/dev/sda", "rwm", "b", 8, 0)
     spec = S.container_spec(inputs(privileged=True, seccomp="runtime/default", host_devices=[dev]))
     linux = spec["linux"]
-    assert "maskedPaths" not in linux and "readonlyPaths" not in linux and "seccomp" not in linux
+    assert "maskedPaths" not in linux
+    assert "readonlyPaths" not in linux
+    assert "seccomp" not in linux
     assert linux["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     assert linux["devices"][0]["path"] == "/dev/sda"
     assert "ro" not in mount_at(spec, "/sys")["options"]
@@ -131,7 +134,8 @@ def test_seccomp_runtime_default_and_localhost():
     spec = S.container_spec(inputs(seccomp="runtime/default", kernel_release="6.1.0"))
     profile = spec["linux"]["seccomp"]
     assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
-    assert "keyctl" in profile["syscalls"][0]["names"] and "mount" in profile["syscalls"][0]["names"]
+    assert "keyctl" in profile["syscalls"][0]["names"]
+    assert "mount" in profile["syscalls"][0]["names"]
     with_admin = S.container_spec(inputs(seccomp="runtime/default", add_capabilities=["SYS_ADMIN"]))
     assert "mount" not in with_admin["linux"]["seccomp"]["syscalls"][0]["names"]
     local = S.container_spec(inputs(seccomp="localhost", seccomp_localhost_profile={
@@ -203,7 +207,8 @@ def test_a_mount_with_mappings_is_idmapped_in_a_pod_user_namespace():
         "destination": "/vol", "type": "bind", "source": "/h", "options": ["rbind", "rprivate", "rw", "idmap"],
         "uidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}],
         "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}
-    assert "uidMappings" not in mount_at(spec, "/plain") and "idmap" not in mount_at(spec, "/plain")["options"]
+    assert "uidMappings" not in mount_at(spec, "/plain")
+    assert "idmap" not in mount_at(spec, "/plain")["options"]
 
 
 @pytest.mark.parametrize("uids,gids,userns,message", [

@@ -31,6 +31,9 @@ def test_named_errors_keep_their_kind_and_name_the_step():
     err = named_error("creating the pod cgroup", InvalidArgument("bad path"))
     assert isinstance(err, InvalidArgument) and str(err) == "creating the pod cgroup: bad path"
     cni = named_error("CNI ADD", CNIError("bridge", "ADD", 7, "boom"))
-    assert isinstance(cni, CNIError) and str(cni).startswith("CNI ADD: CNI plugin bridge ADD failed (code 7)")
+    assert isinstance(cni, CNIError)
+    assert str(cni).startswith("CNI ADD: CNI plugin bridge ADD failed (code 7)")
     other = named_error("mounting shm", OSError(28, "No space left on device"))
-    assert isinstance(other, Internal) and "mounting shm" in str(other) and "No space" in str(other)
+    assert isinstance(other, Internal)
+    assert "mounting shm" in str(other)
+    assert "No space" in str(other)

@@ -14,7 +14,9 @@ def test_ids_are_64_hex_and_unique():
     ids = {new_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(valid_id(i) for i in ids)
-    assert not valid_id("A" * 64) and not valid_id("a" * 63) and not valid_id("../" + "a" * 61)
+    assert not valid_id("A" * 64)
+    assert not valid_id("a" * 63)
+    assert not valid_id("../" + "a" * 61)
 
 
 def test_index_finds_by_unique_prefix_and_rejects_ambiguous():

@@ -18,7 +18,8 @@ def test_pressure_and_swap_become_cri_fields():
 
 def test_a_host_without_psi_or_swap_accounting_sends_none():
     sample = Stats(timestamp_ns=5, memory_usage=100)
-    assert not cpu_message(sample, None).HasField("psi") and not memory_message(sample).HasField("psi")
+    assert not cpu_message(sample, None).HasField("psi")
+    assert not memory_message(sample).HasField("psi")
     assert io_message(sample) is None and swap_message(sample) is None
     unlimited = swap_message(Stats(timestamp_ns=5, swap_usage=3))
     assert unlimited.swap_usage_bytes.value == 3 and not unlimited.HasField("swap_available_bytes")

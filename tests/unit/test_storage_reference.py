@@ -52,7 +52,9 @@ def test_invalid_references_are_rejected_naming_the_input(text):
 
 
 def test_short_names_and_ids():
-    assert is_short_name("busybox:1") and is_short_name("team/app") and is_short_name(f"app@{DIGEST}")
+    assert is_short_name("busybox:1")
+    assert is_short_name("team/app")
+    assert is_short_name(f"app@{DIGEST}")
     assert not is_short_name("gcr.io/app") and not is_short_name("localhost:5000/app:1")
     assert parse_image_id("ab" * 32) == "sha256:" + "ab" * 32
     assert parse_image_id("sha256:" + "ab" * 32) == "sha256:" + "ab" * 32

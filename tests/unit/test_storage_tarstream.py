@@ -76,7 +76,9 @@ def test_gnu_long_names_base256_numbers_pax_globals_and_xattrs():
     data = build([(info(long, size=3, uid=2**40, mtime=5), b"abc"),
                   (info("l", tarfile.SYMTYPE, linkname="t" * 300), b"")], tarfile.GNU_FORMAT)
     entries = read_all(data)
-    assert entries[0][0] == long and entries[0][3] == 2**40 and entries[0][9] == b"abc"
+    assert entries[0][0] == long
+    assert entries[0][3] == 2**40
+    assert entries[0][9] == b"abc"
     assert entries[1][6] == "t" * 300
     pax = build([(info("x", size=1), b"1")], pax_global={"uid": "77"})
     assert read_all(pax)[0][3] == 77

@@ -67,7 +67,9 @@ def test_metadata_links_devices_and_whiteouts(area, compression):
     assert stat.S_IMODE(os.stat(root / "bin").st_mode) == 0o711
     assert int(os.stat(root / "bin").st_mtime) == 1_700_000_000  # directory times set after their children
     null = os.stat(root / "dev/null")
-    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
+    assert stat.S_ISCHR(null.st_mode)
+    assert os.major(null.st_rdev) == 1
+    assert os.minor(null.st_rdev) == 3
     assert stat.S_ISBLK(os.stat(root / "dev/loop9").st_mode)
     assert stat.S_ISFIFO(os.stat(root / "run/pipe").st_mode)
     whiteout = os.stat(root / "etc/removed")

@@ -28,9 +28,11 @@ class FakeBackend:
         self.cancelled = asyncio.Event()
         self.sizes: list[TerminalSize] = []
         self.attached: list[str] = []
+        self.ran: list[str] = []
 
     async def exec(self, container_id, cmd, tty, stdin, stdout, stderr, resize):
         name, args = cmd[0], cmd[1:]
+        self.ran.append(name)
         if name == "echo":
             await stdout.write((" ".join(args) + "\n").encode())
         elif name == "cat":
@@ -347,17 +349,25 @@ def test_kubernetes_python_client_websocket_exec():
 async def test_missing_streams_time_out_and_idle_sessions_end():
     backend = FakeBackend()
     server = await streaming(backend, stream_creation_timeout=0.2, idle_timeout=0.3)
+    loop = asyncio.get_running_loop()
     try:
-        # Only the error stream arrives: the server gives up on the rest and closes the connection.
+        # Only the error stream arrives: the server gives up on the rest, closes the connection, runs nothing.
         conn, _ = await spdy_connect(exec_url(server, "echo", "x"), ["v4.channel.k8s.io"])
         error = await conn.open_stream({"streamtype": "error"})
         await error.wait_reply()
-        await conn.done
-        # A session that goes quiet is closed, and its command cancelled.
+        started = loop.time()
+        await asyncio.wait_for(conn.done, 5)
+        assert loop.time() - started < 5
+        assert backend.ran == []
+        # A session that goes quiet is closed after the idle timeout, and its command cancelled.
         session = await SpdySession.open(exec_url(server, "hang", stdin=True, stderr=False), stdin=True,
                                          stderr=False)
-        await backend.cancelled.wait()
-        await session.conn.done
+        started = loop.time()
+        await asyncio.wait_for(session.conn.done, 5)
+        waited = loop.time() - started
+        assert waited >= 0.25, f"closed after {waited:.2f}s, before the 0.3 s idle timeout"
+        await asyncio.wait_for(backend.cancelled.wait(), 5)
+        assert backend.ran == ["hang"]
     finally:
         await server.stop()
 

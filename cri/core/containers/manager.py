@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from cri.config import Config
@@ -25,7 +26,7 @@ from cri.core import events as ev
 from cri.core.images import ImageService
 from cri.core.sandboxes import SandboxManager
 from cri.oci import apparmor
-from cri.oci.conmon import BundlePaths
+from cri.oci.conmon import BundlePaths, Conmon
 from cri.oci.runtime import ExecResult, OCIRuntime
 from cri.state.container_record import ContainerRecord, ContainerRequest, ResourcesSpec
 from cri.state.container_state import LISTED, LIVE
@@ -46,8 +47,10 @@ StatsList = list[ContainerStats]
 
 
 class ContainerManager:
-    def __init__(self, config: Config, sandboxes: SandboxManager, images: ImageService, bus: ev.EventBus) -> None:
-        self._t = Table(config, bus)
+    def __init__(self, config: Config, sandboxes: SandboxManager, images: ImageService, bus: ev.EventBus, *,
+                 conmon: Conmon | None = None, runtimes: Mapping[str, OCIRuntime] | None = None) -> None:
+        """``conmon`` and ``runtimes`` replace the real ones (tests/unit/test_container_manager.py)."""
+        self._t = Table(config, bus, conmon=conmon, runtimes=runtimes)
         self._stats = Sampler(images)
         self._exits = Exits(self._t, self._stats.forget, images.unmount_rootfs)
         self._creator = Creator(self._t, sandboxes, images, self._exits)

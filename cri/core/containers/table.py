@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from cri.config import Config
@@ -23,20 +24,23 @@ from hostos.cgroups.driver import driver
 
 
 class Table:
-    def __init__(self, config: Config, bus: ev.EventBus) -> None:
+    """``conmon`` and ``runtimes`` (by handler name) replace the real ones, for tests without root."""
+
+    def __init__(self, config: Config, bus: ev.EventBus, *, conmon: Conmon | None = None,
+                 runtimes: Mapping[str, OCIRuntime] | None = None) -> None:
         self.config = config
         self.events = bus
         self.store = RecordStore(Path(config.root) / "containers", ContainerRecord)
         self.dir = Path(config.state_dir) / "containers"  # one bundle directory per container
         self.exit_dir = Path(config.state_dir) / "exits"
         self.cgroups = driver(config.runtime.cgroup_manager)
-        self.conmon = Conmon(config.runtime.conmon, self.exit_dir, self.cgroups)
+        self.conmon = conmon or Conmon(config.runtime.conmon, self.exit_dir, self.cgroups)
         self.apparmor = apparmor.Loader()
         self.index: Index[ContainerRecord] = Index("container")
         self.names = NameRegistry("container")
         self.claims = Claims(self.names, self.index)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._runtimes: dict[str, OCIRuntime] = {}
+        self._runtimes: dict[str, OCIRuntime] = dict(runtimes or {})
 
     def lock(self, container_id: str) -> asyncio.Lock:
         """The container's own lock; no lock is ever held across containers."""
