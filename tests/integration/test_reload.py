@@ -15,7 +15,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from cri.config import render_toml
-from tests.integration.helpers_containers import container_config, exec_sync, pod_config, run, status
+from tests.integration.helpers_containers import IMAGE, container_config, exec_sync, pod_config, run, status
 from tests.integration.helpers_sandboxes import installed_network
 from tests.journal_socket import FakeJournal
 

@@ -154,11 +154,13 @@ def test_status_advertises_user_namespaces_for_installed_handlers(daemon_factory
     assert {h.name: h.features.user_namespaces for h in handlers} == {"": False, "runc": False, "crun": True,
                                                                      "missing": False}
     err = refused(d, userns_pod_config(Path(d.base) / "logs"), "missing")
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "'missing'" in err.details(), err.details()
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert "'missing'" in err.details(), err.details()
     # RuntimeFeatures.user_namespaces_host_network (CRI v1.36) tells the truth: such a pod is refused.
     assert d.runtime.Status(api_pb2.StatusRequest()).features.user_namespaces_host_network is False
     err = refused(d, userns_pod_config(Path(d.base) / "logs", network=api_pb2.NODE), "crun")
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "user namespace cannot use the host's network" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "user namespace cannot use the host's network" in err.details()
 
 
 def test_an_orphan_rootfs_bound_into_a_user_namespaced_pod_is_released_at_start(net_env, tmp_path):

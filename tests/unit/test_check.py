@@ -42,6 +42,9 @@ def test_systemd_asked_for_without_systemd_is_a_required_failure(tmp_path, monke
 
     monkeypatch.setattr(systemd, "SYSTEMD_RUN_DIR", tmp_path / "absent")
     manager = by_name(findings(config(tmp_path, cgroup_manager="systemd")[0]))["cgroup manager (systemd)"]
-    assert not manager.ok and manager.required and "not PID 1" in manager.detail and "cgroupfs" in manager.fix
+    assert not manager.ok
+    assert manager.required
+    assert "not PID 1" in manager.detail
+    assert "cgroupfs" in manager.fix
     auto = by_name(findings(config(tmp_path, cgroup_manager="auto")[0]))["cgroup manager (auto)"]
     assert auto.ok and auto.detail == "cgroupfs"
