@@ -1,11 +1,12 @@
 """SIGHUP: apply the configuration that can change while pods run, as crio does on SIGHUP.
 
-Live: logging (log_level, log_format, log_target, journal_socket), registries.conf and its drop-ins (re-read even
-when the paths did not change: that is the point of the signal), [storage] pinned_images, the [network] CNI
-settings (the conf dir is read again at once), and the runtime handlers (added, changed, default_runtime). Running pods and containers
-are never touched: a handler still used by a pod keeps its definition (changing or removing it is refused with
-a warning), so their stop and removal find the runtime and root they were created with. Every other key is
-read at start only; a changed one is named in a warning. A configuration that does not load changes nothing.
+Live: logging (log_level, log_format, log_target, journal_socket), registries.conf and its drop-ins (re-read
+even when the paths did not change: that is the point of the signal), [storage] pinned_images, the [network] CNI
+settings (the conf dir is read again at once), and the runtime handlers (added, changed, default_runtime).
+Running pods and containers are never touched: a handler still used by a pod keeps its definition (changing or
+removing it is refused with a warning), so their stop and removal find the runtime and root they were created
+with. Every other key is read at start only; a changed one is named in a warning. A configuration that does not
+load changes nothing.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from cri.state.container_state import ContainerState
 from cri.state.ids import new_id
 from cri.state.sandbox_record import SandboxRecord
 from hostos.atomicfile import atomic_write_bytes
+from storage.images import ImageRecord
 from storage.idmap import IdMap
 
 from . import checkpoint as checkpoints, specgen
@@ -244,7 +245,7 @@ class Creator:
             raise FailedPrecondition(f"container {record.id} could not be created: {e}") from e
 
 
-def _image_ref(image) -> str:
+def _image_ref(image: ImageRecord | None) -> str:
     """What kubelet shows as an image's imageID: its repo digest, else its id ("" for an image not there, which
     the rootfs step then reports as not found)."""
     if image is None:
