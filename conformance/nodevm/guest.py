@@ -74,7 +74,8 @@ def install(site: Path, out: Output) -> None:
     started = time.monotonic()
     shutil.copytree("/mnt/nodevm/src", SRC, ignore=SKIP, symlinks=True)
     sh([sys.executable, "-m", "venv", "--without-pip", str(VENV)], out)
-    purelib = Path(subprocess.run([str(VENV / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = Path(subprocess.run([str(VENV / "bin" / "python"), "-c",
+                                   "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   capture_output=True, text=True, check=True).stdout.strip())
     (purelib / "nodevm-deps.pth").write_text(f"{site}\n")
     (purelib / "pycri-checkout.pth").write_text(f"{SRC}\n")
@@ -105,7 +106,7 @@ def start_registry(registry_data: Path, kit_conf: Path, out: Output) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError("the kit's registry did not answer on 127.0.0.1:5000 within 60 s")
+                raise RuntimeError("the kit's registry did not answer on 127.0.0.1:5000 within 60 s") from None
             time.sleep(1)
 
 

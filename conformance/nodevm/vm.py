@@ -168,7 +168,8 @@ def boot(image: Image, job: Job, machine: Machine = Machine(), out=sys.stdout.bu
         rc = int(status.read_text().strip())
     except (OSError, ValueError):
         log(f"nodevm: the VM stopped after {elapsed:.0f} s without an exit status (qemu exit "
-            f"{proc.returncode}); qemu: {_tail(run_dir / 'qemu.log', 5)}\nconsole tail:\n{_tail(run_dir / 'console.log')}")
+            f"{proc.returncode}); qemu: {_tail(run_dir / 'qemu.log', 5)}\n"
+            f"console tail:\n{_tail(run_dir / 'console.log')}")
         return EXIT_NO_STATUS
     log(f"nodevm: the VM ran for {elapsed:.0f} s; exit status {rc}; logs in {run_dir}")
     return rc
