@@ -4,6 +4,7 @@ the event loop; an import is spooled to a file under the root, then loaded in a 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import socket
 import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from cri.errors import CRIError, InvalidArgument, NotFound
 from cri.observe import trace
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 REQUEST_LIMIT = 64 * 1024
 CHUNK = 1 << 20
+# The arguments a request may carry besides op and root, by name (each op_* takes some of them).
+_ARGUMENT_TYPES: dict[str, type] = {"id": str, "pod": str, "pin": bool}
 
 
 class OtherRoot(Exception):
@@ -76,38 +79,68 @@ class AdminServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()  # read before any answer: unread data would reset the connection
+            try:  # read before any answer: unread data would reset the connection
+                line = await reader.readline()
+            except ValueError:  # longer than REQUEST_LIMIT without a newline (LimitOverrunError, as readline says it)
+                line = None
             if _peer_uid(writer) != 0:
                 answer = {"ok": False, "error": "the admin socket serves root only"}
+            elif line is None:
+                answer = {"ok": False, "error": f"admin request longer than {REQUEST_LIMIT} bytes"}
             else:
-                try:
-                    req = json.loads(line)
-                    op = req.pop("op")
-                    root = req.pop("root", None)
-                    if root is not None and Path(root) != Path(self._rt.config.root):
-                        raise OtherRoot(f"this daemon serves root {self._rt.config.root}, not {root}")
-                    handler = getattr(self, f"op_{op}", None)
-                    if handler is None:
-                        raise InvalidArgument(f"unknown admin request {op!r}")
-                    answer = {"ok": True, "result": await handler(reader, **req)}
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    answer = {"ok": False, "error": f"malformed admin request: {line[:200]!r}"}
-                except OtherRoot as exc:
-                    answer = {"ok": False, "error": str(exc), "other_root": True}
-                except CRIError as exc:
-                    answer = {"ok": False, "error": str(exc)}
-                except Exception as exc:
-                    from cri.server.errors import status_for  # storage and network errors read the same
-
-                    _, message = status_for(exc)
-                    log.info("admin request failed: %s", message)
-                    answer = {"ok": False, "error": message}
+                answer = await self._answer(reader, line)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
+
+    def _handler(self, line: bytes) -> tuple[Callable[..., Any], dict]:
+        """The op_* method the request names and its arguments, checked against its signature: ValueError for a
+        request that is not `{"op": NAME, ...}` with the arguments NAME takes, of the types it takes."""
+        req = json.loads(line)
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            raise ValueError("not a JSON object with an op")
+        op = req.pop("op")
+        root = req.pop("root", None)
+        if root is not None and (not isinstance(root, str) or Path(root) != Path(self._rt.config.root)):
+            raise OtherRoot(f"this daemon serves root {self._rt.config.root}, not {root}")
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise InvalidArgument(f"unknown admin request {op!r}")
+        try:
+            inspect.signature(handler).bind(None, **req)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        for name, value in req.items():
+            expected = _ARGUMENT_TYPES.get(name)
+            if expected is None or type(value) is not expected:
+                raise ValueError(f"argument {name!r} of {op!r} must be {expected.__name__ if expected else 'absent'}")
+        return handler, req
+
+    async def _answer(self, reader: asyncio.StreamReader, line: bytes) -> dict:
+        try:
+            handler, args = self._handler(line)
+        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError included
+            return {"ok": False, "error": f"malformed admin request ({exc}): {line[:200]!r}"}
+        except OtherRoot as exc:
+            return {"ok": False, "error": str(exc), "other_root": True}
+        except CRIError as exc:
+            return {"ok": False, "error": str(exc)}
+        try:
+            return {"ok": True, "result": await handler(reader, **args)}
+        except CRIError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            from cri.server.errors import is_expected, status_for  # storage and network errors read the same
+
+            _, message = status_for(exc)
+            if is_expected(exc):
+                log.info("admin request failed: %s", message)
+            else:
+                log.exception("admin request failed unexpectedly")
+            return {"ok": False, "error": message}
 
     # ---- requests ------------------------------------------------------------------------------------
 
