@@ -6,11 +6,15 @@ leaves a setting as it is.
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hostos.cgroups.layout import Layout, layout
+
+log = logging.getLogger(__name__)
 
 _V2_DEFAULT_PERIOD = 100_000
 _SWAP_FILES = {"memory.memsw.limit_in_bytes", "memory.swap.max"}
@@ -44,6 +48,8 @@ def planned_writes(limits: Limits, lay: Layout) -> list[tuple[str, str, str]]:
     for key in limits.unified:
         if not _UNIFIED_KEY.fullmatch(key) or ".." in key:
             raise ValueError(f"unified key {key!r} is not a cgroup interface file name (controller.setting)")
+        if key.startswith("cgroup."):  # cgroup.procs would move any process of the host into the pod's cgroup
+            raise ValueError(f"unified key {key!r} is a core cgroup file, not a controller's limit")
     for size, _ in limits.hugepages:
         if not _PAGE_SIZE.fullmatch(size):
             raise ValueError(f"hugepage size {size!r} is not a page size such as 2MB or 1GB")
@@ -85,23 +91,40 @@ def planned_writes(limits: Limits, lay: Layout) -> list[tuple[str, str, str]]:
 
 
 def apply(cgroups_path: str, limits: Limits, lay: Layout | None = None) -> list[str]:
-    """Write the limits into the cgroup; return the files written. OSError names the file and the value.
+    """Write the limits into the cgroup; return the files written. OSError names the file and the value; the
+    files written before the one refused get their previous values back, so that a failed resize leaves the
+    cgroup as it was.
 
     v1 wants memory <= memory+swap at every step: when a write is refused (EINVAL), the pair is written the
     other way round, as runc does when it lowers or raises both.
     """
     lay = lay or layout()
     relative = cgroups_path.strip("/")
-    written: list[str] = []
-    writes = planned_writes(limits, lay)
     paths = []
-    for controller, name, value in writes:
+    for controller, name, value in planned_writes(limits, lay):
         mount = lay.unified if controller == "" else lay.v1.get(controller)
         if mount is None:
             raise OSError(errno.ENOENT, f"no {controller or 'cgroup2'} hierarchy is mounted for {name}")
         paths.append((mount / relative / name, value))
     # Without swap accounting (v1 without swapaccount=1) there is no swap limit to write.
     pending = [(p, v) for p, v in paths if p.name not in _SWAP_FILES or p.exists()]
+    before = {p: _read(p) for p, _ in pending}
+    written: list[str] = []
+    try:
+        _write_all(pending, written)
+    except OSError:
+        restore = [(Path(p), old) for p in written if (old := before[Path(p)]) is not None]
+        try:
+            _write_all(restore, [])
+        except OSError as e:
+            log.warning("restoring %s after a failed resize: %s", os.path.dirname(written[0]), e.strerror or e)
+        raise
+    return written
+
+
+def _write_all(pending: list[tuple[Path, str]], written: list[str]) -> None:
+    """Write in order, appending each file written to `written` (also when a later write fails)."""
+    pending = list(pending)
     while pending:
         path, value = pending.pop(0)
         try:
@@ -112,10 +135,17 @@ def apply(cgroups_path: str, limits: Limits, lay: Layout | None = None) -> list[
                 raise
             pending.remove(partner)
             _write(*partner)
-            _write(path, value)
             written.append(str(partner[0]))
+            _write(path, value)
         written.append(str(path))
-    return written
+
+
+def _read(path: Path) -> str | None:
+    """A limit file's value as it can be written back (v1 and v2 read back what they take), or None."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def _swap_partner(path: Path, pending: list[tuple[Path, str]]) -> tuple[Path, str] | None:

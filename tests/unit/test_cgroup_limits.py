@@ -73,6 +73,26 @@ def test_a_missing_swap_file_means_no_swap_accounting_and_is_skipped(tmp_path):
     assert (pod / "memory.max").read_text() == "300" and not (pod / "memory.swap.max").exists()
 
 
+def test_a_refused_write_puts_back_the_files_written_before_it(tmp_path, monkeypatch):
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    for name, value in (("cpu.max", "max 100000"), ("cpu.weight", "100"), ("memory.max", "max")):
+        (pod / name).write_text(value + "\n")  # as the kernel shows them
+    real_write = limits_module._write
+
+    def kernel_like(path: Path, value: str) -> None:
+        if path.name == "memory.max" and int(value) < 1000:
+            raise OSError(errno.EBUSY, f"writing {value} to {path}: Device or resource busy")
+        real_write(path, value)
+
+    monkeypatch.setattr(limits_module, "_write", kernel_like)
+    with pytest.raises(OSError, match="memory.max"):
+        apply_limits("/pod", Limits(cpu_quota=50000, cpu_shares=512, memory=10), Layout(unified=tmp_path, v1={}))
+    assert (pod / "cpu.max").read_text() == "max 100000"
+    assert (pod / "cpu.weight").read_text() == "100"
+    assert (pod / "memory.max").read_text() == "max\n"
+
+
 def test_pod_limits_add_the_overhead():
     resources = ResourcesSpec(cpu_period=100000, cpu_quota=200000, cpu_shares=2048, memory_limit_in_bytes=256 << 20,
                               cpuset_cpus="0-1")
@@ -87,7 +107,8 @@ def test_pod_limits_add_the_overhead():
 
 @pytest.mark.parametrize("limits", [Limits(unified={"../../etc/passwd": "x"}), Limits(unified={"memory.max/..": "1"}),
                                     Limits(unified={"cgroup..procs": "1"}), Limits(hugepages=(("../2MB", 1),)),
-                                    Limits(hugepages=(("2MB/x", 1),))])
+                                    Limits(hugepages=(("2MB/x", 1),)), Limits(unified={"cgroup.procs": "1"}),
+                                    Limits(unified={"cgroup.kill": "1"})])
 def test_names_that_would_leave_the_cgroup_directory_are_refused(limits):
     with pytest.raises(ValueError):
         planned_writes(limits, V2)
