@@ -87,14 +87,18 @@ def apply(rt: Runtime, new: Config, setup_logging: Callable[[Config], None]) -> 
     rt.images.store.registries = store_registries
     old.storage.pinned_images = new.storage.pinned_images
     rt.images.set_pinned(new.storage.pinned_images)
-    old.network = new.network
-    if rt.cni is not None:
-        rt.cni.reconfigure(new.network.cni_conf_dir, new.network.cni_plugin_dirs, new.network.cni_timeout)
     replaced = {n for n in old.runtime.handlers if runtime.handlers.get(n) != old.runtime.handlers[n]}
     old.runtime = runtime
     rt.sandboxes.set_runtime_handlers(runtime.handlers, runtime.default_runtime)
     for name in replaced:
         rt.containers.forget_runtime(name)
+    old.network = new.network
+    if rt.cni is not None:
+        try:
+            rt.cni.reconfigure(new.network.cni_conf_dir, new.network.cni_plugin_dirs, new.network.cni_timeout)
+        except OSError as e:  # the settings are in: the watcher reads the directory again at its next poll
+            log.warning("configuration reload: reading the CNI config dir %s failed (%s); retried every poll",
+                        new.network.cni_conf_dir, e)
     applied = [k for k in changed if k.startswith(_LIVE_PREFIXES)]
     log.info("configuration reloaded: registries.conf and the CNI config re-read%s",
              f"; changed: {', '.join(applied)}" if applied else "")
