@@ -221,7 +221,7 @@ def _env_overrides(environ: dict[str, str]) -> dict:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in ("PYCRI_CONFIG", "PYCRI_CONFIG_DIR"):
             continue
-        if name.startswith(ENV_PREFIX + "FAULT"):  # fault-injection switches, not configuration
+        if name.startswith((ENV_PREFIX + "FAULT", ENV_PREFIX + "TEST_")):  # fault injection, test knobs: not config
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
         node = out

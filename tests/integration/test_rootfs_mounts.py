@@ -88,7 +88,7 @@ def test_an_idmapped_rootfs_shows_the_image_as_the_maps_root(store, tmp_path):
 
 def test_clones_a_crash_left_attached_are_unmounted_at_start_never_deleted_through(store, tmp_path):
     image_id = image(store, tmp_path)
-    layer_dir = next((store.root / "layers").glob("*/diff/etc")).parent
+    layer_dir = next((store.root / "layers").glob("*/diff/etc/app.conf")).parents[1]  # the layer that has it
     kept = store.create_rootfs("c-kept", image_id, MAP)
     # what a crash between attaching a clone and mounting the overlay leaves: one with a record, one without
     for cid in ("c-kept", "c-norecord"):
