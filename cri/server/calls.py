@@ -69,6 +69,9 @@ def wrap_unary(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable
             if mutating:
                 return await run_to_end(request, context)
             return await handler(rt, request, context)
+        except asyncio.CancelledError:  # the caller went away (a deadline, a dropped connection)
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:  # every failure leaves as a status, never as a crash
             code, message = status_for(exc)
             if not is_expected(exc):
@@ -88,21 +91,33 @@ def wrap_unary(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable
 
 
 def wrap_stream(name: str, handler: Callable, rt: Runtime) -> Callable:
+    """Stream* calls: counted and timed in the metrics like the others (open to close), and logged when done."""
     level = _level(name)
+    metrics = getattr(rt, "metrics", None)
+    record = metrics.rpc(name) if metrics is not None else None
 
     async def call(request, context: grpc.aio.ServicerContext):
         rid = next(_ids)
-        log.log(level, "rpc=%s id=%d stream opened", name, rid)
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             async for item in handler(rt, request, context):
                 yield item
+        except (asyncio.CancelledError, GeneratorExit):  # the caller went away mid-stream
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             code, message = status_for(exc)
             if not is_expected(exc):
                 log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
             await context.abort(code, message)
         finally:
-            log.log(level, "rpc=%s id=%d stream closed", name, rid)
+            duration = time.perf_counter() - start
+            if record is not None:
+                record(code.name, duration)
+            lvl = level if code is grpc.StatusCode.OK else logging.INFO
+            if log.isEnabledFor(lvl):
+                log.log(lvl, "rpc=%s id=%d code=%s duration_ms=%.2f", name, rid, code.name, duration * 1000)
 
     return call
 

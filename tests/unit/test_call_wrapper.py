@@ -1,0 +1,89 @@
+"""cri/server/calls.py: Stream* calls are counted and timed in the metrics like unary ones, with their status."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from cri.errors import NotFound
+from cri.server.calls import wrap
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self):
+        self.aborted = None
+
+    async def abort(self, code, message):
+        self.aborted = (code, message)
+        raise _Aborted(message)  # as grpc.aio's context does
+
+
+def _runtime():
+    calls = []
+    metrics = SimpleNamespace(rpc=lambda name: lambda code, seconds: calls.append((name, code, seconds >= 0)))
+    return SimpleNamespace(metrics=metrics), calls
+
+
+async def _two(rt, request, context):
+    yield 1
+    yield 2
+
+
+async def _fails_after_one(rt, request, context):
+    yield 1
+    raise NotFound("pod sandbox x not found")
+
+
+async def _collect(call, context):
+    return [item async for item in call(None, context)]
+
+
+def test_a_stream_that_ends_is_recorded_ok():
+    rt, calls = _runtime()
+    assert asyncio.run(_collect(wrap("StreamContainers", _two, rt), _Context())) == [1, 2]
+    assert calls == [("StreamContainers", "OK", True)]
+
+
+def test_a_stream_that_fails_is_recorded_with_its_code_and_aborted():
+    rt, calls = _runtime()
+    context = _Context()
+    with pytest.raises(_Aborted):
+        asyncio.run(_collect(wrap("StreamPodSandboxes", _fails_after_one, rt), context))
+    assert context.aborted == (grpc.StatusCode.NOT_FOUND, "pod sandbox x not found")
+    assert calls == [("StreamPodSandboxes", "NOT_FOUND", True)]
+
+
+def test_a_stream_the_caller_leaves_is_recorded_cancelled():
+    rt, calls = _runtime()
+
+    async def leave_after_one():
+        stream = wrap("StreamImages", _two, rt)(None, _Context())
+        assert await stream.__anext__() == 1
+        await stream.aclose()
+
+    asyncio.run(leave_after_one())
+    assert calls == [("StreamImages", "CANCELLED", True)]
+
+
+def test_a_unary_call_the_caller_leaves_is_recorded_cancelled():
+    rt, calls = _runtime()
+
+    async def slow(rt, request, context):
+        await asyncio.sleep(3600)
+
+    async def leave():
+        task = asyncio.ensure_future(wrap("ListContainers", slow, rt)(None, _Context()))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave())
+    assert calls == [("ListContainers", "CANCELLED", True)]
