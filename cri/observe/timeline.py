@@ -47,10 +47,6 @@ class Timeline:
             if len(phases) < self._max_phases:
                 phases.append({"subject": subject, "phase": phase, "start": start, "end": end, "failed": failed})
 
-    def forget(self, pod: str) -> None:
-        with self._lock:
-            self._pods.pop(pod, None)
-
     def snapshot(self, ref: str = "") -> list[dict]:
         """Pods whose id starts with `ref` or whose namespace/name or name is `ref`, oldest first."""
         with self._lock:
