@@ -38,7 +38,8 @@ def test_images_import_into_the_running_daemon_and_its_objects_read_back(daemon,
                                                      "example.test/layout:1")])
     saved = write_docker_archive(tmp_path / "saved.tar", build_busybox_image(extra_layers=[[Entry("s", data=b"s")]]),
                                  ["example.test/saved:2"])
-    assert pycri(daemon, "image", "import", str(layout)).returncode == 0
+    imported = pycri(daemon, "image", "import", str(layout))
+    assert imported.returncode == 0, imported.stderr
     piped = pycri(daemon, "image", "import", "-", "--pin", stdin=saved.read_bytes())
     assert piped.returncode == 0 and "example.test/saved:2 (pinned)" in piped.stdout, piped.stderr
     assert listed(daemon) == {"example.test/layout:1": False, "example.test/saved:2": True}
@@ -68,22 +69,25 @@ def test_images_import_into_the_running_daemon_and_its_objects_read_back(daemon,
         assert ps[1].split()[:3] == [cid[:13], "worker", "created"]
         assert pod[:13] in ps[1]
         inspected = json.loads(pycri(daemon, "inspect", cid[:12]).stdout)
-        assert inspected["kind"] == "container" and inspected["record"]["id"] == cid
+        assert inspected["kind"] == "container"
+        assert inspected["record"]["id"] == cid
         assert inspected["record"]["sandbox_id"] == pod
         assert json.loads(pycri(daemon, "inspect", pod).stdout)["kind"] == "pod"
         image = json.loads(pycri(daemon, "inspect", "example.test/layout:1").stdout)
         assert image["kind"] == "image"
         assert image["record"]["repo_tags"] == ["example.test/layout:1"]
         missing = pycri(daemon, "inspect", "0" * 20)
-        assert missing.returncode == 1 and "no container, pod or image" in missing.stderr
+        assert missing.returncode == 1
+        assert "no container, pod or image" in missing.stderr
 
         table = pycri(daemon, "timeline", "adminpod")
-        assert table.returncode == 0
+        assert table.returncode == 0, table.stderr
         assert table.stdout.startswith(f"POD ctr-test/adminpod {pod[:13]}")
         phases = [line.split()[1] for line in table.stdout.splitlines()[2:] if line.strip()]
         assert "namespaces" in phases and "sandbox_files" in phases
         svg = tmp_path / "t.svg"
-        assert pycri(daemon, "timeline", "--svg", str(svg)).returncode == 0
+        drawn = pycri(daemon, "timeline", "--svg", str(svg))
+        assert drawn.returncode == 0, drawn.stderr
         assert ET.parse(svg).getroot().tag.endswith("svg")
     finally:
         daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
@@ -92,16 +96,20 @@ def test_images_import_into_the_running_daemon_and_its_objects_read_back(daemon,
 
 def test_a_bad_archive_is_refused_with_the_daemons_reason_and_the_daemon_goes_on(daemon):
     bad = pycri(daemon, "image", "import", "-", stdin=b"not a tarball at all" * 100)
-    assert bad.returncode == 1 and "pycri image import:" in bad.stderr
+    assert bad.returncode == 1
+    assert "pycri image import:" in bad.stderr
     empty = pycri(daemon, "image", "import", "-", stdin=b"")
-    assert empty.returncode == 1 and "empty" in empty.stderr
-    assert pycri(daemon, "image", "ls").returncode == 0
+    assert empty.returncode == 1
+    assert "empty" in empty.stderr
+    listing = pycri(daemon, "image", "ls")
+    assert listing.returncode == 0, listing.stderr  # the daemon still serves
     assert list((daemon.root / "admin-spool").iterdir()) == []
 
 
 def test_the_admin_socket_is_roots_alone(daemon):
     admin = daemon.base / "cri-admin.sock"
-    assert stat.S_IMODE(admin.stat().st_mode) == 0o600 and admin.stat().st_uid == 0
+    assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+    assert admin.stat().st_uid == 0
     probe = ("import os, socket, sys\nos.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, "
              "65534)\n"
              "s = socket.socket(socket.AF_UNIX)\n"
