@@ -12,6 +12,8 @@ from __future__ import annotations
 from cri.state.container_record import ResourcesSpec
 from hostos.cgroups.limits import Limits
 
+CFS_PERIOD_US = 100_000  # what the kernel uses when no cpu period is set
+
 
 def _sum(a: int, b: int) -> int:
     """A limit plus the overhead's; a side that sets nothing (0) or no limit (-1) leaves the other as it is."""
@@ -20,13 +22,18 @@ def _sum(a: int, b: int) -> int:
     return a + max(b, 0)
 
 
+def _rescaled(quota: int, period: int, to_period: int) -> int:
+    return quota * (to_period or CFS_PERIOD_US) // (period or CFS_PERIOD_US)
+
+
 def pod_limits(resources: ResourcesSpec, overhead: ResourcesSpec) -> Limits:
     """The pod cgroup's limits: its containers' resources plus the sandbox overhead, as kubelet sizes it."""
     period = resources.cpu_period or overhead.cpu_period
     quota = resources.cpu_quota
-    if quota > 0 and overhead.cpu_quota > 0:
-        # the overhead's quota, rescaled to the resources' period
-        quota += overhead.cpu_quota * period // (overhead.cpu_period or period)
+    if quota > 0:  # both quotas at the pod's period (a period left 0 is the kernel's default)
+        quota = _rescaled(quota, resources.cpu_period, period)
+        if overhead.cpu_quota > 0:
+            quota += _rescaled(overhead.cpu_quota, overhead.cpu_period, period)
     memory = _sum(resources.memory_limit_in_bytes, overhead.memory_limit_in_bytes)
     swap = resources.memory_swap_limit_in_bytes
     if swap > 0:

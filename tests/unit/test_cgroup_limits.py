@@ -105,6 +105,14 @@ def test_pod_limits_add_the_overhead():
     assert pod_limits(ResourcesSpec(), overhead).memory == 0
 
 
+def test_quotas_without_any_period_add_up_at_the_kernels_default_period():
+    # UpdatePodSandboxResources with cpu_quota but no cpu_period, for the pod and its overhead: no division by 0
+    limits = pod_limits(ResourcesSpec(cpu_quota=50000), ResourcesSpec(cpu_quota=5000))
+    assert (limits.cpu_period, limits.cpu_quota) == (0, 55000)
+    # 0.5 CPU (at the default period) plus 0.1 CPU of overhead, at the overhead's period
+    assert pod_limits(ResourcesSpec(cpu_quota=50000), ResourcesSpec(cpu_quota=5000, cpu_period=50000)).cpu_quota == 30000
+
+
 @pytest.mark.parametrize("limits", [Limits(unified={"../../etc/passwd": "x"}), Limits(unified={"memory.max/..": "1"}),
                                     Limits(unified={"cgroup..procs": "1"}), Limits(hugepages=(("../2MB", 1),)),
                                     Limits(hugepages=(("2MB/x", 1),)), Limits(unified={"cgroup.procs": "1"}),
