@@ -216,7 +216,7 @@ class Metrics:
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
             if method not in ("GET", "HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"only GET\n"
-            elif urlsplit(target).path != "/metrics":
+            elif _path(target) != "/metrics":
                 status, ctype, body = "404 Not Found", "text/plain", b"metrics are at /metrics\n"
             else:
                 encoder, ctype = choose_encoder(headers.get("accept", ""))
@@ -230,6 +230,14 @@ class Metrics:
             log.exception("serving a metrics scrape failed")
         finally:
             writer.close()
+
+
+def _path(target: str) -> str | None:
+    """The path of a request target (origin or absolute form); None for one that does not parse."""
+    try:
+        return urlsplit(target).path
+    except ValueError:  # "http://[" and the like: a 404, not a logged traceback
+        return None
 
 
 def registry_of(reference: str) -> str:
