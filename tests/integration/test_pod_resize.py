@@ -90,11 +90,14 @@ def test_a_limit_below_what_the_pod_uses_is_refused_and_named(resized_pod, cgrou
     d, pod, cfg = resized_pod
     cid = run(d, pod, cfg, container_config("filler", ["sh", "-c", "head -c 32m /dev/zero > /dev/shm/fill; sleep 3600"]))
     exec_sync(d, cid, ["sh", "-c", "while [ $(wc -c < /dev/shm/fill) -lt 33554432 ]; do sleep 0.1; done"], timeout=30)
-    with pytest.raises(grpc.RpcError) as e:
-        _resize(d, pod, api_pb2.LinuxContainerResources(memory_limit_in_bytes=4 * MiB))
+    cpu_before = _read("cpu", cgroup_parent, "cpu.cfs_quota_us", "cpu.max")
+    with pytest.raises(grpc.RpcError) as e:  # the cpu files are written first, then memory is refused
+        _resize(d, pod, api_pb2.LinuxContainerResources(cpu_period=100000, cpu_quota=20000,
+                                                        memory_limit_in_bytes=4 * MiB))
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert cgroup_parent in e.value.details()
     assert status(d, cid).status.state == api_pb2.CONTAINER_RUNNING
+    assert _read("cpu", cgroup_parent, "cpu.cfs_quota_us", "cpu.max") == cpu_before  # put back
 
 
 def test_what_cannot_be_resized_is_a_clear_status(env):  # noqa: F811
