@@ -24,7 +24,7 @@ def _count(d, text: str) -> int:
     return d.log_path.read_text(errors="replace").count(text)
 
 
-def sighup(d, timeout: float = 20) -> str:
+def sighup(d, timeout: float = 60) -> str:  # generous: the machine may be loaded; ends at once
     """Send SIGHUP and wait for the reload's outcome line; return it."""
     done = ("configuration reloaded", "configuration reload failed")
     before = [_count(d, t) for t in done]
@@ -92,7 +92,7 @@ def test_sighup_changes_the_log_level(daemon):
     rewrite(daemon, log_level="debug")
     assert sighup(daemon) == "configuration reloaded"
     daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # the loop ends as soon as the line is there
     while _count(daemon, "rpc=ListPodSandbox") == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _count(daemon, "rpc=ListPodSandbox") == 1
@@ -167,7 +167,7 @@ def test_under_systemd_the_daemon_logs_structured_entries_to_the_journal(daemon_
                                       timeout=60).pod_sandbox_id
         d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
         d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # the fake journal's thread may be slow to run on a loaded machine
         while not journal.find(RPC="RemovePodSandbox") and time.monotonic() < deadline:
             time.sleep(0.05)
         (serving,) = journal.find(MESSAGE="pycri serving CRI v1")
