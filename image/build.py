@@ -69,6 +69,13 @@ def run(*argv: str, **kwargs) -> None:
 
 def debootstrap(root: Path, mirror: str) -> None:
     if root.exists():
+        from hostos.mountinfo import mounts_below
+
+        # A build killed mid-way (here or in debootstrap) can leave /proc or /sys mounted in the old root:
+        # deleting through them would reach the host's files.
+        left = mounts_below(root.resolve())
+        if left:
+            raise SystemExit(f"{root} still has mounts from an earlier build: umount {' '.join(left)} first")
         shutil.rmtree(root)
     run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "--components=main", SUITE,
         str(root), mirror)
