@@ -46,7 +46,8 @@ def test_metrics_move_as_pods_and_containers_start(daemon_factory, registry, tmp
             assert value(before, "pycri_cni_operation_latency_seconds_count", operation="ADD") == 1
             assert value(before, "pycri_pods", state="ready") == 1
             assert value(before, "process_resident_memory_bytes") > 10e6
-            assert value(before, "process_open_fds") > 0 and value(before, "process_threads") > 1
+            assert value(before, "process_open_fds") > 0
+            assert value(before, "process_threads") > 1
 
             cid = run(d, pod, pod_cfg, container_config("sleeper", ["sleep", "60"]))
             with pytest.raises(grpc.RpcError):
@@ -76,9 +77,11 @@ def test_openmetrics_on_request_and_failed_pulls_by_registry(daemon_factory, tmp
         d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="127.0.0.1:9/nothing:1")),
                            timeout=30)
     ctype, text = scrape(port, accept="application/openmetrics-text; version=1.0.0")
-    assert ctype.startswith("application/openmetrics-text") and text.rstrip().endswith("# EOF")
+    assert ctype.startswith("application/openmetrics-text")
+    assert text.rstrip().endswith("# EOF")
     failures = [line for line in text.splitlines() if line.startswith("pycri_image_pulls_failure_total{")]
-    assert len(failures) == 1 and 'registry="127.0.0.1:9"' in failures[0], failures
+    assert len(failures) == 1, failures
+    assert 'registry="127.0.0.1:9"' in failures[0], failures
     ctype, _ = scrape(port)
     assert ctype.startswith("text/plain")
     with pytest.raises(urllib.error.HTTPError) as err:

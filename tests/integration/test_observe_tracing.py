@@ -69,7 +69,8 @@ def test_a_pod_start_is_one_trace_under_the_callers_span(daemon_factory, collect
     d.stop()  # the batch goes out at shutdown at the latest
     spans = servicer.wait_for("RunPodSandbox")
     run = next(s for s in spans if s.name == "RunPodSandbox")
-    assert run.trace_id.hex() == TRACE_ID and run.parent_span_id.hex() == PARENT_ID
+    assert run.trace_id.hex() == TRACE_ID
+    assert run.parent_span_id.hex() == PARENT_ID
     children = {s.name: s for s in spans if s.parent_span_id == run.span_id}
     assert {"namespaces", "sandbox_files"} <= set(children), sorted(children)
     for child in children.values():
