@@ -130,6 +130,8 @@ class AdminServer:
             return {"ok": False, "error": str(exc)}
         try:
             return {"ok": True, "result": await handler(reader, **args)}
+        except ConnectionError:  # the client went away mid-upload: nobody to answer
+            raise
         except CRIError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
