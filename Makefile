@@ -14,10 +14,12 @@ HOST_PACKAGES := runc crun conmon containernetworking-plugins iptables catatonit
 IMAGE_PACKAGES := debootstrap
 # What only the tests use: chromium opens `pycri timeline --svg` in a real browser.
 TEST_PACKAGES := chromium
+# make test-node-vm: qemu boots the node VM, debootstrap builds its disk.
+NODE_VM_PACKAGES := qemu-system-x86 debootstrap
 # Python venv support, only needed on minimal images.
 VENV_PACKAGES := python3-venv
 
-.PHONY: run test lint image install install-host install-test-host install-python install-cni-default unit integration bench stubs clean
+.PHONY: run test lint image install install-host install-test-host install-python install-cni-default unit integration bench stubs clean test-node-vm
 
 run: install
 	$(VENV)/bin/pycri check || true
@@ -39,6 +41,12 @@ integration: install install-test-host
 	$(PY) -m pytest -p no:cacheprovider -ra -m integration tests/integration
 
 install: install-host install-python install-cni-default
+
+# The node VM lane (conformance/nodevm): integration tests and critest (runc, crun) inside a Debian
+# 12 VM with systemd, cgroup v2 and AppArmor, under qemu; its disk is cached in /var/tmp.
+test-node-vm: install-python
+	@$(MAKE) --no-print-directory install-host HOST_PACKAGES="$(NODE_VM_PACKAGES)"
+	$(PY) -m conformance.nodevm lane
 
 # The pycri container image as an OCI archive, build/pycri-image.tar (docker.io/pycri/pycri:<version>), from
 # Debian's packages and this tree's wheels; `pycri image import` or `ctr images import` loads it on a node.

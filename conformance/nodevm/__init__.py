@@ -5,10 +5,11 @@ are not. The VM lets tests and critest run on that production shape without touc
 
     python -m conformance.nodevm build                 # build (or reuse) the cached disk
     python -m conformance.nodevm run -- CMD ARGS...    # boot, install pycri, run CMD inside, power off
+    python -m conformance.nodevm lane                  # make test-node-vm: integration tests + critest
 
 Modules: `image` builds the disk from Debian's archive, `wheels` installs the Python dependencies
 on the host, `vm` boots qemu under a machine-wide lock, `guest` is the agent the VM runs at boot
-(stdlib only).
+(stdlib only), `lane` the test sequence of make test-node-vm inside the VM.
 """
 
 from pathlib import Path

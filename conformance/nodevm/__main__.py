@@ -1,4 +1,4 @@
-"""python -m conformance.nodevm {build | run [options] -- CMD...}: see conformance/nodevm/__init__.py."""
+"""python -m conformance.nodevm {build | run [options] -- CMD... | lane [options]}: see __init__.py."""
 
 from __future__ import annotations
 
@@ -58,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conformance.nodevm", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("build", help="build (or reuse) the cached node image and wheelhouse")
-    for name, text in (("run", "boot the VM, install pycri and run CMD in /opt/pycri (the checkout's copy)"),):
+    for name, text in (("run", "boot the VM, install pycri and run CMD in /opt/pycri (the checkout's copy)"),
+                       ("lane", "make test-node-vm: integration tests, then critest with runc and crun")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--cpus", type=int, default=2)
         p.add_argument("--memory", type=int, default=3072, help="MB")
         p.add_argument("--timeout", type=float, default=3600, help="seconds the command may take")
         p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment for CMD")
+        if name == "lane":
+            p.add_argument("--integration", choices=("node", "all", "none"), default="node",
+                           help="node (default): the node-shape tests (lane.NODE_TESTS); all: tests/integration")
         if name == "run":
             p.add_argument("--no-install", action="store_true", help="do not install pycri (boot and run only)")
             p.add_argument("command", nargs="+", metavar="CMD")
@@ -75,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = dict(item.split("=", 1) for item in opts.env)
     machine = Machine(cpus=opts.cpus, memory_mb=opts.memory)
-    return run_in_vm(opts.command, install=not opts.no_install, timeout_s=opts.timeout, env=env, machine=machine)
+    if opts.action == "run":
+        return run_in_vm(opts.command, install=not opts.no_install, timeout_s=opts.timeout, env=env, machine=machine)
+    return run_in_vm(["python", "-m", "conformance.nodevm.lane", f"--integration={opts.integration}"], install=True,
+                     timeout_s=opts.timeout, env=env, machine=machine)
 
 
 if __name__ == "__main__":

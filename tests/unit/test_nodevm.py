@@ -90,3 +90,16 @@ def test_the_site_directory_holds_the_dependencies_and_the_test_extras():
     reqs = wheels.requirements(REPO / "pyproject.toml")
     assert any(r.startswith("grpcio==") for r in reqs)
     assert any(r.startswith("pytest") for r in reqs)
+
+
+def test_every_node_shape_test_of_the_lane_exists():
+    from conformance.nodevm import lane
+
+    assert [t for t in lane.NODE_TESTS if not (REPO / t).is_file()] == []
+
+
+def test_the_lane_installs_the_shipped_unit():
+    from conformance.nodevm import lane
+
+    unit = lane.UNIT.read_text()
+    assert "Type=notify" in unit and "ExecStart=/usr/local/bin/pycri daemon" in unit
