@@ -139,6 +139,7 @@ class ContainerInputs:
     utsns_path: str = ""
     pod_pid: int = 0  # the sandbox's infra process, for a shared pid namespace
     target_pid: int = 0  # the target container's process, for pid TARGET
+    cgroup_namespace: bool = False  # a private one (cgroup v2, unprivileged): /sys/fs/cgroup is its own cgroup
     userns_mode: str = "NODE"
     userns_path: str = ""
     uid_mappings: list[IDMap] = field(default_factory=list)
@@ -354,6 +355,8 @@ def _namespaces(inputs: ContainerInputs) -> list[dict[str, Any]]:
         namespaces.append({"type": "pid"})
     elif inputs.pid_mode != "NODE":
         raise SpecError(f"unknown pid namespace mode {inputs.pid_mode!r}")
+    if inputs.cgroup_namespace:
+        namespaces.append({"type": "cgroup"})
     if inputs.userns_mode == "POD":
         namespaces.append({"type": "user", "path": inputs.userns_path} if inputs.userns_path else {"type": "user"})
     elif inputs.userns_mode != "NODE":

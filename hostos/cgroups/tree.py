@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from hostos.cgroups.layout import Layout, cgroup_dirs, clean_path, hierarchies
+from hostos.cgroups.layout import Layout, cgroup_dirs, clean_path, hierarchies, layout
 
 
 class CgroupBusy(RuntimeError):
@@ -26,13 +26,16 @@ def _parts(cgroups_path: str) -> list[str]:
 def create(cgroups_path: str, lay: Layout | None = None) -> list[str]:
     """Create ``cgroups_path`` in every hierarchy; return the directories that did not exist before, top-down.
 
-    A new v1 cpuset cgroup starts with no cpus and mems, which refuses every task: it gets its parent's. On
+    A new v1 cpuset cgroup starts with no cpus and mems, which refuses every task: it gets its parent's (a v2
+    one needs nothing, and its cpuset files may not even be there: the parent need not enable cpuset). On
     failure what was made is removed again and the OSError propagates.
     """
     created: list[str] = []
     parts = _parts(cgroups_path)
+    lay = lay or layout()
     try:
         for mount in hierarchies(lay):
+            v1_cpuset = mount != lay.unified  # v2 cpuset starts from the parent's effective sets by itself
             current = mount
             for part in parts:
                 parent, current = current, current / part
@@ -41,7 +44,7 @@ def create(cgroups_path: str, lay: Layout | None = None) -> list[str]:
                 except FileExistsError:
                     continue
                 created.append(str(current))
-                if (parent / "cpuset.cpus").exists():
+                if v1_cpuset and (parent / "cpuset.cpus").exists():
                     for name in ("cpuset.cpus", "cpuset.mems"):
                         (current / name).write_text((parent / name).read_text())
     except OSError:

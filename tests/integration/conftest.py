@@ -27,9 +27,9 @@ def daemon_factory():
 
     def start(settings: dict | None = None, base: Path | None = None, **kwargs) -> Daemon:
         # The tests name cgroup parents as cgroupfs paths; the systemd driver has tests of its own (and
-        # PYCRI_TEST_CGROUP_MANAGER=auto runs the whole suite with what the host would choose).
+        # TEST_CGROUP_MANAGER=auto runs the whole suite with what the host would choose).
         settings = dict(settings or {})
-        settings["runtime"] = {"cgroup_manager": os.environ.get("PYCRI_TEST_CGROUP_MANAGER", "cgroupfs"),
+        settings["runtime"] = {"cgroup_manager": os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs"),
                                **settings.get("runtime", {})}
         d = Daemon(settings, base)
         started.append(d)

@@ -221,3 +221,10 @@ def test_describe_names_the_version_and_what_it_offers(tmp_path):
     (tmp_path / "sys.slice" / "memory.swap.max").write_text("max\n")
     v2 = cgroups.describe(cgroups.Layout(unified=tmp_path, v1={}))
     assert v2["version"] == "v2" and v2["swap_accounting"]
+
+
+def test_create_on_v2_does_not_seed_cpuset(tmp_path):
+    (tmp_path / "cpuset.cpus").write_text("0-1\n")  # the parent enables cpuset, the new child has no such file yet
+    lay = cgroups.Layout(unified=tmp_path, v1={})
+    assert cgroups.create("/pod", lay) == [str(tmp_path / "pod")]
+    assert not (tmp_path / "pod" / "cpuset.cpus").exists()

@@ -298,3 +298,8 @@ def test_devices_and_annotations_and_cgroups_path():
     assert spec["annotations"] == {"a": "b"} and spec["linux"]["cgroupsPath"] == "/pod/c1"
     with pytest.raises(S.SpecError, match="permissions"):
         S.container_spec(inputs(devices=[S.DeviceRequest("/dev/x", "/dev/x", "rwx", "c", 1, 1)]))
+
+
+def test_a_private_cgroup_namespace_when_asked():
+    assert {"type": "cgroup"} in S.container_spec(inputs(cgroup_namespace=True))["linux"]["namespaces"]
+    assert {"type": "cgroup"} not in S.container_spec(inputs())["linux"]["namespaces"]

@@ -222,6 +222,8 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
         utsns_path=sandbox.uts_path, pod_pid=sandbox.infra_pid, target_pid=target_pid,
         **_user_namespace(sec, sandbox),
         privileged=sec.privileged, add_capabilities=sec.add_capabilities,
+        # as containerd and CRI-O do on cgroup v2: the container sees its own cgroup as /sys/fs/cgroup
+        cgroup_namespace=cgroups.layout().is_v2 and not sec.privileged,
         drop_capabilities=sec.drop_capabilities, add_ambient_capabilities=sec.add_ambient_capabilities,
         host_capabilities=host_facts.daemon_capabilities(),
         default_capabilities=tuple("CAP_" + c for c in config.runtime.default_capabilities),
