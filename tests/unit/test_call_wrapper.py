@@ -87,3 +87,13 @@ def test_a_unary_call_the_caller_leaves_is_recorded_cancelled():
 
     asyncio.run(leave())
     assert calls == [("ListContainers", "CANCELLED", True)]
+
+
+def test_an_rpc_without_a_handler_answers_unimplemented_naming_itself():
+    from cri.server.calls import unimplemented
+
+    context = _Context()
+    with pytest.raises(_Aborted):
+        asyncio.run(unimplemented("SomeNewCall")(object(), context))
+    assert context.aborted[0] == grpc.StatusCode.UNIMPLEMENTED
+    assert "SomeNewCall" in context.aborted[1]
