@@ -25,9 +25,10 @@ MIRROR = "http://deb.debian.org/debian"
 DISK_SIZE = "8G"
 # What a production node has (kernel, systemd, D-Bus, AppArmor) plus what the Makefile's
 # HOST_PACKAGES installs on a build machine (a unit test keeps this a superset), plus jq for the
-# critest kit's scripts and criu for checkpoints.
+# critest kit's scripts, sudo (critest's AppArmor specs run `sudo apparmor_parser`) and criu for
+# checkpoints.
 PACKAGES = (
-    "linux-image-amd64", "systemd-sysv", "udev", "dbus", "apparmor", "procps", "jq", "criu",
+    "linux-image-amd64", "systemd-sysv", "udev", "dbus", "apparmor", "procps", "jq", "sudo", "criu",
     "python3", "python3-venv",
     "runc", "crun", "conmon", "containernetworking-plugins", "iptables", "catatonit", "util-linux",
     "busybox-static", "docker-registry", "openssl", "apache2-utils", "curl", "iproute2", "kmod",
@@ -196,8 +197,8 @@ def build(packages: tuple[str, ...] = PACKAGES, cache: Path = CACHE, log=print) 
     shutil.rmtree(image.dir, ignore_errors=True)
     os.rename(staging, image.dir)
     shutil.rmtree(work, ignore_errors=True)
-    for old in cache.glob("image-*"):
-        if old != image.dir:
-            shutil.rmtree(old, ignore_errors=True)
+    # The newest other image stays: worktrees on the previous package list keep theirs.
+    for old in sorted(cache.glob("image-*"), key=lambda d: d.stat().st_mtime, reverse=True)[2:]:
+        shutil.rmtree(old, ignore_errors=True)
     log(f"nodevm: image built in {time.monotonic() - started:.0f} s")
     return image
