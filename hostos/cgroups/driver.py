@@ -58,7 +58,15 @@ class SystemdDriver(CgroupfsDriver):
         self.client = client or systemd.Systemd()
 
     def parent(self, requested: str) -> str:
-        return systemd.expand_slice(requested or self.default_parent)
+        """A slice name, or the slice's own cgroup path as critest sends it ("/test.slice") and as
+        "/kubepods.slice/kubepods-besteffort.slice" names the same slice: systemd decides where a slice lives."""
+        name = requested or self.default_parent
+        if "/" not in name:
+            return systemd.expand_slice(name)
+        path = systemd.expand_slice(name.rstrip("/").rpartition("/")[2])
+        if path != "/" + name.strip("/"):
+            raise ValueError(f"{name!r} is not where systemd puts its slice ({path})")
+        return path
 
     def child(self, parent: str, name: str) -> str:
         return f"{parent.rstrip('/')}/{name}.scope"

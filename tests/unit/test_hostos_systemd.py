@@ -71,3 +71,17 @@ def test_systemd_driver_makes_a_scope_in_the_parent_slice_and_stops_it():
     asyncio.run(d.release(path))
     assert client.calls == [("start", "pycri-conmon-c1.scope", "kubepods-pod1.slice", [42]),
                             ("stop", "pycri-conmon-c1.scope")]
+
+
+@pytest.mark.parametrize("requested,path", [
+    ("/test.slice", "/test.slice"),  # critest's parent under the systemd driver
+    ("/kubepods.slice/kubepods-besteffort.slice/", "/kubepods.slice/kubepods-besteffort.slice"),
+])
+def test_a_slice_given_as_its_cgroup_path_is_that_slice(requested, path):
+    assert drivers.SystemdDriver(client=None).parent(requested) == path
+
+
+@pytest.mark.parametrize("bad", ["/kubepods.slice/other.slice", "/a/b", "/pycri"])
+def test_a_path_that_is_not_where_systemd_puts_the_slice_is_refused(bad):
+    with pytest.raises(ValueError):
+        drivers.SystemdDriver(client=None).parent(bad)
