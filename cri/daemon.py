@@ -255,6 +255,7 @@ _early_sighup: list[int] = []
 
 def run(config: Config, load_config: Callable[[], Config] | None = None) -> int:
     _limit_malloc_arenas()
+    sdnotify.claim()  # before any runtime or monitor inherits NOTIFY_SOCKET
     logs.setup(config)
     if load_config is not None:
         # Until serve() handles it, a SIGHUP (its default action ends the process) is remembered. A Python

@@ -14,9 +14,21 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 log = logging.getLogger("pycri")
+_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+_claimed: dict[str, str] = {}
+
+
+def claim(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Take systemd's variables out of the process environment (sd_notify's unset_environment):
+    runc and crun, started by us, would otherwise see NOTIFY_SOCKET and set up a notify socket
+    of their own for every container (runc's path under /run/pycri/runtimes is too long to bind)."""
+    for name in _VARIABLES:
+        value = environ.pop(name, None)
+        if value is not None:
+            _claimed[name] = value
 
 
 def _address(env: Mapping[str, str]) -> str | None:
@@ -35,7 +47,7 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
 
     A failed send is logged, never raised: the daemon must keep serving whether or not systemd
     listens."""
-    addr = _address(os.environ if env is None else env)
+    addr = _address(_claimed if env is None else env)
     if addr is None:
         return False
     try:
@@ -51,7 +63,7 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of $WATCHDOG_USEC), or None when the watchdog is off
     or meant for another process ($WATCHDOG_PID)."""
-    env = os.environ if env is None else env
+    env = _claimed if env is None else env
     pid = env.get("WATCHDOG_PID")
     if pid and pid != str(os.getpid()):
         return None

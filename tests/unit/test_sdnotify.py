@@ -74,3 +74,13 @@ def test_watchdog_pings_repeat_until_cancelled(listener):
         return pings
 
     assert asyncio.run(three_pings_then_cancel()) == [b"WATCHDOG=1"] * 3
+
+
+def test_claim_takes_the_variables_out_of_the_environment_children_inherit(listener, monkeypatch):
+    path, sock = listener
+    environ = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", "PATH": "/bin"}
+    monkeypatch.setattr(sdnotify, "_claimed", {})
+    sdnotify.claim(environ)
+    assert environ == {"PATH": "/bin"}
+    assert sdnotify.notify("READY=1") and sock.recv(64) == b"READY=1"
+    assert sdnotify.watchdog_interval() == 2.0
