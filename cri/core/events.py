@@ -47,6 +47,8 @@ class EventBus:
         self._subscribers.discard(queue)
 
     def publish(self, event: ContainerEvent) -> None:
+        if not self._subscribers:  # the pod's snapshot is a deep copy: none on the start/stop path for nobody
+            return
         if event.sandbox is None:
             event = dataclasses.replace(event, sandbox=self._snapshot(event.sandbox_id))
         for queue in list(self._subscribers):

@@ -142,7 +142,7 @@ class SandboxManager:
 
     def _publish(self, record: SandboxRecord, *kinds: int) -> None:
         """The sandbox's own lifecycle events, with its id as the container id (evented PLEG follows pods so)."""
-        if self._events is not None:
+        if self._events is not None and self._events.subscribers:  # the deep copy only for a listener
             for kind in kinds:
                 self._events.publish(ev.ContainerEvent(record.id, record.id, kind, time.time_ns(),
                                                        record.model_copy(deep=True)))
