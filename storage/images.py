@@ -394,42 +394,83 @@ class ImageStore:
 
     def _commit(self, record: ImageRecord, names: builtins.list[tuple[refs.Reference, str | None]],
                 pin: bool = False) -> ImageRecord:
-        """Publish the record under `names`, (reference, manifest digest) pairs: a tagged name adds
-        its tag (moving it off any image that had it), a digest adds name@digest; `pin` pins the
-        image for good. Records are written outside the index lock, so lookups never wait on the disk."""
-        pins = set(record.blobs) | set(record.chain_ids)
+        return self._commit_all([(record, names)], pin)[0]
+
+    def _commit_all(self, entries: builtins.list[tuple[ImageRecord, builtins.list[tuple[refs.Reference, str | None]]]],
+                    pin: bool = False) -> builtins.list[ImageRecord]:
+        """Publish each installed record under its names, (reference, manifest digest) pairs: a tagged
+        name adds its tag (moving it off any image that had it), a digest adds name@digest; `pin` pins
+        the images for good. All or nothing: if a record file cannot be written, the index and the files
+        written are put back and what only the new records used is swept. Releases _install's pins.
+        Records are written outside the index lock, so lookups never wait on the disk."""
+        pins = {key for record, _ in entries for key in (*record.blobs, *record.chain_ids)}
+        before: dict[str, ImageRecord | None] = {}   # each touched record as it was, None if new
+        written: builtins.list[str] = []
+        committed = False
         try:
             with self._persist_lock:
                 with self._lock:
-                    existing = self._records.get(record.id)
-                    if existing is not None:
-                        record.repo_tags, record.repo_digests = list(existing.repo_tags), list(existing.repo_digests)
-                        record.blobs = sorted(set(existing.blobs) | set(record.blobs))
-                    record.pinned = pin or (existing is not None and existing.pinned)
-                    changed = {record.id: record}
-                    for ref, digest in names:
-                        if digest and str(ref.with_digest(digest)) not in record.repo_digests:
-                            record.repo_digests.append(str(ref.with_digest(digest)))
-                        if not ref.tag or ref.digest:
-                            continue
-                        tag = str(ref)
-                        for other in self._records.values():
-                            if other.id != record.id and tag in other.repo_tags:
-                                other.repo_tags.remove(tag)
-                                other.updated_ns = time.time_ns()
-                                changed[other.id] = other
-                        if tag not in record.repo_tags:
-                            record.repo_tags.append(tag)
-                    record.updated_ns = time.time_ns()
-                    self._records[record.id] = record
+                    changed: dict[str, ImageRecord] = {}
+                    for record, names in entries:
+                        existing = self._records.get(record.id)
+                        before.setdefault(record.id, existing and existing.model_copy(deep=True))
+                        if existing is not None:
+                            record.repo_tags, record.repo_digests = (list(existing.repo_tags),
+                                                                     list(existing.repo_digests))
+                            record.blobs = sorted(set(existing.blobs) | set(record.blobs))
+                        record.pinned = pin or (existing is not None and existing.pinned)
+                        changed[record.id] = record
+                        for ref, digest in names:
+                            if digest and str(ref.with_digest(digest)) not in record.repo_digests:
+                                record.repo_digests.append(str(ref.with_digest(digest)))
+                            if not ref.tag or ref.digest:
+                                continue
+                            tag = str(ref)
+                            for other in self._records.values():
+                                if other.id != record.id and tag in other.repo_tags:
+                                    before.setdefault(other.id, other.model_copy(deep=True))
+                                    other.repo_tags.remove(tag)
+                                    other.updated_ns = time.time_ns()
+                                    changed[other.id] = other
+                            if tag not in record.repo_tags:
+                                record.repo_tags.append(tag)
+                        record.updated_ns = time.time_ns()
+                        self._records[record.id] = record
                     self.generation += 1
                     snapshots = [r.model_dump() for r in changed.values()]
-                    result = record.model_copy(deep=True)
-                for snapshot in snapshots:
-                    self._save(snapshot)
-            return result
+                    results = [self._records[record.id].model_copy(deep=True) for record, _ in entries]
+                try:
+                    for snapshot in snapshots:
+                        self._save(snapshot)
+                        written.append(snapshot["id"])
+                except BaseException:
+                    self._restore(before, written)
+                    raise
+            committed = True
+            return results
         finally:
             self._unpin(pins)
+            if not committed:
+                self._sweep(pins)
+
+    def _restore(self, before: dict[str, ImageRecord | None], written: builtins.list[str]) -> None:
+        """Put the index back as `before` says and rewrite the record files already `written`."""
+        with self._lock:
+            for image_id, old in before.items():
+                if old is None:
+                    self._records.pop(image_id, None)
+                else:
+                    self._records[image_id] = old
+            self.generation += 1
+        for image_id in written:
+            old = before.get(image_id)
+            try:
+                if old is None:
+                    self._record_path(image_id).unlink(missing_ok=True)
+                else:
+                    self._save(old.model_dump())
+            except OSError as exc:
+                log.error("could not restore image record %s after a failed commit: %s", image_id, exc)
 
     # ---- pins, removal, GC -------------------------------------------------------------
 
@@ -535,16 +576,23 @@ class ImageStore:
     # ---- archives ----------------------------------------------------------------------
 
     def import_archive(self, path: Path, pin: bool = False) -> builtins.list[ImageRecord]:
-        """Load every image of an OCI layout or docker-archive; `pin` marks them pinned in their records."""
+        """Load every image of an OCI layout or docker-archive, all or none; `pin` marks them pinned."""
         from storage.archive import read_archive
-        imported = []
-        with self._no_space_error(f"import {path}"), read_archive(Path(path)) as archive:
-            for image in archive.images():
-                record = self._install(image.config, image.layers, image.manifests, image.fetch,
-                                       where=f"{path}:{image.where}")
-                digest = image.manifests[0].digest if image.manifests else None
-                imported.append(self._commit(record, [(tag, digest) for tag in image.tags], pin))
-        return imported
+        installed: builtins.list[tuple[ImageRecord, builtins.list[tuple[refs.Reference, str | None]]]] = []
+        with self._no_space_error(f"import {path}"):
+            try:
+                with read_archive(Path(path)) as archive:
+                    for image in archive.images():
+                        record = self._install(image.config, image.layers, image.manifests, image.fetch,
+                                               where=f"{path}:{image.where}")
+                        digest = image.manifests[0].digest if image.manifests else None
+                        installed.append((record, [(tag, digest) for tag in image.tags]))
+            except BaseException:
+                pins = {key for record, _ in installed for key in (*record.blobs, *record.chain_ids)}
+                self._unpin(pins)  # _install's, which a commit would have released
+                self._sweep(pins)
+                raise
+            return self._commit_all(installed, pin)
 
     # ---- root filesystems --------------------------------------------------------------
 

@@ -4,6 +4,9 @@ clearly and leave nothing."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.errors import ArchiveError
+from storage.errors import ArchiveError, NoSpace
 from storage.images import ImageStore
 from storage.registry import host_platform
 from tests.imagebuild import Entry, build_busybox_image, build_index, write_docker_archive, write_oci_layout
@@ -141,3 +144,46 @@ def test_pinned_images_by_pattern_and_by_import_pin(daemon_factory, tmp_path):
         status = daemon.images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=name)))
         assert status.image.pinned is pinned, name
 
+
+
+def missing_blob(layout: Path, data: bytes) -> None:
+    os.unlink(layout / "blobs/sha256" / hashlib.sha256(data).hexdigest())
+
+
+def test_a_failing_image_of_an_archive_undoes_the_ones_before_it(tmp_path):
+    store = ImageStore(tmp_path / "root")
+    kept = write_oci_layout(tmp_path / "kept", [(build_busybox_image(), "example.test/moved:1")])
+    [owner] = store.import_archive(kept)
+    good = build_busybox_image(extra_layers=[[Entry("good", data=b"good")]])
+    bad = build_busybox_image(extra_layers=[[Entry("bad", data=b"bad")]])
+    layout = write_oci_layout(tmp_path / "layout", [(good, "example.test/moved:1"), (bad, "example.test/bad:1")])
+    missing_blob(layout, bad.blobs[json.loads(bad.manifest)["layers"][-1]["digest"]])
+    with pytest.raises(ArchiveError, match="missing"):
+        store.import_archive(layout)
+    again = ImageStore(tmp_path / "root")  # what is on disk, too
+    for view in (store, again):
+        assert [(r.id, r.repo_tags) for r in view.list()] == [(owner.id, ["example.test/moved:1"])]
+        assert sorted(os.listdir(view.root / "layers")) == sorted(c.removeprefix("sha256:") for c in owner.chain_ids)
+
+
+def test_a_failing_record_write_undoes_the_whole_import(tmp_path, monkeypatch):
+    store = ImageStore(tmp_path / "root")
+    [owner] = store.import_archive(write_oci_layout(tmp_path / "kept", [(build_busybox_image(), "example.test/moved:1")]))
+    first = build_busybox_image(extra_layers=[[Entry("one", data=b"1")]])
+    second = build_busybox_image(extra_layers=[[Entry("two", data=b"2")]])
+    layout = write_oci_layout(tmp_path / "layout", [(first, "example.test/moved:1"), (second, "example.test/two:1")])
+    save, saved = store._save, []
+
+    def full_disk(snapshot):
+        saved.append(snapshot["id"])
+        if len(saved) == 3:  # the first image and the old owner of its tag are written; the second fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(snapshot)
+    monkeypatch.setattr(store, "_save", full_disk)
+    with pytest.raises(NoSpace, match="no space"):
+        store.import_archive(layout)
+    monkeypatch.setattr(store, "_save", save)
+    again = ImageStore(tmp_path / "root")
+    for view in (store, again):
+        assert [(r.id, r.repo_tags) for r in view.list()] == [(owner.id, ["example.test/moved:1"])]
+        assert sorted(os.listdir(view.root / "layers")) == sorted(c.removeprefix("sha256:") for c in owner.chain_ids)
