@@ -45,6 +45,8 @@ class StorageConfig(Section):
     max_parallel_downloads: int = Field(3, ge=1, le=32)
     durable_pulls: bool = Field(True, description="flush a pulled image to disk before PullImage returns, so it "
                                 "survives a power loss (one syncfs per pull)")
+    max_import_bytes: int = Field(64 << 30, ge=1, description="the largest archive `pycri image import` may send "
+                                  "to a running daemon (spooled under root first)")
     pinned_images: list[str] = Field([], description="images kubelet's image GC must keep: exact names or ids, "
                                      "'prefix*' globs, '*keyword*'")
 

@@ -174,12 +174,19 @@ class AdminServer:
         return trace.timeline.snapshot(pod)
 
     async def op_import(self, reader, pin: bool = False) -> list[dict]:
-        """Spool the archive that follows, then load it into the running store."""
+        """Spool the archive that follows (at most [storage] max_import_bytes), then load it into the running
+        store."""
+        limit = self._rt.config.storage.max_import_bytes
         fd, name = tempfile.mkstemp(prefix="import-", suffix=".tar", dir=self._spool)
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as spool:
+                size = 0
                 while chunk := await reader.read(CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise InvalidArgument(f"the archive to import is larger than [storage] max_import_bytes "
+                                              f"({limit} bytes): raise that setting to import it")
                     await asyncio.to_thread(spool.write, chunk)
             if path.stat().st_size == 0:
                 raise InvalidArgument("the archive to import is empty")

@@ -49,8 +49,10 @@ async def _exchange(path: Path, data: bytes) -> dict:
     return json.loads(line)
 
 
-def _serve(base: Path, images=None, *exchanges: bytes) -> list[dict]:
-    rt = SimpleNamespace(config=SimpleNamespace(root=str(base / "root")), images=images or _Empty(),
+def _serve(base: Path, images=None, *exchanges: bytes, max_import_bytes: int = 1 << 30) -> list[dict]:
+    rt = SimpleNamespace(config=SimpleNamespace(root=str(base / "root"),
+                                                storage=SimpleNamespace(max_import_bytes=max_import_bytes)),
+                         images=images or _Empty(),
                          sandboxes=_Empty(), containers=_Empty())
     (base / "root").mkdir()
 
@@ -90,3 +92,24 @@ def test_hostile_requests_are_answered_and_the_server_goes_on(base):
 def test_a_failing_request_is_not_called_malformed(base):
     [answer] = _serve(base, _BrokenImages(), b'{"op": "images"}\n')
     assert answer == {"ok": False, "error": "internal error: TypeError: a bug in the store"}
+
+
+class _Importer(_Empty):
+    def __init__(self):
+        self.imported = []
+
+    async def import_archive(self, path, pin=False):
+        self.imported.append(path.stat().st_size)
+        return []
+
+
+def test_an_import_over_the_size_cap_is_refused_and_leaves_no_spool(base):
+    images = _Importer()
+    cap = 3 << 20
+    answers = _serve(base, images, b'{"op": "import"}\n' + b"x" * (cap + 1), b'{"op": "import"}\n' + b"x" * cap,
+                     max_import_bytes=cap)
+    assert answers[0] == {"ok": False, "error": "the archive to import is larger than [storage] max_import_bytes "
+                                                f"({cap} bytes): raise that setting to import it"}
+    assert answers[1] == {"ok": True, "result": []}
+    assert images.imported == [cap]
+    assert list((base / "root" / "admin-spool").iterdir()) == []
