@@ -3,7 +3,7 @@ the manager (cgroupfs or systemd) that makes them (hostos.cgroups.driver, hostos
 
 from hostos.cgroups.layout import (CGROUP_ROOT, Layout, cgroup_dirs, clean_path, crun_hybrid_problem, describe,
                                    hierarchies, layout, layout_of, parse_mountinfo, swap_accounting)
-from hostos.cgroups.stats import Pressure, PsiData, Stats, oom_kills, parse_pressure, read_stats
+from hostos.cgroups.stats import Pressure, PsiData, Stats, oom_kills, parse_pressure, read_stats, total
 from hostos.cgroups.tree import (CgroupBusy, create, find, kill, kill_all, move, place, procs, remove,
                                  remove_created, remove_now)
 
@@ -12,5 +12,5 @@ __all__ = [
     "crun_hybrid_problem", "describe", "find", "hierarchies", "kill", "kill_all", "layout", "layout_of", "move",
     "oom_kills",
     "parse_mountinfo", "parse_pressure", "place", "procs", "read_stats", "remove", "remove_created", "remove_now",
-    "swap_accounting",
+    "swap_accounting", "total",
 ]

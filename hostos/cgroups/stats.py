@@ -149,6 +149,18 @@ def read_stats(cgroups_path: str, lay: Layout | None = None) -> Stats:
     )
 
 
+_SUMMED = ("cpu_usage_ns", "memory_usage", "memory_working_set", "memory_rss", "page_faults", "major_page_faults",
+           "pids", "swap_usage")
+
+
+def total(samples: list[Stats]) -> Stats:
+    """The sum of several cgroups' figures, for a group of processes that has no cgroup of its own: a figure is
+    None where no cgroup had it. Limits and pressure do not add up, so the group has none."""
+    figures = {name: [v for s in samples if (v := getattr(s, name)) is not None] for name in _SUMMED}
+    return Stats(timestamp_ns=max((s.timestamp_ns for s in samples), default=time.time_ns()),
+                 **{name: sum(values) if values else None for name, values in figures.items()})
+
+
 def oom_kills(cgroups_path: str, lay: Layout | None = None) -> int:
     """How many processes the OOM killer killed in the cgroup (v2 memory.events, v1 memory.oom_control, kernel
     4.13+); 0 when the cgroup or the counter is gone."""

@@ -84,3 +84,22 @@ def test_metrics_follow_their_descriptors(pods):
 
     streamed = list(d.runtime.StreamPodSandboxMetrics(api_pb2.StreamPodSandboxMetricsRequest(), timeout=30))
     assert sorted(p.pod_sandbox_id for r in streamed for p in r.pod_sandbox_metrics) == sorted(configs)
+
+
+def test_pods_without_a_cgroup_parent_report_their_own_figures(pods):
+    """Neither pod names a cgroup_parent, so both live under the shared parent: each must still report only what
+    its own processes use, in PodSandboxStats and in ListPodSandboxMetrics."""
+    d, configs, containers = pods
+    shared, own = configs
+    fill = 24 << 20  # tmpfs pages, charged to the container that writes them
+    exec_sync(d, containers[own], ["sh", "-c", f"head -c {fill} /dev/zero > /dev/shm/fill"], timeout=30)
+
+    def usage(pod: str) -> int:
+        return d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod),
+                                         timeout=30).stats.linux.memory.usage_bytes.value
+    assert usage(own) >= fill
+    assert usage(shared) < fill
+    listed = d.runtime.ListPodSandboxMetrics(api_pb2.ListPodSandboxMetricsRequest(), timeout=30).pod_metrics
+    pod_usage = {pm.pod_sandbox_id: m.value.value for pm in listed for m in pm.metrics
+                 if m.name == "container_memory_usage_bytes"}
+    assert pod_usage[own] >= fill and pod_usage[shared] < fill

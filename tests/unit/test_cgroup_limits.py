@@ -120,3 +120,15 @@ def test_quotas_without_any_period_add_up_at_the_kernels_default_period():
 def test_names_that_would_leave_the_cgroup_directory_are_refused(limits):
     with pytest.raises(ValueError):
         planned_writes(limits, V2)
+
+
+def test_a_total_adds_what_each_cgroup_has_and_claims_no_limit():
+    from hostos.cgroups import Pressure, Stats, total
+    gone = Stats(timestamp_ns=5)  # an exited container's cgroup: every figure None
+    a = Stats(timestamp_ns=7, cpu_usage_ns=10, memory_usage=100, memory_working_set=80, pids=2, memory_limit=512,
+              memory_pressure=Pressure(None, None))
+    b = Stats(timestamp_ns=6, cpu_usage_ns=5, memory_usage=50, memory_working_set=40, pids=1, swap_usage=3)
+    summed = total([gone, a, b])
+    assert (summed.timestamp_ns, summed.cpu_usage_ns, summed.memory_usage, summed.memory_working_set,
+            summed.pids, summed.swap_usage) == (7, 15, 150, 120, 3, 3)
+    assert summed.memory_rss is None and summed.memory_limit is None and summed.memory_pressure is None

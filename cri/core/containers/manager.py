@@ -51,7 +51,7 @@ class ContainerManager:
                  conmon: Conmon | None = None, runtimes: Mapping[str, OCIRuntime] | None = None) -> None:
         """``conmon`` and ``runtimes`` replace the real ones (tests/unit/test_container_manager.py)."""
         self._t = Table(config, bus, conmon=conmon, runtimes=runtimes)
-        self._stats = Sampler(images)
+        self._stats = Sampler(images, self._t.cgroups.parent(""))
         self._exits = Exits(self._t, self._stats.forget, images.unmount_rootfs)
         self._creator = Creator(self._t, sandboxes, images, self._exits)
         self._teardown = Teardown(self._t, sandboxes, images, self._creator, self._exits)

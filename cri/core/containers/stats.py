@@ -30,8 +30,10 @@ class PodStats:
 
 
 class Sampler:
-    def __init__(self, images: ImageService) -> None:
+    def __init__(self, images: ImageService, shared_parent: str) -> None:
+        """`shared_parent`: the cgroup of pods that asked for none of their own (cgroups driver's parent(""))."""
         self._images = images
+        self._shared_parent = shared_parent
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # cgroup key -> (timestamp ns, CPU use ns)
 
     def forget(self, container_id: str) -> None:
@@ -46,9 +48,16 @@ class Sampler:
         return ContainerStats(record, sample, self._nano_cores(record.id, sample), used, inodes)
 
     async def pod(self, sandbox: SandboxRecord, containers: list[ContainerRecord]) -> PodStats:
-        """The pod cgroup's figures, its CPU rate, its network (not for host-network pods) and its containers."""
-        sample = await asyncio.to_thread(cgroups.read_stats, sandbox.cgroup_parent or "/pycri")
+        """The pod cgroup's figures, its CPU rate, its network (not for host-network pods) and its containers.
+        A pod that shares the default parent with others has the sum of its own cgroups: infra, containers and
+        their conmons (what its own parent would hold), never the shared parent's total."""
         stats = list(await asyncio.gather(*(self.container(r) for r in containers)))
+        if sandbox.cgroup_parent and sandbox.cgroup_parent != self._shared_parent:
+            sample = await asyncio.to_thread(cgroups.read_stats, sandbox.cgroup_parent)
+        else:
+            paths = [sandbox.cgroup_path, *(r.conmon_cgroup for r in containers if r.conmon_cgroup)]
+            others = await asyncio.gather(*(asyncio.to_thread(cgroups.read_stats, p) for p in paths if p))
+            sample = cgroups.total([*others, *(s.cgroup for s in stats)])
         network = []
         if sandbox.netns_path:  # every pod with a network namespace of its own, an infra process or not
             network = await asyncio.to_thread(netdev.namespace_stats, sandbox.netns_path)
