@@ -1,5 +1,6 @@
 """Container and pod sandbox lifecycle events (created, started, stopped, deleted) broadcast to
-GetContainerEvents streams. A sandbox's own events carry its id as the container id, as containerd sends them."""
+GetContainerEvents streams and to in-process listeners (the metrics). A sandbox's own events carry its id as the
+container id, as containerd sends them."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[Any]] = set()
+        self._listeners: list[Callable[[ContainerEvent], None]] = []
         self._snapshot: Callable[[str], Any] = lambda sandbox_id: None
 
     def set_sandbox_snapshot(self, snapshot: Callable[[str], Any]) -> None:
@@ -46,7 +48,21 @@ class EventBus:
     def unsubscribe(self, queue: asyncio.Queue[Any]) -> None:
         self._subscribers.discard(queue)
 
+    def listen(self, listener: Callable[[ContainerEvent], None]) -> None:
+        """Call `listener` with each event as it is published, on the publisher's path: it must be quick and
+        reads the records as they are now; its events carry no pod copy (only streams pay for one)."""
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[ContainerEvent], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def publish(self, event: ContainerEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("container event listener %r failed", listener)
         if not self._subscribers:  # the pod's snapshot is a deep copy: none on the start/stop path for nobody
             return
         if event.sandbox is None:

@@ -142,10 +142,11 @@ class SandboxManager:
 
     def _publish(self, record: SandboxRecord, *kinds: int) -> None:
         """The sandbox's own lifecycle events, with its id as the container id (evented PLEG follows pods so)."""
-        if self._events is not None and self._events.subscribers:  # the deep copy only for a listener
-            for kind in kinds:
-                self._events.publish(ev.ContainerEvent(record.id, record.id, kind, time.time_ns(),
-                                                       record.model_copy(deep=True)))
+        if self._events is None:
+            return
+        for kind in kinds:  # the deep copy only for a stream (in-process listeners take none)
+            copy = record.model_copy(deep=True) if self._events.subscribers else None
+            self._events.publish(ev.ContainerEvent(record.id, record.id, kind, time.time_ns(), copy))
 
     def find(self, ref: str) -> SandboxRecord | None:
         return self._index.find(ref)

@@ -106,7 +106,6 @@ class Metrics:
         self.cni_errors = Counter(f"{PREFIX}_cni_operation_errors", "CNI ADD and DEL that failed.",
                                   ["operation"], registry=registry)
         self._server: asyncio.AbstractServer | None = None
-        self._events: asyncio.Task | None = None
 
     # ---- what the rest of the daemon reports -------------------------------------------------------
 
@@ -173,30 +172,19 @@ class Metrics:
         self.port = self._server.sockets[0].getsockname()[1]
         trace.observers["cni_add"] = lambda seconds, failed: self.cni("ADD", seconds, failed)
         trace.observers["cni_del"] = lambda seconds, failed: self.cni("DEL", seconds, failed)
-        self._events = asyncio.create_task(self._watch_events())
+        self._rt.events.listen(self._on_event)
         log.info("metrics on http://%s:%d/metrics", self.address, self.port)
 
     async def stop(self) -> None:
         trace.observers.pop("cni_add", None)
         trace.observers.pop("cni_del", None)
-        if self._events is not None:
-            self._events.cancel()
+        self._rt.events.unlisten(self._on_event)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
 
-    async def _watch_events(self) -> None:
-        """OOM kills and container start latency come from the container event stream."""
-        bus = self._rt.events
-        while True:
-            queue = bus.subscribe()
-            try:
-                while (event := await queue.get()) is not None:
-                    self._on_event(event)
-            finally:
-                bus.unsubscribe(queue)
-
     def _on_event(self, event: ev.ContainerEvent) -> None:
+        """OOM kills and container start latency, from the container's record as the event is published."""
         if event.kind not in (ev.STARTED, ev.STOPPED):
             return
         record = self._rt.containers.find(event.container_id)

@@ -12,7 +12,7 @@ from cri.observe.metrics import REQUEST_HEAD_LIMIT, Metrics
 
 def _runtime():
     empty = SimpleNamespace(list=lambda: [], find=lambda ref: None)
-    events = SimpleNamespace(subscribe=lambda: asyncio.Queue(), unsubscribe=lambda queue: None)
+    events = SimpleNamespace(listen=lambda listener: None, unlisten=lambda listener: None)
     return SimpleNamespace(containers=empty, sandboxes=empty, events=events)
 
 
