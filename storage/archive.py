@@ -18,7 +18,7 @@ from typing import IO, Any, Callable, Iterator
 
 from storage import reference as refs
 from storage.errors import ArchiveError, InvalidReference
-from storage.images import Descriptor, parse_image_manifest
+from storage.manifest import Descriptor, parse_image_manifest
 from storage.registry import (DOCKER_MANIFEST, IMAGE_MANIFEST_TYPES, INDEX_TYPES, MAX_MANIFEST_BYTES, Manifest,
                               choose_platform)
 

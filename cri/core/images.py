@@ -15,7 +15,9 @@ from cri.observe import trace
 from hostos import libc
 from storage.auth import Credentials
 from storage.idmap import IdMap
-from storage.images import FsUsage, GCReport, ImageRecord, ImageStore
+from storage.image_gc import GCReport
+from storage.image_records import ImageRecord
+from storage.images import FsUsage, ImageStore
 from storage.pinned import PinnedImages
 from storage.rootfs import Rootfs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cri.api.v1 import api_pb2
 
-from storage.images import ImageRecord
+from storage.image_records import ImageRecord
 
 
 def user_fields(user: str) -> dict:

@@ -7,7 +7,7 @@ from cri.server.answers import ReadAnswers
 from cri.state.container_record import ContainerRecord
 from cri.state.container_state import ContainerState
 from cri.state.sandbox_record import SandboxRecord
-from storage.images import ImageRecord
+from storage.image_records import ImageRecord
 
 
 class FakeImages:

@@ -24,7 +24,7 @@ from cri.oci.conmon import Created
 from cri.state.container_record import ContainerRequest
 from cri.state.container_state import ContainerState
 from cri.state.sandbox_record import NamespaceOptions, SandboxRecord
-from storage.images import ImageRecord
+from storage.image_records import ImageRecord
 
 IMAGE = ImageRecord(id="sha256:" + "1" * 64, repo_tags=["example.test/app:1"], cmd=["sh"], env=["PATH=/bin"])
 

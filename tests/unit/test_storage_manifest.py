@@ -6,7 +6,7 @@ import pytest
 
 from cri.server.image_convert import user_fields
 from storage.errors import UnsupportedManifest
-from storage.images import descriptor
+from storage.manifest import descriptor
 from storage.layers import chain_ids
 from storage.registry import choose_platform
 
@@ -75,7 +75,7 @@ def test_image_user_as_the_cri_reports_it(user, expected):
 def test_more_layers_than_overlayfs_can_stack_are_refused_at_pull():
     import json
 
-    from storage.images import parse_image_manifest
+    from storage.manifest import parse_image_manifest
     from storage.registry import Manifest
     desc = {"mediaType": "x", "digest": "sha256:" + "a" * 64, "size": 1}
     body = json.dumps({"schemaVersion": 2, "config": desc, "layers": [desc] * 501}).encode()

@@ -32,7 +32,7 @@ from cri.state.container_state import ContainerState
 from cri.state.ids import new_id
 from cri.state.sandbox_record import SandboxRecord
 from hostos.atomicfile import atomic_write_bytes
-from storage.images import ImageRecord
+from storage.image_records import ImageRecord
 from storage.idmap import IdMap
 
 from . import checkpoint as checkpoints, specgen

@@ -21,7 +21,7 @@ from cri.state.container_state import ContainerState
 from cri.state.sandbox_record import SandboxRecord
 from hostos import cgroups
 from hostos.cgroups.driver import driver
-from storage.images import ImageRecord
+from storage.image_records import ImageRecord
 
 MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
 
