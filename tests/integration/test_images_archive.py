@@ -172,17 +172,17 @@ def test_a_failing_record_write_undoes_the_whole_import(tmp_path, monkeypatch):
     first = build_busybox_image(extra_layers=[[Entry("one", data=b"1")]])
     second = build_busybox_image(extra_layers=[[Entry("two", data=b"2")]])
     layout = write_oci_layout(tmp_path / "layout", [(first, "example.test/moved:1"), (second, "example.test/two:1")])
-    save, saved = store._save, []
+    save, saved = store._records._save, []
 
     def full_disk(snapshot):
         saved.append(snapshot["id"])
         if len(saved) == 3:  # the first image and the old owner of its tag are written; the second fails
             raise OSError(errno.ENOSPC, "No space left on device")
         save(snapshot)
-    monkeypatch.setattr(store, "_save", full_disk)
+    monkeypatch.setattr(store._records, "_save", full_disk)
     with pytest.raises(NoSpace, match="no space"):
         store.import_archive(layout)
-    monkeypatch.setattr(store, "_save", save)
+    monkeypatch.setattr(store._records, "_save", save)
     again = ImageStore(tmp_path / "root")
     for view in (store, again):
         assert [(r.id, r.repo_tags) for r in view.list()] == [(owner.id, ["example.test/moved:1"])]
