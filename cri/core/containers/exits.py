@@ -25,10 +25,13 @@ from cri.state.container_state import ContainerState
 from hostos import cgroups
 from hostos.atomicfile import atomic_write_bytes
 
-from .procs import background, exit_reason, is_alive, mtime_ns
+from .procs import background, exit_reason, exited, is_alive, mtime_ns
 from .table import Table
 
 log = logging.getLogger(__name__)
+
+# How long a container killed because its monitor died may take to die before its exit is recorded anyway.
+KILL_WAIT = 10.0
 
 
 class Exits:
@@ -87,6 +90,8 @@ class Exits:
             await self._t.runtime(record.runtime_handler).kill(record.id, signal.SIGKILL, all_processes=True)
         except OCIRuntimeError as e:
             log.debug("SIGKILL to %s: %s", record.id, e)
+        if record.pid > 0 and not await exited(record.pid, KILL_WAIT):  # reported exited only once it is
+            log.warning("container %s: pid %d still runs %gs after SIGKILL", record.id, record.pid, KILL_WAIT)
         if not record.state.live or self._t.conmon.exit_file(record.id).exists():
             return
         record.message = f"the container's monitor (conmon pid {record.conmon_pid}) died; the container was killed"

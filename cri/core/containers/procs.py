@@ -45,6 +45,31 @@ async def monitor_gone(pid: int, container_id: str, timeout: float) -> bool:
     return True
 
 
+async def exited(pid: int, timeout: float) -> bool:
+    """Wait until `pid` has exited (a zombie has): a signal is only sent when kill() returns, and a loaded host may
+    not run the process's death for a while. False if it still runs after `timeout` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, ValueError):
+        return True
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(done, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 def read_pid(path: Path) -> int:
     try:
         return int(path.read_text().strip())
