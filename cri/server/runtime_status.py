@@ -51,7 +51,7 @@ async def status(rt: Runtime, request: api_pb2.StatusRequest,
         ]),
         # Merge and Strict are both applied when the container's groups are resolved (cri/oci/users.py).
         # user_namespaces_host_network (CRI v1.36): a pod with its own user namespace and the host's network is
-        # refused (cri/core/sandbox_files.validate_user_namespace), so kubelet is told it cannot have one.
+        # refused (cri/core/sandboxes/files.validate_user_namespace), so kubelet is told it cannot have one.
         features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True, user_namespaces_host_network=False),
     )
     # The default handler is listed a second time under "": kubelet and critest look a pod without a

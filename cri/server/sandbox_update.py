@@ -1,4 +1,4 @@
-"""UpdatePodSandboxResources: in-place pod-level resize (cri/core/sandbox_resources.py)."""
+"""UpdatePodSandboxResources: in-place pod-level resize (cri/core/sandboxes/resources.py)."""
 
 import grpc
 from cri.api.v1 import api_pb2

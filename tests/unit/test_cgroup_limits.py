@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cri.core.sandbox_resources import pod_limits
+from cri.core.sandboxes.resources import pod_limits
 from cri.state.container_record import ResourcesSpec
 from hostos.cgroups import Layout
 from hostos.cgroups import limits as limits_module

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from cri.core.sandbox_files import render_hosts, render_resolv_conf, validate_hostname, validate_sysctls
+from cri.core.sandboxes.files import render_hosts, render_resolv_conf, validate_hostname, validate_sysctls
 from cri.errors import InvalidArgument
 
 
@@ -75,7 +75,7 @@ def test_invalid_hostnames(name):
 
 
 def test_bandwidth_annotations_become_the_cni_capability():
-    from cri.core.sandbox_files import parse_bandwidth
+    from cri.core.sandboxes.files import parse_bandwidth
 
     assert parse_bandwidth({}) is None
     assert parse_bandwidth({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "1Mi"}) == {

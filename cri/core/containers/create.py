@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cri.core import events as ev, sandbox_host
+from cri.core import events as ev
 from cri.core.images import ImageService
-from cri.core.sandboxes import SandboxManager
+from cri.core.sandboxes import SandboxManager, host as sandbox_host
 from cri.core.undo import UndoStack
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.faults import crash_point

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cri.core import sandbox_host
 from cri.core.images import ImageService
-from cri.core.sandboxes import SandboxManager
+from cri.core.sandboxes import SandboxManager, host as sandbox_host
 from cri.core.undo import restore_or_undo
 from cri.errors import CRIError
 from cri.oci.conmon import BundlePaths

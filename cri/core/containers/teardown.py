@@ -12,9 +12,9 @@ import logging
 import shutil
 import signal
 
-from cri.core import events as ev, sandbox_host
+from cri.core import events as ev
 from cri.core.images import ImageService
-from cri.core.sandboxes import SandboxManager
+from cri.core.sandboxes import SandboxManager, host as sandbox_host
 from cri.errors import FailedPrecondition, Internal
 from cri.faults import crash_point
 from cri.oci.runtime import OCIRuntimeError

@@ -1,6 +1,8 @@
-"""What a crash can leave behind with no sandbox record to name it, found and removed at start.
+"""Reconciliation at start: the records taken back, a sandbox a crash left half-created undone, a ready one whose
+namespaces or infra died marked NotReady, one whose directory a reboot cleared taken as gone; then the sweep of
+what a crash left with no sandbox record to name it.
 
-Only what is provably ours is touched: directories named by a sandbox id under our own state dir, entries of
+Only what is provably ours is swept: directories named by a sandbox id under our own state dir, entries of
 our own CNI result cache (under our root), and cgroups named pycri-<id> for an id that one of those two names.
 Another pycri on the same host (another root) may share the cgroup parent, but never our ids.
 """
@@ -13,14 +15,50 @@ import re
 import shutil
 from pathlib import Path
 
-from cri.core import sandbox_host
+from cri.core.undo import restore_or_undo
 from cri.errors import CRIError
+from cri.state.sandbox_record import SandboxRecord
 from hostos import cgroups as cg, mountinfo
 from netplugins import CNIManager
+
+from . import host
+from .table import Table
+from .teardown import Teardown
 
 log = logging.getLogger(__name__)
 
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+async def recover(t: Table, teardown: Teardown) -> None:
+    """Load records; undo sandboxes a crash left half-created; mark those whose namespaces died NotReady;
+    then sweep what a crash left with no record at all."""
+    t.dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    known = set()
+    for record in t.store.load_all():
+        known.add(record.id)
+        if not Path(record.sandbox_dir).is_dir():
+            _forget_host_state(t, record)
+        if not await restore_or_undo(record, "sandbox", t.names, t.index, teardown.destroy):
+            continue
+        if record.state == "ready" and not t.alive(record):
+            record.state = "notready"
+            t.store.save(record, durable=False)
+    await sweep(t.dir, t.cni, known)
+
+
+def _forget_host_state(t: Table, record: SandboxRecord) -> None:
+    """The state dir lost the sandbox's directory (a reboot clears it): its namespaces, mounts and processes
+    are gone, and the pids it recorded may name other processes now. Its IP lease and CNI cache entry
+    outlive a reboot, so network_ready stays set for Stop's CNI DEL."""
+    if record.state != "ready" and not record.infra_parent_pid:
+        return
+    log.warning("sandbox %s: its directory %s is gone (the host rebooted?): its namespaces and processes are "
+                "taken as gone", record.id, record.sandbox_dir)
+    if record.state == "ready":
+        record.state = "notready"
+    record.infra_pid = record.infra_start_time = record.infra_parent_pid = 0
+    t.store.save(record, durable=False)
 
 
 async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) -> None:
@@ -56,7 +94,7 @@ async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) ->
                     directory)
         try:
             for target in mountinfo.mounts_below(directory):
-                sandbox_host.unmount(target)
+                host.unmount(target)
         except CRIError as e:  # removing the tree under a mount would empty the mount: leave it all for now
             log.warning("sandbox directory %s stays: %s", directory, e)
             continue

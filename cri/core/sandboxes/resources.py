@@ -9,8 +9,14 @@ sandbox, so PodSandboxStatus verbose shows the pod's current resources.
 
 from __future__ import annotations
 
+import asyncio
+
+from cri.errors import FailedPrecondition, InvalidArgument
 from cri.state.container_record import ResourcesSpec
+from hostos.cgroups import limits as limits_module
 from hostos.cgroups.limits import Limits
+
+from .table import Table
 
 CFS_PERIOD_US = 100_000  # what the kernel uses when no cpu period is set
 
@@ -42,3 +48,25 @@ def pod_limits(resources: ResourcesSpec, overhead: ResourcesSpec) -> Limits:
         cpu_period=period, cpu_quota=quota, cpu_shares=_sum(resources.cpu_shares, overhead.cpu_shares),
         memory=memory, memory_swap=swap, cpuset_cpus=resources.cpuset_cpus, cpuset_mems=resources.cpuset_mems,
         hugepages=tuple(resources.hugepage_limits), unified=dict(resources.unified))
+
+
+async def update(t: Table, ref: str, resources: ResourcesSpec, overhead: ResourcesSpec) -> None:
+    """UpdatePodSandboxResources: write the pod cgroup's new limits and record them."""
+    record = t.index.get(ref)
+    async with t.lock(record.id):
+        if record.state != "ready":
+            raise FailedPrecondition(f"pod sandbox {record.id} is not ready ({record.state}): nothing to resize")
+        shared = t.cgroups.parent("")
+        if record.cgroup_parent == shared:
+            raise FailedPrecondition(f"pod sandbox {record.id} has no cgroup of its own (RunPodSandbox gave no "
+                                     f"cgroup_parent; such pods share {shared})")
+        limits = pod_limits(resources, overhead)
+        try:
+            await asyncio.to_thread(limits_module.apply, record.cgroup_parent, limits)
+        except ValueError as e:
+            raise InvalidArgument(f"pod sandbox {record.id}: {e}") from None
+        except OSError as e:
+            raise FailedPrecondition(f"pod sandbox {record.id}: resizing its cgroup {record.cgroup_parent}: "
+                                     f"{e.strerror or e}") from None
+        record.resources, record.overhead = resources, overhead
+        t.store.save(record, durable=False)

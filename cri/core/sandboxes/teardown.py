@@ -1,0 +1,113 @@
+"""StopPodSandbox and RemovePodSandbox, and the undo of everything a sandbox may have, which reconciliation at
+start uses for a sandbox a crash left half-created. Both are idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from cri.core import events as ev
+from cri.core.undo import named_error
+from cri.faults import crash_point
+from cri.observe import trace
+from cri.state.sandbox_record import SandboxRecord
+from hostos import cgroups, mountinfo
+from netplugins import unpin_namespace
+
+from . import host
+from .table import Table
+
+
+class Teardown:
+    def __init__(self, t: Table) -> None:
+        self._t = t
+
+    async def stop_pod(self, ref: str) -> None:
+        """Stop the pod's containers, tear its network down and kill the infra; the record stays. Idempotent."""
+        record = self._t.index.find(ref)
+        if record is None:
+            return
+        async with self._t.lock(record.id):
+            if record.id in self._t.index:  # not removed while we waited for the lock
+                await self._stop_locked(record)
+
+    async def _stop_locked(self, record: SandboxRecord) -> None:
+        if self._t.stop_containers is not None and record.state != "creating":
+            await self._t.stop_containers(record.id)
+        work = []
+        if record.network_ready and self._t.cni is not None:
+            work.append(self._teardown_network(record))
+        if record.infra_parent_pid:
+            work.append(self._stop_infra(record))
+        errors = [r for r in await asyncio.gather(*work, return_exceptions=True) if isinstance(r, BaseException)]
+        crash_point("sandbox.stop.after_network")
+        was_ready = record.state == "ready"
+        record.state = "notready"
+        self._t.store.save(record, durable=False)
+        if was_ready:
+            self._t.publish(record, ev.STOPPED)
+        if errors:
+            raise errors[0]
+
+    async def _teardown_network(self, record: SandboxRecord) -> None:
+        assert self._t.cni is not None  # (network_ready is set only with one)
+        try:
+            with trace.phase("cni_del", pod_sandbox_id=record.id):  # not part of the start timeline
+                await self._t.cni.teardown(self._t.pod_network(record))
+        except Exception as e:
+            raise named_error("tearing down the pod network (CNI DEL)", e) from e
+        record.network_ready = False
+
+    async def _stop_infra(self, record: SandboxRecord) -> None:
+        await host.stop_infra(record.infra_pid, record.infra_start_time, record.infra_parent_pid)
+        record.infra_pid = record.infra_start_time = record.infra_parent_pid = 0
+
+    async def remove_pod(self, ref: str) -> None:
+        """Stop if needed, then remove namespaces, mounts, cgroup, files, record and name. Idempotent."""
+        record = self._t.index.find(ref)
+        if record is None:
+            return
+        lock = self._t.lock(record.id)
+        async with lock:
+            if record.id not in self._t.index:
+                return  # removed while we waited for the lock
+            if self._t.remove_containers is not None:
+                await self._t.remove_containers(record.id)
+            await self.destroy(record)
+            self._t.index.remove(record.id)
+            self._t.names.release(record.reserved_name, record.id)
+            self._t.publish(record, ev.DELETED)
+        self._t.forget_lock(record.id)
+
+    async def destroy(self, record: SandboxRecord) -> None:
+        """Undo everything a sandbox may have: used by Remove and by reconciliation of a half-created one."""
+        half_created = record.state == "creating"
+        if half_created and self._t.cni is not None and record.netns_path:
+            record.network_ready = True  # an ADD may have run before the crash: DEL is idempotent
+        if record.network_ready or record.infra_parent_pid or record.state != "notready":
+            await self._stop_locked(record)
+        if not record.namespace_options.host_ipc and record.shm_path:
+            host.unmount(record.shm_path)
+        for path in (record.netns_path, record.ipc_path, record.uts_path, record.userns_path):
+            if path:
+                unpin_namespace(path)
+        crash_point("sandbox.remove.after_namespaces")
+        for target in mountinfo.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
+            host.unmount(target)
+        if record.cgroups_created:
+            await cgroups.remove_created(record.cgroups_created)
+        elif half_created:  # the crash may have come before the record learned which cgroups it made
+            await cgroups.remove_created(self._cgroup_dirs(record.cgroup_path))
+        await self._t.cgroups.release(record.cgroup_path)  # systemd: the infra's scope, if a crash left it
+        await asyncio.to_thread(self._delete_files, record)
+
+    def _delete_files(self, record: SandboxRecord) -> None:
+        """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop."""
+        shutil.rmtree(record.sandbox_dir, ignore_errors=True)
+        self._t.store.delete(record.id)
+
+    @staticmethod
+    def _cgroup_dirs(path: str) -> list[str]:
+        """The sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)."""
+        return [str(d) for d in cgroups.cgroup_dirs(path)]
