@@ -166,7 +166,7 @@ class ImageStore:
     # ---- root filesystems --------------------------------------------------------------
 
     def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None,
-                      volume_images: Sequence[str] = ()) -> Rootfs:
+                      volume_images: Sequence[str] = (), upper_layer: Path | None = None) -> Rootfs:
         """Mount a new root for the container, and the root filesystems of `volume_images` read-only as its image
         volumes (with `idmap`, the images' files are its root's: see idmap_problem). Their layers are pinned
         meanwhile so that a removal of an image cannot delete them before the rootfs record names them."""
@@ -183,7 +183,7 @@ class ImageStore:
             pins = set(record.chain_ids) | {c for v in volumes for c in v.chain_ids}
             self._records.pin(pins)
         try:
-            return self.rootfs.create(container_id, record.id, record.chain_ids, idmap, volumes)
+            return self.rootfs.create(container_id, record.id, record.chain_ids, idmap, volumes, upper_layer)
         finally:
             self._records.unpin(pins)
 

@@ -30,6 +30,7 @@ from storage.errors import InvalidReference, MountError
 from storage.fsutil import remove_tree, usage
 from storage.idmap import IdMap
 from storage.layers import LayerStore
+from storage.unpack import unpack_layer
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -144,9 +145,10 @@ class RootfsManager:
             yield
 
     def create(self, container_id: str, image_id: str, chain_ids: list[str], idmap: IdMap | None = None,
-               volumes: Sequence[ImageVolume] = ()) -> Rootfs:
+               volumes: Sequence[ImageVolume] = (), upper_layer: Path | None = None) -> Rootfs:
         """Make and mount the container's root and its image volumes, idmapped with `idmap` if given; if it
-        already exists, make sure it is mounted."""
+        already exists, make sure it is mounted. `upper_layer`, a layer tar (a restored checkpoint's rootfs
+        changes), is unpacked safely into the upper directory before the mount; HostileLayer if it is unsafe."""
         base = self.dir / container_id
         with self._container_lock(container_id):
             with self._lock:
@@ -161,6 +163,8 @@ class RootfsManager:
                     (base / "volumes" / str(n)).mkdir(parents=True)
                 if idmap is not None:  # the container's / and what it writes are the pod root's
                     os.chown(base / "upper", idmap.uid, idmap.gid)
+                if upper_layer is not None:
+                    unpack_layer(upper_layer, base / "upper")
                 record = {"image_id": image_id, "chain_ids": chain_ids, "idmap": idmap.as_dict() if idmap else None,
                           "volumes": [{"image_id": v.image_id, "chain_ids": v.chain_ids} for v in volumes]}
                 atomic_write_json(base / "rootfs.json", record)

@@ -109,8 +109,9 @@ class ImageService:
         return await asyncio.to_thread(self.store.import_archive, path, pin)
 
     async def create_rootfs(self, container_id: str, image_id: str, idmap: IdMap | None = None,
-                            volume_images: Sequence[str] = ()) -> Rootfs:
-        return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap, list(volume_images))
+                            volume_images: Sequence[str] = (), upper_layer: Path | None = None) -> Rootfs:
+        return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap, list(volume_images),
+                                       upper_layer)
 
     async def idmap_problem(self) -> str | None:
         """Why a user-namespaced container's rootfs cannot be idmapped on this host, or None (probed once, in a

@@ -14,7 +14,7 @@ import json
 import os
 import time
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,11 +81,15 @@ class Conmon:
 
     async def create_container(self, runtime: OCIRuntime, container_id: str, bundle: Path, log_path: str,
                                name: str, stdin: bool = False, stdin_once: bool = False, tty: bool = False,
-                               log_size_max: int = -1, timeout: float = CREATE_TIMEOUT, cgroup: str = "") -> Created:
+                               log_size_max: int = -1, timeout: float = CREATE_TIMEOUT, cgroup: str = "",
+                               restore: Path | None = None, runtime_options: Sequence[str] = ()) -> Created:
         """Start conmon, which runs ``runtime create``; return the container's init pid once it exists.
 
         conmon waits for the start pipe before it forks: that is when it is moved to ``cgroup`` (if given), so
         that neither it nor its children stay in the daemon's cgroup and die with the daemon's pod.
+
+        With ``restore`` (a directory of CRIU images) conmon runs ``runtime restore --detach --image-path restore
+        --work-path bundle`` plus ``runtime_options`` instead: the container is running when the pid comes.
         """
         paths = BundlePaths(bundle)
         self.exit_file(container_id).unlink(missing_ok=True)  # a stale exit file would mark the new one exited
@@ -110,6 +114,10 @@ class Conmon:
                 args.append("--leave-stdin-open")
         if tty:
             args.append("-t")
+        if restore is not None:
+            args += ["--restore", str(restore)]
+        for option in runtime_options:
+            args += ["--runtime-opt", option]
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -151,7 +159,8 @@ class Conmon:
             # watches a monitor whose container never existed) or it would stay a zombie.
             await _reap_detached(_read_pid(paths.conmon_pid_file))
             detail = (message or {}).get("message") or stderr or "conmon exited without reporting a pid"
-            raise ConmonError(f"{runtime.name} create failed: {detail.strip()}", detail)
+            action = "restore" if restore is not None else "create"
+            raise ConmonError(f"{runtime.name} {action} failed: {detail.strip()}", detail)
         return Created(pid=pid, conmon_pid=_read_pid(paths.conmon_pid_file), monitor_ready=monitor_ready)
 
     @staticmethod

@@ -143,6 +143,7 @@ class ContainerRecord(BaseModel):
     stdin: bool = False
     stdin_once: bool = False
     request: dict[str, Any] = {}     # the validated request, for verbose status
+    restore_from: str = ""           # the checkpoint archive it was made from: StartContainer restores its process
 
     def move(self, new: ContainerState) -> None:
         """Change state along a move the table in cri/state/container_state.py allows (Internal otherwise)."""

@@ -25,6 +25,7 @@ from cri.state.ids import valid_id
 from hostos import cgroups
 
 from .exits import Exits
+from .restore import RESTORE_UNPACK_PREFIX
 from .procs import background, is_monitor_of, kill, monitor_gone, mtime_ns, read_pid
 from .table import Table
 from .teardown import KILL_WAIT, Teardown
@@ -94,6 +95,17 @@ class Recovery:
         entry = listed.get(record.id) if listed is not None else None
         status = entry.get("status") if entry else None
         monitor_alive = is_monitor_of(record.conmon_pid, record.id) if record.conmon_pid else False
+        if record.restore_from and record.state == ContainerState.CREATED and not record.pid:
+            conmon_pid = read_pid(BundlePaths(Path(record.bundle)).conmon_pid_file)
+            if not conmon_pid:
+                return  # not started yet: StartContainer restores its process
+            if status == "running" and is_monitor_of(conmon_pid, record.id):  # restored while the daemon was down
+                record.pid, record.conmon_pid = int(entry.get("pid") or 0) if entry else 0, conmon_pid
+                record.move(ContainerState.RUNNING)
+                record.started_at = mtime_ns(t.runtime(record.runtime_handler).root / record.id)
+                t.save(record)
+                exits.watch_monitor(record)
+                return
         if record.state == ContainerState.CREATED and not record.pid:  # the daemon died inside the runtime create
             conmon_pid = read_pid(BundlePaths(Path(record.bundle)).conmon_pid_file)
             if entry is not None and status == "created" and conmon_pid and is_monitor_of(conmon_pid, record.id):
@@ -130,6 +142,9 @@ class Recovery:
         for path in sorted(self._t.dir.iterdir()):
             if path.is_dir() and valid_id(path.name) and path.name not in known:
                 await self._remove_orphan(path.name, live)
+            elif path.is_dir() and path.name.startswith(RESTORE_UNPACK_PREFIX):  # a crash while unpacking
+                log.warning("removing %s, an archive unpacked for a restore that never finished", path)
+                shutil.rmtree(path, ignore_errors=True)
         for name in set(self._images.rootfs_ids()) - known:
             log.warning("removing orphan rootfs of container %s (no record)", name)
             try:
