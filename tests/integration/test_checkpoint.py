@@ -15,8 +15,8 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.helpers_containers import (container_config, create, exec_sync, log_lines, run, status,
-                                                 wait_state)
+from tests.integration.helpers_containers import (container_config, create, exec_sync, log_lines, pod_config, run,
+                                                 status, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -93,14 +93,28 @@ def test_a_checkpoint_archive_as_the_image_is_refused_naming_why(env, tmp_path):
 COUNTER = "i=0; rm /etc/group; while :; do i=$((i+1)); echo $i > /tmp/count; echo $i; sleep 1; done"
 
 
-def test_restore_continues_a_checkpointed_container(env, tmp_path):  # noqa: F811
-    """Checkpoint a counting container, remove it, restore the archive as a new container: it goes on counting
-    from where it was, with its rootfs changes, then stops and is removed like any other."""
+@pytest.mark.parametrize("new_pod", [False, True], ids=["same-pod", "new-pod"])
+def test_restore_continues_a_checkpointed_container(env, tmp_path, new_pod):  # noqa: F811
+    """Checkpoint a counting container, remove it, restore the archive as a new container (in its pod or another):
+    it goes on counting from where it was, with its rootfs changes, then stops and is removed like any other."""
     if not criu_works():
         pytest.skip("`criu check` fails on this host: restore is refused with FAILED_PRECONDITION (test above)")
-    d, pod, cfg = env
+    d, first_pod, first_cfg = env
+    pod, cfg = first_pod, first_cfg
+    if new_pod:
+        cfg = pod_config(Path(first_cfg.log_directory), name=f"restored-{uuid.uuid4().hex[:8]}")
+        pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg), timeout=60).pod_sandbox_id
+    try:
+        _checkpoint_and_restore(d, first_pod, first_cfg, pod, cfg, tmp_path)
+    finally:
+        if new_pod:
+            d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+            d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+
+
+def _checkpoint_and_restore(d, first_pod, first_cfg, pod, cfg, tmp_path) -> None:
     marker = f"counter-{uuid.uuid4().hex[:12]}"
-    cid = run(d, pod, cfg, container_config("counter", ["sh", "-c", COUNTER, marker]))
+    cid = run(d, first_pod, first_cfg, container_config("counter", ["sh", "-c", COUNTER, marker]))
     deadline = time.monotonic() + 120
     while _count(d, cid) < 3 and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -124,7 +138,7 @@ def test_restore_continues_a_checkpointed_container(env, tmp_path):  # noqa: F81
     deadline = time.monotonic() + 60
     while len(log_lines(cfg, "restored")) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    counted = [int(text) for _, _, text in log_lines(cfg, "restored")]
+    counted = [int(text) for stream, _, text in log_lines(cfg, "restored") if stream == "stdout"]
     assert counted and counted[0] >= at_checkpoint, counted  # the shell's own i went on: not a fresh start
     assert _count(d, restored) > at_checkpoint
     assert exec_sync(d, restored, ["test", "-e", "/etc/group"]).exit_code == 1  # deleted before the checkpoint

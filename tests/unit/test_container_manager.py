@@ -92,7 +92,7 @@ class FakeImages:
         return IMAGE if ref in (IMAGE.id, IMAGE.repo_tags[0]) else None
 
     async def create_rootfs(self, container_id: str, image_id: str, idmap: object = None,
-                            volume_images: object = ()) -> FakeRootfs:
+                            volume_images: object = (), upper_layer: object = None) -> FakeRootfs:
         root = self.base / container_id
         (root / "etc").mkdir(parents=True)
         (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")

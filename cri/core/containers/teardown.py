@@ -11,6 +11,7 @@ import asyncio
 import logging
 import shutil
 import signal
+import time
 
 from cri.core import events as ev
 from cri.core.images import ImageService
@@ -19,6 +20,7 @@ from cri.errors import FailedPrecondition, Internal
 from cri.faults import crash_point
 from cri.oci.runtime import OCIRuntimeError
 from cri.state.container_record import ContainerRecord
+from cri.state.container_state import ContainerState
 from hostos import cgroups
 
 from .create import Creator
@@ -55,6 +57,9 @@ class Teardown:
         except FailedPrecondition:
             pass  # it never ran: nothing to stop
         if not record.state.live:
+            return
+        if record.restore_from and record.state == ContainerState.CREATED:  # no process until its restore
+            self._exits.record_exit(record, 0, "", time.time_ns(), "stopped before its process was restored")
             return
         runtime = self._t.runtime(record.runtime_handler)
         if timeout > 0:

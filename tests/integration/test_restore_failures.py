@@ -1,0 +1,99 @@
+"""A restore the runtime fails, on any host: a stand-in `criu` that passes `criu check` and a stand-in `runc` whose
+checkpoint writes a CRIU-less image directory and whose restore fails as CRIU does (an Error line in restore.log).
+The real daemon, conmon and runc do everything else: the container ends exited with CRIU's reason, StartContainer is
+INTERNAL naming it, and removal leaves nothing (daemon_factory checks). The real restore is test_checkpoint.py's, in
+the node VM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+
+import grpc
+import pytest
+from cri.api.v1 import api_pb2
+
+from tests.integration.helpers_containers import container_config, create, run, start_env, status, wait_state
+
+pytestmark = pytest.mark.integration
+
+FAKE_RUNC = """#!/usr/bin/python3
+import os, sys
+argv = sys.argv[1:]
+verb = next((a for a in argv if a in ("checkpoint", "restore")), None)
+if verb is None:
+    os.execv(REAL, [REAL, *argv])
+opt = lambda name: argv[argv.index(name) + 1]
+if verb == "checkpoint":
+    os.makedirs(opt("--image-path"), exist_ok=True)
+    open(os.path.join(opt("--image-path"), "inventory.img"), "w").write("not CRIU's")
+    sys.exit(0)
+open(os.path.join(opt("--work-path"), "restore.log"), "w").write(
+    "(00.01) Warn: nothing\\n(00.02) Error (criu/cr-restore.c:1): stand-in CRIU cannot restore\\n")
+sys.stderr.write("criu failed: type RESTORE errno 0\\n")
+sys.exit(1)
+"""
+
+
+@pytest.fixture
+def stand_ins(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "criu").write_text("#!/bin/sh\n[ \"$1\" = check ] && exit 0\nexit 1\n")
+    (bin_dir / "runc").write_text(FAKE_RUNC.replace("REAL", repr(shutil.which("runc")), 2))
+    for tool in ("criu", "runc"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")  # the daemon inherits it
+
+
+@pytest.fixture
+def env_with_stand_ins(stand_ins, daemon_factory, registry, tmp_path):
+    yield from start_env(daemon_factory, registry, tmp_path)
+
+
+def test_a_failed_restore_ends_the_container_with_crius_reason(env_with_stand_ins, tmp_path):
+    d, pod, cfg = env_with_stand_ins
+    cid = run(d, pod, cfg, container_config("orig", ["sh", "-c", "echo x > /tmp/made; sleep 600"]))
+    location = tmp_path / "orig.tar"
+    d.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest(container_id=cid, location=str(location)),
+                                  timeout=120)
+    with tarfile.open(location) as tar:
+        assert "checkpoint/inventory.img" in tar.getnames()
+    config = container_config("restored", ["ignored"])
+    config.image.image = str(location)
+    restored = create(d, pod, cfg, config)
+    assert status(d, restored).status.state == api_pb2.CONTAINER_CREATED
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=restored), timeout=120)
+    assert err.value.code() == grpc.StatusCode.INTERNAL, err.value.details()
+    assert "stand-in CRIU cannot restore" in err.value.details() and str(location) in err.value.details()
+    st = wait_state(d, restored, api_pb2.CONTAINER_EXITED)
+    assert (st.state, st.reason) == (api_pb2.CONTAINER_EXITED, "StartError")
+    assert "stand-in CRIU cannot restore" in st.message
+    for container in (restored, cid):
+        d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container, timeout=0), timeout=60)
+        d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container), timeout=60)
+    assert not d.state_dir.joinpath("containers", restored).exists()
+
+
+def test_a_restore_without_the_checkpointed_bind_mounts_is_refused(env_with_stand_ins, tmp_path):
+    d, pod, cfg = env_with_stand_ins
+    data = tmp_path / "data"
+    data.mkdir()
+    mount = api_pb2.Mount(container_path="/data", host_path=str(data))
+    cid = run(d, pod, cfg, container_config("orig", ["sleep", "600"], mounts=[mount]))
+    location = tmp_path / "orig.tar"
+    d.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest(container_id=cid, location=str(location)),
+                                  timeout=120)
+    config = container_config("restored", ["ignored"])
+    config.image.image = str(location)
+    with pytest.raises(grpc.RpcError) as err:
+        create(d, pod, cfg, config)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "expects these mounts" in err.value.details() and "/data" in err.value.details()
+    assert [c.id for c in d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers] == [cid]
+    assert not [p for p in d.state_dir.joinpath("containers").iterdir() if p.name.startswith(".restore-")]
+    config.mounts.append(mount)
+    restored = create(d, pod, cfg, config)  # with the mount asked again it is made
+    assert status(d, restored).status.mounts[0].container_path == "/data"
