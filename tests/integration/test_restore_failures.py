@@ -97,3 +97,21 @@ def test_a_restore_without_the_checkpointed_bind_mounts_is_refused(env_with_stan
     config.mounts.append(mount)
     restored = create(d, pod, cfg, config)  # with the mount asked again it is made
     assert status(d, restored).status.mounts[0].container_path == "/data"
+
+
+def test_a_restored_container_not_yet_started_survives_a_daemon_restart(env_with_stand_ins, tmp_path):
+    d, pod, cfg = env_with_stand_ins
+    cid = run(d, pod, cfg, container_config("orig", ["sleep", "600"]))
+    location = tmp_path / "orig.tar"
+    d.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest(container_id=cid, location=str(location)),
+                                  timeout=120)
+    config = container_config("restored", ["ignored"])
+    config.image.image = str(location)
+    restored = create(d, pod, cfg, config)
+    d.kill()  # no clean stop: the records are all that is left
+    d.start()
+    assert status(d, restored).status.state == api_pb2.CONTAINER_CREATED  # still to be restored, not undone
+    with pytest.raises(grpc.RpcError) as err:  # and StartContainer still restores it (the stand-in fails)
+        d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=restored), timeout=120)
+    assert "stand-in CRIU cannot restore" in err.value.details()
+    assert wait_state(d, restored, api_pb2.CONTAINER_EXITED).reason == "StartError"
