@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cri.core import events as ev
+from cri.errors import Internal
 from cri.oci.conmon import BundlePaths
 from cri.oci.exitwatch import ExitWatcher, read_exit_status
 from cri.oci.reaper import Reaper
@@ -163,8 +164,16 @@ class Exits:
         if record.state == ContainerState.EXITED:
             await asyncio.to_thread(cgroups.kill_all, record.cgroups_path)
         await self._t.runtime(record.runtime_handler).delete(record.id, force=True)
-        # runc and crun leave the container's cgroup parents (and on v1 sometimes the cgroup) behind.
+        # runc and crun leave the container's cgroup parents (and on v1 sometimes the cgroup) behind. A process
+        # they killed may still be in it (a loaded host had not run its exit yet; runc then deletes its state
+        # anyway, so a retried delete finds nothing): the container is not gone until it has left.
         failed = await asyncio.to_thread(cgroups.remove, record.cgroups_path)
+        if failed and not await asyncio.to_thread(cgroups.kill_all, record.cgroups_path, KILL_WAIT / 2):
+            pids = sorted({pid for d in failed for pid in cgroups.procs(d)})
+            raise Internal(f"container {record.id}: processes {pids} still in its cgroup {failed[0]} "
+                           f"{KILL_WAIT / 2:g}s after SIGKILL (stuck in the kernel, or in a frozen cgroup?)")
+        if failed:
+            failed = await asyncio.to_thread(cgroups.remove, record.cgroups_path)
         if failed:
             log.warning("container %s: cgroups not removed: %s", record.id, failed)
         if record.state == ContainerState.EXITED:  # no process of it is left to use the root
