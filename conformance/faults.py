@@ -17,6 +17,7 @@ from cri.api.v1 import api_pb2
 from conformance.client import Client, container_config, pod_config
 from conformance.daemon import Daemon
 from conformance.hostcheck import leaks, snapshot
+from hostos import cgroups
 
 
 @dataclass
@@ -24,6 +25,7 @@ class World:
     """What a scenario made before the crash, for the call and its retry."""
 
     image: str
+    cgroup_parent: str = ""
     pod: api_pb2.PodSandboxConfig | None = None
     pod_id: str = ""
     container: api_pb2.ContainerConfig | None = None
@@ -40,7 +42,7 @@ class Scenario:
 
 
 def _new_pod(c: Client, w: World) -> None:
-    w.pod = pod_config(f"fault-{uuid.uuid4().hex[:8]}")
+    w.pod = pod_config(f"fault-{uuid.uuid4().hex[:8]}", cgroup_parent=w.cgroup_parent)
 
 
 def _running_pod(c: Client, w: World) -> None:
@@ -171,16 +173,21 @@ SCENARIOS = [
 POINTS = [s.point for s in SCENARIOS]
 
 
-def run(scenario: Scenario, settings: dict, image: str, bridge: str = "", network: str = "") -> dict[str, list[str]]:
+def run(scenario: Scenario, settings: dict, image: str, bridge: str = "", network: str = "",
+        cgroup_parent: str = "") -> dict[str, list[str]]:
     """Run one scenario in a fresh daemon root; return the leaks found (empty when clean).
-    `bridge` and `network` name the CNI bridge and network, to look for veths and NAT rules."""
+    `bridge` and `network` name the CNI bridge and network, to look for veths and NAT rules; `cgroup_parent`
+    (a cgroupfs path of the run's own, removed after) holds the pods' cgroups, so that every pod, container and
+    conmon cgroup is checked and no other test's cgroups are counted. Without it, only a new top-level cgroup
+    named pycri* counts, which any other runtime or test on the host may make meanwhile."""
     daemon = Daemon(settings)
+    marker = cgroup_parent.strip("/") + "/" if cgroup_parent else "pycri"
 
     def host_state() -> dict[str, set[str]]:
-        return snapshot(cgroup_marker="pycri", iptables_marker=network, scope=str(daemon.base), bridge=bridge)
+        return snapshot(cgroup_marker=marker, iptables_marker=network, scope=str(daemon.base), bridge=bridge)
 
     before = host_state()
-    world = World(image=image)
+    world = World(image=image, cgroup_parent=cgroup_parent)
     try:
         daemon.start()
         client = daemon.client()
@@ -208,4 +215,7 @@ def run(scenario: Scenario, settings: dict, image: str, bridge: str = "", networ
         daemon.stop()
     finally:
         daemon.cleanup()
-    return leaks(before, host_state())
+    left = leaks(before, host_state())
+    if cgroup_parent:
+        cgroups.remove(cgroup_parent)  # the parent kubelet would own; what is still busy in it was reported
+    return left

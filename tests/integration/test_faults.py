@@ -3,6 +3,7 @@ record, and a successful retry of the call kubelet would repeat (conformance/fau
 
 from __future__ import annotations
 
+import os
 import time
 
 import grpc
@@ -17,6 +18,7 @@ from tests.integration.helpers_sandboxes import PrivateNetwork
 pytestmark = pytest.mark.integration
 
 IMAGE = "faults.test/busybox:1"
+MANAGER = os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs")  # as tests/integration/conftest.py pins it
 
 
 @pytest.fixture
@@ -29,7 +31,8 @@ def world_settings(registry, tmp_path):  # noqa: F811
     net = PrivateNetwork(tmp_path)
     net.install()
     try:
-        yield {"storage": {"registries_conf": str(conf)}, "network": {"cni_conf_dir": str(net.conf_dir)}}, net
+        yield {"storage": {"registries_conf": str(conf)}, "network": {"cni_conf_dir": str(net.conf_dir)},
+               "runtime": {"cgroup_manager": MANAGER}}, net
     finally:
         net.cleanup()
 
@@ -37,7 +40,8 @@ def world_settings(registry, tmp_path):  # noqa: F811
 @pytest.mark.parametrize("scenario", faults.SCENARIOS, ids=lambda s: s.point)
 def test_crash_at_point_leaves_nothing_and_the_retry_succeeds(world_settings, scenario):
     settings, net = world_settings
-    leaked = faults.run(scenario, settings, IMAGE, bridge=net.bridge, network=net.name)
+    own_parent = f"/faults-{os.getpid()}" if MANAGER == "cgroupfs" else ""  # (a cgroupfs path)
+    leaked = faults.run(scenario, settings, IMAGE, bridge=net.bridge, network=net.name, cgroup_parent=own_parent)
     assert not leaked, f"after a crash at {scenario.point}: {leaked}"
     assert net.leases() == [], "an IP lease outlived its pod"
 
