@@ -18,9 +18,8 @@ from typing import IO, Any, Callable, Iterator
 
 from storage import reference as refs
 from storage.errors import ArchiveError, InvalidReference
-from storage.manifest import Descriptor, parse_image_manifest
-from storage.registry import (DOCKER_MANIFEST, IMAGE_MANIFEST_TYPES, INDEX_TYPES, MAX_MANIFEST_BYTES, Manifest,
-                              choose_platform)
+from storage.manifest import (DOCKER_MANIFEST, IMAGE_MANIFEST_TYPES, INDEX_TYPES, MAX_MANIFEST_BYTES, Descriptor,
+                              Manifest, choose_platform, parse_image_manifest)
 
 _CHUNK = 1 << 20
 _NAME_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")

@@ -45,6 +45,10 @@ class RegistryError(StorageError):
     """The registry failed in a way that is not one of the cases above (5xx, bad answer, network)."""
 
 
+class TransientRegistryError(RegistryError):
+    """A failure worth retrying: a dropped connection, a 5xx, a 429."""
+
+
 class HostileLayer(StorageError):
     """A layer tries to escape its root, uses an unsafe entry, or is absurdly large."""
 

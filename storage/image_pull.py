@@ -18,14 +18,15 @@ from typing import Any, Callable, Iterator, TypeVar
 from storage import reference as refs
 from storage.auth import AuthFile, Credentials
 from storage.content import ContentStore
-from storage.errors import ImageNotFound, NoSpace, StorageError, UnsupportedManifest
+from storage.errors import ImageNotFound, NoSpace, StorageError, TransientRegistryError, UnsupportedManifest
 from storage.fsutil import syncfs
 from storage.image_gc import Collector
 from storage.image_records import ImageRecord, ImageRecords
 from storage.layers import LayerStore, chain_ids as compute_chain_ids
-from storage.manifest import MAX_CONFIG_BYTES, Descriptor, image_record, parse_config, parse_image_manifest
-from storage.registry import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, Manifest, RegistryClient, TokenCache,
-                              TransientRegistryError, choose_platform)
+from storage.manifest import (IMAGE_MANIFEST_TYPES, INDEX_TYPES, MAX_CONFIG_BYTES, Descriptor, Manifest,
+                              choose_platform, image_record, parse_config, parse_image_manifest)
+from storage.registry import RegistryClient
+from storage.registry_auth import TokenCache
 
 log = logging.getLogger("pycri.storage")
 

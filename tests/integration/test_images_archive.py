@@ -17,7 +17,7 @@ import pytest
 
 from storage.errors import ArchiveError, NoSpace
 from storage.images import ImageStore
-from storage.registry import host_platform
+from storage.manifest import host_platform
 from tests.imagebuild import Entry, build_busybox_image, build_index, write_docker_archive, write_oci_layout
 
 pytestmark = [pytest.mark.integration,

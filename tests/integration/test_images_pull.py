@@ -20,7 +20,7 @@ from storage.errors import (AuthError, BlockedRegistry, DigestMismatch, HostileL
                             NoSpace, PullTimeout, RegistryError, UnsupportedManifest)
 from storage.images import ImageStore
 from storage.registries_conf import Mirror, RegistriesConfig, RegistryEntry
-from storage.registry import host_platform
+from storage.manifest import host_platform
 from tests.imagebuild import Entry, build_busybox_image, build_image, build_index, tar_layer
 from tests.integration.fake_registry import EMPTY, FakeRegistry, leftovers
 

@@ -8,7 +8,7 @@ from cri.server.image_convert import user_fields
 from storage.errors import UnsupportedManifest
 from storage.manifest import descriptor
 from storage.layers import chain_ids
-from storage.registry import choose_platform
+from storage.manifest import choose_platform
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 
@@ -76,7 +76,7 @@ def test_more_layers_than_overlayfs_can_stack_are_refused_at_pull():
     import json
 
     from storage.manifest import parse_image_manifest
-    from storage.registry import Manifest
+    from storage.manifest import Manifest
     desc = {"mediaType": "x", "digest": "sha256:" + "a" * 64, "size": 1}
     body = json.dumps({"schemaVersion": 2, "config": desc, "layers": [desc] * 501}).encode()
     with pytest.raises(UnsupportedManifest, match="501 layers"):
