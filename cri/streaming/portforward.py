@@ -7,7 +7,8 @@ import logging
 from dataclasses import dataclass
 
 from .backend import OutputStream, PortForwardRequest, StreamingBackend
-from .spdy import PROTOCOL_ERROR, SpdyConnection, SpdyStream, StreamClosed
+from .spdy import SpdyConnection, SpdyStream
+from .spdy_frames import PROTOCOL_ERROR, StreamClosed
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .backend import AttachRequest, ExecRequest, InputStream, OutputStream, StreamingBackend, TerminalSize
-from .spdy import REFUSED_STREAM, SpdyConnection, SpdyStream, StreamClosed
+from .spdy import SpdyConnection, SpdyStream
+from .spdy_frames import REFUSED_STREAM, StreamClosed
 
 log = logging.getLogger(__name__)
 

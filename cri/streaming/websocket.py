@@ -18,7 +18,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from .backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend
 from .portforward import forward
 from .remotecommand import SessionStreams, StatusSink, resize_events, run_session
-from .spdy import StreamClosed, close_transport, next_chunk
+from .spdy_frames import StreamClosed
+from .transport import close_transport, next_chunk
 
 log = logging.getLogger(__name__)
 

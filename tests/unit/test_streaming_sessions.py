@@ -399,8 +399,8 @@ async def test_a_client_goaway_still_finishes_open_streams():
     server = await streaming(FakeBackend())
     try:
         session = await SpdySession.open(exec_url(server, "cat", stdin=True, stderr=False), stdin=True, stderr=False)
-        from cri.streaming import spdy
-        session.conn._send(spdy.encode_frame(spdy.GoAway(0)))
+        from cri.streaming import spdy_frames
+        session.conn._send(spdy_frames.encode_frame(spdy_frames.GoAway(0)))
         await session.write_stdin(b"after goaway")
         await session.close_stdin()
         result = await session.finish()

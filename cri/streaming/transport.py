@@ -1,0 +1,35 @@
+"""What the SPDY and WebSocket connections share: the read side of a stream or channel over buffered chunks, and
+the last step of closing a connection's transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+
+async def next_chunk(chunks: deque[bytes], n: int, ended: Callable[[], bool], changed: asyncio.Event) -> bytes:
+    """Up to n bytes of the first buffered chunk (the rest of it stays first in line), waiting on `changed` while
+    none is buffered; b"" once none is and `ended()`. The read side of a SPDY stream and of a WebSocket channel."""
+    while not chunks:
+        if ended():
+            return b""
+        changed.clear()
+        await changed.wait()
+    chunk = chunks.popleft()
+    if len(chunk) > n:
+        chunks.appendleft(chunk[n:])
+        chunk = chunk[:n]
+    return chunk
+
+
+async def close_transport(writer: asyncio.StreamWriter, task: asyncio.Task | None) -> None:
+    """Wait up to 5 s for the transport to close, else abort it; then end the connection's reader task (unless
+    that is the caller). The last step of closing a SPDY or WebSocket connection."""
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 5)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        writer.transport.abort()
+    if task is not None and task is not asyncio.current_task():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
