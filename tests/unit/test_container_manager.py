@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class FakeConmon:
 
     exit_dir: Path
     fail: str = ""
+    pid: int = 4242
 
     def exit_file(self, container_id: str) -> Path:
         return self.exit_dir / container_id
@@ -74,7 +76,7 @@ class FakeConmon:
             raise RuntimeError(self.fail)
         assert json.loads((bundle / "config.json").read_text())["process"]["args"] == ["sh"]
         runtime.containers[container_id] = "created"
-        return Created(pid=4242, conmon_pid=0)
+        return Created(pid=self.pid, conmon_pid=0)
 
 
 @dataclass
@@ -264,3 +266,36 @@ def test_a_restart_sweeps_a_rootfs_without_a_record(env: Env) -> None:
         await manager.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_stop_signal_waits_until_runc_init_has_execd(env: Env, tmp_path: Path) -> None:
+    """runc's init is a Go program that catches every signal: a stop signal it gets before it execs the container's
+    process (SIGUSR1, SIGWINCH, a real-time one) is lost, and the stop waited out its grace period and killed."""
+    init = tmp_path / "runc:[2:INIT]"  # the name runc's init gives itself
+    init.symlink_to("/bin/sh")
+    proc = subprocess.Popen([str(init), "-c", "sleep 0.5; exec sleep 30"])
+    env.conmon.pid = proc.pid
+    seen: list[str] = []
+    kill = env.runtime.kill
+
+    async def noting_kill(container_id: str, sig: int, all_processes: bool = False) -> None:
+        seen.append(Path(f"/proc/{proc.pid}/comm").read_text().strip())
+        await kill(container_id, sig, all_processes)
+
+    env.runtime.kill = noting_kill  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        manager = env.manager()
+        await manager.start()
+        record = await manager.create(request())
+        await manager.start_container(record.id)
+        await manager.stop_container(record.id, 10)
+        assert manager.get(record.id).exit_code == 128 + signal.SIGTERM
+        await manager.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen == ["sleep"]

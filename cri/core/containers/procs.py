@@ -45,6 +45,23 @@ async def monitor_gone(pid: int, container_id: str, timeout: float) -> bool:
     return True
 
 
+async def execd(pid: int, timeout: float) -> None:
+    """Wait (at most `timeout` seconds) until the container's init has exec'd its process. runc's init names itself
+    runc:[2:INIT] and, a Go program, catches every signal: a stop signal it gets before the exec is lost (SIGUSR1,
+    SIGWINCH, a real-time one; on a loaded host the exec can lag StartContainer's answer)."""
+    deadline = time.monotonic() + timeout
+    while _comm(pid).startswith("runc:[") and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 async def exited(pid: int, timeout: float) -> bool:
     """Wait until `pid` has exited (a zombie has): a signal is only sent when kill() returns, and a loaded host may
     not run the process's death for a while. False if it still runs after `timeout` seconds."""

@@ -25,7 +25,7 @@ from hostos import cgroups
 
 from .create import Creator
 from .exits import Exits
-from .procs import kill, monitor_gone, signal_number
+from .procs import execd, kill, monitor_gone, signal_number
 from .table import Table
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,15 @@ class Teardown:
             return
         runtime = self._t.runtime(record.runtime_handler)
         if timeout > 0:
+            deadline = time.monotonic() + timeout
+            if record.pid > 0:
+                await execd(record.pid, timeout)  # (the grace period counts from here all the same)
             try:
                 await runtime.kill(record.id, signal_number(record.stop_signal))
             except OCIRuntimeError as e:
                 log.debug("stop signal to %s: %s", record.id, e)
             crash_point("container.stop.after_signal")
-            if await self._exits.wait_exit(record, timeout):
+            if await self._exits.wait_exit(record, max(0.0, deadline - time.monotonic())):
                 return
         try:
             await runtime.kill(record.id, signal.SIGKILL, all_processes=True)
