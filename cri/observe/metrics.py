@@ -13,7 +13,7 @@ import logging
 from typing import Callable, TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
@@ -75,6 +75,7 @@ class Metrics:
     def __init__(self, rt: Runtime, address: str = "127.0.0.1", port: int = 9090) -> None:
         self._rt = rt
         self.address, self.port = address, port
+        disable_created_metrics()  # (process-wide) no *_created gauge per labelled child: CRI-O exposes none
         self.registry = registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=registry)
         registry.register(_StateCollector(rt))

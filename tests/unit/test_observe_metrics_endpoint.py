@@ -48,3 +48,17 @@ def test_odd_requests_get_a_status_and_scrapes_go_on(caplog):
     assert scrape.startswith(b"HTTP/1.1 200 OK")
     assert b"pycri_containers" in scrape
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_no_created_series_beside_the_counters_and_histograms():
+    """prometheus_client adds a *_created gauge per labelled child; CRI-O's (Go) exposition has none and
+    docs/metrics.md promises none: they would double the series of every labelled counter."""
+    from prometheus_client.exposition import generate_latest
+
+    metrics = Metrics(_runtime(), port=0)
+    metrics.rpc("RunPodSandbox")("OK", 0.5)
+    metrics.rpc("StopContainer")("NOT_FOUND", 0.001)
+    metrics.pulled("docker.io/library/busybox", 1.0, 10)
+    text = generate_latest(metrics.registry).decode()
+    assert 'pycri_operations_total{code="OK",operation="RunPodSandbox"} 1.0' in text
+    assert "_created" not in text
