@@ -11,7 +11,8 @@ import functools
 from typing import Literal
 
 from hostos.cgroups import systemd, tree
-from hostos.cgroups.layout import clean_path
+from hostos.cgroups.layout import clean_path, layout
+from hostos.cgroups.limits import Limits, planned_writes
 
 Name = Literal["cgroupfs", "systemd"]
 
@@ -40,6 +41,9 @@ class CgroupfsDriver:
 
     async def release(self, path: str) -> None:
         """Nothing: a cgroupfs cgroup is removed with rmdir by whoever made it."""
+
+    async def keep(self, path: str, limits: Limits) -> None:
+        """Nothing: under cgroupfs the limits written into the files (limits.apply) stay as they are."""
 
     async def check(self) -> None:
         """Raise OSError when this manager cannot work here (called once at start)."""
@@ -82,6 +86,13 @@ class SystemdDriver(CgroupfsDriver):
 
     async def release(self, path: str) -> None:
         await self.client.stop_unit(systemd.scope_name(path)[1])
+
+    async def keep(self, path: str, limits: Limits) -> None:
+        """Tell systemd the limits just written into the slice at `path` (a pod's parent): it re-applies a unit's
+        own settings over its cgroup files at daemon-reload, which would undo a pod resize it was not told of."""
+        properties = systemd.unit_properties(planned_writes(limits, layout()))
+        if properties:
+            await self.client.set_properties(path.rstrip("/").rpartition("/")[2], properties)
 
     async def check(self) -> None:
         await self.client.connect()

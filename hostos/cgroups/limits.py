@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from hostos.cgroups.layout import Layout, layout
 
@@ -98,6 +99,12 @@ def apply(cgroups_path: str, limits: Limits, lay: Layout | None = None) -> list[
     v1 wants memory <= memory+swap at every step: when a write is refused (EINVAL), the pair is written the
     other way round, as runc does when it lowers or raises both.
     """
+    return apply_undoable(cgroups_path, limits, lay)[0]
+
+
+def apply_undoable(cgroups_path: str, limits: Limits,
+                   lay: Layout | None = None) -> tuple[list[str], Callable[[], None]]:
+    """apply(), and a function that puts back what the files held before (for a step after it that fails)."""
     lay = lay or layout()
     relative = cgroups_path.strip("/")
     paths = []
@@ -119,7 +126,10 @@ def apply(cgroups_path: str, limits: Limits, lay: Layout | None = None) -> list[
         except OSError as e:
             log.warning("restoring %s after a failed resize: %s", os.path.dirname(written[0]), e.strerror or e)
         raise
-    return written
+
+    def undo() -> None:
+        _write_all([(Path(p), old) for p in reversed(written) if (old := before[Path(p)]) is not None], [])
+    return written, undo
 
 
 def _write_all(pending: list[tuple[Path, str]], written: list[str]) -> None:

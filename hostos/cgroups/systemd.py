@@ -56,6 +56,51 @@ def scope_name(path: str) -> tuple[str, str]:
     return (parent.rpartition("/")[2] or "-.slice"), unit
 
 
+_INFINITY = 2**64 - 1
+# cgroup v2 files systemd writes from a unit's own settings whenever it re-applies them (daemon-reload, a
+# new unit in the slice): a value written straight into such a file and not told to systemd is reset.
+_TIME_PROPERTIES = {"memory.max": "MemoryMax", "memory.high": "MemoryHigh", "memory.low": "MemoryLow",
+                    "memory.min": "MemoryMin", "memory.swap.max": "MemorySwapMax", "pids.max": "TasksMax",
+                    "cpu.weight": "CPUWeight"}
+_CPU_SET_PROPERTIES = {"cpuset.cpus": "AllowedCPUs", "cpuset.mems": "AllowedMemoryNodes"}
+
+
+def _cpu_mask(cpus: str) -> bytes:
+    """A cpuset list ("0-2,5") as systemd's CPU mask: bit n of byte n/8 for each CPU n."""
+    bits: set[int] = set()
+    for part in filter(None, cpus.replace(" ", "").split(",")):
+        low, _, high = part.partition("-")
+        bits.update(range(int(low), int(high or low) + 1))
+    mask = bytearray((max(bits) // 8 + 1) if bits else 0)
+    for bit in bits:
+        mask[bit // 8] |= 1 << (bit % 8)
+    return bytes(mask)
+
+
+def unit_properties(writes: list[tuple[str, str, str]]) -> list[tuple[str, str, Any]]:
+    """(name, D-Bus signature, value) of the unit properties that make systemd keep the cgroup v2 writes
+    (controller "", file, value) as limits.planned_writes gives them. Files systemd does not manage (hugetlb,
+    other unified keys) need none: it leaves them alone."""
+    props: list[tuple[str, str, Any]] = []
+    for controller, name, value in writes:
+        if controller:
+            continue
+        if name == "cpu.max":
+            quota, _, period = value.partition(" ")
+            period_us = int(period)
+            props.append(("CPUQuotaPeriodUSec", "t", period_us))
+            if quota == "max":
+                props.append(("CPUQuotaPerSecUSec", "t", _INFINITY))
+            else:  # systemd keeps the quota per second in 10 ms steps (CPUQuota=NN.NN%): round up, as runc does
+                per_sec = -(-int(quota) * 1_000_000 // period_us)
+                props.append(("CPUQuotaPerSecUSec", "t", -(-per_sec // 10_000) * 10_000))
+        elif name in _TIME_PROPERTIES:
+            props.append((_TIME_PROPERTIES[name], "t", _INFINITY if value == "max" else int(value)))
+        elif name in _CPU_SET_PROPERTIES:
+            props.append((_CPU_SET_PROPERTIES[name], "ay", _cpu_mask(value)))
+    return props
+
+
 class Systemd:
     """A connection to the system bus, opened at start (connect) or on first use, and reopened after it drops."""
 
@@ -144,6 +189,15 @@ class Systemd:
                 return
             raise
         await self._wait_job(job, f"stop {unit}")
+
+    async def set_properties(self, unit: str, properties: list[tuple[str, str, Any]]) -> None:
+        """Set `unit`'s properties until the next boot (SetUnitProperties, runtime): systemd writes them into the
+        unit's cgroup and keeps them across daemon-reload."""
+        from dbus_fast import Variant
+
+        bus = await self.connect()
+        body = [[name, Variant(signature, value)] for name, signature, value in properties]
+        await self._call(bus, "SetUnitProperties", "sba(sv)", [unit, True, body])
 
     async def units(self, pattern: str) -> list[str]:
         """Names of loaded units matching a glob (for the sweep of what a crash left)."""

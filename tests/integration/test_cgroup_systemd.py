@@ -111,3 +111,35 @@ def test_a_kubelet_slice_parent_and_a_path_parent(systemd_env):
         d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg), timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "slice name" in err.value.details()
+
+
+@needs_systemd
+def test_a_pod_resize_is_kept_by_systemd_across_daemon_reload(systemd_env):
+    """UpdatePodSandboxResources writes the pod slice's files and tells systemd (SetUnitProperties): systemd
+    re-applies a unit's own settings at daemon-reload, which would otherwise put back `max`."""
+    d, _, _ = systemd_env
+    slice_name = f"pycritest-resize{os.urandom(4).hex()}.slice"
+    slice_dir = Path("/sys/fs/cgroup/pycritest.slice") / slice_name
+    logs = Path(d.base) / "logs-resize"
+    logs.mkdir()
+    cfg = pod_config(logs)
+    cfg.linux.cgroup_parent = slice_name
+    pod = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg), timeout=60).pod_sandbox_id
+    try:
+        cid = run(d, pod, cfg, container_config("resized", ["sleep", "600"]))
+        d.runtime.UpdatePodSandboxResources(api_pb2.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod, resources=api_pb2.LinuxContainerResources(
+                cpu_period=100000, cpu_quota=150000, cpu_shares=1024, memory_limit_in_bytes=96 << 20)), timeout=60)
+        expected = {"memory.max": str(96 << 20), "cpu.max": "150000 100000", "cpu.weight": "39"}
+        assert {name: (slice_dir / name).read_text().strip() for name in expected} == expected
+        subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=120)
+        assert {name: (slice_dir / name).read_text().strip() for name in expected} == expected
+        shown = subprocess.run(["systemctl", "show", "-p", "MemoryMax", "--value", slice_name],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        assert shown == str(96 << 20)  # systemd's own record of the limit
+        assert status(d, cid).status.state == api_pb2.CONTAINER_RUNNING
+    finally:
+        d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        subprocess.run(["systemctl", "stop", slice_name, "pycritest.slice"], capture_output=True, timeout=30)
+        subprocess.run(["systemctl", "revert", slice_name], capture_output=True, timeout=30)

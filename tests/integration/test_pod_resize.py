@@ -4,6 +4,8 @@ running container is untouched, and what cannot be done is a clear status."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 
 import grpc
@@ -11,6 +13,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from hostos import cgroups
+from hostos.cgroups.driver import resolve
 from tests.integration.helpers_containers import container_config, exec_sync, pod_config, run, status
 
 MiB = 1 << 20
@@ -18,7 +21,14 @@ MiB = 1 << 20
 
 @pytest.fixture
 def cgroup_parent():
-    """The pod's cgroup parent, kubelet's to make and remove (the daemon leaves it); removed after the daemon."""
+    """The pod's cgroup parent, kubelet's to make and remove (the daemon leaves it); removed after the daemon.
+    Under the systemd driver (TEST_CGROUP_MANAGER) it is a slice, named by its cgroup path as critest does."""
+    if resolve(os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs")) == "systemd":
+        unit = f"pycriresize{uuid.uuid4().hex[:12]}.slice"
+        yield f"/{unit}"
+        subprocess.run(["systemctl", "stop", unit], capture_output=True, timeout=60)
+        subprocess.run(["systemctl", "revert", unit], capture_output=True, timeout=60)
+        return
     parent = f"/pycri-resize-{uuid.uuid4().hex[:12]}"
     yield parent
     cgroups.remove(parent)

@@ -1,6 +1,7 @@
 """The cgroup managers: slice names as cgroup paths, what runc is told, and when systemd may be chosen."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,9 @@ class FakeClient:
     async def stop_unit(self, unit):
         self.calls.append(("stop", unit))
 
+    async def set_properties(self, unit, properties):
+        self.calls.append(("set", unit, properties))
+
 
 def test_systemd_driver_makes_a_scope_in_the_parent_slice_and_stops_it():
     client = FakeClient()
@@ -85,3 +89,31 @@ def test_a_slice_given_as_its_cgroup_path_is_that_slice(requested, path):
 def test_a_path_that_is_not_where_systemd_puts_the_slice_is_refused(bad):
     with pytest.raises(ValueError):
         drivers.SystemdDriver(client=None).parent(bad)
+
+
+def test_the_systemd_properties_of_a_pod_resize_keep_what_was_written():
+    writes = [("", "cpu.max", "150000 100000"), ("", "cpu.weight", "59"), ("", "memory.max", str(96 << 20)),
+              ("", "memory.swap.max", "max"), ("", "cpuset.cpus", "0-2,9"), ("", "hugetlb.2MB.max", "0"),
+              ("", "memory.high", str(64 << 20)), ("", "pids.max", "max"), ("", "io.max", "8:0 rbps=1")]
+    assert systemd.unit_properties(writes) == [
+        ("CPUQuotaPeriodUSec", "t", 100000), ("CPUQuotaPerSecUSec", "t", 1500000), ("CPUWeight", "t", 59),
+        ("MemoryMax", "t", 96 << 20), ("MemorySwapMax", "t", 2**64 - 1), ("AllowedCPUs", "ay", b"\x07\x02"),
+        ("MemoryHigh", "t", 64 << 20), ("TasksMax", "t", 2**64 - 1)]  # hugetlb, io.max: systemd leaves them
+    # systemd keeps the quota per second in 10 ms steps: rounded up, never below what was asked
+    assert systemd.unit_properties([("", "cpu.max", "1234 100000")])[1] == ("CPUQuotaPerSecUSec", "t", 20000)
+    assert systemd.unit_properties([("", "cpu.max", "max 50000")])[1] == ("CPUQuotaPerSecUSec", "t", 2**64 - 1)
+    assert systemd.unit_properties([("memory", "memory.limit_in_bytes", "1")]) == []  # v1: not the driver's shape
+
+
+def test_a_pod_resize_under_the_systemd_driver_is_told_to_systemd(monkeypatch):
+    from hostos.cgroups import driver as driver_module
+    from hostos.cgroups.layout import Layout
+    from hostos.cgroups.limits import Limits
+
+    monkeypatch.setattr(driver_module, "layout", lambda: Layout(unified=Path("/sys/fs/cgroup"), v1={}))
+    client = FakeClient()
+    d = drivers.SystemdDriver(client)
+    asyncio.run(d.keep("/kubepods.slice/kubepods-pod1.slice", Limits(memory=64 << 20)))
+    asyncio.run(d.keep("/kubepods.slice/kubepods-pod1.slice", Limits(hugepages=(("2MB", 0),))))  # nothing to tell
+    assert client.calls == [("set", "kubepods-pod1.slice", [("MemoryMax", "t", 64 << 20)])]
+    asyncio.run(drivers.CgroupfsDriver().keep("/pycri", Limits(memory=1)))  # cgroupfs: the files are all there is

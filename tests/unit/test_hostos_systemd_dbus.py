@@ -21,6 +21,7 @@ def _fake_manager():
         def __init__(self):
             super().__init__("org.freedesktop.systemd1.Manager")
             self.units: dict[str, tuple] = {}
+            self.properties: dict[str, tuple] = {}
             self.subscribed = False
             self.job = 0
 
@@ -47,6 +48,10 @@ def _fake_manager():
             if self.units.pop(name, None) is None:
                 raise DBusError("org.freedesktop.systemd1.NoSuchUnit", f"Unit {name} not loaded.")
             return self._finish(name, "done")
+
+        @method()
+        def SetUnitProperties(self, name: "s", runtime: "b", properties: "a(sv)"):
+            self.properties[name] = (runtime, {key: value.value for key, value in properties})
 
         @method()
         def ListUnitsByPatterns(self, states: "as", patterns: "as") -> "a(ssssssouso)":
@@ -93,6 +98,8 @@ async def _scenario(address: str):
                 await _round_trip(service)  # outrun a dbus-daemon starved of CPU and fill the socket buffer
         await asyncio.sleep(0.3)
         assert len(client._early) <= systemd._EARLY_RESULTS  # kept a while, never without bound
+        await client.set_properties("kubepods-pod1.slice", [("MemoryMax", "t", 1 << 27), ("AllowedCPUs", "ay", b"\x03")])
+        assert manager.properties["kubepods-pod1.slice"] == (True, {"MemoryMax": 1 << 27, "AllowedCPUs": b"\x03"})
         await client.stop_unit("pycri-a.scope")
         await client.stop_unit("pycri-a.scope")  # gone already: fine
         assert "pycri-a.scope" not in manager.units

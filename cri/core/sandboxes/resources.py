@@ -3,7 +3,7 @@ the pod's own cgroup (RunPodSandbox's cgroup_parent).
 
 kubelet calls it after resizing the pod cgroup itself, so for kubelet the writes restate what is there; they
 matter to a caller that leaves the pod cgroup to the runtime, and they check that the limits hold (a memory
-limit below what the pod uses is refused by the kernel, and said so). The request is recorded with the
+limit below what the pod uses is refused, and said so). The request is recorded with the
 sandbox, so PodSandboxStatus verbose shows the pod's current resources.
 """
 
@@ -62,10 +62,16 @@ async def update(t: Table, ref: str, resources: ResourcesSpec, overhead: Resourc
                                      f"cgroup_parent; such pods share {shared})")
         limits = pod_limits(resources, overhead)
         try:
-            await asyncio.to_thread(limits_module.apply, record.cgroup_parent, limits)
+            _, undo = await asyncio.to_thread(limits_module.apply_undoable, record.cgroup_parent, limits)
         except ValueError as e:
             raise InvalidArgument(f"pod sandbox {record.id}: {e}") from None
         except OSError as e:
+            raise FailedPrecondition(f"pod sandbox {record.id}: resizing its cgroup {record.cgroup_parent}: "
+                                     f"{e.strerror or e}") from None
+        try:  # the systemd driver: systemd must know them, or its next daemon-reload resets the files
+            await t.cgroups.keep(record.cgroup_parent, limits)
+        except OSError as e:
+            await asyncio.to_thread(undo)
             raise FailedPrecondition(f"pod sandbox {record.id}: resizing its cgroup {record.cgroup_parent}: "
                                      f"{e.strerror or e}") from None
         record.resources, record.overhead = resources, overhead
