@@ -12,7 +12,11 @@ on the host, `vm` boots qemu under a machine-wide lock, `guest` is the agent the
 (stdlib only), `lane` the test sequence of make test-node-vm inside the VM.
 """
 
+import os
 from pathlib import Path
 
-CACHE = Path("/var/tmp/pycri-nodevm")
+DEFAULT_CACHE = Path("/var/tmp/pycri-nodevm")
+# $NODEVM_CACHE puts the image, wheels and runs elsewhere (e.g. to time a build from scratch); the
+# one-VM-per-machine lock stays in DEFAULT_CACHE whatever the cache.
+CACHE = Path(os.environ.get("NODEVM_CACHE") or DEFAULT_CACHE)
 REPO = Path(__file__).resolve().parent.parent.parent

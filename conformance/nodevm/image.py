@@ -1,7 +1,7 @@
 """Build and cache the node VM's disk: Debian 12 from Debian's archive, with the kernel outside it.
 
-The cache key is a hash of the package list and of this file, so changing either builds a new
-image; older ones are deleted once the new one is complete. The build runs debootstrap twice:
+The cache key is a hash of the package list and of what builds the image, so changing either builds
+a new image; older ones are deleted once the new one is complete. The build runs debootstrap twice:
 first only downloading (`--make-tarball`, the one step that needs the network), then installing
 from that tarball in new mount, network, UTS, IPC and PID namespaces, so that nothing a maintainer
 script does (mounting /proc, starting a daemon) reaches the host. The root filesystem becomes an
@@ -11,6 +11,7 @@ ext4 image with `mkfs.ext4 -d` (no loop device, no mount on the host).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -23,6 +24,9 @@ from conformance.nodevm import CACHE
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 DISK_SIZE = "8G"
+# Each build step fails naming itself past these (measured: 1-2 min, 2-8 min and 20-60 s; the slow
+# ends at a load of 10), so that a hang does not eat CI's time.
+DOWNLOAD_TIMEOUT_S, INSTALL_TIMEOUT_S, MKFS_TIMEOUT_S = 600, 1200, 300
 # What a production node has (kernel, systemd, D-Bus, AppArmor) plus what the Makefile's
 # HOST_PACKAGES installs on a build machine (a unit test keeps this a superset), plus jq for the
 # critest kit's scripts, sudo (critest's AppArmor specs run `sudo apparmor_parser`) and criu for
@@ -99,9 +103,14 @@ class Image:
 
 
 def cache_key(packages: tuple[str, ...] = PACKAGES) -> str:
+    """A hash of what makes the image: the package list, the node's configuration and the build's
+    code; not the steps' time limits, so tuning those keeps the cached image."""
     digest = hashlib.sha256()
     digest.update("\n".join(sorted(packages)).encode())
-    digest.update(Path(__file__).read_bytes())
+    for part in (SUITE, MIRROR, DISK_SIZE, MOUNT_DIR, AGENT_UNIT, FSTAB, *MASKED_UNITS):
+        digest.update(part.encode() + b"\0")
+    for func in (customize, _boot_files, build):
+        digest.update(inspect.getsource(func).encode())
     return digest.hexdigest()[:16]
 
 
@@ -180,11 +189,12 @@ def build(packages: tuple[str, ...] = PACKAGES, cache: Path = CACHE, log=print) 
     include = "--include=" + ",".join(packages)
     tarball = work / "debs.tgz"
     run_step("download", ["debootstrap", "--variant=minbase", include, f"--make-tarball={tarball}",
-                          SUITE, str(work / "download"), MIRROR], 900, build_log)
+                          SUITE, str(work / "download"), MIRROR], DOWNLOAD_TIMEOUT_S, build_log)
     rootfs = work / "rootfs"
-    isolate = ["unshare", "--mount", "--net", "--uts", "--ipc", "--pid", "--fork", "--propagation", "private"]
+    isolate = ["unshare", "--mount", "--net", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
+               "--propagation", "private"]
     run_step("install", [*isolate, "debootstrap", "--variant=minbase", include,
-                         f"--unpack-tarball={tarball}", SUITE, str(rootfs), MIRROR], 1800, build_log)
+                         f"--unpack-tarball={tarball}", SUITE, str(rootfs), MIRROR], INSTALL_TIMEOUT_S, build_log)
     customize(rootfs)
     staging = work / "image"
     staging.mkdir()
@@ -192,7 +202,7 @@ def build(packages: tuple[str, ...] = PACKAGES, cache: Path = CACHE, log=print) 
     with open(staging / "packages.txt", "w") as out:
         subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W"], stdout=out, check=True, timeout=60)
     run_step("mkfs", ["mkfs.ext4", "-q", "-F", "-L", "pycri-node", "-d", str(rootfs),
-                      str(staging / "disk.raw"), DISK_SIZE], 900, build_log)
+                      str(staging / "disk.raw"), DISK_SIZE], MKFS_TIMEOUT_S, build_log)
     (staging / "COMPLETE").write_text(f"built in {time.monotonic() - started:.0f} s\n")
     shutil.rmtree(image.dir, ignore_errors=True)
     os.rename(staging, image.dir)

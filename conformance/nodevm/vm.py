@@ -21,16 +21,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conformance.nodevm import CACHE
+from conformance.nodevm import CACHE, DEFAULT_CACHE
 from conformance.nodevm.image import MOUNT_DIR, Image
 
-LOCK = CACHE / "vm.lock"
+LOCK = DEFAULT_CACHE / "vm.lock"
 KEEP_RUNS = 8
 KERNEL_CMDLINE = (
     "root=/dev/vda rw console=ttyS0,115200 apparmor=1 security=apparmor "
     "systemd.unified_cgroup_hierarchy=1 panic=-1 loglevel=4 net.ifnames=0"
 )
 EXIT_TIMEOUT, EXIT_NO_STATUS = 124, 125
+# From qemu's start to the guest agent's first line: 35-55 s quiet, 3 min at a load of 10.
+BOOT_TIMEOUT_S = 600
 GUEST_AGENT = Path(__file__).with_name("guest.py")
 
 
@@ -140,12 +142,16 @@ def boot(image: Image, job: Job, machine: Machine = Machine(), out=sys.stdout.bu
     log(f"nodevm: booting (TCG, {machine.cpus} cpus, {machine.memory_mb} MB); run dir {run_dir}")
     started = time.monotonic()
     # Boot and install come on top of the command's own time limit, which the guest enforces.
-    deadline = started + job.timeout_s + 900
+    deadline = started + job.timeout_s + BOOT_TIMEOUT_S + 300
+    booted = False
     with open(run_dir / "qemu.log", "wb") as qemu_log, open(output, "rb") as reader:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None and time.monotonic() < deadline:
-                _copy(reader, out)
+                booted = _copy(reader, out) or booted
+                if not booted and time.monotonic() > started + BOOT_TIMEOUT_S:
+                    log(f"nodevm: the guest agent did not start within {BOOT_TIMEOUT_S} s of boot")
+                    break
                 time.sleep(0.5)
         finally:
             if proc.poll() is None:
@@ -161,7 +167,8 @@ def boot(image: Image, job: Job, machine: Machine = Machine(), out=sys.stdout.bu
             _copy(reader, out)
     elapsed = time.monotonic() - started
     if timed_out:
-        log(f"nodevm: the VM did not finish within {deadline - started:.0f} s; console tail:\n"
+        log(f"nodevm: the VM stopped after {time.monotonic() - started:.0f} s (limit: {deadline - started:.0f} s); "
+            f"console tail:\n"
             f"{_tail(run_dir / 'console.log')}")
         return EXIT_TIMEOUT
     try:
@@ -175,8 +182,10 @@ def boot(image: Image, job: Job, machine: Machine = Machine(), out=sys.stdout.bu
     return rc
 
 
-def _copy(reader, out) -> None:
+def _copy(reader, out) -> bool:
+    """Copy what the guest wrote since the last call; True when there was something."""
     chunk = reader.read()
     if chunk:
         out.write(chunk)
         out.flush()
+    return bool(chunk)

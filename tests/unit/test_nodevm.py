@@ -95,7 +95,12 @@ def test_the_site_directory_holds_the_dependencies_and_the_test_extras():
 def test_every_node_shape_test_of_the_lane_exists():
     from conformance.nodevm import lane
 
-    assert [t for t in lane.NODE_TESTS if not (REPO / t).is_file()] == []
+    missing = []
+    for node_id in lane.NODE_TESTS:
+        path, _, name = node_id.partition("::")
+        if not (REPO / path).is_file() or (name and f"def {name}(" not in (REPO / path).read_text()):
+            missing.append(node_id)
+    assert missing == []
 
 
 def test_the_lane_installs_the_shipped_unit():
