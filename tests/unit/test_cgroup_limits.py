@@ -132,3 +132,16 @@ def test_a_total_adds_what_each_cgroup_has_and_claims_no_limit():
     assert (summed.timestamp_ns, summed.cpu_usage_ns, summed.memory_usage, summed.memory_working_set,
             summed.pids, summed.swap_usage) == (7, 15, 150, 120, 3, 3)
     assert summed.memory_rss is None and summed.memory_limit is None and summed.memory_pressure is None
+
+
+def test_a_later_step_that_fails_can_put_back_what_was_written(tmp_path):
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    for name, value in (("cpu.max", "max 100000"), ("memory.max", "max")):
+        (pod / name).write_text(value + "\n")
+    written, undo = limits_module.apply_undoable("/pod", Limits(cpu_quota=50000, memory=64 << 20),
+                                                 Layout(unified=tmp_path, v1={}))
+    assert written == [str(pod / "cpu.max"), str(pod / "memory.max")]
+    assert (pod / "memory.max").read_text() == str(64 << 20)
+    undo()  # e.g. systemd refused to record them (the systemd driver's SetUnitProperties)
+    assert (pod / "cpu.max").read_text() == "max 100000" and (pod / "memory.max").read_text() == "max"
