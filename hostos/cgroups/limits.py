@@ -132,12 +132,45 @@ def apply_undoable(cgroups_path: str, limits: Limits,
     return written, undo
 
 
+def _unreclaimable(cgroup_dir: Path) -> int | None:
+    """What a v2 cgroup uses that reclaim cannot take back: memory.current less its page cache (memory.stat `file`,
+    except tmpfs/shm which only swap can free) and its reclaimable slab. None when it may swap (then the kernel
+    can page out instead of killing) or the files are not there."""
+    try:
+        if (cgroup_dir / "memory.swap.max").read_text().strip() != "0" and _host_swap():
+            return None
+        current = int((cgroup_dir / "memory.current").read_text())
+        stat = dict(line.split()[:2] for line in (cgroup_dir / "memory.stat").read_text().splitlines() if line)
+        return current - int(stat["file"]) + int(stat["shmem"]) - int(stat.get("slab_reclaimable", 0))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _host_swap() -> bool:
+    try:
+        return len(Path("/proc/swaps").read_text().splitlines()) > 1
+    except OSError:
+        return False
+
+
+def _refuse_v2_shrink_below_use(path: Path, value: str) -> None:
+    """v1 refuses a memory limit it cannot shrink to (EBUSY); v2 takes it and OOM-kills in the cgroup until the
+    usage fits. A resize must not kill a pod: below what reclaim could free, refuse it the way v1 does."""
+    if path.name != "memory.max" or not value.isdigit():
+        return
+    needed = _unreclaimable(path.parent)
+    if needed is not None and int(value) < needed:
+        raise OSError(errno.EBUSY, f"writing {value} to {path}: the cgroup uses {needed} bytes that reclaim cannot "
+                                   "free (cgroup v2 would OOM-kill its processes to fit)")
+
+
 def _write_all(pending: list[tuple[Path, str]], written: list[str]) -> None:
     """Write in order, appending each file written to `written` (also when a later write fails)."""
     pending = list(pending)
     while pending:
         path, value = pending.pop(0)
         try:
+            _refuse_v2_shrink_below_use(path, value)
             _write(path, value)
         except OSError as e:
             partner = _swap_partner(path, pending)

@@ -145,3 +145,24 @@ def test_a_later_step_that_fails_can_put_back_what_was_written(tmp_path):
     assert (pod / "memory.max").read_text() == str(64 << 20)
     undo()  # e.g. systemd refused to record them (the systemd driver's SetUnitProperties)
     assert (pod / "cpu.max").read_text() == "max 100000" and (pod / "memory.max").read_text() == "max"
+
+
+def test_v2_refuses_to_shrink_below_what_reclaim_cannot_free(tmp_path, monkeypatch):
+    """cgroup v2 would take the limit and OOM-kill the pod to fit; v1 answers EBUSY. Both refuse, untouched."""
+    monkeypatch.setattr(limits_module, "_host_swap", lambda: False)
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    for name, value in (("cpu.max", "max 100000"), ("memory.max", "max"), ("memory.swap.max", "max"),
+                        ("memory.current", str(40 << 20)),
+                        ("memory.stat", f"anon {6 << 20}\nfile {33 << 20}\nshmem {32 << 20}\nslab_reclaimable 1024\n")):
+        (pod / name).write_text(value + "\n")
+    v2 = Layout(unified=tmp_path, v1={})
+    with pytest.raises(OSError, match="uses 40893440 bytes that reclaim cannot free") as e:  # 40M - 1M cache - 1K slab
+        apply_limits("/pod", Limits(cpu_quota=20000, memory=4 << 20), v2)
+    assert e.value.errno == errno.EBUSY
+    assert (pod / "cpu.max").read_text().strip() == "max 100000" and (pod / "memory.max").read_text() == "max\n"
+    apply_limits("/pod", Limits(memory=40 << 20), v2)  # page cache is reclaimed: a limit above the rest is taken
+    assert (pod / "memory.max").read_text() == str(40 << 20)
+    monkeypatch.setattr(limits_module, "_host_swap", lambda: True)  # it may swap: the kernel pages out, no kill
+    apply_limits("/pod", Limits(memory=4 << 20), v2)
+    assert (pod / "memory.max").read_text() == str(4 << 20)
