@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from .backend import OutputStream, PortForwardRequest, StreamingBackend
+from .backend import InputStream, OutputStream, PortForwardRequest, StreamingBackend
 from .spdy import SpdyConnection, SpdyStream
 from .spdy_frames import PROTOCOL_ERROR, StreamClosed
 
@@ -23,7 +23,7 @@ def parse_port(raw: str) -> int:
     return int(raw)
 
 
-async def forward(backend: StreamingBackend, sandbox_id: str, port: int, source, sink: OutputStream,
+async def forward(backend: StreamingBackend, sandbox_id: str, port: int, source: InputStream, sink: OutputStream,
                   errors: OutputStream) -> None:
     """Connect to port in the sandbox and copy both ways until the pod side ends.
 
@@ -63,18 +63,18 @@ class _Pair:
     timer: asyncio.TimerHandle | None = None
 
 
-async def _forward_pair(backend: StreamingBackend, sandbox_id: str, pair: _Pair) -> None:
+async def _forward_pair(backend: StreamingBackend, sandbox_id: str, data: SpdyStream, error: SpdyStream) -> None:
     try:
         try:
-            port = parse_port(pair.data.header("port"))
+            port = parse_port(data.header("port"))
         except ValueError as e:
-            await pair.error.write(str(e).encode())
+            await error.write(str(e).encode())
             return
-        await forward(backend, sandbox_id, port, pair.data, pair.data, pair.error)
+        await forward(backend, sandbox_id, port, data, data, error)
     except StreamClosed:
         pass
     finally:
-        for stream in (pair.data, pair.error):
+        for stream in (data, error):
             try:
                 await stream.close()
             except StreamClosed:
@@ -85,7 +85,7 @@ async def serve_spdy(conn: SpdyConnection, request: PortForwardRequest, backend:
                      creation_timeout: float) -> None:
     """Pair streams as they arrive and forward each complete pair; stop when the connection ends."""
     pending: dict[str, _Pair] = {}
-    tasks: set[asyncio.Task] = set()
+    tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
 
     def expire(request_id: str) -> None:
@@ -110,13 +110,14 @@ async def serve_spdy(conn: SpdyConnection, request: PortForwardRequest, backend:
             if pair.data is not None and pair.error is not None:
                 pair.timer.cancel()
                 del pending[request_id]
-                task = asyncio.create_task(_forward_pair(backend, request.sandbox_id, pair))
+                task = asyncio.create_task(_forward_pair(backend, request.sandbox_id, pair.data, pair.error))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         await conn.done
     finally:
         for pair in pending.values():
-            pair.timer.cancel()
+            if pair.timer is not None:  # (a pair whose first stream was refused has none)
+                pair.timer.cancel()
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .backend import AttachRequest, ExecRequest, InputStream, OutputStream, StreamingBackend, TerminalSize
 from .spdy import SpdyConnection, SpdyStream
@@ -29,15 +29,17 @@ _RESIZE_PROTOCOLS = {V4, V3}
 
 MAX_RESIZE_MESSAGE = 4096
 
+Status = dict[str, Any]  # a metav1.Status as JSON
+
 
 # --- statuses (pure)
 
 
-def success_status() -> dict:
+def success_status() -> Status:
     return {"metadata": {}, "status": "Success"}
 
 
-def exit_code_status(code: int, cmd: list[str] | tuple[str, ...] = ()) -> dict:
+def exit_code_status(code: int, cmd: list[str] | tuple[str, ...] = ()) -> Status:
     """What kubelet reports for a non-zero exit: clients read the code from the ExitCode cause."""
     what = f"command {list(cmd)!r}" if cmd else "command"
     return {
@@ -49,7 +51,7 @@ def exit_code_status(code: int, cmd: list[str] | tuple[str, ...] = ()) -> dict:
     }
 
 
-def internal_error_status(message: str) -> dict:
+def internal_error_status(message: str) -> Status:
     return {
         "metadata": {},
         "status": "Failure",
@@ -60,7 +62,7 @@ def internal_error_status(message: str) -> dict:
     }
 
 
-def encode_status(status: dict, as_json: bool) -> bytes:
+def encode_status(status: Status, as_json: bool) -> bytes:
     """v4 and later: the Status as compact JSON; older protocols: only a failure's message, as text."""
     if as_json:
         return json.dumps(status, separators=(",", ":")).encode()
@@ -115,7 +117,7 @@ class StatusSink:
     def __init__(self, stream: ClientOutput, as_json: bool) -> None:
         self.stream, self.as_json = stream, as_json
 
-    async def report(self, status: dict) -> None:
+    async def report(self, status: Status) -> None:
         data = encode_status(status, self.as_json)
         if data:
             await self.stream.write(data)
@@ -132,8 +134,9 @@ class SessionStreams:
 
 
 async def run_session(backend: StreamingBackend, request: ExecRequest | AttachRequest, streams: SessionStreams,
-                      client_gone: Awaitable) -> None:
+                      client_gone: Awaitable[object]) -> None:
     """Run exec/attach, then end stdout/stderr and report the outcome; cancel it all if the client leaves."""
+    work: Coroutine[Any, Any, int | None]  # exec's exit code; attach has none
     if isinstance(request, ExecRequest):
         work = backend.exec(request.container_id, list(request.cmd), request.tty, streams.stdin, streams.stdout,
                             streams.stderr, streams.resize)
@@ -159,7 +162,8 @@ async def run_session(backend: StreamingBackend, request: ExecRequest | AttachRe
         log.warning("streaming %s in %s failed: %s", type(request).__name__, request.container_id, e)
         status = internal_error_status(f"error executing command in container: {e}")
     else:
-        status = exit_code_status(code, request.cmd) if code else success_status()
+        cmd = request.cmd if isinstance(request, ExecRequest) else ()
+        status = exit_code_status(code, cmd) if code else success_status()
     try:
         for out in (streams.stdout, streams.stderr):
             if out is not None:

@@ -15,6 +15,8 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from .backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend, StreamRequest
@@ -114,15 +116,32 @@ def advertised_host(address: str) -> str:
     return host
 
 
+class Settings(Protocol):
+    """What the server reads of its configuration (cri/config.py's StreamingConfig)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def stream_creation_timeout(self) -> float: ...
+
+
 class StreamingServer:
     """Serves exec, attach and port-forward sessions for requests registered through ``url_for_*``."""
 
-    def __init__(self, config, backend: StreamingBackend, *, token_ttl: float = TOKEN_TTL) -> None:
+    def __init__(self, config: Settings, backend: StreamingBackend, *, token_ttl: float = TOKEN_TTL) -> None:
         self._config = config
         self._backend = backend
         self._tokens = TokenCache(ttl=token_ttl)
         self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task] = set()
+        self._sessions: set[asyncio.Task[None]] = set()
         self.port = config.port
         self._base_url = ""
 
@@ -149,9 +168,10 @@ class StreamingServer:
 
     async def start(self) -> None:
         tls = None
-        if self._tls_enabled:
+        cert, key = self._config.tls_cert, self._config.tls_key
+        if cert and key:  # (_tls_enabled)
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.load_cert_chain(self._config.tls_cert, self._config.tls_key)
+            tls.load_cert_chain(cert, key)
         self._server = await asyncio.start_server(self._serve_connection, self._config.address or None,
                                                   self._config.port, ssl=tls, limit=READ_BUFFER)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -173,6 +193,7 @@ class StreamingServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # (asyncio runs each connection's callback as a task)
         self._sessions.add(task)
         try:
             await self._serve(reader, writer)
@@ -216,7 +237,7 @@ class StreamingServer:
         parts = path.strip("/").split("/")
         if len(parts) == 2 and parts[0] in _KINDS:
             stream_request = self._tokens.consume(parts[1])
-            if isinstance(stream_request, _KINDS[parts[0]]):
+            if stream_request is not None and isinstance(stream_request, _KINDS[parts[0]]):
                 return stream_request
         raise BadRequest(404, "Not Found", "404 page not found")
 
@@ -240,7 +261,7 @@ class StreamingServer:
         conn = SpdyConnection(reader, writer, server=True, idle_timeout=cfg.idle_timeout)
         conn.start()
         try:
-            if is_port_forward:
+            if isinstance(stream_request, PortForwardRequest):
                 await portforward.serve_spdy(conn, stream_request, self._backend, cfg.stream_creation_timeout)
             else:
                 await remotecommand.serve_spdy(conn, protocol, stream_request, self._backend,
@@ -263,7 +284,7 @@ class StreamingServer:
         if protocol is None:
             raise BadRequest(400, "Bad Request", f"requested protocol(s) {offered} are not supported")
         ports: list[int] = []
-        if is_port_forward and protocol != tunnel.PROTOCOL:
+        if isinstance(stream_request, PortForwardRequest) and protocol != tunnel.PROTOCOL:
             try:
                 ports = [portforward.parse_port(p) for p in request.query.get("port", [])]
             except ValueError as e:
@@ -276,11 +297,12 @@ class StreamingServer:
             headers.append(("Sec-WebSocket-Protocol", protocol))
         writer.write(render_response(101, "Switching Protocols", headers))
         if protocol == tunnel.PROTOCOL:
+            assert isinstance(stream_request, PortForwardRequest)  # (only port-forward is offered the tunnel)
             await self._serve_tunnel(stream_request, reader, writer)
             return
         channels = websocket.WebSocketChannels(reader, writer, protocol, idle_timeout=self._config.idle_timeout)
         try:
-            if is_port_forward:
+            if isinstance(stream_request, PortForwardRequest):
                 await websocket.serve_port_forward(channels, stream_request, ports, self._backend)
             else:
                 await websocket.serve_remotecommand(channels, stream_request, self._backend)

@@ -21,7 +21,12 @@ from .spdy_frames import (CANCEL, DATA_CHUNK, DEFAULT_WINDOW, FLAG_FIN, FLAG_UNI
                           HeaderDecompressor, Headers, HeadersFrame, Ping, RstStream, Settings, SpdyError,
                           StreamClosed, SynReply, SynStream, WindowUpdate, decode_frame, encode_data, encode_frame,
                           parse_frame_header)
-from .transport import close_transport, next_chunk
+from .transport import ByteReader, ByteWriter, close_transport, next_chunk
+
+
+def _values(headers: Mapping[str, str]) -> Headers:
+    """One value per name, as a header block holds them."""
+    return {name: [value] for name, value in headers.items()}
 
 
 @dataclass(eq=False)
@@ -31,12 +36,12 @@ class SpdyStream:
     conn: SpdyConnection
     stream_id: int
     headers: Headers
-    _chunks: deque = field(default_factory=deque)
+    _chunks: deque[bytes] = field(default_factory=deque)
     _buffered: int = 0
     _remote_closed: bool = False
     _local_closed: bool = False
     _reset: bool = False
-    _replied: asyncio.Future | None = None
+    _replied: asyncio.Future[None] | None = None  # for streams we opened: resolved by the peer's SYN_REPLY
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _send_window: int = DEFAULT_WINDOW
     _unacked: int = 0
@@ -93,7 +98,7 @@ class SpdyStream:
 
     async def reply(self, headers: Mapping[str, str] | None = None, fin: bool = False) -> None:
         """Accept a stream the peer opened (SYN_REPLY)."""
-        self.conn._send_headers(SynReply(self.stream_id, {} if headers is None else dict(headers),
+        self.conn._send_headers(SynReply(self.stream_id, _values(headers or {}),
                                          FLAG_FIN if fin else 0))
         if fin:
             self._local_closed = True
@@ -101,6 +106,7 @@ class SpdyStream:
 
     async def wait_reply(self) -> None:
         """For streams we opened: wait for the peer's SYN_REPLY; raises StreamClosed if it reset the stream."""
+        assert self._replied is not None, "wait_reply is for streams opened with open_stream"
         await self._replied
 
     def _feed(self, data: bytes, fin: bool) -> None:
@@ -121,14 +127,14 @@ class SpdyStream:
 
 
 class SpdyConnection:
-    """SPDY/3.1 streams over an asyncio (reader, writer) pair.
+    """SPDY/3.1 streams over a (reader, writer) pair: asyncio's, or a WebSocket tunnel's.
 
     The server takes streams the peer opens with ``accept()``; the client opens them with ``open_stream()``.
     ``start()`` runs the frame reader until the peer leaves, breaks the protocol, or stays idle too long; after
     a GOAWAY the streams already open carry on.  ``done`` resolves when the connection is over.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, server: bool,
+    def __init__(self, reader: ByteReader, writer: ByteWriter, *, server: bool,
                  idle_timeout: float | None = None, receive_window: int = 1 << 20,
                  session_window: int = 16 << 20,
                  max_streams: int = 1024, stream_buffer: int = 1 << 20) -> None:
@@ -155,21 +161,21 @@ class SpdyConnection:
         self._announced = False
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
-        self._pings: dict[int, asyncio.Future] = {}
+        self._pings: dict[int, asyncio.Future[None]] = {}
         self._next_ping = 2 if server else 1
-        self._task: asyncio.Task | None = None
-        self.done = self._loop.create_future()
+        self._task: asyncio.Task[None] | None = None
+        self.done: asyncio.Future[None] = self._loop.create_future()
 
     @property
     def is_closed(self) -> bool:
         return self._closed
 
-    def start(self) -> asyncio.Task:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name=f"spdy-{'server' if self._server else 'client'}")
         return self._task
 
     async def run(self) -> None:
-        watchdog = asyncio.create_task(self._idle_watchdog()) if self._idle_timeout else None
+        watchdog = asyncio.create_task(self._idle_watchdog(self._idle_timeout)) if self._idle_timeout else None
         try:
             while True:
                 head = await self._reader.readexactly(8)
@@ -207,7 +213,7 @@ class SpdyConnection:
         stream._send_window = self._peer_initial_window
         stream._local_closed = fin
         self._streams[stream.stream_id] = stream
-        self._send_headers(SynStream(stream.stream_id, dict(headers), FLAG_FIN if fin else 0))
+        self._send_headers(SynStream(stream.stream_id, _values(headers), FLAG_FIN if fin else 0))
         await self._drain()
         return stream
 
@@ -360,9 +366,9 @@ class SpdyConnection:
         if stream.closed and not stream._chunks:
             self._streams.pop(stream.stream_id, None)
 
-    async def _idle_watchdog(self) -> None:
+    async def _idle_watchdog(self, timeout: float) -> None:
         while not self._closed:
-            remaining = self._last_activity + self._idle_timeout - self._loop.time()
+            remaining = self._last_activity + timeout - self._loop.time()
             if remaining <= 0:
                 self._send(encode_frame(GoAway(self._last_peer_id, GOAWAY_OK)))
                 self._shutdown()

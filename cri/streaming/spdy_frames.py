@@ -233,6 +233,12 @@ def encode_data(stream_id: int, data: bytes | memoryview, flags: int = 0) -> byt
     return struct.pack(">II", stream_id & _STREAM_MASK, (flags << 24) | len(data)) + bytes(data)
 
 
+def _compressed(compressor: HeaderCompressor | None, headers: Headers) -> bytes:
+    if compressor is None:
+        raise TypeError("a frame carrying headers needs this direction's header compressor")
+    return compressor.compress(headers)
+
+
 def encode_frame(frame: Frame, compressor: HeaderCompressor | None = None) -> bytes:
     """Serialize one frame; frames carrying headers need this direction's compressor."""
     match frame:
@@ -241,10 +247,10 @@ def encode_frame(frame: Frame, compressor: HeaderCompressor | None = None) -> by
         case SynStream(stream_id, headers, flags, associated_id, priority):
             head = struct.pack(">IIBB", stream_id & _STREAM_MASK, associated_id & _STREAM_MASK,
                                (priority & 7) << 5, 0)
-            return _control(SYN_STREAM, flags, head + compressor.compress(headers))
+            return _control(SYN_STREAM, flags, head + _compressed(compressor, headers))
         case SynReply(stream_id, headers, flags) | HeadersFrame(stream_id, headers, flags):
             return _control(SYN_REPLY if isinstance(frame, SynReply) else HEADERS, flags,
-                            struct.pack(">I", stream_id & _STREAM_MASK) + compressor.compress(headers))
+                            struct.pack(">I", stream_id & _STREAM_MASK) + _compressed(compressor, headers))
         case RstStream(stream_id, status):
             return _control(RST_STREAM, 0, struct.pack(">II", stream_id & _STREAM_MASK, status))
         case Settings(values, flags):

@@ -6,6 +6,28 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
+
+
+class ByteReader(Protocol):
+    """The read side a SPDY connection runs over: asyncio's StreamReader, or a WebSocket tunnel's (tunnel.py)."""
+
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """The write side a SPDY connection runs over: asyncio's StreamWriter, or a WebSocket tunnel's."""
+
+    @property
+    def transport(self) -> asyncio.WriteTransport: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 async def next_chunk(chunks: deque[bytes], n: int, ended: Callable[[], bool], changed: asyncio.Event) -> bytes:
@@ -23,7 +45,7 @@ async def next_chunk(chunks: deque[bytes], n: int, ended: Callable[[], bool], ch
     return chunk
 
 
-async def close_transport(writer: asyncio.StreamWriter, task: asyncio.Task | None) -> None:
+async def close_transport(writer: ByteWriter, task: asyncio.Task[None] | None) -> None:
     """Wait up to 5 s for the transport to close, else abort it; then end the connection's reader task (unless
     that is the caller). The last step of closing a SPDY or WebSocket connection."""
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from wsproto.connection import ConnectionState
+from wsproto import WSConnection
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 PROTOCOL = "SPDY/3.1+portforward.k8s.io"
@@ -61,7 +62,8 @@ class WebSocketTunnel:
     WSConnection after its handshake.
     """
 
-    def __init__(self, ws, raw_reader: asyncio.StreamReader, raw_writer: asyncio.StreamWriter) -> None:
+    def __init__(self, ws: Connection | WSConnection, raw_reader: asyncio.StreamReader,
+                 raw_writer: asyncio.StreamWriter) -> None:
         self.ws, self.raw_reader, self.raw_writer = ws, raw_reader, raw_writer
         self.reader = _TunnelReader(self)
         self.writer = _TunnelWriter(self)

@@ -101,10 +101,10 @@ class WebSocketChannels:
         self._idle_timeout = idle_timeout
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
-        self._parts: list[bytes | str] = []
+        self._parts: list[bytes | bytearray | str] = []  # the fragments of one message, all text or all bytes
         self._parts_size = 0
-        self.done = self._loop.create_future()
-        self._task: asyncio.Task | None = None
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        self._task: asyncio.Task[None] | None = None
 
     def input(self, channel: int) -> _Input:
         return self._inputs.setdefault(channel, _Input())
@@ -133,7 +133,7 @@ class WebSocketChannels:
         await close_transport(self._writer, self._task)
 
     async def _run(self) -> None:
-        watchdog = asyncio.create_task(self._idle_watchdog()) if self._idle_timeout else None
+        watchdog = asyncio.create_task(self._idle_watchdog(self._idle_timeout)) if self._idle_timeout else None
         try:
             while not self.done.done():
                 data = await self._reader.read(65536)
@@ -166,7 +166,8 @@ class WebSocketChannels:
                 if self._parts_size > MAX_MESSAGE:
                     return False
                 if event.message_finished:
-                    message = "".join(self._parts) if isinstance(event, TextMessage) else b"".join(self._parts)
+                    message = ("".join(p for p in self._parts if isinstance(p, str)) if isinstance(event, TextMessage)
+                               else b"".join(p for p in self._parts if not isinstance(p, str)))
                     self._parts, self._parts_size = [], 0
                     await self._deliver(message)
         return True
@@ -178,9 +179,9 @@ class WebSocketChannels:
         channel, data = decoded
         if channel == CLOSE_SIGNAL and self.protocol == V5:
             if data and data[0] in self._inputs:
-                target = self._inputs[data[0]]
-                target.closed = True
-                target.changed.set()
+                ended = self._inputs[data[0]]
+                ended.closed = True
+                ended.changed.set()
             return
         target = self._inputs.get(channel)
         if target is None or target.closed or not data:
@@ -192,9 +193,9 @@ class WebSocketChannels:
             target.changed.clear()
             await target.changed.wait()
 
-    async def _idle_watchdog(self) -> None:
+    async def _idle_watchdog(self, timeout: float) -> None:
         while not self.done.done():
-            remaining = self._last_activity + self._idle_timeout - self._loop.time()
+            remaining = self._last_activity + timeout - self._loop.time()
             if remaining <= 0:
                 self._finish()
                 return
