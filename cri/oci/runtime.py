@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cri.oci.execpipes import Orphan, OutputPipes, reap_failed_starts
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
 EXEC_OUTPUT_CAP = (16 << 20) - (16 << 10)  # stdout + stderr, so the reply fits gRPC's 16 MiB message limit
@@ -47,6 +50,9 @@ class ExecResult:
 # After the command ends, how long its pipes may stay open (held by a background child) when the caller set no
 # deadline, before whoever holds them is killed.
 _PIPE_GRACE = 2.0
+# How long the processes killed for holding them may take to die (a loaded host runs their exit late): the answer
+# waits for it, so that nothing the command started is left when ExecSync returns.
+_HOLDERS_KILL_WAIT = 10.0
 
 
 class OCIRuntime:
@@ -156,7 +162,9 @@ class OCIRuntime:
             grace = _PIPE_GRACE if deadline is None or timed_out else max(deadline - loop.time(), 0)
             if not await pipes.closed(grace):
                 await pipes.kill_holders()
-                await pipes.closed(_PIPE_GRACE)
+                if not await pipes.closed(_HOLDERS_KILL_WAIT):
+                    log.warning("%s exec in %s: what held the output still runs %gs after SIGKILL", self.name,
+                                container_id, _HOLDERS_KILL_WAIT)
         finally:
             pipes.close()
             if command is not None:

@@ -273,12 +273,12 @@ def test_exec_sync_whose_command_leaves_a_child_holding_stdout(env, tmp_path, ha
     r = exec_sync(d, cid, ["sh", "-c", "sleep 4321 & echo started; exit 3"], timeout=3)
     elapsed = time.monotonic() - t0
     assert (r.stdout, r.exit_code) == (b"started\n", 3)
-    assert elapsed < 3 + 2, elapsed
+    assert 3 <= elapsed < 60, elapsed  # at its deadline, not when the child ends (4321 s; a loaded host is slow)
     assert "sleep 4321" not in exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
     # Without a timeout the answer comes when the command ends; the child is killed then too.
     t0 = time.monotonic()
     r = exec_sync(d, cid, ["sh", "-c", "sleep 4322 & echo started"], timeout=0)
-    assert (r.stdout, r.exit_code) == (b"started\n", 0) and time.monotonic() - t0 < 5
+    assert (r.stdout, r.exit_code) == (b"started\n", 0) and time.monotonic() - t0 < 60
     assert "sleep 4322" not in exec_sync(d, cid, ["ps", "-o", "args"]).stdout.decode()
     # A command that does not end in time is killed, its children holding the output too.
     with pytest.raises(grpc.RpcError) as err:
