@@ -21,6 +21,8 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from hostos.smallfile import read_regular
+
 ANNOTATION_PREFIX = "cdi.k8s.io/"
 HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 _VENDOR_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*")
@@ -126,8 +128,7 @@ class _Found:
 
 
 def _read_spec(path: Path) -> SpecFile:
-    with open(path, "rb") as f:
-        data = f.read(_MAX_SPEC_BYTES + 1)
+    data = read_regular(path, _MAX_SPEC_BYTES)  # (a FIFO named *.json would block a plain read forever)
     if len(data) > _MAX_SPEC_BYTES:
         raise CDIError("larger than 4 MiB")
     try:

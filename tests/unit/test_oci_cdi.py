@@ -139,3 +139,23 @@ def test_apply_edits_to_a_spec(tmp_path):
                                   "options": ["rbind", "ro", "nosuid"]}
     assert spec["hooks"] == {"createContainer": [{"path": "/bin/true", "args": ["true"], "timeout": 5}]}
     assert apply_edits(base, []) is base
+
+
+def test_a_spec_name_that_is_no_regular_file_is_reported_not_waited_on(tmp_path):
+    """A FIFO (or a device) named *.json would block the read forever: a worker thread per CreateContainer, until
+    the daemon's thread pool was used up."""
+    import os
+    import threading
+
+    etc = tmp_path / "etc"
+    write(etc, "null.json", NULLDEV)
+    os.mkfifo(etc / "fifo.json")
+    os.symlink("/dev/zero", etc / "zero.yaml")
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(resolve(["example.test/null=one"], [etc])), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "resolve blocked on the FIFO"
+    assert result and result[0]
+    with pytest.raises(CDIError, match=r"fifo.json is invalid: not a regular file.*zero.yaml is invalid: not a regular"):
+        resolve(["vendor.test/x=y"], [etc])
