@@ -1,7 +1,7 @@
 """The streaming server: exec, attach and port-forward sessions behind the URLs the CRI calls return.
 
     server.StreamingServer(config.streaming, backend)   start() / stop() / url_for_exec|attach|port_forward(request)
-    backend.StreamingBackend                           what the core provides (cri/core/streams.py implements it)
+    backend.StreamingBackend                           what the core provides (cri/core/streams/ implements it)
     spdy           SPDY/3.1 framing and connections (kubelet's and critest's transport)
     remotecommand  exec/attach protocols v1-v4 over SPDY, and the session logic every transport shares
     portforward    portforward.k8s.io over SPDY

@@ -1,6 +1,6 @@
 """What the streaming server needs from the runtime core, and the requests it keeps behind tokens.
 
-The server only knows these types; ``cri/core/streams.py`` implements ``StreamingBackend`` over the container
+The server only knows these types; ``cri/core/streams/`` implements ``StreamingBackend`` over the container
 core, and tests implement it in a few lines.
 """
 

@@ -1,6 +1,6 @@
 """The OCI process an exec runs is the container's own, with the command and terminal of the request."""
 
-from cri.core.streams import exec_process
+from cri.core.streams.process import exec_process
 
 CONTAINER = {
     "terminal": False, "user": {"uid": 1000, "gid": 1000, "additionalGids": [50000]}, "args": ["sleep", "600"],

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from cri.core.streams import container_process, exec_process
+from cri.core.streams.process import container_process, exec_process
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.oci import spec as oci_spec
 from cri.oci.conmon import Conmon
