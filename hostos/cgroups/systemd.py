@@ -24,6 +24,9 @@ _MANAGER = "org.freedesktop.systemd1.Manager"
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+$")
 JOB_TIMEOUT = 10.0
 _EARLY_RESULTS = 256
+# Calls in flight at once. dbus-fast drops the connection when a send finds the socket full (EAGAIN,
+# python-dbus-next#153); 64 small messages stay far below a socket's buffer however slowly the bus daemon reads.
+_MAX_IN_FLIGHT = 64
 
 
 class SystemdError(OSError):
@@ -109,6 +112,7 @@ class Systemd:
         self._lock = asyncio.Lock()
         self._jobs: dict[str, asyncio.Future[str]] = {}   # our jobs, waited for
         self._early: OrderedDict[str, str] = OrderedDict()  # results signalled before we knew the job was ours
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
 
     async def connect(self) -> MessageBus:
         from dbus_fast import BusType, Message
@@ -143,12 +147,12 @@ class Systemd:
             while len(self._early) > _EARLY_RESULTS:
                 self._early.popitem(last=False)
 
-    @staticmethod
-    async def _call(bus: MessageBus, member: str, signature: str, body: list[Any]) -> list[Any]:
+    async def _call(self, bus: MessageBus, member: str, signature: str, body: list[Any]) -> list[Any]:
         from dbus_fast import Message, MessageType
 
-        reply = await bus.call(Message(destination=_DEST, path=_PATH, interface=_MANAGER, member=member,
-                                       signature=signature, body=body))
+        async with self._in_flight:
+            reply = await bus.call(Message(destination=_DEST, path=_PATH, interface=_MANAGER, member=member,
+                                           signature=signature, body=body))
         assert reply is not None  # (only a call flagged NO_REPLY_EXPECTED gets none)
         if reply.message_type == MessageType.ERROR:
             detail = reply.body[0] if reply.body else ""

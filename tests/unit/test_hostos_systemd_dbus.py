@@ -4,6 +4,7 @@ the errors, as systemd answers them (the node VM lane runs the real one)."""
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -108,7 +109,9 @@ async def _scenario(address: str):
         service.disconnect()
 
 
-def test_scopes_through_a_fake_systemd(tmp_path, monkeypatch):
+@pytest.fixture
+def bus_daemon(tmp_path, monkeypatch):
+    """A private dbus-daemon: (its process, its address)."""
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "")
     config = tmp_path / "bus.conf"
     config.write_text(f"""<busconfig><type>session</type><listen>unix:path={tmp_path}/bus</listen>
@@ -117,8 +120,44 @@ def test_scopes_through_a_fake_systemd(tmp_path, monkeypatch):
     daemon = subprocess.Popen(["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address"],
                               stdout=subprocess.PIPE, text=True)
     try:
-        address = daemon.stdout.readline().strip()
-        asyncio.run(asyncio.wait_for(_scenario(address), 20))
+        yield daemon, daemon.stdout.readline().strip()
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_scopes_through_a_fake_systemd(bus_daemon):
+    _, address = bus_daemon
+    asyncio.run(asyncio.wait_for(_scenario(address), 20))
+
+
+async def _burst(daemon: subprocess.Popen, address: str) -> list:
+    from dbus_fast import BusType
+    from dbus_fast.aio import MessageBus
+
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = address
+    service = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    service.export("/org/freedesktop/systemd1", _fake_manager())
+    await service.request_name("org.freedesktop.systemd1")
+    client = systemd.Systemd()
+    try:
+        await client.units("pycri-*")  # connected
+        daemon.send_signal(signal.SIGSTOP)  # a dbus-daemon starved of CPU reads nothing for a while
+        try:
+            calls = [asyncio.ensure_future(client.units(f"pycri-{i}-*")) for i in range(600)]
+            await asyncio.sleep(0.5)
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+        return await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await client.close()
+        service.disconnect()
+
+
+def test_a_burst_of_calls_outlasting_a_stalled_bus_daemon_all_succeed(bus_daemon):
+    """dbus-fast drops its connection when a send finds the socket full (python-dbus-next#153): so many calls at
+    once (kubelet starting hundreds of containers) must never fill it while the bus daemon is slow to read."""
+    daemon, address = bus_daemon
+    answers = asyncio.run(asyncio.wait_for(_burst(daemon, address), 60))
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    assert failed == [], f"{len(failed)} of {len(answers)} failed, first: {failed[:1]!r}"
