@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ REGISTRY_CONF = Path("/etc/nodevm-registry.yml")
 SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "build", ".pytest_cache", ".hypothesis")
 EXIT_NO_COMMAND = 127
 TIME_SCALE = 10
+INTERRUPT_GRACE_S = 120
 
 
 class Output:
@@ -140,15 +142,34 @@ def run(job: dict, out: Output) -> int:
         start_registry(Path(shares["kitwork"]) / "registry", Path(shares["kitwork"]) / "conf", out)
     out.say(f"running {job['command']}")
     try:
-        proc = subprocess.run(job["command"], stdin=subprocess.DEVNULL, stdout=out.file, stderr=subprocess.STDOUT,
-                              cwd=cwd, env=command_env(job), timeout=job["timeout_s"])
+        proc = subprocess.Popen(job["command"], stdin=subprocess.DEVNULL, stdout=out.file, stderr=subprocess.STDOUT,
+                                cwd=cwd, env=command_env(job), start_new_session=True)
     except FileNotFoundError as exc:
         out.say(f"cannot run the command: {exc}")
         return EXIT_NO_COMMAND
-    except subprocess.TimeoutExpired:
-        out.say(f"the command did not finish within {job['timeout_s']:.0f} s")
-        return 124
-    return proc.returncode
+    return wait(proc, job["timeout_s"], out)
+
+
+def wait(proc: subprocess.Popen, timeout_s: float, out: Output) -> int:
+    """The command's exit status. When the host asks (an `interrupt` file in the job share: it was stopped),
+    the command gets SIGINT and INTERRUPT_GRACE_S to finish (pytest then still prints its summary)."""
+    deadline = time.monotonic() + timeout_s
+    interrupted = False
+    while True:
+        try:
+            return proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        if not interrupted and (JOB / "interrupt").exists():
+            out.say("the host asked to stop: SIGINT to the command")
+            os.killpg(proc.pid, signal.SIGINT)
+            interrupted, deadline = True, min(deadline, time.monotonic() + INTERRUPT_GRACE_S)
+        if time.monotonic() > deadline:
+            if not interrupted:
+                out.say(f"the command did not finish within {timeout_s:.0f} s")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return 124
 
 
 def main() -> int:

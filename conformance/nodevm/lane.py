@@ -92,7 +92,8 @@ def install_service(kit: Path | None) -> None:
     # sent and checked, only the limit is wider.
     dropin = Path("/etc/systemd/system/pycri.service.d")
     dropin.mkdir(parents=True, exist_ok=True)
-    (dropin / "nodevm.conf").write_text(f"[Service]\nWatchdogSec=600\nTimeoutStartSec={SERVICE_TIMEOUT_S}\n")
+    (dropin / "nodevm.conf").write_text(f"[Service]\nWatchdogSec=600\nTimeoutStartSec={SERVICE_TIMEOUT_S}\n"
+                                        f"TimeoutStopSec={SERVICE_TIMEOUT_S}\n")
     conf = Path("/etc/pycri/pycri.conf")
     conf.parent.mkdir(parents=True, exist_ok=True)
     storage = f'\n[storage]\nregistries_conf = "{kit / "registries.conf"}"\n' if kit else ""

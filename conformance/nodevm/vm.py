@@ -33,6 +33,9 @@ KERNEL_CMDLINE = (
 EXIT_TIMEOUT, EXIT_NO_STATUS = 124, 125
 # From qemu's start to the guest agent's first line: 35-55 s quiet, 3 min at a load of 10.
 BOOT_TIMEOUT_S = 600
+# Stopped from the host: how long the guest's command may take to finish after its SIGINT (guest.py waits
+# 120 s, then kills it; the agent then saves the journal and powers off).
+INTERRUPT_WAIT_S = 180
 GUEST_AGENT = Path(__file__).with_name("guest.py")
 
 
@@ -153,6 +156,15 @@ def boot(image: Image, job: Job, machine: Machine = Machine(), out=sys.stdout.bu
                     log(f"nodevm: the guest agent did not start within {BOOT_TIMEOUT_S} s of boot")
                     break
                 time.sleep(0.5)
+        except BaseException:  # ^C, SIGTERM, the lane's budget: let the command end and say what it did
+            if proc.poll() is None and booted:
+                (run_dir / "interrupt").touch()
+                log(f"nodevm: stopping: the guest's command gets SIGINT and up to {INTERRUPT_WAIT_S} s")
+                until = time.monotonic() + INTERRUPT_WAIT_S
+                while proc.poll() is None and time.monotonic() < until:
+                    _copy(reader, out)
+                    time.sleep(0.5)
+            raise
         finally:
             if proc.poll() is None:
                 proc.terminate()

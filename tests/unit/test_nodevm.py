@@ -3,6 +3,9 @@
 import fcntl
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,22 @@ def test_the_lane_installs_the_shipped_unit():
 
     unit = lane.UNIT.read_text()
     assert "Type=notify" in unit and "ExecStart=/usr/local/bin/pycri daemon" in unit
+
+
+def test_the_guest_agent_interrupts_its_command_when_the_host_asks(tmp_path, monkeypatch):
+    from conformance.nodevm import guest
+
+    monkeypatch.setattr(guest, "JOB", tmp_path)
+    out = guest.Output(tmp_path / "output.log")
+    script = "import signal, sys, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('summary')\n    sys.exit(2)\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=out.file, start_new_session=True)
+    time.sleep(0.5)
+    (tmp_path / "interrupt").touch()
+    started = time.monotonic()
+    assert guest.wait(proc, 60, out) == 2  # what the command said on SIGINT, well before its time limit
+    assert time.monotonic() - started < 10
+    assert "summary" in (tmp_path / "output.log").read_text()
+    (tmp_path / "interrupt").unlink()
+    hung = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    assert guest.wait(hung, 1, out) == 124
+    assert "did not finish within 1 s" in (tmp_path / "output.log").read_text()
