@@ -223,7 +223,7 @@ def _env_overrides(environ: dict[str, str]) -> dict:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in ("PYCRI_CONFIG", "PYCRI_CONFIG_DIR"):
             continue
-        if name.startswith((ENV_PREFIX + "FAULT", ENV_PREFIX + "TEST_")):  # fault injection, test knobs: not config
+        if name.startswith(ENV_PREFIX + "FAULT"):  # fault injection (cri/faults.py): not configuration
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
         node = out

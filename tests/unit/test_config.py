@@ -97,8 +97,8 @@ def test_a_bad_pinned_image_pattern_names_the_file_key_and_pattern(tmp_path):
     assert load_config(good, environ={}).storage.pinned_images == ["registry.k8s.io/*", "*pause*", "busybox"]
 
 
-def test_test_and_fault_switches_in_the_environment_are_not_configuration(tmp_path):
+def test_fault_switches_in_the_environment_are_not_configuration(tmp_path):
+    """(Test knobs are not PYCRI_* names: TEST_CGROUP_MANAGER, NODEVM_TIME_SCALE.)"""
     conf = write(tmp_path / "pycri.conf", "")
-    c = load_config(conf, environ={"PYCRI_TEST_TIME_SCALE": "10", "PYCRI_TEST_CGROUP_MANAGER": "systemd",
-                                   "PYCRI_FAULT_CRASH_AT": "x", "PYCRI_LOG_LEVEL": "debug"})
+    c = load_config(conf, environ={"PYCRI_FAULT_CRASH_AT": "x", "PYCRI_LOG_LEVEL": "debug"})
     assert c.log_level == "debug"
