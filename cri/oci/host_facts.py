@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from cri.oci import apparmor, selinux
-from cri.oci.spec import ALL_CAPABILITIES, DeviceRequest
+from cri.oci.spec_inputs import ALL_CAPABILITIES, DeviceRequest
 
 CAP_SYS_RESOURCE_BIT = 24
 

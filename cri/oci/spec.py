@@ -1,170 +1,22 @@
 """OCI runtime-spec config.json from plain inputs (pure: no I/O, no protobuf).
 
 The core gathers everything that needs the host or the image (user resolution, the seccomp profile file, the
-daemon's own capabilities) into ``ContainerInputs``; this module only decides. Errors are ``SpecError`` with a
-message for the user; the core maps them to InvalidArgument.
+daemon's own capabilities) into ``ContainerInputs`` (spec_inputs.py); this module only decides, with
+spec_resources.py for the cgroup limits and devices. Errors are ``SpecError`` with a message for the user; the
+core maps them to InvalidArgument.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from cri.oci import seccomp
-from cri.oci.users import ResolvedUser
+from cri.oci.spec_inputs import (ALL_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_PATH, DEFAULT_READONLY_PATHS,
+                                 ContainerInputs, IDMap, MountRequest, SpecError)
+from cri.oci.spec_resources import device_entries, resources_object, validate_device_permissions
 
 OCI_VERSION = "1.0.2"
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-# CRI-O's default set: what a process needs to drop root privileges and own files, nothing that reaches the host.
-DEFAULT_CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE", "CAP_KILL",
-)
-ALL_CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)
-DEFAULT_MASKED_PATHS = (
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
-)
-DEFAULT_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-
-# Device nodes every container may use (the devices cgroup denies the rest).
-_DEFAULT_DEVICE_RULES = (
-    {"allow": False, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},  # null
-    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},  # zero
-    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},  # full
-    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},  # random
-    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},  # urandom
-    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},  # tty
-    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # ptmx
-    {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # pts
-)
-
 PROPAGATION_OPTIONS = {"private": "rprivate", "rslave": "rslave", "rshared": "rshared"}
-
-
-class SpecError(Exception):
-    """The request cannot be turned into a valid spec; the message says which field and why."""
-
-
-@dataclass(frozen=True)
-class IDMap:
-    container_id: int
-    host_id: int
-    size: int
-
-
-@dataclass(frozen=True)
-class MountRequest:
-    container_path: str
-    host_path: str
-    readonly: bool = False
-    propagation: str = "private"  # private | rslave | rshared
-    recursive_read_only: bool = False
-    # An idmapped mount: files owned by container_id on the host path appear owned by host_id, which the pod's
-    # user namespace maps back (kubelet sends the pod's own mapping, so host root's files are the pod root's).
-    uid_mappings: tuple[IDMap, ...] = ()
-    gid_mappings: tuple[IDMap, ...] = ()
-
-
-@dataclass(frozen=True)
-class DeviceRequest:
-    container_path: str
-    host_path: str
-    permissions: str
-    type: str  # "c" or "b", from stat of host_path
-    major: int
-    minor: int
-    file_mode: int = 0o666
-    uid: int = 0
-    gid: int = 0
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpu_period: int = 0
-    cpu_quota: int = 0
-    cpu_shares: int = 0
-    cpuset_cpus: str = ""
-    cpuset_mems: str = ""
-    memory_limit: int = 0
-    memory_swap_limit: int = 0
-    oom_score_adj: int = 0
-    hugepage_limits: tuple[tuple[str, int], ...] = ()
-    unified: dict[str, str] = field(default_factory=dict)
-    pids_limit: int = 0
-
-
-@dataclass
-class ContainerInputs:
-    container_id: str
-    rootfs: str
-    # process
-    command: list[str] = field(default_factory=list)
-    args: list[str] = field(default_factory=list)
-    image_entrypoint: list[str] = field(default_factory=list)
-    image_cmd: list[str] = field(default_factory=list)
-    image_env: list[str] = field(default_factory=list)
-    envs: list[tuple[str, str]] = field(default_factory=list)
-    working_dir: str = ""
-    image_working_dir: str = ""
-    tty: bool = False
-    stdin: bool = False
-    user: ResolvedUser = field(default_factory=ResolvedUser)
-    hostname: str = ""
-    # storage and files from the sandbox
-    readonly_rootfs: bool = False
-    mounts: list[MountRequest] = field(default_factory=list)
-    devices: list[DeviceRequest] = field(default_factory=list)
-    host_devices: list[DeviceRequest] = field(default_factory=list)  # every host device, used when privileged
-    hosts_path: str = ""
-    resolv_path: str = ""
-    hostname_path: str = ""
-    shm_path: str = ""
-    # namespaces: modes are "POD", "CONTAINER", "NODE", "TARGET"
-    network_mode: str = "POD"
-    pid_mode: str = "CONTAINER"
-    ipc_mode: str = "POD"
-    netns_path: str = ""
-    ipcns_path: str = ""
-    utsns_path: str = ""
-    pod_pid: int = 0  # the sandbox's infra process, for a shared pid namespace
-    target_pid: int = 0  # the target container's process, for pid TARGET
-    cgroup_namespace: bool = False  # a private one (cgroup v2, unprivileged): /sys/fs/cgroup is its own cgroup
-    userns_mode: str = "NODE"
-    userns_path: str = ""
-    uid_mappings: list[IDMap] = field(default_factory=list)
-    gid_mappings: list[IDMap] = field(default_factory=list)
-    # security
-    privileged: bool = False
-    add_capabilities: list[str] = field(default_factory=list)
-    drop_capabilities: list[str] = field(default_factory=list)
-    add_ambient_capabilities: list[str] = field(default_factory=list)
-    host_capabilities: frozenset[str] = frozenset(ALL_CAPABILITIES)
-    default_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
-    no_new_privs: bool = False
-    seccomp: str = "unconfined"  # unconfined | runtime/default | localhost
-    seccomp_localhost_profile: dict[str, Any] | None = None
-    apparmor_profile: str = ""  # process.apparmorProfile; "" leaves the runtime's own (none without AppArmor)
-    selinux_label: str = ""  # process.selinuxLabel; "" when SELinux is off or nothing was asked
-    masked_paths: list[str] = field(default_factory=list)
-    readonly_paths: list[str] = field(default_factory=list)
-    # resources and placement
-    resources: Resources = field(default_factory=Resources)
-    oom_score_adj_floor: int | None = None  # the daemon's own score when it cannot lower it
-    swap_accounting: bool = False
-    cgroups_path: str = ""
-    annotations: dict[str, str] = field(default_factory=dict)
-    kernel_release: str | None = None
 
 
 def process_args(inputs: ContainerInputs) -> list[str]:
@@ -375,66 +227,6 @@ def _id_mappings(mappings: list[IDMap], kind: str) -> list[dict[str, Any]]:
     return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.size}]
 
 
-def resources_object(res: Resources, privileged: bool = False, swap_accounting: bool = False,
-                     devices: list[DeviceRequest] | None = None) -> dict[str, Any]:
-    """linux.resources; also what ``runc update`` takes for UpdateContainerResources."""
-    out: dict[str, Any] = {}
-    cpu: dict[str, Any] = {}
-    if res.cpu_shares:
-        cpu["shares"] = res.cpu_shares
-    if res.cpu_quota:
-        cpu["quota"] = res.cpu_quota
-    if res.cpu_period:
-        cpu["period"] = res.cpu_period
-    if res.cpuset_cpus:
-        cpu["cpus"] = res.cpuset_cpus
-    if res.cpuset_mems:
-        cpu["mems"] = res.cpuset_mems
-    if cpu:
-        out["cpu"] = cpu
-    if res.memory_limit < 0 or res.memory_swap_limit < 0:
-        raise SpecError("memory limits cannot be negative")
-    memory: dict[str, Any] = {}
-    if res.memory_limit:
-        memory["limit"] = res.memory_limit
-        if swap_accounting:
-            swap = res.memory_swap_limit or res.memory_limit  # no swap unless asked for
-            if swap < res.memory_limit:
-                raise SpecError("memory_swap_limit_in_bytes must be at least memory_limit_in_bytes")
-            memory["swap"] = swap
-    elif res.memory_swap_limit and swap_accounting:
-        memory["swap"] = res.memory_swap_limit
-    if memory:
-        out["memory"] = memory
-    if res.pids_limit:
-        out["pids"] = {"limit": res.pids_limit}
-    if res.hugepage_limits:
-        out["hugepageLimits"] = [{"pageSize": size, "limit": limit} for size, limit in res.hugepage_limits]
-    if res.unified:
-        out["unified"] = dict(res.unified)
-    if devices is not None:
-        rules = [{"allow": True, "access": "rwm"}] if privileged else [dict(r) for r in _DEFAULT_DEVICE_RULES]
-        if not privileged:
-            for d in devices:
-                rules.append({"allow": True, "type": d.type, "major": d.major, "minor": d.minor,
-                              "access": d.permissions or "rwm"})
-        out["devices"] = rules
-    return out
-
-
-def _device_entries(devices: list[DeviceRequest]) -> list[dict[str, Any]]:
-    return [{"path": d.container_path, "type": d.type, "major": d.major, "minor": d.minor,
-             "fileMode": d.file_mode, "uid": d.uid, "gid": d.gid} for d in devices]
-
-
-def _validate_device_permissions(devices: list[DeviceRequest]) -> None:
-    for d in devices:
-        if not d.container_path.startswith("/"):
-            raise SpecError(f"device path {d.container_path!r} is not absolute")
-        if d.permissions and set(d.permissions) - set("rwm"):
-            raise SpecError(f"device permissions {d.permissions!r} must be a combination of r, w and m")
-
-
 def _seccomp(inputs: ContainerInputs, caps: list[str]) -> dict[str, Any] | None:
     if inputs.privileged or inputs.seccomp == "unconfined":
         return None
@@ -453,7 +245,7 @@ def _seccomp(inputs: ContainerInputs, caps: list[str]) -> dict[str, Any] | None:
 def container_spec(inputs: ContainerInputs) -> dict[str, Any]:
     """The complete config.json for one container."""
     caps = capability_set(inputs)
-    _validate_device_permissions(inputs.devices)
+    validate_device_permissions(inputs.devices)
     user = inputs.user
     process: dict[str, Any] = {
         "terminal": inputs.tty,
@@ -484,7 +276,7 @@ def container_spec(inputs: ContainerInputs) -> dict[str, Any]:
     linux: dict[str, Any] = {
         "namespaces": _namespaces(inputs),
         "resources": resources_object(inputs.resources, inputs.privileged, inputs.swap_accounting, inputs.devices),
-        "devices": _device_entries(devices),
+        "devices": device_entries(devices),
     }
     if inputs.cgroups_path:
         linux["cgroupsPath"] = inputs.cgroups_path

@@ -47,7 +47,7 @@ def _rootfs(root: Path) -> None:
 
 
 async def _scenario(handler: str) -> dict:
-    from cri.oci import host_facts, spec as S
+    from cri.oci import host_facts, spec as S, spec_inputs as SI
     from cri.oci.conmon import BundlePaths, Conmon
     from cri.oci.exitwatch import ExitWatcher
     from cri.oci.reaper import Reaper
@@ -72,7 +72,7 @@ async def _scenario(handler: str) -> dict:
         async def create(container_id: str, command: list[str], tty: bool) -> Path:
             bundle = base / container_id
             bundle.mkdir()
-            inputs = S.ContainerInputs(
+            inputs = SI.ContainerInputs(
                 container_id=container_id, rootfs=str(base / "rootfs"), stdin=True, tty=tty, command=command,
                 host_capabilities=host_facts.daemon_capabilities(), cgroups_path=f"{cgroup_parent}/{container_id}",
                 network_mode="POD", pid_mode="CONTAINER", ipc_mode="POD")

@@ -11,7 +11,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from cri.oci import host_facts
-from cri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
+from cri.oci.spec_inputs import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from tests.integration.helpers_containers import (container_config, create, exec_sync, pod_config, pod_with_handler,
                                                   run, status, wait_log, wait_state)
 

@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from cri.oci import apparmor, selinux
-from cri.oci import spec as S
+from cri.oci import spec as S, spec_inputs as SI
 from cri.oci.users import ResolvedUser
 
 
@@ -114,11 +114,11 @@ def test_selinux_is_on_when_its_filesystem_is_mounted(tmp_path):
 
 def test_the_spec_carries_the_profile_and_label():
     base = dict(container_id="c", rootfs="/r", command=["true"], user=ResolvedUser())
-    spec = S.container_spec(S.ContainerInputs(**base, apparmor_profile="pycri-default",
+    spec = S.container_spec(SI.ContainerInputs(**base, apparmor_profile="pycri-default",
                                               selinux_label="system_u:system_r:container_t:s0"))
     assert spec["process"]["apparmorProfile"] == "pycri-default"
     assert spec["process"]["selinuxLabel"] == "system_u:system_r:container_t:s0"
-    plain = S.container_spec(S.ContainerInputs(**base))
+    plain = S.container_spec(SI.ContainerInputs(**base))
     assert "apparmorProfile" not in plain["process"] and "selinuxLabel" not in plain["process"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cri.core.streams.process import container_process, exec_process
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
-from cri.oci import spec as oci_spec
+from cri.oci import spec_inputs, spec_resources
 from cri.oci.conmon import Conmon
 from cri.oci.runtime import ExecResult, OCIRuntimeError
 from cri.state.container_record import ResourcesSpec
@@ -44,9 +44,9 @@ async def update_resources(table: Table, creator: Creator, ref: str, resources: 
         if not record.state.live:
             raise FailedPrecondition(f"container {record.id} is {record.state}; only a live one can be updated")
         try:
-            body = oci_spec.resources_object(specgen.resources(table.config, resources),
+            body = spec_resources.resources_object(specgen.resources(table.config, resources),
                                              swap_accounting=cgroups.swap_accounting())
-        except oci_spec.SpecError as e:
+        except spec_inputs.SpecError as e:
             raise InvalidArgument(str(e)) from e
         try:
             await table.runtime(record.runtime_handler).update(record.id, body)

@@ -11,7 +11,7 @@ from typing import Any
 
 from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
-from cri.oci import apparmor, cdi, host_facts, mounts as oci_mounts, selinux, spec as oci_spec
+from cri.oci import apparmor, cdi, host_facts, mounts as oci_mounts, selinux, spec as oci_spec, spec_inputs
 from cri.oci.rootfs import RootfsPathError, ensure_rootfs_dir, read_rootfs_file, secure_join
 from cri.oci.runtime import OCIRuntime
 from cri.oci.users import UserRequest, UserResolutionError, resolve_user
@@ -69,14 +69,14 @@ def _user_namespace(sec: SecuritySpec, sandbox: SandboxRecord) -> dict[str, Any]
             "uid_mappings": list(_id_maps(opts.uid_mappings)), "gid_mappings": list(_id_maps(opts.gid_mappings))}
 
 
-def _mount_requests(request: ContainerRequest, volumes: tuple[Path, ...]) -> list[oci_spec.MountRequest]:
+def _mount_requests(request: ContainerRequest, volumes: tuple[Path, ...]) -> list[spec_inputs.MountRequest]:
     """The request's mounts for the spec; an image volume binds its read-only view (or the image_sub_path in it),
     already idmapped by storage where the pod needs it, so kubelet's mappings on it are not applied again."""
     out = []
     views = iter(volumes)
     for m in request.mounts:
         if not m.image:
-            out.append(oci_spec.MountRequest(m.container_path, m.host_path, m.readonly, m.propagation,
+            out.append(spec_inputs.MountRequest(m.container_path, m.host_path, m.readonly, m.propagation,
                                              m.recursive_read_only, _id_maps(m.uid_mappings), _id_maps(m.gid_mappings)))
             continue
         view = next(views)
@@ -87,12 +87,12 @@ def _mount_requests(request: ContainerRequest, volumes: tuple[Path, ...]) -> lis
         if not source.exists():
             raise InvalidArgument(f"mount {m.container_path}: image_sub_path {m.image_sub_path!r} does not exist in "
                                   f"image {m.image}")
-        out.append(oci_spec.MountRequest(m.container_path, str(source), True, "private", m.recursive_read_only))
+        out.append(spec_inputs.MountRequest(m.container_path, str(source), True, "private", m.recursive_read_only))
     return out
 
 
-def _id_maps(mappings: Iterable[IDMapSpec]) -> tuple[oci_spec.IDMap, ...]:
-    return tuple(oci_spec.IDMap(m.container_id, m.host_id, m.length) for m in mappings)
+def _id_maps(mappings: Iterable[IDMapSpec]) -> tuple[spec_inputs.IDMap, ...]:
+    return tuple(spec_inputs.IDMap(m.container_id, m.host_id, m.length) for m in mappings)
 
 
 async def check_recursive_read_only(request: ContainerRequest, handler: str, runtime: OCIRuntime) -> None:
@@ -141,8 +141,8 @@ async def apparmor_profile(request: ContainerRequest, loader: apparmor.Loader) -
     return profile
 
 
-def resources(config: Config, r: ResourcesSpec) -> oci_spec.Resources:
-    return oci_spec.Resources(
+def resources(config: Config, r: ResourcesSpec) -> spec_inputs.Resources:
+    return spec_inputs.Resources(
         cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares, cpuset_cpus=r.cpuset_cpus,
         cpuset_mems=r.cpuset_mems, memory_limit=r.memory_limit_in_bytes,
         memory_swap_limit=r.memory_swap_limit_in_bytes, oom_score_adj=r.oom_score_adj,
@@ -208,7 +208,7 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
         seccomp_kind, profile = "localhost", _load_profile(str(config.runtime.seccomp_profile))
     elif seccomp_kind == "localhost" and not sec.privileged:
         profile = _load_profile(sec.seccomp_localhost)
-    inputs = oci_spec.ContainerInputs(
+    inputs = spec_inputs.ContainerInputs(
         container_id=record.id, rootfs=str(rootfs), command=request.command, args=request.args,
         image_entrypoint=image.entrypoint, image_cmd=image.cmd, image_env=image.env, envs=request.envs,
         working_dir=request.working_dir, image_working_dir=image.working_dir, tty=request.tty,
@@ -239,5 +239,5 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
     )
     try:
         return cdi.apply_edits(oci_spec.container_spec(inputs), list(cdi_edits))
-    except oci_spec.SpecError as e:
+    except spec_inputs.SpecError as e:
         raise InvalidArgument(str(e)) from e
