@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import grpc
@@ -9,11 +10,17 @@ import pytest
 from cri.api.v1 import api_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.helpers_registry import free_port
 from tests.integration.helpers_containers import container_config, run, start_env
 from tests.integration.helpers_sandboxes import installed_network
 
 pytestmark = pytest.mark.integration
+
+
+def metrics_port(d) -> int:
+    """The port the daemon bound for [metrics] port = 0 (a port picked before the start could be taken by then)."""
+    found = re.findall(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", d.log_path.read_text(errors="replace"))
+    assert found, d.log_tail()
+    return int(found[-1])
 
 
 def scrape(port: int, accept: str = "") -> tuple[str, str]:
@@ -33,11 +40,11 @@ def value(values: dict, metric: str, **labels) -> float:
 
 
 def test_metrics_move_as_pods_and_containers_start(daemon_factory, registry, tmp_path):
-    port = free_port()
     with installed_network(tmp_path) as network:
         settings = {"network": {"cni_conf_dir": str(network.conf_dir)},
-                    "metrics": {"enable": True, "port": port}}
+                    "metrics": {"enable": True, "port": 0}}
         for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path, settings, host_network=False):
+            port = metrics_port(d)
             before = samples(port)
             assert value(before, "pycri_operations_total", operation="PullImage", code="OK") == 1
             assert value(before, "pycri_image_pulls_success_total", registry="example.test") == 1
@@ -71,8 +78,8 @@ def test_metrics_move_as_pods_and_containers_start(daemon_factory, registry, tmp
 
 
 def test_openmetrics_on_request_and_failed_pulls_by_registry(daemon_factory, tmp_path):
-    port = free_port()
-    d = daemon_factory({"metrics": {"enable": True, "port": port}})
+    d = daemon_factory({"metrics": {"enable": True, "port": 0}})
+    port = metrics_port(d)
     with pytest.raises(grpc.RpcError):
         d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="127.0.0.1:9/nothing:1")),
                            timeout=30)
@@ -105,8 +112,8 @@ def test_a_metrics_port_in_use_stops_the_start_with_a_clear_error(daemon_factory
 def test_an_oom_kill_is_counted_by_container_name(daemon_factory, registry, tmp_path):
     from tests.integration.helpers_containers import wait_state
 
-    port = free_port()
-    for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path, {"metrics": {"enable": True, "port": port}}):
+    for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path, {"metrics": {"enable": True, "port": 0}}):
+        port = metrics_port(d)
         assert value(samples(port), "pycri_containers_oom_total") == 0
         cid = run(d, pod, pod_cfg, container_config("hog", ["sh", "-c", "head -c 200m /dev/zero | tail"],
                   linux=api_pb2.LinuxContainerConfig(resources=api_pb2.LinuxContainerResources(

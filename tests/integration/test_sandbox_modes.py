@@ -177,9 +177,8 @@ def test_config_installed_after_start_makes_the_network_ready(daemon_factory, tm
             run(d, pod_config("early"))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         network.install()
-        for _ in range(300):  # the watcher polls every second
-            if network_ready():
-                break
+        deadline = time.monotonic() + 60
+        while not network_ready() and time.monotonic() < deadline:  # the watcher polls every second
             time.sleep(0.02)
         assert network_ready()
         pod_id = run(d, pod_config("late"))
@@ -212,9 +211,11 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     slow = plugins / "slow"
-    release = tmp_path / "release"  # the ADD waits for it (at most 10 s), so the crash lands mid-ADD
+    # The ADD waits for it, so the crash lands mid-ADD (a slow host must not let the ADD end by itself first: its
+    # own limit, 5 minutes, only stops a plugin that a broken run left behind).
+    release = tmp_path / "release"
     slow.write_text('#!/bin/sh\ncat >/dev/null\nif [ "$CNI_COMMAND" = ADD ]; then i=0; '
-                    f'while [ ! -e {release} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; fi\n'
+                    f'while [ ! -e {release} ] && [ $i -lt 6000 ]; do sleep 0.05; i=$((i+1)); done; fi\n'
                     'echo \'{"cniVersion":"1.0.0"}\'\n')
     slow.chmod(0o755)
     network = PrivateNetwork(tmp_path)
@@ -222,23 +223,26 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
     network.install()
     d = daemon_factory({"network": {"cni_conf_dir": str(network.conf_dir),
                                     "cni_plugin_dirs": [str(plugins)]}})
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(run, d, pod_config("crashed"))
-        records = d.root / "sandboxes"
-        for _ in range(1000):  # until the record of the sandbox being created is on disk
-            if records.exists() and any(records.glob("*.json")):
-                break
-            time.sleep(0.005)
-        [half_created] = [p.stem for p in records.glob("*.json")]
-        for _ in range(1000):  # and until its cgroup exists, so the restart has it to remove
-            if cgroup_exists(f"/pycri/pycri-{half_created}"):
-                break
-            time.sleep(0.005)
-        assert cgroup_exists(f"/pycri/pycri-{half_created}")
-        d.kill()
-        with pytest.raises(grpc.RpcError):
-            pending.result()
-    release.touch()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(run, d, pod_config("crashed"))
+            records = d.root / "sandboxes"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until the record of the sandbox being created is on disk
+                if records.exists() and any(records.glob("*.json")):
+                    break
+                time.sleep(0.005)
+            [half_created] = [p.stem for p in records.glob("*.json")]
+            while time.monotonic() < deadline:  # and until its cgroup exists, so the restart has it to remove
+                if cgroup_exists(f"/pycri/pycri-{half_created}"):
+                    break
+                time.sleep(0.005)
+            assert cgroup_exists(f"/pycri/pycri-{half_created}")
+            d.kill()
+            with pytest.raises(grpc.RpcError):
+                pending.result()
+    finally:
+        release.touch()
     assert mounts_below(d.state_dir), "the crash should have left pinned namespaces for the restart to undo"
     d.start()
     assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
@@ -273,9 +277,8 @@ def test_a_pod_whose_infra_process_died_is_not_ready(pods):
     d, network = pods
     pod_id = run(d, pod_config("infra-dies", linux=linux(pid=api_pb2.POD)))
     os.kill(info(d, pod_id)["pid"], 9)
-    for _ in range(500):
-        if status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY:
-            break
+    deadline = time.monotonic() + 60
+    while status(d, pod_id).status.state != api_pb2.SANDBOX_NOTREADY and time.monotonic() < deadline:
         time.sleep(0.01)
     assert status(d, pod_id).status.state == api_pb2.SANDBOX_NOTREADY
     stop(d, pod_id)
