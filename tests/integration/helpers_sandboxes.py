@@ -12,6 +12,9 @@ from pathlib import Path
 
 from cri.api.v1 import api_pb2
 
+from hostos import cgroups
+from hostos.cgroups.driver import driver
+
 _counter = itertools.count(1)
 
 
@@ -76,12 +79,14 @@ def mounts_below(path: Path) -> list[str]:
 
 
 def cgroup_exists(cgroup_path: str) -> list[str]:
-    found = []
-    for mount in ("cpu", "memory", "pids", "unified"):
-        p = Path("/sys/fs/cgroup") / mount / cgroup_path.lstrip("/")
-        if p.exists():
-            found.append(str(p))
-    return found
+    """The directories of a cgroup path that exist, in every hierarchy (v1, hybrid or pure v2)."""
+    return [str(p) for p in cgroups.cgroup_dirs(cgroup_path) if p.exists()]
+
+
+def pod_cgroup_path(sandbox_id: str) -> str:
+    """Where a pod without a cgroup_parent gets its cgroup under the driver the test daemons use."""
+    manager = driver(os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs"))
+    return manager.child(manager.parent(""), f"pycri-{sandbox_id}")
 
 
 def process_gone(pid: int) -> bool:

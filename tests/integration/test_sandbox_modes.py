@@ -13,8 +13,8 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from tests.integration.helpers_containers import EventCollector
-from tests.integration.helpers_sandboxes import (PrivateNetwork, cgroup_exists, mounts_below, pod_config,
-                                                 remove_all_pods, veths_on)
+from tests.integration.helpers_sandboxes import (PrivateNetwork, cgroup_exists, mounts_below, pod_cgroup_path,
+                                                 pod_config, remove_all_pods, veths_on)
 from tests.integration.test_sandbox_lifecycle import info, remove, run, status, stop
 
 pytestmark = pytest.mark.integration
@@ -234,10 +234,10 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
                 time.sleep(0.005)
             [half_created] = [p.stem for p in records.glob("*.json")]
             while time.monotonic() < deadline:  # and until its cgroup exists, so the restart has it to remove
-                if cgroup_exists(f"/pycri/pycri-{half_created}"):
+                if cgroup_exists(pod_cgroup_path(half_created)):
                     break
                 time.sleep(0.005)
-            assert cgroup_exists(f"/pycri/pycri-{half_created}")
+            assert cgroup_exists(pod_cgroup_path(half_created))
             d.kill()
             with pytest.raises(grpc.RpcError):
                 pending.result()
@@ -248,7 +248,7 @@ def test_a_sandbox_half_created_when_the_daemon_died_is_undone_at_start(daemon_f
     assert d.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items == []
     assert not mounts_below(d.state_dir)
     assert list(records.glob("*.json")) == []
-    assert cgroup_exists(f"/pycri/pycri-{half_created}") == []
+    assert cgroup_exists(pod_cgroup_path(half_created)) == []
     pod_id = run(d, pod_config("crashed"))  # the name was never kept
     remove(d, pod_id)
 
