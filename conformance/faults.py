@@ -167,6 +167,7 @@ SCENARIOS = [
     Scenario("container.create.after_runtime", _new_container, _create, _retry_create),
     Scenario("container.start.after_runtime", _created_container, _start, _retry_start),
     Scenario("container.stop.after_signal", _running_container, _stop, _again(_stop, _exited)),
+    Scenario("container.remove.after_record", _running_container, _remove, _again(_remove, _container_gone)),
     Scenario("container.remove.after_runtime", _running_container, _remove, _again(_remove, _container_gone)),
     Scenario("image.pull.after_blobs", _nothing, _pull, _again(_pull, _pulled)),
 ]

@@ -56,7 +56,7 @@ def build_runtime(config: Config, unclean_start: bool = False) -> Runtime:
     rt.containers = ContainerManager(config, rt.sandboxes, rt.images, rt.events)
     # StopPodSandbox/RemovePodSandbox stop or remove the pod's containers first; an image in use stays.
     rt.sandboxes.set_container_hooks(rt.containers.stop_all_in_sandbox, rt.containers.remove_all_in_sandbox)
-    rt.images.set_in_use(rt.containers.image_in_use)
+    rt.images.set_in_use(rt.containers.image_in_use, rt.containers.removals_settled)
     rt.streaming = StreamingServer(config.streaming, CoreStreams(rt.containers, rt.sandboxes))
     rt.services += [rt.cni, rt.sandboxes, rt.containers, rt.streaming,
                     AdminServer(config.admin_socket_path, rt)]

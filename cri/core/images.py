@@ -7,7 +7,7 @@ import asyncio
 import builtins
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -30,6 +30,10 @@ def _return_free_heap() -> None:
     libc.malloc_trim()
 
 
+async def _nothing_pending() -> None:
+    pass
+
+
 class ImageService:
     def __init__(self, store: ImageStore, pinned_patterns: Sequence[str] = (),
                  on_pull: Callable[[str, float, int, str], None] | None = None):
@@ -37,12 +41,15 @@ class ImageService:
         self.store = store
         self._pinned = PinnedImages(list(pinned_patterns))
         self._in_use: Callable[[str], bool] = lambda image_id: False
+        self._settled: Callable[[], Awaitable[None]] = _nothing_pending
         self._on_pull = on_pull
         self._idmap_problem: tuple[str | None] | None = None
 
-    def set_in_use(self, in_use: Callable[[str], bool]) -> None:
-        """The container manager says which image ids its containers use (checked on removal)."""
+    def set_in_use(self, in_use: Callable[[str], bool], settled: Callable[[], Awaitable[None]]) -> None:
+        """The container manager says which image ids its containers use (checked on removal), and lets a
+        removal wait for the removed containers' roots, which are reclaimed in the background."""
         self._in_use = in_use
+        self._settled = settled
 
     async def pull(self, ref: str, credentials: Credentials | None = None, pod: str = "") -> ImageRecord:
         """Pull in a worker thread; the pull, its downloads and its unpacking are phases of `pod` when the
@@ -97,6 +104,7 @@ class ImageService:
         return self.store.answer(ref, render)
 
     async def remove(self, ref: str) -> bool:
+        await self._settled()
         return await asyncio.to_thread(self.store.remove, ref, self._in_use)
 
     async def fs_info(self) -> builtins.list[FsUsage]:

@@ -57,8 +57,9 @@ def test_an_image_volume_is_the_images_files_read_only_and_keeps_the_image(env, 
     assert exec_sync(d, cid, ["cat", "/only/readme"]).stdout == b"read me"
     d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
-    assert [m for m in mounts_below(d.base) if cid in m] == []
+    # the volumes go with the container's root, reclaimed in the background; RemoveImage waits for that
     d.images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=ref)))
+    assert [m for m in mounts_below(d.base) if cid in m] == []
     assert not d.images.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref))).HasField("image")
 
 

@@ -50,17 +50,18 @@ def _runtime_ids(d) -> list[str]:
 
 
 def _remove_and_check_clean(d, cid: str, conmon_pid: int) -> None:
-    """Stop and remove through CRI; nothing of the container may be left on the host."""
+    """Stop and remove through CRI; nothing of the container may be left on the host once its reclaim is done."""
     d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
     with pytest.raises(grpc.RpcError) as err:
         status(d, cid)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # the rest is reclaimed in the background, right after the removal
+    wait_until(lambda: not (d.state_dir / "containers" / cid).exists(), "the bundle, removed last, is gone")
     assert cid not in _runtime_ids(d)
     assert [m for m in mounts_below(d.base) if cid in m] == []
     assert _cgroups_naming(cid) == []
     assert process_gone(conmon_pid), f"conmon (pid {conmon_pid}) outlived RemoveContainer"
-    assert not (d.state_dir / "containers" / cid).exists()
 
 
 def test_a_running_container_survives_a_daemon_crash_and_is_removed_cleanly(env):

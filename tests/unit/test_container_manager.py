@@ -20,7 +20,7 @@ import pytest
 from cri.config import Config
 from cri.core import events as ev
 from cri.core.containers import ContainerManager
-from cri.errors import FailedPrecondition, NotFound
+from cri.errors import FailedPrecondition, Internal, NotFound
 from cri.oci.conmon import Created
 from cri.state.container_record import ContainerRequest
 from cri.state.container_state import ContainerState
@@ -89,6 +89,7 @@ class FakeImages:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.rootfs: set[str] = set()
+        self.remove_failures: list[str] = []  # the next removals fail with these messages
 
     def status(self, ref: str) -> ImageRecord | None:
         return IMAGE if ref in (IMAGE.id, IMAGE.repo_tags[0]) else None
@@ -103,6 +104,8 @@ class FakeImages:
         return FakeRootfs(root)
 
     async def remove_rootfs(self, container_id: str) -> None:
+        if self.remove_failures:
+            raise OSError(self.remove_failures.pop(0))
         self.rootfs.discard(container_id)
 
     async def unmount_rootfs(self, container_id: str) -> None:
@@ -186,10 +189,12 @@ def test_lifecycle_create_start_stop_remove(env: Env) -> None:
         await manager.remove_container(record.id)
         assert manager.find(record.id) is None
         assert not (env.config.root / "containers" / f"{record.id}.json").exists()
+        assert drain(events) == [ev.CREATED, ev.STARTED, ev.STOPPED, ev.DELETED]
+        # the rest is reclaimed in the background; the pod's removal waits for it
+        await manager.remove_all_in_sandbox(record.sandbox_id)
         assert not Path(record.bundle).exists()
         assert env.images.rootfs == set()
         assert ("delete", record.id) in env.runtime.calls
-        assert drain(events) == [ev.CREATED, ev.STARTED, ev.STOPPED, ev.DELETED]
         await manager.stop()
 
     asyncio.run(scenario())
@@ -210,6 +215,25 @@ def test_a_failed_runtime_create_ends_as_start_error_and_start_says_why(env: Env
         with pytest.raises(FailedPrecondition, match="only a created one can start"):
             await manager.start_container(record.id)
         await manager.remove_container(record.id)
+        await manager.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_reclaim_is_retried_and_reported_by_the_pods_removal(env: Env) -> None:
+    env.images.remove_failures = ["device busy", "device still busy"]
+
+    async def scenario() -> None:
+        manager = env.manager()
+        await manager.start()
+        record = await manager.create(request())
+        await manager.remove_container(record.id)  # its reclaim fails in the background
+        assert manager.find(record.id) is None
+        with pytest.raises(Internal, match="device still busy"):
+            await manager.remove_all_in_sandbox(record.sandbox_id)
+        assert env.images.rootfs == {record.id} and Path(record.bundle).exists()
+        await manager.remove_all_in_sandbox(record.sandbox_id)  # the kubelet retries the pod's removal
+        assert env.images.rootfs == set() and not Path(record.bundle).exists()
         await manager.stop()
 
     asyncio.run(scenario())

@@ -149,6 +149,12 @@ class Exits:
             return record.state == ContainerState.EXITED
         return True
 
+    async def settled(self, record: ContainerRecord) -> None:
+        """Wait for the delete started at the exit, if one runs; its failure is left to `runtime_deleted`."""
+        pending = self._deleting.get(record.id)
+        if pending is not None:
+            await asyncio.wait([pending])
+
     async def runtime_deleted(self, record: ContainerRecord) -> None:
         """Wait for the delete started at exit, or delete now if none ran or it failed."""
         pending = self._deleting.pop(record.id, None)

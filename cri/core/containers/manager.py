@@ -66,8 +66,8 @@ class ContainerManager:
         await self._recovery.run()
 
     async def stop(self) -> None:
-        """Containers outlive the daemon: finish the creates and deletes in flight, then stop watching."""
-        pending = [*self._creator.pending(), *self._exits.pending()]
+        """Containers outlive the daemon: finish the creates, deletes and removals in flight, then stop watching."""
+        pending = [*self._creator.pending(), *self._exits.pending(), *self._teardown.pending()]
         if pending:
             await asyncio.wait(pending, timeout=30)
         self._exits.close()
@@ -119,6 +119,10 @@ class ContainerManager:
     def image_in_use(self, image_id: str) -> bool:
         """The image service's check before it removes an image (wired in cri/daemon.py)."""
         return any(r.image_id == image_id for r in self._t.index)
+
+    async def removals_settled(self) -> None:
+        """The image service's wait before it removes an image: removed containers' roots pin their layers."""
+        await self._teardown.settled()
 
     def list(self, id_prefix: str = "", state: int | None = None, sandbox_id: str = "",
              labels: dict[str, str] | None = None) -> Records:

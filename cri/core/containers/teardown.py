@@ -1,8 +1,12 @@
 """StopContainer and RemoveContainer, and the same for every container of a pod being stopped or removed.
 
-A stop sends the stop signal, waits, then SIGKILLs; a remove undoes everything a container may have (also used
-for records a crash left half-created). The record is deleted last: a crash before that leaves it naming what
-is left to remove.
+A stop sends the stop signal, waits, then SIGKILLs, and returns once the runtime's delete started at the exit is
+done. A remove makes sure of that delete (the container's processes are gone), deletes the record (the commit
+point: the container is gone for every caller) and reclaims the rest in the background: the root filesystem,
+conmon and its cgroup, the bundle. A crash meanwhile leaves files without a record, which the start-up sweep
+removes (recover.py); a failed reclaim is retried, and reported, by the pod's removal, which waits for its
+containers' reclaims. `destroy` undoes a record a crash left half-created; there the record goes last, so that
+it names what is left to remove.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import logging
 import shutil
 import signal
+from collections.abc import Awaitable
 import time
 
 from cri.core import events as ev
@@ -25,7 +30,7 @@ from hostos import cgroups
 
 from .create import Creator
 from .exits import Exits
-from .procs import execd, kill, monitor_gone, signal_number
+from .procs import background, execd, kill, monitor_gone, signal_number
 from .table import Table
 
 log = logging.getLogger(__name__)
@@ -42,14 +47,21 @@ class Teardown:
         self._images = images
         self._creator = creator
         self._exits = exits
+        # container id -> (its pod, its removal's background reclaim); a failed one stays until its pod retries it
+        self._reclaims: dict[str, tuple[ContainerRecord, asyncio.Future[None]]] = {}
 
     async def stop_container(self, ref: str, timeout: float) -> None:
-        """Stop signal, then SIGKILL after ``timeout`` seconds; idempotent, and an unknown id is not an error."""
+        """Stop signal, then SIGKILL after ``timeout`` seconds; idempotent, and an unknown id is not an error.
+
+        Returns once the runtime's delete started at the exit is done too (as containerd's stop waits for its task
+        delete): the container's cgroup and mount are gone, and a RemoveContainer that follows finds little to do.
+        """
         record = self._t.find(ref)
         if record is None:
             return
         async with self._t.lock(record.id):
             await self._stop_locked(record, timeout)
+        await self._exits.settled(record)
 
     async def _stop_locked(self, record: ContainerRecord, timeout: float) -> None:
         try:
@@ -90,11 +102,42 @@ class Teardown:
             if record.id not in t.index:
                 return
             await self._stop_locked(record, 0)
-            await self.destroy(record)
+            try:  # started at the exit (StopContainer waited for it): its processes must be gone
+                await self._exits.runtime_deleted(record)
+            except Internal:
+                raise
+            except Exception as e:
+                raise Internal(f"removing container {record.id}: {e}") from e
+            t.store.delete(record.id)
+            crash_point("container.remove.after_record")
             t.index.remove(record.id)
             t.names.release(record.reserved_name, record.id)
+            self._reclaims[record.id] = (record, background(self._reclaim(record), f"reclaiming {record.id}"))
         t.forget_lock(record.id)
         t.publish(record, ev.DELETED)
+
+    async def _reclaim(self, record: ContainerRecord) -> None:
+        await self._release(record)
+        self._reclaims.pop(record.id, None)  # kept on failure, for the pod's removal to retry and report
+
+    def pending(self) -> list[asyncio.Future[None]]:
+        return [future for _, future in self._reclaims.values() if not future.done()]
+
+    async def settled(self) -> None:
+        """Every reclaim in flight has ended (a failed one too)."""
+        pending = self.pending()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def reclaimed(self, sandbox_id: str) -> None:
+        """Wait for the reclaims of the pod's removed containers; retry a failed one (Internal if it fails again)."""
+        mine = [(record, future) for record, future in self._reclaims.values() if record.sandbox_id == sandbox_id]
+        if mine:
+            await asyncio.wait([future for _, future in mine])
+        for record, future in mine:
+            if future.exception() is not None:
+                await self._release(record)
+                self._reclaims.pop(record.id, None)
 
     async def stop_all_in_sandbox(self, sandbox_id: str) -> None:
         await self._creator.close(sandbox_id)
@@ -105,15 +148,20 @@ class Teardown:
         await self._creator.close(sandbox_id)
         records = [r for r in self._t.index if r.sandbox_id == sandbox_id]
         await asyncio.gather(*(self.remove_container(r.id) for r in records))
+        await self.reclaimed(sandbox_id)
 
     async def destroy(self, record: ContainerRecord) -> None:
-        """Undo everything a container may have; used by remove and for half-created records.
+        """Undo everything a container may have (a record a crash left half-created, at start).
 
         The rootfs is mounted in the host's namespace, so runc's delete, the unmount and conmon's leaving are
-        independent. The record goes last: a crash before that leaves it naming what is left to remove.
+        independent. The bundle goes last: the start-up sweep finds what is left of a removed container by it.
         """
-        results = await asyncio.gather(self._exits.runtime_deleted(record), self._remove_rootfs(record),
-                                       self._retire_monitor(record), return_exceptions=True)
+        await self._release(record, self._exits.runtime_deleted(record))
+
+    async def _release(self, record: ContainerRecord, *also: Awaitable[None]) -> None:
+        """The root, conmon and its cgroup, the bundle, the exit file and the record (with `also`, concurrently)."""
+        results = await asyncio.gather(*also, self._remove_rootfs(record), self._retire_monitor(record),
+                                       return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise Internal(f"removing container {record.id}: {errors[0]}") from errors[0]
