@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -176,14 +177,22 @@ class Puller:
         pins = {config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)}
         self.records.pin(pins)
         created_chains: list[str] = []
+        # Blobs are written without an fsync each: one syncfs below flushes them with the unpacked layers, before
+        # the image's record (written durably) makes the image exist.
+        downloaded = threading.Event()  # some blob is new
+
+        def fetching(digest: str, size: int, write: Callable[[bytes], object]) -> None:
+            downloaded.set()
+            fetch(digest, size, write)
+
         # Layer downloads start at once, alongside the config they need only to unpack.
         config_ready: Future[Any] = Future()
 
         def one_layer(i: int) -> int:
             desc = layer_descs[i]
             blob = _retrying(lambda: self.content.ensure(desc.digest, desc.size,
-                                                         lambda write: fetch(desc.digest, desc.size, write),
-                                                         durable=self.durable))
+                                                         lambda write: fetching(desc.digest, desc.size, write),
+                                                         durable=False))
             diff_ids, chains = config_ready.result()
             start = time.time()
             layer, made = self.layers.ensure(chains[i], diff_ids[i], blob)
@@ -200,7 +209,7 @@ class Puller:
                 try:
                     _retrying(lambda: self.content.ensure(
                         config_desc.digest, config_desc.size,
-                        lambda write: fetch(config_desc.digest, config_desc.size, write), durable=self.durable))
+                        lambda write: fetching(config_desc.digest, config_desc.size, write), durable=False))
                     config = parse_config(self.content.read(config_desc.digest, MAX_CONFIG_BYTES), where)
                     diff_ids = config["rootfs"]["diff_ids"]
                     if len(diff_ids) != len(layer_descs):
@@ -218,9 +227,11 @@ class Puller:
                         f.cancel()
                     raise
             for m in manifests:
-                self.content.put(m.body, durable=False)
-            if self.durable and created_chains:
-                syncfs(self.root)  # one flush for every file the unpacked layers wrote
+                if not self.content.has(m.digest):
+                    downloaded.set()
+                    self.content.put(m.body, durable=False)
+            if self.durable and (created_chains or downloaded.is_set()):
+                syncfs(self.root)  # one flush for every blob and every file the unpacked layers wrote
             self.checkpoint("image.pull.after_blobs")
             return image_record(config_desc.digest, config, chains, sum(sizes),
                                 {config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)})

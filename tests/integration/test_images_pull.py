@@ -329,3 +329,31 @@ def test_lookups_by_name_digest_id_and_prefix(registry, store_factory):
         assert store.get(name) is None, name
     assert [r.id for r in store.list(f"{registry.host}/look/up:1")] == [image.id]
     assert store.list("nothing.test/x:1") == []
+
+
+def test_a_pull_flushes_its_new_files_once_before_the_record_makes_the_image_exist(registry, store_factory,
+                                                                                     monkeypatch):
+    """Durability without an fsync per blob: one syncfs covers blobs, manifests and layers, and comes before the
+    record's own durable write; a pull that adds nothing flushes nothing."""
+    import storage.image_pull as pull_module
+    from hostos import atomicfile
+
+    image = build_busybox_image(extra_layers=[[Entry("flushed", data=b"once")]])
+    registry.push("durable/busybox", "1", image)
+    store = store_factory(insecure(registry.host))
+    calls: list[str] = []
+    real_syncfs, real_fsync, real_write = pull_module.syncfs, os.fsync, atomicfile.atomic_write_bytes
+    monkeypatch.setattr(pull_module, "syncfs", lambda path: (calls.append("syncfs"), real_syncfs(path))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+
+    def write(path, data, **kw):
+        if Path(path).parent.name == "images":  # the image records (not the layers' own metadata)
+            calls.append("record")
+        return real_write(path, data, **kw)
+
+    monkeypatch.setattr(atomicfile, "atomic_write_bytes", write)
+    store.pull(f"{registry.host}/durable/busybox:1")
+    assert calls == ["syncfs", "record", "fsync", "fsync"]  # then the record's file and its directory
+    calls.clear()
+    store.pull(f"{registry.host}/durable/busybox:1")  # nothing new: the record is rewritten, nothing flushed first
+    assert "syncfs" not in calls
