@@ -147,7 +147,7 @@ class Creator:
         undo.push("release the name", lambda: t.names.release(reserved, container_id))
         with t.claims.creating(reserved):
             try:
-                t.save(record)
+                await asyncio.wrap_future(t.save(record))  # a failed write fails the create
                 undo.push("delete the record", lambda: t.store.delete(container_id))
                 crash_point("container.create.after_record")
                 bundle.mkdir(mode=0o700)

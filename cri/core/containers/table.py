@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 
 from cri.config import Config
@@ -73,9 +74,9 @@ class Table:
     def find(self, ref: str) -> ContainerRecord | None:
         return self.index.find(ref)
 
-    def save(self, record: ContainerRecord) -> None:
-        # Not fsynced: a killed daemon keeps the page cache; reconciliation covers the rest.
-        self.store.save(record, durable=False)
+    def save(self, record: ContainerRecord) -> Future[None]:
+        # Not fsynced, and written by the store's thread: reconciliation covers a write a killed daemon lost.
+        return self.store.save(record, durable=False)
 
     def publish(self, record: ContainerRecord, kind: int) -> None:
         self.events.publish(ev.ContainerEvent(record.id, record.sandbox_id, kind, time.time_ns()))

@@ -108,7 +108,7 @@ class Teardown:
                 raise
             except Exception as e:
                 raise Internal(f"removing container {record.id}: {e}") from e
-            t.store.delete(record.id)
+            await asyncio.wrap_future(t.store.delete(record.id))
             crash_point("container.remove.after_record")
             t.index.remove(record.id)
             t.names.release(record.reserved_name, record.id)
@@ -173,7 +173,7 @@ class Teardown:
         if record.bundle:
             shutil.rmtree(record.bundle, ignore_errors=True)
         self._t.conmon.exit_file(record.id).unlink(missing_ok=True)
-        self._t.store.delete(record.id)
+        self._t.store.delete(record.id).result()
 
     async def _remove_rootfs(self, record: ContainerRecord) -> None:
         sandbox = self._sandboxes.find(record.sandbox_id)

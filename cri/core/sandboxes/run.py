@@ -161,7 +161,7 @@ class Runner:
             raise StepFailed("creating the sandbox directory", e) from e
         undo.push("sandbox directory", lambda: shutil.rmtree(sandbox_dir, ignore_errors=True))
         try:
-            self._t.store.save(record, durable=False)
+            await asyncio.wrap_future(self._t.store.save(record, durable=False))
         except OSError as e:
             raise StepFailed("saving the sandbox record", e) from e
         undo.push("sandbox record", lambda: self._t.store.delete(record.id))
@@ -194,7 +194,7 @@ class Runner:
         crash_point("sandbox.run.after_network")
         record.state = "ready"
         try:
-            self._t.store.save(record, durable=False)
+            await asyncio.wrap_future(self._t.store.save(record, durable=False))
         except OSError as e:
             raise StepFailed("saving the sandbox record", e) from e
         self._t.index.add(record.id, record)
@@ -229,7 +229,7 @@ class Runner:
             record.infra_pid, record.infra_start_time, record.infra_parent_pid = infra
             undo.push("infra process", lambda: host.stop_infra(*infra))
         try:  # so that reconciliation after a crash knows the cgroups and the infra to remove
-            self._t.store.save(record, durable=False)
+            await asyncio.wrap_future(self._t.store.save(record, durable=False))
         except OSError as e:
             raise StepFailed("saving the sandbox record", e) from e
 

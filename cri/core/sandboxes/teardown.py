@@ -105,7 +105,7 @@ class Teardown:
     def _delete_files(self, record: SandboxRecord) -> None:
         """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop."""
         shutil.rmtree(record.sandbox_dir, ignore_errors=True)
-        self._t.store.delete(record.id)
+        self._t.store.delete(record.id).result()
 
     @staticmethod
     def _cgroup_dirs(path: str) -> list[str]:
