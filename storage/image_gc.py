@@ -27,7 +27,7 @@ def _reclaim(path: Path) -> None:
     try:
         remove_tree(path)
     except OSError as exc:  # left for the sweep at the next start
-        log.warning("deleting removed layer %s: %s", path, exc)
+        log.warning("deleting removed tree %s: %s", path, exc)
 
 
 class Collector:
@@ -62,11 +62,15 @@ class Collector:
                     doomed.append(path)
                     report.layers_removed.append(key)
         for path in doomed:
-            if self._reclaimer is not None:
-                self._reclaimer.submit(_reclaim, path)
-            else:
-                remove_tree(path)
+            self.discard(path)
         return report
+
+    def discard(self, path: Path) -> None:
+        """Delete a tree already moved out of sight: in the reclaim thread if there is one, else now."""
+        if self._reclaimer is not None:
+            self._reclaimer.submit(_reclaim, path)
+        else:
+            remove_tree(path)
 
     def sweep_all(self) -> GCReport:
         return self.sweep(self.content.all_digests() | self.layers.all_chain_ids())

@@ -60,8 +60,9 @@ class ImageStore:
                  progress_timeout: float = 60.0, *, parallel_downloads: int = 4,
                  limits: UnpackLimits = UnpackLimits(), durable: bool = True,
                  checkpoint: Callable[[str], None] = lambda name: None, background_reclaim: bool = False):
-        """`background_reclaim`: removed layers' trees are deleted by a worker thread after the removal returns
-        (the daemon's choice: RemoveImage then costs a rename instead of ~400 unlinks for busybox); they are
+        """`background_reclaim`: removed layers' and containers' roots' trees are deleted by a worker thread after
+        the removal returns (the daemon's choice: RemoveImage then costs a rename instead of ~400 unlinks for
+        busybox, a container's reclaim a rename instead of its upper and work directories' unlinks); they are
         renamed away first, so no one sees them, and a crash leaves them to the sweep at the next start.
         `checkpoint` is called at named steps of a pull, for the fault-injection suite."""
         self.root = Path(root)
@@ -197,7 +198,10 @@ class ImageStore:
 
     def remove_rootfs(self, container_id: str) -> None:
         """Unmount and delete the container's root; layers of an image removed meanwhile go too."""
-        self._gc.sweep(set(self.rootfs.remove(container_id)))
+        chain_ids, doomed = self.rootfs.remove(container_id)
+        self._gc.sweep(set(chain_ids))
+        if doomed is not None:
+            self._gc.discard(doomed)
 
     def unmount_rootfs(self, container_id: str) -> None:
         self.rootfs.unmount(container_id)

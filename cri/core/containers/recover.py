@@ -139,6 +139,8 @@ class Recovery:
     async def _remove_orphans(self, live: dict[str, Listed]) -> None:
         """What a crash left with no record: bundles and what they name, rootfs mounts, exit files."""
         known = {r.id for r in self._t.index}
+        for path in self._t.dir.glob(".removed-*"):  # a removed bundle whose deletion a crash interrupted
+            await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
         for path in sorted(self._t.dir.iterdir()):
             if path.is_dir() and valid_id(path.name) and path.name not in known:
                 await self._remove_orphan(path.name, live)

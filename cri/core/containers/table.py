@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cri.config import Config
@@ -42,6 +42,15 @@ class Table:
         self.claims = Claims(self.names, self.index)
         self._locks: dict[str, asyncio.Lock] = {}
         self._runtimes: dict[str, OCIRuntime] = dict(runtimes or {})
+        self._discarder = ThreadPoolExecutor(1, thread_name_prefix="discard")
+
+    def removed_bundle(self, container_id: str) -> Path:
+        """Where a removed container's bundle waits for its deletion (no id starts with '.')."""
+        return self.dir / f".removed-{container_id}"
+
+    def discard(self, path: Path) -> None:
+        """Delete a moved-aside tree in the background, one at a time (the start-up sweep takes what is left)."""
+        self._discarder.submit(shutil.rmtree, path, ignore_errors=True)
 
     def lock(self, container_id: str) -> asyncio.Lock:
         """The container's own lock; no lock is ever held across containers."""

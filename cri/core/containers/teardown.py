@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 from collections.abc import Awaitable
@@ -169,9 +170,14 @@ class Teardown:
         await asyncio.to_thread(self._delete_files, record)
 
     def _delete_files(self, record: ContainerRecord) -> None:
-        """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop."""
-        if record.bundle:
-            shutil.rmtree(record.bundle, ignore_errors=True)
+        """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop. The bundle is
+        renamed aside (one rename, where a pod's removal may be waiting for this) and deleted after; a crash
+        leaves the moved one to the start-up sweep."""
+        if record.bundle and os.path.lexists(record.bundle):
+            doomed = self._t.removed_bundle(record.id)
+            shutil.rmtree(doomed, ignore_errors=True)  # an earlier removal of the same id that a crash interrupted
+            os.rename(record.bundle, doomed)
+            self._t.discard(doomed)
         self._t.conmon.exit_file(record.id).unlink(missing_ok=True)
         self._t.store.delete(record.id).result()
 
