@@ -171,14 +171,3 @@ def test_net_dev_parsing_skips_loopback():
             "  eth0: 2000 10 3 0 0 0 0 0 4000 20 5 0 0 0 0 0\n")
     assert netdev.parse_net_dev(text) == [netdev.InterfaceStats("eth0", 2000, 3, 4000, 5, rx_packets=10,
                                                                 tx_packets=20)]
-
-
-def test_a_localhost_seccomp_profile_that_is_a_fifo_is_refused_at_once(tmp_path):
-    import os
-
-    from cri.core.containers.specgen import _load_profile
-    from cri.errors import InvalidArgument
-
-    os.mkfifo(tmp_path / "profile.json")
-    with pytest.raises(InvalidArgument, match="profile.json cannot be read: not a regular file"):
-        _load_profile(str(tmp_path / "profile.json"))

@@ -21,7 +21,6 @@ from cri.state.container_state import ContainerState
 from cri.state.sandbox_record import SandboxRecord
 from hostos import cgroups
 from hostos.cgroups.driver import driver
-from hostos.smallfile import read_regular
 from storage.image_records import ImageRecord
 
 MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
@@ -154,8 +153,9 @@ def _load_profile(path: str) -> dict[str, Any]:
     if not path or not os.path.isabs(path):
         raise InvalidArgument(f"localhost seccomp profile path {path!r} must be absolute")
     try:
-        profile: dict[str, Any] = json.loads(read_regular(path, 1 << 20))  # a FIFO there must not block
-        return profile
+        with open(path, "rb") as f:
+            profile: dict[str, Any] = json.loads(f.read(1 << 20))
+            return profile
     except FileNotFoundError:
         raise NotFound(f"seccomp profile {path} does not exist") from None
     except (OSError, ValueError) as e:
