@@ -1,6 +1,6 @@
-"""Host-side pieces of a sandbox: the /dev/shm tmpfs, rootfs binds for user-namespaced pods, the infra process.
-
-The pod cgroup is made with hostos.cgroups."""
+"""Host-side pieces of a sandbox: the /dev/shm tmpfs, rootfs binds for user-namespaced pods, the infra process;
+and PodHost, the one seam through which the sandbox manager acts on the host (namespaces, mounts, cgroups, the
+infra process)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from cri.errors import Internal
-from hostos import cgroups, libc
+from hostos import cgroups, libc, mountinfo
 from hostos.libc import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REMOUNT
+from netplugins import namespace_alive, pin_namespaces, unpin_namespace
 
 SHM_SIZE = 64 * 1024 * 1024
 _DEAD_STATES = ("Z", "X", "x")  # /proc/<pid>/stat states of a process that holds nothing any more
@@ -220,3 +221,60 @@ def _reaped(pid: int) -> bool:
     except ChildProcessError:  # not ours (started by an earlier daemon): its reaper may be a PID 1 that never reaps
         stat = _stat(pid)
         return stat is None or stat[0] in _DEAD_STATES
+
+
+class PodHost:
+    """Every host action the sandbox manager takes, in one place: the real ones here; tests of the manager without
+    root pass a fake (tests/unit/test_sandbox_manager.py)."""
+
+    def user_namespaces_problem(self) -> str | None:
+        return user_namespaces_problem()
+
+    async def pin_namespaces(self, directory: Path, kinds: list[str], hostname: str | None, sysctls: dict[str, str],
+                             uid_map: list[tuple[int, int, int]], gid_map: list[tuple[int, int, int]],
+                             userns: bool) -> None:
+        await pin_namespaces(directory, kinds, hostname, sysctls, uid_map=uid_map, gid_map=gid_map, userns=userns)
+
+    def unpin_namespace(self, path: Path | str) -> None:
+        unpin_namespace(path)
+
+    def namespace_alive(self, path: Path | str) -> bool:
+        return namespace_alive(path)
+
+    def mount_shm(self, target: Path) -> None:
+        mount_shm(target)
+
+    def unmount(self, target: Path | str) -> None:
+        unmount(target)
+
+    def mounts_below(self, directory: Path | str) -> list[str]:
+        return mountinfo.mounts_below(directory)
+
+    def create_cgroup(self, path: str) -> list[str]:
+        """The pod cgroup in every hierarchy; returns the directories it made (what remove_cgroups takes)."""
+        return cgroups.create(path)
+
+    async def remove_cgroups(self, directories: list[str]) -> None:
+        await cgroups.remove_created(directories)
+
+    def cgroup_dirs(self, path: str) -> list[str]:
+        return [str(d) for d in cgroups.cgroup_dirs(path)]
+
+    def move_to_cgroup(self, pid: int, path: str) -> None:
+        cgroups.move(pid, path)
+
+    def find_cgroups(self, names: set[str]) -> list[str]:
+        return cgroups.find(names)
+
+    def kill_cgroups(self, directories: list[str]) -> None:
+        cgroups.kill(directories)
+
+    async def start_infra(self, catatonit: str, namespaces: dict[str, str], cgroup: str, workdir: str,
+                          place: Callable[[int], Awaitable[None]]) -> tuple[int, int, int]:
+        return await start_infra(catatonit, namespaces, cgroup, workdir, place)
+
+    async def stop_infra(self, pid: int, start_time: int, parent: int) -> None:
+        await stop_infra(pid, start_time, parent)
+
+    def infra_running(self, pid: int, start_time: int) -> bool:
+        return infra_running(pid, start_time)

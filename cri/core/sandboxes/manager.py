@@ -7,7 +7,8 @@ owns it. Pod sandboxes are CRI-O style, without a pause image.
     recover.py    reconciliation at start, and the sweep of what a crash left without a record
     resources.py  UpdatePodSandboxResources
     files.py      pure rules and renderings (sysctls, resolv.conf, hosts, hostname, user namespace)
-    host.py       host-side pieces: /dev/shm, rootfs binds for user-namespaced pods, the infra process
+    host.py       host-side pieces: /dev/shm, rootfs binds for user-namespaced pods, the infra process; PodHost,
+                  the one seam through which the parts act on the host (a fake in the unit tests)
     table.py      what they share: records, names, locks, cgroup driver, CNI, container hooks, events
 
 A sandbox is a set of pinned namespaces (net, ipc, uts), a /dev/shm tmpfs, a pod cgroup, generated
@@ -30,6 +31,7 @@ from cri.state.sandbox_record import SandboxRecord, SandboxSpec
 from netplugins import CNIManager, NetPluginError, connect_in_netns
 
 from . import resources as pod_resources
+from .host import PodHost
 from .recover import recover
 from .run import Runner
 from .table import ContainerHook, Table
@@ -49,8 +51,11 @@ class SandboxManager:
                  default_runtime: str, pod_cidr: Callable[[], str] = lambda: "", catatonit: str = "catatonit",
                  runtime_path: Callable[[str], str | None] = lambda handler: None,
                  host_resolv_conf: Path = Path("/etc/resolv.conf"), host_hosts: Path = Path("/etc/hosts"),
-                 events: ev.EventBus | None = None, cgroup_manager: str = "cgroupfs") -> None:
-        self._t = Table(root, state_dir, cni, pod_cidr=pod_cidr, events=events, cgroup_manager=cgroup_manager)
+                 events: ev.EventBus | None = None, cgroup_manager: str = "cgroupfs",
+                 host: PodHost | None = None) -> None:
+        """``host`` replaces the real host actions (tests/unit/test_sandbox_manager.py)."""
+        self._t = Table(root, state_dir, cni, pod_cidr=pod_cidr, events=events, cgroup_manager=cgroup_manager,
+                        host=host or PodHost())
         self._runner = Runner(self._t, runtime_handlers=runtime_handlers, default_runtime=default_runtime,
                               catatonit=catatonit, runtime_path=runtime_path, host_resolv_conf=host_resolv_conf,
                               host_hosts=host_hosts)

@@ -18,10 +18,10 @@ from pathlib import Path
 from cri.core.undo import restore_or_undo
 from cri.errors import CRIError
 from cri.state.sandbox_record import SandboxRecord
-from hostos import cgroups as cg, mountinfo
+from hostos import cgroups as cg
 from netplugins import CNIManager
 
-from . import host
+from .host import PodHost
 from .table import Table
 from .teardown import Teardown
 
@@ -44,7 +44,7 @@ async def recover(t: Table, teardown: Teardown) -> None:
         if record.state == "ready" and not t.alive(record):
             record.state = "notready"
             t.store.save(record, durable=False)
-    await sweep(t.dir, t.cni, known)
+    await sweep(t.dir, t.cni, t.host, known)
 
 
 def _forget_host_state(t: Table, record: SandboxRecord) -> None:
@@ -61,7 +61,7 @@ def _forget_host_state(t: Table, record: SandboxRecord) -> None:
     t.store.save(record, durable=False)
 
 
-async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) -> None:
+async def sweep(sandboxes_dir: Path, cni: CNIManager | None, host: PodHost, known: set[str]) -> None:
     """Release the network, kill and remove the cgroups, and unmount and remove the directories of sandbox ids
     that have no record (`known` holds the ids that do). A failure is logged and retried at the next start."""
     try:
@@ -80,20 +80,21 @@ async def sweep(sandboxes_dir: Path, cni: CNIManager | None, known: set[str]) ->
             log.warning("CNI DEL for sandbox %s without a record failed: %s", pod.id, e)
     ids = {d.name for d in dirs} | {p.id for p in pods}
     if ids:
-        cgroups = await asyncio.to_thread(cg.find, {f"pycri-{i}{kind}" for i in ids for kind in ("", ".scope")})
+        names = {f"pycri-{i}{kind}" for i in ids for kind in ("", ".scope")}
+        cgroups = await asyncio.to_thread(host.find_cgroups, names)
         for cgroup in cgroups:
             log.warning("cgroup %s belongs to a sandbox without a record: killing its processes, removing it",
                         cgroup)
-        cg.kill(cgroups)
+        host.kill_cgroups(cgroups)
         try:
-            await cg.remove_created(cgroups)
+            await host.remove_cgroups(cgroups)
         except cg.CgroupBusy as e:
             log.warning("removing cgroups of sandboxes without a record: %s", e)
     for directory in dirs:
         log.warning("sandbox directory %s has no record: unmounting its namespaces and /dev/shm, removing it",
                     directory)
         try:
-            for target in mountinfo.mounts_below(directory):
+            for target in host.mounts_below(directory):
                 host.unmount(target)
         except CRIError as e:  # removing the tree under a mount would empty the mount: leave it all for now
             log.warning("sandbox directory %s stays: %s", directory, e)

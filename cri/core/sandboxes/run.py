@@ -20,10 +20,8 @@ from cri.observe import trace
 from cri.state import new_id
 from cri.state.container_record import IDMapSpec
 from cri.state.sandbox_record import MODE_POD, MODE_TARGET, SandboxRecord, SandboxSpec
-from hostos import cgroups
-from netplugins import NetworkNotReady, pin_namespaces, unpin_namespace
+from netplugins import NetworkNotReady
 
-from . import host
 from .files import (parse_bandwidth, render_hosts, render_resolv_conf, validate_hostname, validate_sysctls,
                     validate_user_namespace)
 from .table import Table
@@ -33,11 +31,6 @@ log = logging.getLogger(__name__)
 
 def _id_map(m: IDMapSpec) -> tuple[int, int, int]:
     return m.container_id, m.host_id, m.length
-
-
-def _unpin_all(ns_dir: Path, kinds: Iterable[str]) -> None:
-    for kind in kinds:
-        unpin_namespace(ns_dir / kind)
 
 
 class Runner:
@@ -50,7 +43,7 @@ class Runner:
         self._runtime_path = runtime_path
         self._host_resolv_conf = host_resolv_conf
         self._host_hosts = host_hosts
-        self._host_userns_problem = host.user_namespaces_problem()
+        self._host_userns_problem = t.host.user_namespaces_problem()
 
     def user_namespaces_problem(self, handler: str) -> str | None:
         """Why pods of this runtime handler cannot have a user namespace of their own, or None (Status says so).
@@ -177,12 +170,12 @@ class Runner:
                                         ("uts", opts.host_network)) if not host_mode]
         ns_dir = sandbox_dir / "ns"
         pinned = [*kinds, "user"] if opts.own_userns else kinds
-        undo.push("pinned namespaces", lambda: _unpin_all(ns_dir, pinned))
+        undo.push("pinned namespaces", lambda: self._unpin_all(ns_dir, pinned))
         with trace.phase("namespaces", pod=record.id):
             await run_step("creating the pod's namespaces",
-                           pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None, record.sysctls,
-                                          uid_map=[_id_map(m) for m in opts.uid_mappings],
-                                          gid_map=[_id_map(m) for m in opts.gid_mappings], userns=opts.own_userns))
+                           self._t.host.pin_namespaces(ns_dir, kinds, record.hostname if "uts" in kinds else None,
+                                                       record.sysctls, [_id_map(m) for m in opts.uid_mappings],
+                                                       [_id_map(m) for m in opts.gid_mappings], opts.own_userns))
         crash_point("sandbox.run.after_namespaces")
 
         # The CNI ADD is the slow part (tens of ms): everything else runs while the plugins do.
@@ -218,6 +211,7 @@ class Runner:
         # calls stay quick while many pods start at once.
         with trace.phase("sandbox_files", pod=record.id):
             await asyncio.to_thread(self._prepare_local, record, resolv, undo)
+        host = self._t.host
         if record.namespace_options.pid == MODE_POD:
             namespaces = {"net": record.netns_path, "ipc": record.ipc_path, "uts": record.uts_path,
                           "user": record.userns_path}  # the PID namespace then belongs to the pod's user one
@@ -233,7 +227,12 @@ class Runner:
         except OSError as e:
             raise StepFailed("saving the sandbox record", e) from e
 
+    def _unpin_all(self, ns_dir: Path, kinds: Iterable[str]) -> None:
+        for kind in kinds:
+            self._t.host.unpin_namespace(ns_dir / kind)
+
     def _prepare_local(self, record: SandboxRecord, resolv: str, undo: UndoStack) -> None:
+        host = self._t.host
         opts = record.namespace_options
         sandbox_dir = Path(record.sandbox_dir)
         try:
@@ -253,8 +252,8 @@ class Runner:
                 host.mount_shm(Path(record.shm_path))
             if self._t.cgroups.name == "cgroupfs":  # under systemd the infra's scope is the pod cgroup
                 step = "creating the pod cgroup"
-                record.cgroups_created = cgroups.create(record.cgroup_path)
-                undo.push("pod cgroup", lambda: cgroups.remove_created(record.cgroups_created))
+                record.cgroups_created = host.create_cgroup(record.cgroup_path)
+                undo.push("pod cgroup", lambda: host.remove_cgroups(record.cgroups_created))
         except (OSError, CRIError) as e:
             raise StepFailed(step, e) from e
 
@@ -262,5 +261,5 @@ class Runner:
         """How the infra's parent enters the pod cgroup: moved into the directory made before (cgroupfs), or put
         in a new transient scope, which is then the pod cgroup (systemd)."""
         if self._t.cgroups.name == "cgroupfs":
-            return lambda pid: asyncio.to_thread(cgroups.move, pid, record.cgroup_path)
+            return lambda pid: asyncio.to_thread(self._t.host.move_to_cgroup, pid, record.cgroup_path)
         return lambda pid: self._t.cgroups.place(pid, record.cgroup_path, f"pycri infra of pod {record.id}")

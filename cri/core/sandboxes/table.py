@@ -1,6 +1,6 @@
 """What every part of the sandbox manager shares: the records (on disk and by id), the reserved names and
-abandoned-run claims, one lock per sandbox, the cgroup driver, the CNI manager, the container manager's hooks,
-and the event bus."""
+abandoned-run claims, one lock per sandbox, the cgroup driver, the CNI manager, the host (PodHost), the container
+manager's hooks, and the event bus."""
 
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ from cri.core.claims import Claims
 from cri.state import Index, NameRegistry, RecordStore
 from cri.state.sandbox_record import SandboxRecord
 from hostos.cgroups.driver import driver
-from netplugins import CNIManager, PodNetwork, PortMapping, namespace_alive
+from netplugins import CNIManager, PodNetwork, PortMapping
 
-from . import host
 from .files import parse_bandwidth
+from .host import PodHost
 
 ContainerHook = Callable[[str], Awaitable[None]]
 
 
 class Table:
     def __init__(self, root: Path, state_dir: Path, cni: CNIManager | None, *, pod_cidr: Callable[[], str],
-                 events: ev.EventBus | None, cgroup_manager: str) -> None:
+                 events: ev.EventBus | None, cgroup_manager: str, host: PodHost) -> None:
+        self.host = host
         self.cgroups = driver(cgroup_manager)
         self.store = RecordStore(Path(root) / "sandboxes", SandboxRecord)
         self.dir = Path(state_dir) / "sandboxes"  # one directory per sandbox: namespaces, files, /dev/shm
@@ -53,12 +54,11 @@ class Table:
             copy = record.model_copy(deep=True) if self.events.subscribers else None
             self.events.publish(ev.ContainerEvent(record.id, record.id, kind, time.time_ns(), copy))
 
-    @staticmethod
-    def alive(record: SandboxRecord) -> bool:
+    def alive(self, record: SandboxRecord) -> bool:
         """Whether what holds the pod together still exists: its network namespace and its infra process."""
-        if record.netns_path and not namespace_alive(record.netns_path):
+        if record.netns_path and not self.host.namespace_alive(record.netns_path):
             return False
-        if record.infra_pid and not host.infra_running(record.infra_pid, record.infra_start_time):
+        if record.infra_pid and not self.host.infra_running(record.infra_pid, record.infra_start_time):
             return False
         return True
 

@@ -12,10 +12,6 @@ from cri.core.undo import named_error
 from cri.faults import crash_point
 from cri.observe import trace
 from cri.state.sandbox_record import SandboxRecord
-from hostos import cgroups, mountinfo
-from netplugins import unpin_namespace
-
-from . import host
 from .table import Table
 
 
@@ -60,7 +56,7 @@ class Teardown:
         record.network_ready = False
 
     async def _stop_infra(self, record: SandboxRecord) -> None:
-        await host.stop_infra(record.infra_pid, record.infra_start_time, record.infra_parent_pid)
+        await self._t.host.stop_infra(record.infra_pid, record.infra_start_time, record.infra_parent_pid)
         record.infra_pid = record.infra_start_time = record.infra_parent_pid = 0
 
     async def remove_pod(self, ref: str) -> None:
@@ -87,18 +83,20 @@ class Teardown:
             record.network_ready = True  # an ADD may have run before the crash: DEL is idempotent
         if record.network_ready or record.infra_parent_pid or record.state != "notready":
             await self._stop_locked(record)
+        host = self._t.host
         if not record.namespace_options.host_ipc and record.shm_path:
             host.unmount(record.shm_path)
         for path in (record.netns_path, record.ipc_path, record.uts_path, record.userns_path):
             if path:
-                unpin_namespace(path)
+                host.unpin_namespace(path)
         crash_point("sandbox.remove.after_namespaces")
-        for target in mountinfo.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
+        for target in host.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
             host.unmount(target)
         if record.cgroups_created:
-            await cgroups.remove_created(record.cgroups_created)
+            await host.remove_cgroups(record.cgroups_created)
         elif half_created:  # the crash may have come before the record learned which cgroups it made
-            await cgroups.remove_created(self._cgroup_dirs(record.cgroup_path))
+            # the sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)
+            await host.remove_cgroups(host.cgroup_dirs(record.cgroup_path))
         await self._t.cgroups.release(record.cgroup_path)  # systemd: the infra's scope, if a crash left it
         await asyncio.to_thread(self._delete_files, record)
 
@@ -106,8 +104,3 @@ class Teardown:
         """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop."""
         shutil.rmtree(record.sandbox_dir, ignore_errors=True)
         self._t.store.delete(record.id).result()
-
-    @staticmethod
-    def _cgroup_dirs(path: str) -> list[str]:
-        """The sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)."""
-        return [str(d) for d in cgroups.cgroup_dirs(path)]
