@@ -87,7 +87,7 @@ def findings(config: Config) -> list[Finding]:
                        "none needed; run pycri with CAP_SYS_RESOURCE to honour negative scores", required=False))
     out.append(_idmapped_rootfs(config))
     criu_why = asyncio.run(criu.criu_problem())
-    out.append(Finding("CRIU (CheckpointContainer)", criu_why is None, criu_why or "`criu check` passes",
+    out.append(Finding("CRIU (CheckpointContainer, restore)", criu_why is None, criu_why or "`criu check` passes",
                        "a CRIU release that supports this kernel", required=False))
     return out
 

@@ -6,6 +6,8 @@ the node VM."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import tarfile
@@ -14,7 +16,8 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
-from tests.integration.helpers_containers import container_config, create, run, start_env, status, wait_state
+from tests.integration.helpers_containers import (IMAGE, container_config, create, run, start_env, status,
+                                                 wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +118,40 @@ def test_a_restored_container_not_yet_started_survives_a_daemon_restart(env_with
         d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=restored), timeout=120)
     assert "stand-in CRIU cannot restore" in err.value.details()
     assert wait_state(d, restored, api_pb2.CONTAINER_EXITED).reason == "StartError"
+
+
+def _hand_made_archive(tmp_path, diff_entries) -> str:
+    """An archive with good dumps of the test image and a rootfs-diff.tar holding `diff_entries`."""
+    diff = io.BytesIO()
+    with tarfile.open(fileobj=diff, mode="w") as tar:
+        for name, kind, link, data in diff_entries:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    spec = {"process": {"args": ["sleep", "600"], "cwd": "/"}, "root": {"path": "rootfs"}, "mounts": []}
+    members = {"config.dump": json.dumps({"rootfsImageName": IMAGE}).encode(), "spec.dump": json.dumps(spec).encode(),
+               "checkpoint/inventory.img": b"x", "rootfs-diff.tar": diff.getvalue()}
+    path = tmp_path / "hand-made.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([("escape", tarfile.SYMTYPE, "/", b""), ("escape/etc/evil", tarfile.REGTYPE, "", b"x")], "symlink"),
+    ([("../../evil", tarfile.REGTYPE, "", b"x")], "contains '..'"),
+])
+def test_a_hostile_rootfs_diff_is_refused_and_undone(env_with_stand_ins, tmp_path, entries, message):
+    d, pod, cfg = env_with_stand_ins
+    config = container_config("restored", ["ignored"])
+    config.image.image = _hand_made_archive(tmp_path, entries)
+    with pytest.raises(grpc.RpcError) as err:
+        create(d, pod, cfg, config)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "rootfs-diff.tar" in err.value.details() and message in err.value.details()
+    assert list(d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers) == []
+    assert list(d.state_dir.joinpath("containers").iterdir()) == []
+    assert not os.path.exists("/etc/evil") and not (tmp_path.parent / "evil").exists()
