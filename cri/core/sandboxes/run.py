@@ -157,7 +157,7 @@ class Runner:
             await asyncio.wrap_future(self._t.store.save(record, durable=False))
         except OSError as e:
             raise StepFailed("saving the sandbox record", e) from e
-        undo.push("sandbox record", lambda: self._t.store.delete(record.id))
+        undo.push("sandbox record", lambda: asyncio.wrap_future(self._t.store.delete(record.id)))
         crash_point("sandbox.run.after_record")
         if record.log_directory and not os.path.isdir(record.log_directory):
             try:
