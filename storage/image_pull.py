@@ -233,8 +233,10 @@ class Puller:
             if self.durable and (created_chains or downloaded.is_set()):
                 syncfs(self.root)  # one flush for every blob and every file the unpacked layers wrote
             self.checkpoint("image.pull.after_blobs")
+            image_manifests = [m for m in manifests if m.media_type in IMAGE_MANIFEST_TYPES]
             return image_record(config_desc.digest, config, chains, sum(sizes),
-                                {config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)})
+                                {config_desc.digest, *(d.digest for d in layer_descs), *(m.digest for m in manifests)},
+                                image_manifests[-1].json() if image_manifests else None)
         except BaseException:
             self.records.unpin(pins)
             self.collector.sweep(pins)

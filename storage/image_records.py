@@ -48,6 +48,7 @@ class ImageRecord(BaseModel):
     blobs: list[str] = Field(default_factory=list)   # manifests, config, layers: kept while the image exists
     updated_ns: int = 0                       # the newest record wins a tag found on two records
     pinned: bool = False                      # kept from kubelet's image GC (`pycri image import --pin`)
+    annotations: dict[str, str] = Field(default_factory=dict)  # the image manifest's (a checkpoint image's mark)
 
 
 class ImageRecords:

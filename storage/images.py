@@ -188,6 +188,26 @@ class ImageStore:
         finally:
             self._records.unpin(pins)
 
+    def read_layers(self, image_id: str, read: Callable[[builtins.list[Path]], T]) -> T:
+        """read(the image's unpacked layer directories, bottom first), with its layers pinned meanwhile so that a
+        removal of the image cannot delete them under the reader (a checkpoint image's files are read so)."""
+        with self._records.lock:
+            record = self._records.lookup(image_id)
+            if record is None:
+                raise ImageNotFound(f"image {image_id} not found")
+            pins = set(record.chain_ids)
+            self._records.pin(pins)
+        try:
+            dirs = []
+            for chain in record.chain_ids:
+                layer = self.layers.get(chain)
+                if layer is None:
+                    raise ImageNotFound(f"image {image_id}: layer {chain} is missing from the store")
+                dirs.append(self.layers.links / layer.link)
+            return read(dirs)
+        finally:
+            self._records.unpin(pins)
+
     def idmap_problem(self) -> str | None:
         """Why root filesystems cannot be idmapped here (kernel, filesystem), or None; probed once."""
         return self.rootfs.idmap_problem()

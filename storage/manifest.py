@@ -103,7 +103,7 @@ def parse_config(data: bytes, where: str) -> dict[str, Any]:
 
 
 def image_record(config_digest: str, config: dict[str, Any], chain_ids: list[str], size: int,
-                 blobs: set[str]) -> ImageRecord:
+                 blobs: set[str], manifest: dict[str, Any] | None = None) -> ImageRecord:
     """The (uncommitted, nameless) record of an image whose config parse_config accepted."""
     conf = config.get("config") or {}
     return ImageRecord(
@@ -114,7 +114,9 @@ def image_record(config_digest: str, config: dict[str, Any], chain_ids: list[str
         stop_signal=str(conf.get("StopSignal") or ""),
         labels=({str(k): str(v) for k, v in (conf.get("Labels") or {}).items()}
                 if isinstance(conf.get("Labels"), dict) else {}),
-        chain_ids=chain_ids, created=str(config.get("created") or ""), blobs=sorted(blobs))
+        chain_ids=chain_ids, created=str(config.get("created") or ""), blobs=sorted(blobs),
+        annotations=({str(k): str(v) for k, v in (manifest or {}).get("annotations", {}).items()}
+                     if isinstance((manifest or {}).get("annotations"), dict) else {}))
 
 
 def _strings(value: Any) -> list[str]:

@@ -121,6 +121,10 @@ class ImageService:
         return await asyncio.to_thread(self.store.create_rootfs, container_id, image_id, idmap, list(volume_images),
                                        upper_layer)
 
+    async def read_layers(self, image_id: str, read: Callable[[builtins.list[Path]], T]) -> T:
+        """read(the image's layer directories, bottom first) in a worker thread, with the layers pinned."""
+        return await asyncio.to_thread(self.store.read_layers, image_id, read)
+
     async def idmap_problem(self) -> str | None:
         """Why a user-namespaced container's rootfs cannot be idmapped on this host, or None (probed once, in a
         worker thread; Status asks for every handler, so the answer is remembered here, without a thread hop)."""

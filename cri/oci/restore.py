@@ -65,6 +65,42 @@ def unpack(archive: Path, dest: Path, limits: UnpackLimits = ARCHIVE_LIMITS) -> 
         unpack_layer(archive, dest, limits)
     except HostileLayer as e:
         raise ArchiveError(f"unsafe or corrupt archive: {e}") from None
+    return check(dest)
+
+
+def copy_from_image(layers: list[Path], dest: Path) -> Checkpoint:
+    """A checkpoint OCI image (CRI-O's: one layer holding the archive's files) copied into the empty directory
+    `dest` and checked: only regular files are copied, from the layer's top and its checkpoint/ directory, so no
+    link or device of the image is followed or opened."""
+    if len(layers) != 1:
+        raise ArchiveError(f"a checkpoint image has one layer holding the archive's files; this one has {len(layers)}")
+    layer = layers[0]
+    for name in (CONFIG_DUMP, SPEC_DUMP, DELETED_FILES, ROOTFS_DIFF):
+        if os.path.lexists(layer / name):
+            _copy_regular(layer / name, dest / name)
+    if stat.S_ISDIR(_lstat(layer / CHECKPOINT_DIR).st_mode):
+        (dest / CHECKPOINT_DIR).mkdir()
+        for entry in os.scandir(layer / CHECKPOINT_DIR):
+            _copy_regular(Path(entry.path), dest / CHECKPOINT_DIR / entry.name)
+    return check(dest)
+
+
+def _copy_regular(source: Path, target: Path) -> None:
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ArchiveError(f"{source.name} cannot be read: {e.strerror} (a link?)") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArchiveError(f"{source.name} is not a regular file")
+        with open(fd, "rb", closefd=False) as src, open(target, "xb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def check(dest: Path) -> Checkpoint:
+    """The checkpoint in `dest`, once its files pass the checks (ArchiveError names the first that does not)."""
     config = _json(dest, CONFIG_DUMP, dict)
     spec = _json(dest, SPEC_DUMP, dict)
     if not isinstance(spec.get("process"), dict) or not isinstance(spec.get("root"), dict):

@@ -11,11 +11,14 @@ import json
 import os
 import shutil
 import tarfile
+from pathlib import Path
 
 import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
+from cri.core.containers.restore import CHECKPOINT_ANNOTATION
+from tests.imagebuild import Entry, Image, build_image, tar_layer
 from tests.integration.helpers_containers import (IMAGE, container_config, create, run, start_env, status,
                                                  wait_state)
 
@@ -155,3 +158,45 @@ def test_a_hostile_rootfs_diff_is_refused_and_undone(env_with_stand_ins, tmp_pat
     assert list(d.runtime.ListContainers(api_pb2.ListContainersRequest()).containers) == []
     assert list(d.state_dir.joinpath("containers").iterdir()) == []
     assert not os.path.exists("/etc/evil") and not (tmp_path.parent / "evil").exists()
+
+
+def checkpoint_image(archive: Path, annotations: dict[str, str]) -> Image:
+    """CRI-O's checkpoint OCI image (what `buildah add` of the archive and `buildah config --annotation` make):
+    one layer holding the archive's files, the annotation on the manifest."""
+    entries = [Entry("checkpoint", "dir")]
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                entries.append(Entry(member.name, data=tar.extractfile(member).read()))
+    image = build_image([tar_layer(entries)])
+    manifest = json.loads(image.manifest)
+    manifest["annotations"] = annotations
+    return Image(json.dumps(manifest).encode(), image.config, image.blobs)
+
+
+def test_a_checkpoint_oci_image_is_restored_like_the_archive(env_with_stand_ins, registry, tmp_path):
+    d, pod, cfg = env_with_stand_ins
+    cid = run(d, pod, cfg, container_config("orig", ["sleep", "600"]))
+    location = tmp_path / "orig.tar"
+    d.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest(container_id=cid, location=str(location)),
+                                  timeout=120)
+    registry.push("ctr/checkpoint", "1", checkpoint_image(location, {CHECKPOINT_ANNOTATION: "orig"}))
+    ref = "example.test/ctr/checkpoint:1"
+    d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60)
+    config = container_config("restored", ["ignored"])
+    config.image.image = ref
+    restored = create(d, pod, cfg, config)
+    st = status(d, restored).status
+    assert st.state == api_pb2.CONTAINER_CREATED and st.image.image == IMAGE  # the checkpointed container's image
+    with pytest.raises(grpc.RpcError) as err:  # StartContainer restores from the image's CRIU files
+        d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=restored), timeout=120)
+    assert "stand-in CRIU cannot restore" in err.value.details() and ref in err.value.details()
+    for container in (restored, cid):
+        d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container), timeout=60)
+    # without the annotation the same image is an ordinary one (it has no shell: its create fails as any would)
+    registry.push("ctr/checkpoint", "2", checkpoint_image(location, {}))
+    d.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref[:-1] + "2")), timeout=60)
+    config = container_config("plain", ["sh"])
+    config.image.image = ref[:-1] + "2"
+    plain = create(d, pod, cfg, config)
+    assert status(d, plain).status.image.image == ref[:-1] + "2"

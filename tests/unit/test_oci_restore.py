@@ -154,3 +154,27 @@ def test_crio_annotations_are_read_from_their_json_value(tmp_path):
                                               "io.kubernetes.cri-o.Name": "x"})
     got = restore_request(_request(), SANDBOX, "/ckpt.tar", _ckpt(tmp_path, spec), True)
     assert got.annotations == {"team": "b"}
+
+
+def _layer(tmp_path):
+    layer = tmp_path / "layer"
+    (layer / "checkpoint").mkdir(parents=True)
+    (layer / "config.dump").write_text(json.dumps(CONFIG))
+    (layer / "spec.dump").write_text(json.dumps(SPEC))
+    (layer / "checkpoint/inventory.img").write_text("criu")
+    return layer
+
+
+def test_a_checkpoint_image_layer_is_copied_and_checked(tmp_path):
+    ckpt = restore.copy_from_image([_layer(tmp_path)], _out(tmp_path))
+    assert ckpt.spec == SPEC and (ckpt.images / "inventory.img").read_text() == "criu" and ckpt.rootfs_diff is None
+
+
+def test_a_checkpoint_image_with_links_or_more_layers_is_refused(tmp_path):
+    layer = _layer(tmp_path)
+    with pytest.raises(ArchiveError, match="one layer"):
+        restore.copy_from_image([layer, layer], _out(tmp_path))
+    (layer / "spec.dump").unlink()
+    os.symlink("/etc/passwd", layer / "spec.dump")
+    with pytest.raises(ArchiveError, match="spec.dump cannot be read"):
+        restore.copy_from_image([layer], tmp_path / "out")

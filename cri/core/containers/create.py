@@ -89,9 +89,15 @@ class Creator:
             raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready (state {sandbox.state})")
         if not request.name:
             raise InvalidArgument("container metadata name must not be empty")
+        handler = sandbox.runtime_handler or t.config.runtime.default_runtime
+        ckpt: Checkpoint | None = None
         if request.image.startswith("/") and await asyncio.to_thread(checkpoint_archive.is_archive, request.image):
-            handler = sandbox.runtime_handler or t.config.runtime.default_runtime
-            ckpt = await restores.unpack(t, request.image, sandbox, handler)
+            ckpt = await restores.unpack(t, request.image, handler)
+        else:
+            image = self._images.status(request.image)
+            if image is not None and restores.is_checkpoint_image(image):
+                ckpt = await restores.unpack_image(t, self._images, request.image, image.id, handler)
+        if ckpt is not None:
             try:
                 restored = restores.restore_request(request, sandbox, request.image, ckpt,
                                                     self._images.status(ckpt.image_name) is not None)

@@ -14,9 +14,11 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from cri.core.images import ImageService
 from cri.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from cri.oci import restore as archive
 from cri.oci.checkpoint import CHECKPOINT_DIR
@@ -24,6 +26,7 @@ from cri.oci.restore import ArchiveError, Checkpoint
 from cri.oci.runtime import OCIRuntimeError
 from cri.state.container_record import ContainerRecord, ContainerRequest
 from cri.state.sandbox_record import SandboxRecord
+from storage.image_records import ImageRecord
 
 from . import checkpoint as checkpoints
 from .exits import Exits
@@ -42,20 +45,38 @@ OWN_MOUNTS = frozenset({"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sy
 CRIO_ANNOTATIONS = "io.kubernetes.cri-o.Annotations"
 CONTAINER_HASH = "io.kubernetes.container.hash"
 POD_UID = "io.kubernetes.pod.uid"
+CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
 
 
-async def unpack(table: Table, path: str, sandbox: SandboxRecord, handler: str) -> Checkpoint:
+def is_checkpoint_image(image: ImageRecord) -> bool:
+    """An OCI image made of a checkpoint archive, as CRI-O marks them (buildah config --annotation ...)."""
+    return CHECKPOINT_ANNOTATION in image.annotations
+
+
+async def unpack(table: Table, path: str, handler: str) -> Checkpoint:
     """The archive unpacked into a new directory under the containers' state (the caller moves or deletes it);
     FAILED_PRECONDITION where CRIU or the runtime cannot restore, INVALID_ARGUMENT for a bad archive."""
+    return await _into_new_dir(table, f"checkpoint archive {path}", handler,
+                               lambda dest: asyncio.to_thread(archive.unpack, Path(path), dest))
+
+
+async def unpack_image(table: Table, images: ImageService, ref: str, image_id: str, handler: str) -> Checkpoint:
+    """The same, from a checkpoint OCI image's layer."""
+    return await _into_new_dir(table, f"checkpoint image {ref}", handler, lambda dest: images.read_layers(
+        image_id, lambda layers: archive.copy_from_image(layers, dest)))
+
+
+async def _into_new_dir(table: Table, what: str, handler: str,
+                        fill: Callable[[Path], Awaitable[Checkpoint]]) -> Checkpoint:
     why = await checkpoints.problem(table, handler)
     if why:
-        raise FailedPrecondition(f"cannot restore a container from the checkpoint archive {path}: {why}")
+        raise FailedPrecondition(f"cannot restore a container from the {what}: {why}")
     dest = Path(tempfile.mkdtemp(prefix=RESTORE_UNPACK_PREFIX, dir=table.dir))
     try:
-        return await asyncio.to_thread(archive.unpack, Path(path), dest)
+        return await fill(dest)
     except ArchiveError as e:
         shutil.rmtree(dest, ignore_errors=True)
-        raise InvalidArgument(f"checkpoint archive {path}: {e}") from None
+        raise InvalidArgument(f"{what}: {e}") from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
