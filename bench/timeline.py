@@ -41,21 +41,6 @@ def start_pod(client: Client, index: int, containers: int, image: str, logs: Pat
         client.start(client.create(pod, container, config))
 
 
-def screenshot(svg: Path, png: Path) -> None:
-    from PIL import Image
-
-    text = svg.read_text()
-    width = int(text.split('width="', 1)[1].split('"', 1)[0])
-    height = int(text.split('height="', 1)[1].split('"', 1)[0])
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(["chromium", "--no-sandbox", "--headless", "--disable-gpu", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png}",
-                        f"--window-size={width},{height + 200}", svg.resolve().as_uri()],
-                       capture_output=True, check=True, timeout=120)
-    Image.open(png).crop((0, 0, width, height)).save(png)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=2)
@@ -78,6 +63,7 @@ def main() -> int:
             if svg:
                 subprocess.run([*pycri, "--svg", str(svg)], cwd=REPO, check=True)
             if args.png:
+                from tests.screenshot import screenshot  # (Pillow: the test extra)
                 screenshot(svg, args.png)
                 print(f"wrote {args.png}")
         finally:

@@ -3,7 +3,6 @@ screenshot, and the picture shows the chart (not blank, a bar in each phase's co
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +13,10 @@ from PIL import Image
 from cri.api.v1 import api_pb2
 from cri.observe.timeline import COLOURS
 from tests.integration.helpers_containers import IMAGE, container_config, run, start_env
+from tests.screenshot import screenshot
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
-
-
-def screenshot(svg: Path, png: Path, profile: Path) -> Image.Image:
-    """The SVG at its size in a window 200 px taller: the window's own chrome takes part of its height."""
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed: `make test` installs it (Debian's chromium package)"
-    width, height = (int(float(v)) for v in (svg.read_text().split('width="', 1)[1].split('"', 1)[0],
-                                             svg.read_text().split('height="', 1)[1].split('"', 1)[0]))
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
-                    f"--window-size={width},{height + 200}", svg.as_uri()], capture_output=True, timeout=120, check=True)
-    return Image.open(png).convert("RGB")
 
 
 def colour_pixels(image: Image.Image, hex_colour: str) -> int:
@@ -52,7 +39,8 @@ def test_the_timeline_svg_renders_in_chromium_with_a_bar_per_phase(daemon_factor
                                cwd=REPO, capture_output=True, text=True, timeout=60).stdout
         phases = {line.split()[1] for line in table.splitlines()[2:] if line.strip()}
 
-        image = screenshot(svg, tmp_path / "timeline.png", tmp_path / "chromium-profile")
+        screenshot(svg, tmp_path / "timeline.png")
+        image = Image.open(tmp_path / "timeline.png").convert("RGB")
         assert image.size[0] >= 900
         drawn = sum(1 for pixel in image.get_flattened_data() if pixel != (255, 255, 255))
         assert drawn > 2000, f"the screenshot is (nearly) blank: {drawn} pixels drawn"
