@@ -33,6 +33,26 @@ def _level(name: str) -> int:
     return logging.DEBUG if name.startswith(_QUIET_PREFIXES) else logging.INFO
 
 
+def _failure(name: str, rid: int, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status a failed call leaves with; an unexpected failure is logged with its traceback (call it while
+    handling `exc`)."""
+    code, message = status_for(exc)
+    if not is_expected(exc):
+        log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
+    return code, message
+
+
+def _done(name: str, rid: int, code: grpc.StatusCode, start: float, record: Callable[[str, float], None] | None,
+          level: int) -> None:
+    """A call's end: its duration in the metrics, and its log line (failures at least at info)."""
+    duration = time.perf_counter() - start
+    if record is not None:
+        record(code.name, duration)
+    lvl = level if code is grpc.StatusCode.OK else logging.INFO
+    if log.isEnabledFor(lvl):
+        log.log(lvl, "rpc=%s id=%d code=%s duration_ms=%.2f", name, rid, code.name, duration * 1000)
+
+
 def wrap_unary(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable | None = None) -> Callable:
     """Calls that change the host run to their end even when the caller gives up (a deadline, a
     dropped connection): stopping half-way would leave work for reconciliation to undo. An
@@ -73,19 +93,12 @@ def wrap_unary(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:  # every failure leaves as a status, never as a crash
-            code, message = status_for(exc)
-            if not is_expected(exc):
-                log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
+            code, message = _failure(name, rid, exc)
             await context.abort(code, message)
         finally:
-            duration = time.perf_counter() - start
-            if record is not None:
-                record(code.name, duration)
+            _done(name, rid, code, start, record, level)
             if span is not None:
                 span.close(code=code.name)
-            lvl = level if code is grpc.StatusCode.OK else logging.INFO
-            if log.isEnabledFor(lvl):
-                log.log(lvl, "rpc=%s id=%d code=%s duration_ms=%.2f", name, rid, code.name, duration * 1000)
 
     return call
 
@@ -107,17 +120,10 @@ def wrap_stream(name: str, handler: Callable, rt: Runtime) -> Callable:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code, message = status_for(exc)
-            if not is_expected(exc):
-                log.exception("rpc=%s id=%d failed unexpectedly", name, rid)
+            code, message = _failure(name, rid, exc)
             await context.abort(code, message)
         finally:
-            duration = time.perf_counter() - start
-            if record is not None:
-                record(code.name, duration)
-            lvl = level if code is grpc.StatusCode.OK else logging.INFO
-            if log.isEnabledFor(lvl):
-                log.log(lvl, "rpc=%s id=%d code=%s duration_ms=%.2f", name, rid, code.name, duration * 1000)
+            _done(name, rid, code, start, record, level)
 
     return call
 
