@@ -50,7 +50,7 @@ def test_lifecycle_logs_status_and_events_in_order(env):
         with pytest.raises(grpc.RpcError) as err:
             status(d, cid)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # (left as soon as it holds: a loaded host is slow, not wrong)
         while len(events.kinds_for(cid)) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert events.kinds_for(cid) == [api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
@@ -130,7 +130,7 @@ def test_a_container_exiting_at_once_still_reports_started_before_stopped(env):
             st = wait_state(d, cid, api_pb2.CONTAINER_EXITED)
             assert (st.exit_code, st.reason) == (0, "Completed")
             assert 0 < st.started_at <= st.finished_at
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # (left as soon as it holds: a loaded host is slow, not wrong)
         while any(len(events.kinds_for(c)) < 3 for c in ids) and time.monotonic() < deadline:
             time.sleep(0.05)
         for cid in ids:
@@ -251,7 +251,7 @@ def test_failed_creates_leave_no_zombie_or_monitor_behind(env):
         cid = create(d, pod, pod_cfg, container_config(f"fails{i}", ["/no/such/binary"]))
         with pytest.raises(grpc.RpcError):
             d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid), timeout=30)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # (left as soon as it holds: a loaded host is slow, not wrong)
     while time.monotonic() < deadline and any(s == "Z" for _, s, _ in children_of(d.proc.pid)):
         time.sleep(0.1)
     after = children_of(d.proc.pid)
