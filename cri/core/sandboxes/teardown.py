@@ -92,12 +92,16 @@ class Teardown:
         crash_point("sandbox.remove.after_namespaces")
         for target in host.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
             host.unmount(target)
+        # systemd: stopping the infra's scope kills what is left in it and removes it, before any rmdir
+        await self._t.cgroups.release(record.cgroup_path)
         if record.cgroups_created:
             await host.remove_cgroups(record.cgroups_created)
         elif half_created:  # the crash may have come before the record learned which cgroups it made
-            # the sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)
-            await host.remove_cgroups(host.cgroup_dirs(record.cgroup_path))
-        await self._t.cgroups.release(record.cgroup_path)  # systemd: the infra's scope, if a crash left it
+            # the sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left); a
+            # crash can leave the infra in it before the record knew its pid: whatever is in it is ours to kill
+            own = host.cgroup_dirs(record.cgroup_path)
+            host.kill_cgroups(own)
+            await host.remove_cgroups(own)
         await asyncio.to_thread(self._delete_files, record)
 
     def _delete_files(self, record: SandboxRecord) -> None:
