@@ -171,3 +171,31 @@ def test_net_dev_parsing_skips_loopback():
             "  eth0: 2000 10 3 0 0 0 0 0 4000 20 5 0 0 0 0 0\n")
     assert netdev.parse_net_dev(text) == [netdev.InterfaceStats("eth0", 2000, 3, 4000, 5, rx_packets=10,
                                                                 tx_packets=20)]
+
+
+def test_a_localhost_seccomp_profile_that_is_a_fifo_is_read_once_written_and_not_waited_on_for_good(
+        tmp_path, monkeypatch):
+    import json
+    import os
+    import threading
+    import time
+
+    from cri.core.containers import specgen
+    from cri.errors import InvalidArgument
+
+    fifo = tmp_path / "profile.json"
+    os.mkfifo(fifo)
+
+    def writer():
+        with open(fifo, "w") as f:
+            f.write(json.dumps({"defaultAction": "SCMP_ACT_ALLOW"}))
+
+    threading.Thread(target=writer, daemon=True).start()
+    assert specgen._load_profile(str(fifo)) == {"defaultAction": "SCMP_ACT_ALLOW"}
+    monkeypatch.setattr(specgen, "PROFILE_FIFO_WAIT", 0.3)  # nobody writes it now
+    t0 = time.monotonic()
+    with pytest.raises(InvalidArgument, match="profile.json cannot be read: a FIFO whose writer did not finish"):
+        specgen._load_profile(str(fifo))
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(InvalidArgument, match="not a regular file"):
+        specgen._load_profile("/dev/zero")

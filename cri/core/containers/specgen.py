@@ -21,9 +21,13 @@ from cri.state.container_state import ContainerState
 from cri.state.sandbox_record import SandboxRecord
 from hostos import cgroups
 from hostos.cgroups.driver import driver
+from hostos.smallfile import read_regular
 from storage.image_records import ImageRecord
 
 MODE_NAMES = {0: "POD", 1: "CONTAINER", 2: "NODE", 3: "TARGET"}
+
+# How long a localhost seccomp profile that is a FIFO may take to be written (the worker thread waits meanwhile).
+PROFILE_FIFO_WAIT = 10.0
 
 
 def container_log_path(log_directory: str, log_path: str) -> str:
@@ -153,9 +157,9 @@ def _load_profile(path: str) -> dict[str, Any]:
     if not path or not os.path.isabs(path):
         raise InvalidArgument(f"localhost seccomp profile path {path!r} must be absolute")
     try:
-        with open(path, "rb") as f:
-            profile: dict[str, Any] = json.loads(f.read(1 << 20))
-            return profile
+        # A FIFO is read until its writer closes it, for a bounded time: it held a worker thread for good.
+        profile: dict[str, Any] = json.loads(read_regular(path, 1 << 20, fifo_wait=PROFILE_FIFO_WAIT))
+        return profile
     except FileNotFoundError:
         raise NotFound(f"seccomp profile {path} does not exist") from None
     except (OSError, ValueError) as e:
