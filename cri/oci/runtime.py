@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,10 @@ class ContainerMissing(OCIRuntimeError):
 class RuntimeTimeout(OCIRuntimeError):
     """The runtime did not answer in time; it was killed."""
 
+
+# Threads that run the runtime's short commands (create, start, kill, delete, state, list): as many as may run
+# at once when a node starts or stops 50 pods; a thread waits, it does not compute.
+_SPAWNER = ThreadPoolExecutor(32, thread_name_prefix="runtime")
 
 _MISSING_MARKERS = ("does not exist", "not found", "no such file or directory", "container not running")
 
@@ -71,16 +77,22 @@ class OCIRuntime:
         return ["--root", str(self.root), *self.extra_args]
 
     async def _run(self, *args: str, stdin: bytes | None = None, timeout: float | None = None) -> bytes:
+        """Run the binary to its end in one of the spawner's threads: the fork and exec (the loop waited for the
+        child's exec under vfork, 14 % of its time in a 20-pod wave on this loaded host) and the pipes' reads
+        stay off the event loop. Killed at the timeout."""
         cmd = [self.path, *self.global_args, *args]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        limit = timeout or self.timeout
+
+        def run() -> subprocess.CompletedProcess[bytes]:
+            if stdin is not None:
+                return subprocess.run(cmd, input=stdin, capture_output=True, timeout=limit)
+            return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=limit)
+
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout or self.timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise RuntimeTimeout(f"{self.name} {args[0]} timed out after {timeout or self.timeout}s") from None
+            proc = await asyncio.get_running_loop().run_in_executor(_SPAWNER, run)
+        except subprocess.TimeoutExpired:
+            raise RuntimeTimeout(f"{self.name} {args[0]} timed out after {limit}s") from None
+        out, err = proc.stdout, proc.stderr
         if proc.returncode != 0:
             text = err.decode(errors="replace").strip()
             message = f"{self.name} {' '.join(args[:1])} {args[-1] if len(args) > 1 else ''}: {text}".strip()
