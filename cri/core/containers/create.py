@@ -193,7 +193,8 @@ class Creator:
                 if log_path:
                     os.makedirs(os.path.dirname(log_path), exist_ok=True)
                 record.move(ContainerState.CREATED)
-                t.save(record)
+                # on disk before the reply: a daemon killed right after it must not undo a create it answered
+                await asyncio.wrap_future(t.save(record))
             except BaseException:
                 await undo.unwind()
                 raise
