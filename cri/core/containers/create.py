@@ -154,7 +154,7 @@ class Creator:
         with t.claims.creating(reserved):
             try:
                 await asyncio.wrap_future(t.save(record))  # a failed write fails the create
-                undo.push("delete the record", lambda: t.store.delete(container_id))
+                undo.push("delete the record", lambda: asyncio.wrap_future(t.store.delete(container_id)))
                 crash_point("container.create.after_record")
                 bundle.mkdir(mode=0o700)
                 undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
