@@ -83,6 +83,24 @@ def cgroup_exists(cgroup_path: str) -> list[str]:
     return [str(p) for p in cgroups.cgroup_dirs(cgroup_path) if p.exists()]
 
 
+@contextlib.contextmanager
+def own_cgroup_parent(prefix: str = "pycritest"):
+    """A pod cgroup parent of the test's own, as kubelet gives each pod: a slice under the systemd driver (named by
+    its cgroup path, as critest does), a directory under cgroupfs; removed after (remove the pods first)."""
+    name = f"{prefix}{os.urandom(6).hex()}"
+    if driver(os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs")).name == "systemd":
+        try:
+            yield f"/{name}.slice"
+        finally:
+            subprocess.run(["systemctl", "stop", f"{name}.slice"], capture_output=True, timeout=60)
+            subprocess.run(["systemctl", "revert", f"{name}.slice"], capture_output=True, timeout=60)
+    else:
+        try:
+            yield f"/{name}"
+        finally:
+            cgroups.remove(f"/{name}")
+
+
 def pod_cgroup_path(sandbox_id: str) -> str:
     """Where a pod without a cgroup_parent gets its cgroup under the driver the test daemons use."""
     manager = driver(os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs"))

@@ -12,7 +12,9 @@ from cri.api.v1 import api_pb2
 
 from cri.oci import host_facts
 from hostos import cgroups
-from tests.integration.helpers_containers import container_config, exec_sync, run, status, wait_log, wait_state
+from tests.integration.helpers_containers import (container_config, exec_sync, pod_config, run, status, wait_log,
+                                                  wait_state)
+from tests.integration.helpers_sandboxes import own_cgroup_parent
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -89,8 +91,21 @@ def test_stats_carry_pressure_on_cgroup_v2(env):
     assert stats.memory.HasField("psi")
     assert stats.io.HasField("psi")
     assert stats.memory.working_set_bytes.value > 0
+    # A pod without a cgroup of its own sums its cgroups' figures; stall times do not add up, so it has none.
     pod_stats = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod)).stats
-    assert pod_stats.linux.cpu.HasField("psi") and pod_stats.linux.io.HasField("psi")
+    assert not pod_stats.linux.cpu.HasField("psi") and pod_stats.linux.cpu.usage_core_nano_seconds.value > 0
+    with own_cgroup_parent() as parent:  # kubelet gives each pod one: its pressure is the pod's
+        cfg = pod_config(Path(d.base) / "logs-psi", name="psi-own")
+        Path(cfg.log_directory).mkdir()
+        cfg.linux.cgroup_parent = parent
+        own = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg), timeout=60).pod_sandbox_id
+        try:
+            run(d, own, cfg, container_config("psi-own", ["sh", "-c", "yes > /dev/null"]))
+            pod_stats = d.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=own)).stats
+            assert pod_stats.linux.cpu.HasField("psi") and pod_stats.linux.io.HasField("psi")
+        finally:
+            d.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=own), timeout=60)
+            d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=own), timeout=60)
 
 
 def test_oom_score_adj_below_the_daemons_own_is_clamped(env):
