@@ -1,6 +1,7 @@
-# pycri: the two commands a newcomer needs on a fresh Debian 12 machine, as root:
+# pycri: the commands a newcomer needs on a fresh Debian 12 machine, as root:
 #   make run    installs what pycri needs and runs the daemon in the foreground
 #   make test   installs the same and runs the whole test suite
+#   make check  `make test`, then the node VM lane (`make test-node-vm`)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -19,12 +20,18 @@ NODE_VM_PACKAGES := qemu-system-x86 debootstrap
 # Python venv support, only needed on minimal images.
 VENV_PACKAGES := python3-venv
 
-.PHONY: run test lint image install install-host install-test-host install-python install-cni-default unit integration bench stubs clean test-node-vm
+.PHONY: run check test lint image install install-host install-test-host install-python install-cni-default unit integration bench stubs clean test-node-vm
 
 run: install
 	$(VENV)/bin/pycri check || true
 	exec $(VENV)/bin/pycri daemon
 
+# One after the other, also under `make -j`: the VM would starve the host's tests of CPU.
+check:
+	$(MAKE) --no-print-directory test
+	$(MAKE) --no-print-directory test-node-vm
+
+# On this host: lint, unit tests, integration tests.
 test: install install-test-host lint
 	$(PY) -m pytest -p no:cacheprovider -ra tests
 

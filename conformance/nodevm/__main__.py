@@ -75,10 +75,10 @@ def run_in_vm(command: list[str], *, install: bool, timeout_s: float, env: dict[
     job_env = dict(env)
     if why_not:
         job_env["NODEVM_NO_CRITEST"] = why_not
-    started, stage = time.monotonic(), "waiting for the VM lock"
+    stage = "waiting for the VM lock"
     try:
         with machine_lock(log), budget(budget_s):  # the budget starts once this run has the machine
-            stage = "building the node image"
+            started, stage = time.monotonic(), "building the node image"
             with machine_lock(log, CACHE / "build.lock"):
                 img = image.build(log=log)
                 all_shares = [Share("src", REPO)]
