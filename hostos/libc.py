@@ -21,6 +21,7 @@ LIBC.syncfs.argtypes = [ctypes.c_int]
 LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 LIBC.inotify_init1.argtypes = [ctypes.c_int]
 LIBC.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+LIBC.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 LIBC.syscall.restype = ctypes.c_long
 
 # The new mount API's syscall numbers are the same on every architecture that has them.

@@ -25,6 +25,7 @@ from cri.state.container_record import ContainerRecord
 from cri.state.container_state import ContainerState
 from hostos import cgroups
 from hostos.atomicfile import atomic_write_bytes
+from hostos.cgroups.oomwatch import OomWatch
 
 from .procs import background, exit_reason, exited, is_alive, mtime_ns
 from .table import Table
@@ -43,6 +44,7 @@ class Exits:
         self._forget_sample = forget_sample  # the stats' CPU sample of an exited container
         self._watcher = ExitWatcher(table.exit_dir, self._on_exit_file)
         self._reaper = Reaper(self._on_monitor_exit)
+        self._oom = OomWatch()
         self._monitors: dict[int, str] = {}  # conmon pid -> container id
         self._exited: dict[str, asyncio.Event] = {}  # waiters for an exit, by container id
         self._deleting: dict[str, asyncio.Future[Any]] = {}  # the runtime delete started at exit
@@ -51,6 +53,7 @@ class Exits:
 
     def start(self) -> None:
         self._watcher.start()
+        self._oom.start()
 
     def pending(self) -> list[asyncio.Future[Any]]:
         return list(self._deleting.values())
@@ -58,6 +61,7 @@ class Exits:
     def close(self) -> None:
         self._watcher.stop()
         self._reaper.close()
+        self._oom.close()
 
     def mark_running(self, record: ContainerRecord) -> None:
         record.move(ContainerState.RUNNING)
@@ -68,6 +72,7 @@ class Exits:
     def watch_monitor(self, record: ContainerRecord) -> None:
         self._monitors[record.conmon_pid] = record.id
         self._reaper.watch(record.conmon_pid)
+        self._oom.watch(record.id, record.cgroups_path)
 
     def _on_monitor_exit(self, pid: int) -> None:
         """conmon writes the exit file before it exits; if there is none, it died on its own."""
@@ -112,7 +117,9 @@ class Exits:
         if code is None:
             return
         # conmon's oom file, or the kernel's own count (v2 memory.events, v1 memory.oom_control) of the cgroup
-        oom = BundlePaths(Path(record.bundle)).oom_file.exists() or cgroups.oom_kills(record.cgroups_path) > 0
+        # (and what the OOM watch read before a systemd scope went with its counter)
+        oom = (BundlePaths(Path(record.bundle)).oom_file.exists() or self._oom.killed(record.id)
+               or cgroups.oom_kills(record.cgroups_path) > 0)
         self.record_exit(record, code, exit_reason(code, oom), mtime_ns(exit_file))
 
     def record_exit(self, record: ContainerRecord, code: int, reason: str, finished: int, message: str = "") -> None:
@@ -128,6 +135,7 @@ class Exits:
             record.message = message
         self._t.save(record)
         self._forget_sample(record.id)
+        self._oom.forget(record.id)
         # runc's delete of a stopped container takes ~15 ms (it waits for the cgroup to empty), and unmounting
         # its overlay root syncs the upper layer: do both now, in the background, so RemoveContainer does not pay
         # for them and the cgroup and the mount are freed at once (containerd unmounts at exit too).
