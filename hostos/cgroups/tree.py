@@ -26,9 +26,10 @@ def _parts(cgroups_path: str) -> list[str]:
 def create(cgroups_path: str, lay: Layout | None = None) -> list[str]:
     """Create ``cgroups_path`` in every hierarchy; return the directories that did not exist before, top-down.
 
-    A new v1 cpuset cgroup starts with no cpus and mems, which refuses every task: it gets its parent's (a v2
-    one needs nothing, and its cpuset files may not even be there: the parent need not enable cpuset). On
-    failure what was made is removed again and the OSError propagates.
+    A new v1 cpuset cgroup starts with no cpus and mems, which refuses every task (ENOSPC): it gets its parent's
+    (a v2 one needs nothing, and its cpuset files may not even be there: the parent need not enable cpuset). An
+    existing one still empty is seeded too: a concurrent create may have made it and not yet seeded it (ten pods
+    started at once saw ENOSPC). On failure what was made is removed again and the OSError propagates.
     """
     created: list[str] = []
     parts = _parts(cgroups_path)
@@ -41,16 +42,24 @@ def create(cgroups_path: str, lay: Layout | None = None) -> list[str]:
                 parent, current = current, current / part
                 try:
                     os.mkdir(current, 0o755)
+                    created.append(str(current))
                 except FileExistsError:
-                    continue
-                created.append(str(current))
+                    pass
                 if v1_cpuset and (parent / "cpuset.cpus").exists():
                     for name in ("cpuset.cpus", "cpuset.mems"):
-                        (current / name).write_text((parent / name).read_text())
+                        if _unset(current / name):
+                            (current / name).write_text((parent / name).read_text())
     except OSError:
         remove_now(created)
         raise
     return created
+
+
+def _unset(cpuset_file: Path) -> bool:
+    try:
+        return not cpuset_file.read_text().strip()
+    except FileNotFoundError:
+        return True
 
 
 def move(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:

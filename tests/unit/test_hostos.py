@@ -142,6 +142,20 @@ def test_create_reports_what_it_made_and_seeds_cpuset(tmp_path):
     assert (tmp_path / "cpuset/kubepods/pod1/cpuset.cpus").read_text() == "0-1\n"
 
 
+def test_create_seeds_a_parent_a_concurrent_create_made_but_had_not_seeded_yet(tmp_path):
+    """Ten pods started at once: one create mkdirs the shared parent, another finds it there with empty cpus and
+    mems and must not copy those into its pod's cgroup (every task is then refused with ENOSPC)."""
+    lay = _fake_v1(tmp_path)
+    (tmp_path / "cpuset/pycri").mkdir()
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        (tmp_path / "cpuset/pycri" / name).write_text("\n")  # made, not yet seeded
+    created = cgroups.create("/pycri/pod1", lay)
+    assert str(tmp_path / "cpuset/pycri") not in created
+    assert (tmp_path / "cpuset/pycri/pod1/cpuset.cpus").read_text() == "0-1\n"
+    assert (tmp_path / "cpuset/pycri/pod1/cpuset.mems").read_text() == "0\n"
+    assert (tmp_path / "cpuset/pycri/cpuset.cpus").read_text() == "0-1\n"
+
+
 def test_remove_created_leaves_a_shared_parent_and_removes_ours(tmp_path):
     lay = cgroups.Layout(unified=tmp_path / "unified", v1={"memory": tmp_path / "memory"})  # no files to seed
     for hierarchy in cgroups.hierarchies(lay):
