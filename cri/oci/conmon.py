@@ -14,12 +14,13 @@ import json
 import os
 import time
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hostos.cgroups.driver import CgroupfsDriver
+from cri.oci.reaper import pidfd_ended
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
 
 CREATE_TIMEOUT = 60.0
@@ -238,35 +239,13 @@ async def _reap_detached(pid: int, grace: float = 5.0) -> None:
     except OSError:
         return  # gone already (and reaped by its parent)
     try:
-        if not await _exited(fd, grace):
+        if not await pidfd_ended(fd, grace):
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
-            await _exited(fd, 5.0)
+            await pidfd_ended(fd, 5.0)
         try:
             os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
             pass  # not the daemon's child (no subreaper): init reaps it
     finally:
         os.close(fd)
-
-
-def _resolver(future: asyncio.Future[None]) -> Callable[[], None]:
-    """A reader callback that resolves `future` once (the loop may call it again before removal)."""
-    def resolve() -> None:
-        if not future.done():
-            future.set_result(None)
-    return resolve
-
-
-async def _exited(pidfd: int, timeout: float) -> bool:
-    """Whether the process ended within ``timeout`` (its pidfd becomes readable)."""
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, _resolver(exited))
-    try:
-        await asyncio.wait_for(exited, timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(pidfd)

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
 from typing import Any
+
+from cri.oci.reaper import pidfd_ended
 
 
 class OutputPipes:
@@ -97,14 +98,6 @@ def _kill_holders(inodes: set[int]) -> list[int]:
     return killed
 
 
-def _resolver(future: asyncio.Future[None]) -> Callable[[], None]:
-    """A reader callback that resolves `future` once (the loop may call it again before removal)."""
-    def resolve() -> None:
-        if not future.done():
-            future.set_result(None)
-    return resolve
-
-
 class Orphan:
     """A process the runtime left behind for us: waited for and reaped through a pidfd (no pid reuse race)."""
 
@@ -115,13 +108,7 @@ class Orphan:
     async def wait(self) -> int:
         """Its exit code (128 + the signal that killed it); ChildProcessError when it is not ours to reap."""
         if self.code is None:
-            loop = asyncio.get_running_loop()
-            ended: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.fd, _resolver(ended))
-            try:
-                await ended
-            finally:
-                loop.remove_reader(self.fd)
+            await pidfd_ended(self.fd)
             info = os.waitid(os.P_PIDFD, self.fd, os.WEXITED)
             assert info is not None  # (None only with WNOHANG)
             self.code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status

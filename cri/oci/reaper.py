@@ -47,3 +47,23 @@ class Reaper:
             loop.remove_reader(fd)
             os.close(fd)
         self._fds.clear()
+
+
+async def pidfd_ended(pidfd: int, timeout: float | None = None) -> bool:
+    """Whether the process behind ``pidfd`` ended within ``timeout`` seconds (None: wait for it): a pidfd becomes
+    readable when its process exits. The loop may call the reader again before it is removed, hence the check."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(pidfd, resolve)
+    try:
+        await asyncio.wait_for(ended, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)

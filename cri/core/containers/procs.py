@@ -14,6 +14,7 @@ from typing import Any
 
 from cri.errors import InvalidArgument
 from cri.oci import signals
+from cri.oci.reaper import pidfd_ended
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +70,9 @@ async def exited(pid: int, timeout: float) -> bool:
         fd = os.pidfd_open(pid)
     except (ProcessLookupError, ValueError):
         return True
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, readable)
     try:
-        await asyncio.wait_for(done, timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
+        return await pidfd_ended(fd, timeout)
     finally:
-        loop.remove_reader(fd)
         os.close(fd)
 
 
