@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import cast
 
 from cri.api.v1 import api_pb2
@@ -20,11 +21,26 @@ _PROFILE_KIND = {api_pb2.SecurityProfile.RuntimeDefault: "runtime/default",
                  api_pb2.SecurityProfile.Unconfined: "unconfined", api_pb2.SecurityProfile.Localhost: "localhost"}
 
 
+# One element of a kernel cpu/node list: N, N-M, or N-M:used/group (bitmap_parselist's grammar).
+_LIST_ELEMENT = re.compile(r"(\d{1,6})(?:-(\d{1,6})(?::\d{1,6}/\d{1,6})?)?")
+
+
+def _cpu_list(field: str, value: str) -> str:
+    """A cpuset list checked as the kernel will parse it, so a typo is the caller's INVALID_ARGUMENT and not
+    the kernel's EINVAL, which would read as a fault of the node."""
+    for element in value.split(",") if value else ():
+        m = _LIST_ELEMENT.fullmatch(element)
+        if m is None or (m[2] is not None and int(m[2]) < int(m[1])):
+            raise InvalidArgument(f"{field} {value!r} is not a list like '0-3,6': {element!r}")
+    return value
+
+
 def resources_from_proto(r: api_pb2.LinuxContainerResources) -> ResourcesSpec:
     return ResourcesSpec(
         cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares,
-        memory_limit_in_bytes=r.memory_limit_in_bytes, oom_score_adj=r.oom_score_adj, cpuset_cpus=r.cpuset_cpus,
-        cpuset_mems=r.cpuset_mems, hugepage_limits=[(h.page_size, h.limit) for h in r.hugepage_limits],
+        memory_limit_in_bytes=r.memory_limit_in_bytes, oom_score_adj=r.oom_score_adj,
+        cpuset_cpus=_cpu_list("cpuset_cpus", r.cpuset_cpus), cpuset_mems=_cpu_list("cpuset_mems", r.cpuset_mems),
+        hugepage_limits=[(h.page_size, h.limit) for h in r.hugepage_limits],
         unified=dict(r.unified), memory_swap_limit_in_bytes=r.memory_swap_limit_in_bytes)
 
 

@@ -89,6 +89,16 @@ def test_resize_writes_the_pod_cgroup_and_leaves_the_container_running(resized_p
             hugepage_limits=[api_pb2.HugepageLimit(page_size="../../../tmp/x", limit=1)]))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page size" in e.value.details()
 
+    for bad in (api_pb2.LinuxContainerResources(cpuset_cpus="abc"), api_pb2.LinuxContainerResources(cpuset_mems="1-0")):
+        with pytest.raises(grpc.RpcError) as e:  # a typo is the caller's, not the node's
+            _resize(d, pod, bad)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cpuset_" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            d.runtime.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(container_id=cid, linux=bad),
+                                               timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert status(d, cid).status.state == api_pb2.CONTAINER_RUNNING
+
     if not cgroups.layout().is_v2:
         with pytest.raises(grpc.RpcError) as e:
             _resize(d, pod, api_pb2.LinuxContainerResources(unified={"memory.high": str(40 * MiB)}))
