@@ -9,6 +9,7 @@ busybox comes from Debian's busybox-static, and pushing speaks the Distribution 
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import http.client
@@ -79,7 +80,10 @@ def tar_layer(entries: list[Entry]) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=16)
 def compress(data: bytes, compression: str = "gzip") -> bytes:
+    """The compressed layer; the same for the same input (no timestamp), so a test that builds the busybox image
+    again gets the bytes made before (gzip of busybox took ~1 s a test in the emulated node VM)."""
     if compression == "gzip":
         return gzip.compress(data, compresslevel=1, mtime=0)
     if compression == "zstd":

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,19 +57,77 @@ def say(text: str) -> None:
     print(f"[lane {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
+def pytest_command(selection: list[str], junit: Path | None = None) -> list[str]:
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", "-m", "integration"]
+    return command + ([f"--junitxml={junit}"] if junit else []) + selection
+
+
+def test_env() -> dict[str, str]:
+    # The driver this node would pick (auto: systemd); pytest-timeout names a hung test.
+    return {"TEST_CGROUP_MANAGER": "auto", **os.environ, "PYTEST_TIMEOUT": str(TEST_TIMEOUT_S)}
+
+
 def integration(selection: list[str], timeout_s: float) -> bool:
     started = time.monotonic()
     say(f"integration tests (at most {timeout_s:.0f} s, {TEST_TIMEOUT_S} s a test): {' '.join(selection)}")
-    # The driver this node would pick (auto: systemd); pytest-timeout names a hung test.
-    env = {"TEST_CGROUP_MANAGER": "auto", **os.environ, "PYTEST_TIMEOUT": str(TEST_TIMEOUT_S)}
     try:
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", "-m", "integration",
-                             *selection], cwd=REPO, env=env, timeout=timeout_s).returncode
+        rc = subprocess.run(pytest_command(selection), cwd=REPO, env=test_env(), timeout=timeout_s).returncode
     except subprocess.TimeoutExpired:
         say(f"integration: did not finish within {timeout_s:.0f} s")
         return False
     say(f"integration: pytest exit {rc} in {time.monotonic() - started:.0f} s")
     return rc == 0
+
+
+def split(files: list[str], parts: int) -> list[list[str]]:
+    """Files into `parts` groups of about the same number of tests (greedy, largest first)."""
+    weight = {f: max(1, (REPO / f).read_text().count("\ndef test_")) if (REPO / f).is_file() else 1 for f in files}
+    groups: list[list[str]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for f in sorted(files, key=lambda f: -weight[f]):
+        i = loads.index(min(loads))
+        groups[i].append(f)
+        loads[i] += weight[f]
+    return [g for g in groups if g]
+
+
+def integration_parallel(files: list[str], workers: int, timeout_s: float, out_dir: Path) -> bool:
+    """The files in `workers` pytest processes at once, each on its own share of the files: one process
+    keeps about one of the emulated CPUs busy (a daemon's start-up is one Python thread), so two finish
+    the suite in about half the time. Each worker's output goes to worker-N.log (and junit-N.xml) in
+    out_dir; its summary line is printed here."""
+    started = time.monotonic()
+    groups = split(files, workers)
+    procs = []
+    for n, group in enumerate(groups, 1):
+        say(f"integration worker {n}: {' '.join(group)}")
+        log = open(out_dir / f"worker-{n}.log", "wb")
+        procs.append((n, log, subprocess.Popen(pytest_command(group, out_dir / f"junit-{n}.xml"), cwd=REPO,
+                                               env=test_env(), stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True)))
+    ok = True
+    deadline = started + timeout_s
+    for n, log, proc in procs:
+        try:
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # pytest still prints what it has
+            try:
+                rc = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+            say(f"integration worker {n}: did not finish within {timeout_s:.0f} s")
+        log.close()
+        lines = (out_dir / f"worker-{n}.log").read_text(errors="replace").splitlines()
+        summary = next((line for line in reversed(lines) if line.startswith("=") and " in " in line), "(no summary)")
+        failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+        say(f"integration worker {n}: pytest exit {rc}: {summary.strip('= ')}")
+        for line in failed:
+            print(f"  {line}", flush=True)
+        ok = ok and rc == 0
+    say(f"integration: {len(groups)} workers done in {time.monotonic() - started:.0f} s")
+    return ok
 
 
 def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -160,15 +219,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conformance.nodevm.lane")
     parser.add_argument("--integration", choices=("node", "all", "none"), default="node",
                         help="node: the tests of what only a production node shows (NODE_TESTS); all: every one")
+    parser.add_argument("--files", nargs="+", metavar="FILE",
+                        help="with --integration=all: only these test files (a shard of the suite)")
+    parser.add_argument("--workers", type=int, default=2, help="with --integration=all: pytest processes at once")
+    parser.add_argument("--tests-timeout", type=float, default=ALL_TESTS_TIMEOUT_S,
+                        help="with --integration=all: seconds for the tests (then SIGINT: pytest prints its summary)")
+    parser.add_argument("--tests-only", action="store_true", help="stop after the integration tests (no service, "
+                        "no critest)")
     opts = parser.parse_args(argv)
+    out_dir = Path(os.environ.get("NODEVM_OUT", "/tmp"))
     ok = True
     if opts.integration == "node":
         ok = integration(list(NODE_TESTS), NODE_TESTS_TIMEOUT_S)
     elif opts.integration == "all":
-        ok = integration(["tests/integration"], ALL_TESTS_TIMEOUT_S)
+        files = opts.files or sorted(str(p.relative_to(REPO)) for p in (REPO / "tests/integration").glob("test_*.py"))
+        ok = integration_parallel(files, opts.workers, opts.tests_timeout, out_dir)
+    if opts.tests_only:
+        say(json.dumps({"result": "ok" if ok else "FAILED"}))
+        return 0 if ok else 1
     why_not = os.environ.get("NODEVM_NO_CRITEST") or ("" if os.environ.get("CRITEST_KIT") else "no critest kit here")
     kit = None if why_not else Path(os.environ["CRITEST_KIT"])
-    out_dir = Path(os.environ.get("NODEVM_OUT", "/tmp"))
     lines = []
     try:
         install_service(kit)

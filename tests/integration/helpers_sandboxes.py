@@ -16,14 +16,39 @@ from hostos import cgroups
 from hostos.cgroups.driver import driver
 
 _counter = itertools.count(1)
+# Subnet numbers in use by live test processes (several pytest runs may share a host or the node VM): one
+# file per number, made with O_EXCL, naming its owner's pid; a dead owner's number is taken back.
+SUBNET_CLAIMS = Path("/run/pycri-test-subnets")
+
+
+def _claim_subnet_index() -> int:
+    SUBNET_CLAIMS.mkdir(parents=True, exist_ok=True)
+    start = os.getpid() % 200
+    for k in range(200):
+        index = (start + k) % 200 + 10
+        claim = SUBNET_CLAIMS / str(index)
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(claim.read_text() or 0)
+                os.kill(owner, 0)
+            except (OSError, ValueError):  # its owner is gone (or the file is being written: try the next)
+                claim.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return index
+    raise RuntimeError(f"no free test subnet number in {SUBNET_CLAIMS}")
 
 
 class PrivateNetwork:
-    """A bridge network of our own (unique bridge name, 10.123.N.0/24, host-local data in a temp dir)."""
+    """A bridge network of our own (unique bridge name, 10.123.N.0/24 with N claimed across processes, host-local
+    data in a temp dir)."""
 
     def __init__(self, base: Path, with_portmap: bool = True, ip_masq: bool = False) -> None:
         n = next(_counter)
-        self.index = (os.getpid() + n) % 200 + 10
+        self.index = _claim_subnet_index()
         self.name = f"pycri-test-{os.getpid()}-{n}"
         self.bridge = f"pct{os.getpid() % 100000}n{n}"[:15]
         self.subnet = f"10.123.{self.index}.0/24"
@@ -47,6 +72,7 @@ class PrivateNetwork:
 
     def cleanup(self) -> None:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        (SUBNET_CLAIMS / str(self.index)).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
