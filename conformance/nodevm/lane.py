@@ -38,8 +38,9 @@ NODE_TESTS = (
     "tests/integration/test_container_resources.py::test_memory_hog_is_reported_oomkilled_with_137",
     # the systemd driver: scopes over D-Bus, kubelet's slices, RuntimeConfig, a pod resize kept across daemon-reload
     "tests/integration/test_cgroup_systemd.py",
-    # v2 takes any memory.max and OOM-kills to fit: a pod resize below its use must be refused instead
+    # v2 takes any memory.max and OOM-kills to fit: a pod resize or container update below its use is refused instead
     "tests/integration/test_pod_resize.py::test_a_limit_below_what_the_pod_uses_is_refused_and_named",
+    "tests/integration/test_container_resources.py::test_a_container_limit_below_what_it_uses_is_refused_on_cgroup_v2",
     # AppArmor: pycri-default loaded and enforced, localhost profiles
     "tests/integration/test_apparmor.py",
     # kernel 6.1: idmapped layers for user-namespaced pods, CRIU checkpoints

@@ -164,6 +164,14 @@ def _refuse_v2_shrink_below_use(path: Path, value: str) -> None:
                                    "free (cgroup v2 would OOM-kill its processes to fit)")
 
 
+def refuse_memory_shrink_below_use(cgroups_path: str, limit: int, lay: Layout | None = None) -> None:
+    """For a limit another program writes (the OCI runtime's `update`): raise OSError(EBUSY) when cgroup v2 would
+    OOM-kill in ``cgroups_path`` to fit ``limit``, as the pod resize refuses it (v1's kernel refuses by itself)."""
+    lay = lay or layout()
+    if lay.is_v2 and lay.unified is not None and limit > 0:
+        _refuse_v2_shrink_below_use(lay.unified / cgroups_path.strip("/") / "memory.max", str(limit))
+
+
 def _write_all(pending: list[tuple[Path, str]], written: list[str]) -> None:
     """Write in order, appending each file written to `written` (also when a later write fails)."""
     pending = list(pending)

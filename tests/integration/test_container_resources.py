@@ -108,6 +108,32 @@ def test_stats_carry_pressure_on_cgroup_v2(env):
             d.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=own), timeout=60)
 
 
+@pytest.mark.skipif(not V2, reason="cgroup v1's kernel refuses a memory limit below use by itself (EBUSY); the guard "
+                                    "is for v2, which takes any memory.max and OOM-kills to fit (the node VM lane)")
+def test_a_container_limit_below_what_it_uses_is_refused_on_cgroup_v2(env):
+    """Like a pod resize: a container must not be OOM-killed by an update; the limit and the container stay."""
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config(
+        "shmfill", ["sh", "-c", "head -c 32m /dev/zero > /dev/shm/fill; sleep 3600"],
+        linux=api_pb2.LinuxContainerConfig(resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=256 * MiB))))
+    exec_sync(d, cid, ["sh", "-c", "while [ $(wc -c < /dev/shm/fill) -lt 33554432 ]; do sleep 0.1; done"], timeout=30)
+
+    def update(limit: int) -> None:
+        d.runtime.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(
+            container_id=cid, linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=limit)), timeout=60)
+
+    with pytest.raises(grpc.RpcError) as e:
+        update(4 * MiB)  # tmpfs pages: no reclaim without swap
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert cid in e.value.details() and "reclaim cannot free" in e.value.details()
+    assert status(d, cid).status.state == api_pb2.CONTAINER_RUNNING
+    assert cgroup_file(d, cid, "memory.max") == str(256 * MiB)
+    assert status(d, cid).status.resources.linux.memory_limit_in_bytes == 256 * MiB
+    update(96 * MiB)  # above what it uses: taken
+    assert cgroup_file(d, cid, "memory.max") == str(96 * MiB)
+    assert status(d, cid).status.state == api_pb2.CONTAINER_RUNNING
+
+
 def test_oom_score_adj_below_the_daemons_own_is_clamped(env):
     floor = host_facts.oom_score_adj_floor()
     if floor is None:

@@ -166,3 +166,21 @@ def test_v2_refuses_to_shrink_below_what_reclaim_cannot_free(tmp_path, monkeypat
     monkeypatch.setattr(limits_module, "_host_swap", lambda: True)  # it may swap: the kernel pages out, no kill
     apply_limits("/pod", Limits(memory=4 << 20), v2)
     assert (pod / "memory.max").read_text() == str(4 << 20)
+
+
+def test_a_limit_the_runtime_writes_is_checked_the_same_way_on_v2_only(tmp_path, monkeypatch):
+    """UpdateContainerResources goes through `runc update`, which writes memory.max itself: the check comes first."""
+    monkeypatch.setattr(limits_module, "_host_swap", lambda: False)
+    ctr = tmp_path / "pod" / "ctr"
+    ctr.mkdir(parents=True)
+    for name, value in (("memory.max", "max"), ("memory.swap.max", "0"), ("memory.current", str(40 << 20)),
+                        ("memory.stat", f"anon {6 << 20}\nfile {33 << 20}\nshmem {32 << 20}\n")):
+        (ctr / name).write_text(value + "\n")
+    v2 = Layout(unified=tmp_path, v1={})
+    with pytest.raises(OSError, match="uses 40894464 bytes that reclaim cannot free") as e:  # 40M - 1M cache
+        limits_module.refuse_memory_shrink_below_use("/pod/ctr", 4 << 20, v2)
+    assert e.value.errno == errno.EBUSY
+    limits_module.refuse_memory_shrink_below_use("/pod/ctr", 39 << 20, v2)  # what it cannot free fits: fine
+    limits_module.refuse_memory_shrink_below_use("/pod/ctr", 0, v2)  # no memory limit asked for
+    limits_module.refuse_memory_shrink_below_use("/pod/ctr", 4 << 20, V1)  # v1's kernel refuses by itself
+    assert (ctr / "memory.max").read_text() == "max\n"  # only read

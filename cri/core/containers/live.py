@@ -15,6 +15,7 @@ from cri.oci.runtime import ExecResult, OCIRuntimeError
 from cri.state.container_record import ResourcesSpec
 from cri.state.container_state import EXECUTABLE, ContainerState
 from hostos import cgroups
+from hostos.cgroups import limits
 
 from . import specgen
 from .create import Creator
@@ -48,6 +49,11 @@ async def update_resources(table: Table, creator: Creator, ref: str, resources: 
                                              swap_accounting=cgroups.swap_accounting())
         except spec_inputs.SpecError as e:
             raise InvalidArgument(str(e)) from e
+        try:  # cgroup v2 takes any memory.max and OOM-kills to fit: refuse that, as a pod resize does
+            await asyncio.to_thread(limits.refuse_memory_shrink_below_use, record.cgroups_path,
+                                    resources.memory_limit_in_bytes)
+        except OSError as e:
+            raise FailedPrecondition(f"container {record.id}: {e.strerror or e}") from None
         try:
             await table.runtime(record.runtime_handler).update(record.id, body)
         except OCIRuntimeError as e:
