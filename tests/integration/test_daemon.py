@@ -11,6 +11,7 @@ from cri.api.v1 import api_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conformance.daemon import REPO, Daemon
+from hostos.cgroups.driver import driver
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,12 @@ def test_verbose_status_carries_the_config_as_json(daemon):
     assert json.loads(info["config"])["root"] == str(daemon.root)
 
 
-def test_runtime_config_reports_cgroupfs_driver(daemon):
-    assert daemon.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest()).linux.cgroup_driver == api_pb2.CGROUPFS
+def test_runtime_config_reports_the_cgroup_driver_in_use(daemon):
+    """The fixture's daemon runs the driver TEST_CGROUP_MANAGER names (cgroupfs unless told; the node VM lane runs
+    `auto`, i.e. systemd there); kubelet must be told that one."""
+    used = driver(os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs")).name
+    expected = {"cgroupfs": api_pb2.CGROUPFS, "systemd": api_pb2.SYSTEMD}[used]
+    assert daemon.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest()).linux.cgroup_driver == expected
 
 
 def test_update_runtime_config_rejects_a_bad_cidr(daemon):
