@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hostos.atomicfile import atomic_write_json
 from storage import reference as refs
@@ -31,6 +31,7 @@ _MIN_BARE_PREFIX = 12
 
 
 class ImageRecord(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built at first use, not at the daemon's start
     id: str                                   # sha256:<config digest>
     repo_tags: list[str] = Field(default_factory=list)
     repo_digests: list[str] = Field(default_factory=list)

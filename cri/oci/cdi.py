@@ -36,7 +36,8 @@ class CDIError(Exception):
 
 
 class _Edit(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True,
+                              defer_build=True)  # built when a CDI device is first asked for
 
 
 class DeviceNode(_Edit):
@@ -93,7 +94,8 @@ class _Device(_Edit):
 
 
 class SpecFile(_Edit):
-    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True, frozen=True,
+                              defer_build=True)
     cdi_version: str
     kind: str
     annotations: dict[str, str] = {}

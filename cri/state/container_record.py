@@ -10,14 +10,14 @@ from cri.state.container_state import ContainerState, check_move
 
 
 class IDMapSpec(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     container_id: int
     host_id: int
     length: int
 
 
 class MountSpec(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     container_path: str
     host_path: str = ""
     image: str = ""            # an image volume (KEP-4639): this image's root filesystem, read-only, not host_path
@@ -32,7 +32,7 @@ class MountSpec(BaseModel):
 
 
 class DeviceSpec(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     container_path: str
     host_path: str
     permissions: str = "rwm"
@@ -40,6 +40,7 @@ class DeviceSpec(BaseModel):
 
 class ResourcesSpec(BaseModel):
     """CRI LinuxContainerResources, minus protobuf."""
+    model_config = ConfigDict(defer_build=True)  # built at first use, not at the daemon's start
 
     cpu_period: int = 0
     cpu_quota: int = 0
@@ -54,6 +55,7 @@ class ResourcesSpec(BaseModel):
 
 
 class SecuritySpec(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built at first use, not at the daemon's start
     privileged: bool = False
     add_capabilities: list[str] = []
     drop_capabilities: list[str] = []
@@ -81,6 +83,7 @@ class SecuritySpec(BaseModel):
 
 class ContainerRequest(BaseModel):
     """What CreateContainer asked for, already free of protobuf."""
+    model_config = ConfigDict(defer_build=True)  # built at first use, not at the daemon's start
 
     sandbox_id: str
     name: str
@@ -106,6 +109,7 @@ class ContainerRequest(BaseModel):
 
 class ContainerRecord(BaseModel):
     """Everything needed to report, stop, remove or reconcile a container, including after a daemon restart."""
+    model_config = ConfigDict(defer_build=True)  # built at first use, not at the daemon's start
 
     id: str
     sandbox_id: str

@@ -18,14 +18,14 @@ MODE_TARGET: Final = 3
 
 
 class DNSSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     servers: list[str] = []
     searches: list[str] = []
     options: list[str] = []
 
 
 class PortMappingSpec(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     protocol: Literal["tcp", "udp", "sctp"] = "tcp"
     container_port: int = Field(ge=0, le=65535)
     host_port: int = Field(0, ge=0, le=65535)
@@ -33,7 +33,7 @@ class PortMappingSpec(BaseModel):
 
 
 class NamespaceOptions(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     network: NamespaceMode = MODE_POD
     pid: NamespaceMode = MODE_CONTAINER
     ipc: NamespaceMode = MODE_POD
@@ -61,6 +61,7 @@ class NamespaceOptions(BaseModel):
 
 class SandboxSpec(BaseModel):
     """What RunPodSandbox asked for, already free of protobuf; `original` is the request config as a dict."""
+    model_config = ConfigDict(defer_build=True)  # built at first use, not at the daemon's start
 
     name: str
     namespace: str
@@ -87,6 +88,7 @@ class SandboxSpec(BaseModel):
 
 class SandboxRecord(BaseModel):
     """Everything needed to report, stop, remove or reconcile a sandbox, including after a daemon restart."""
+    model_config = ConfigDict(defer_build=True)  # built at first use, not at the daemon's start
 
     id: str
     name: str
