@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
+import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from hostos import spawn
 
 from .errors import CNIError, CNITimeout, NetPluginError
 
@@ -89,26 +90,20 @@ def parse_error(plugin: str, command: str, stdout: bytes, stderr: bytes, returnc
 
 
 async def exec_plugin(path: Path, env: Mapping[str, str], stdin: bytes, timeout: float) -> bytes:
-    """Run a plugin once; its stdout on success, a CNIError (plugin's code and msg) on failure or timeout."""
+    """Run a plugin once; its stdout on success, a CNIError (plugin's code and msg) on failure or timeout.
+
+    Started and waited for in a thread (hostos.spawn), in a session of its own: at the timeout, or when the caller
+    gives up, the plugin and whatever it started (iptables, ipam) are killed as one process group."""
     command = env.get("CNI_COMMAND", "?")
-    proc = await asyncio.create_subprocess_exec(
-        str(path), env=dict(env), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True)
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError) as e:
-        if proc.returncode is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the plugin and whatever it started (iptables, ipam)
-            except ProcessLookupError:
-                pass
-        await proc.wait()
-        if isinstance(e, asyncio.CancelledError):
-            raise
-        raise CNITimeout(path.name, command, 999, f"timed out after {timeout:g}s") from None
-    if proc.returncode != 0:
-        raise parse_error(path.name, command, stdout, stderr, proc.returncode or 0)
-    return stdout
+    proc = await spawn.popen([str(path)], env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+    done = await spawn.communicate(proc, stdin, timeout, group=True)
+    if done.timed_out:
+        detail = done.stderr.decode(errors="replace").strip()[-2000:]
+        raise CNITimeout(path.name, command, 999, f"timed out after {timeout:g}s", detail)
+    if done.returncode != 0:
+        raise parse_error(path.name, command, done.stdout, done.stderr, done.returncode)
+    return done.stdout
 
 
 def decode_json(plugin: str, command: str, stdout: bytes) -> dict[str, Any]:

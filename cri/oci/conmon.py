@@ -14,11 +14,13 @@ import json
 import os
 import time
 import signal
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hostos import spawn
 from hostos.cgroups.driver import CgroupfsDriver
 from cri.oci.reaper import pidfd_ended
 from cri.oci.runtime import OCIRuntime, OCIRuntimeError
@@ -123,10 +125,10 @@ class Conmon:
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "_OCI_SYNCPIPE": str(sync_w), "_OCI_STARTPIPE": str(start_r)}
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *args, cwd=str(bundle), env=env, pass_fds=(sync_w, start_r), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        try:  # in a spawner thread: the fork and exec no longer hold the event loop
+            proc = await spawn.popen(args, cwd=str(bundle), env=env, pass_fds=(sync_w, start_r),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         except BaseException:
             for fd in (sync_r, sync_w, start_r, start_w):
                 os.close(fd)
@@ -140,14 +142,13 @@ class Conmon:
             monitor_ready = time.time()
         except OSError as e:  # the cgroup, or conmon died before its start
             os.close(sync_r)
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+            spawn.kill(proc)
+            await spawn.wait(proc)
             raise ConmonError(f"starting conmon (cgroup {cgroup or 'inherited'}): {e}") from e
         finally:
             os.close(start_w)
         try:
-            message = await asyncio.wait_for(asyncio.to_thread(_read_sync_message, sync_r), timeout)
+            message = await _sync_message(sync_r, timeout)
         except asyncio.TimeoutError:
             await _reap_detached(_read_pid(paths.conmon_pid_file), grace=0)  # killed: its create is abandoned
             raise ConmonError(f"conmon did not report the container pid within {timeout}s") from None
@@ -194,15 +195,32 @@ def _reported_pid(message: dict[str, Any] | None) -> int:
     return value if isinstance(value, int) else -1
 
 
-def _read_sync_message(fd: int) -> dict[str, Any] | None:
-    """First JSON line conmon writes on the sync pipe: {"data": pid} or {"data": -1, "message": "..."}."""
-    buf = b""
-    while b"\n" not in buf:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    line = buf.split(b"\n", 1)[0]
+async def _sync_message(fd: int, timeout: float) -> dict[str, Any] | None:
+    """First JSON line conmon writes on the sync pipe: {"data": pid} or {"data": -1, "message": "..."}; None when
+    it closed the pipe without one. The loop reads the pipe when it has data: no thread is held for the runtime's
+    create (the default executor has six on this 2-core host, and a wave of creates queued behind them)."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    buf = bytearray()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        buf.extend(chunk)
+        if (not chunk or b"\n" in buf) and not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(ended, timeout)
+    finally:
+        loop.remove_reader(fd)
+    line = bytes(buf).split(b"\n", 1)[0]
     if not line:
         return None
     try:
@@ -212,14 +230,11 @@ def _read_sync_message(fd: int) -> dict[str, Any] | None:
         return {"data": -1, "message": line.decode(errors="replace")}
 
 
-async def _finish(proc: asyncio.subprocess.Process) -> str:
-    """conmon's first process exits right after its fork; reap it and return what it said on stderr."""
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
-    except asyncio.TimeoutError:
-        proc.kill()
-        _, err = await proc.communicate()
-    return (err or b"").decode(errors="replace").strip()
+async def _finish(proc: subprocess.Popen[bytes]) -> str:
+    """conmon's first process exits right after its fork; reap it (killed after 10 s) and return what it said on
+    stderr."""
+    done = await spawn.communicate(proc, timeout=10)
+    return done.stderr.decode(errors="replace").strip()
 
 
 def _read_pid(path: Path) -> int:
