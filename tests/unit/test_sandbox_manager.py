@@ -28,6 +28,7 @@ class FakeHost(PodHost):
     """The host as sets of what exists; `fail` names a method that raises OSError (EPERM) once called."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.pinned: set[Path] = set()
         self.shm: set[str] = set()
         self.cgroups: set[str] = set()

@@ -18,6 +18,8 @@ from hostos import cgroups, libc, mountinfo
 from hostos.libc import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REMOUNT
 from netplugins import namespace_alive, pin_namespaces, unpin_namespace
 
+from .infrawatch import InfraWatch
+
 SHM_SIZE = 64 * 1024 * 1024
 _DEAD_STATES = ("Z", "X", "x")  # /proc/<pid>/stat states of a process that holds nothing any more
 
@@ -227,6 +229,12 @@ class PodHost:
     """Every host action the sandbox manager takes, in one place: the real ones here; tests of the manager without
     root pass a fake (tests/unit/test_sandbox_manager.py)."""
 
+    def __init__(self) -> None:
+        self._infra = InfraWatch(infra_running)
+
+    def close(self) -> None:
+        self._infra.close()
+
     def user_namespaces_problem(self) -> str | None:
         return user_namespaces_problem()
 
@@ -271,10 +279,14 @@ class PodHost:
 
     async def start_infra(self, catatonit: str, namespaces: dict[str, str], cgroup: str, workdir: str,
                           place: Callable[[int], Awaitable[None]]) -> tuple[int, int, int]:
-        return await start_infra(catatonit, namespaces, cgroup, workdir, place)
+        infra = await start_infra(catatonit, namespaces, cgroup, workdir, place)
+        self._infra.running(infra[0], infra[1])  # its watch begins now, not at the first List
+        return infra
 
     async def stop_infra(self, pid: int, start_time: int, parent: int) -> None:
         await stop_infra(pid, start_time, parent)
+        self._infra.forget(pid, start_time)
 
     def infra_running(self, pid: int, start_time: int) -> bool:
-        return infra_running(pid, start_time)
+        """From memory once the infra is watched (infrawatch.py): List and Status ask this of every ready pod."""
+        return self._infra.running(pid, start_time)

@@ -78,7 +78,8 @@ class SandboxManager:
         await recover(self._t, self._teardown)
 
     async def stop(self) -> None:
-        """Sandboxes outlive the daemon: nothing to do at shutdown."""
+        """Sandboxes outlive the daemon: only the watches of their infra processes end."""
+        self._t.host.close()
 
     # --- queries -------------------------------------------------------------------------------------------
 

@@ -55,7 +55,8 @@ class Table:
             self.events.publish(ev.ContainerEvent(record.id, record.id, kind, time.time_ns(), copy))
 
     def alive(self, record: SandboxRecord) -> bool:
-        """Whether what holds the pod together still exists: its network namespace and its infra process."""
+        """Whether what holds the pod together still exists: its network namespace and its infra process (checked
+        at start, when both may have gone with a reboot or a crash)."""
         if record.netns_path and not self.host.namespace_alive(record.netns_path):
             return False
         if record.infra_pid and not self.host.infra_running(record.infra_pid, record.infra_start_time):
@@ -63,8 +64,11 @@ class Table:
         return True
 
     def refresh(self, record: SandboxRecord) -> SandboxRecord:
-        """A ready pod whose infra process died is NotReady (kubelet then recreates it)."""
-        if record.state == "ready" and record.infra_pid and not self.alive(record):
+        """A ready pod whose infra process died is NotReady (kubelet then recreates it). List and Status call this
+        for every pod: the infra's liveness comes from memory (a pidfd watch); its namespaces, which the infra
+        holds, need no look of their own while it runs."""
+        if (record.state == "ready" and record.infra_pid
+                and not self.host.infra_running(record.infra_pid, record.infra_start_time)):
             record.state = "notready"
             self.store.save(record, durable=False)
             self.publish(record, ev.STOPPED)
