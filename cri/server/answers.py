@@ -83,6 +83,7 @@ class ReadAnswers:
         self._image_generation = -1
         self._image_status: dict[str, bytes] = {}
         self._image_list: bytes | None = None
+        self.status: Any = None  # Status without verbose, kept by runtime_status.py
 
     def sandbox_status_now(self, record) -> bytes:
         return self.sandbox_status.get(record) + api_pb2.PodSandboxStatusResponse(

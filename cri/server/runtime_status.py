@@ -4,12 +4,15 @@ Features are advertised only where they work: kubelet and critest turn them on f
 """
 
 import json
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from cri.api.v1 import api_pb2
 
 from cri.oci import apparmor, host_facts, mounts
+from cri.config import RuntimeConfig
 from cri.context import Runtime
 from hostos import cgroups
 from hostos.cgroups.driver import driver
@@ -41,13 +44,24 @@ def _lsm(rt: Runtime) -> dict[str, Any]:
 
 
 async def status(rt: Runtime, request: api_pb2.StatusRequest,
-                 context: grpc.aio.ServicerContext) -> api_pb2.StatusResponse:
-    runtime_ready, runtime_reason, runtime_message = rt.runtime_condition()
-    network_ready, network_reason, network_message = rt.network_condition()
+                 context: grpc.aio.ServicerContext) -> api_pb2.StatusResponse | bytes:
+    if request.verbose:
+        response = await _response(rt, rt.runtime_condition(), rt.network_condition())
+        response.info["config"] = rt.config.model_dump_json()
+        response.info["podCIDR"] = json.dumps(rt.pod_cidr)
+        response.info["lsm"] = json.dumps(_lsm(rt))
+        response.info["cgroups"] = json.dumps({"manager": driver(rt.config.runtime.cgroup_manager).name,
+                                               **cgroups.describe()})
+        return response
+    return await _kept(rt)
+
+
+async def _response(rt: Runtime, runtime: tuple[bool, str, str],
+                    network: tuple[bool, str, str]) -> api_pb2.StatusResponse:
     response = api_pb2.StatusResponse(
         status=api_pb2.RuntimeStatus(conditions=[
-            _condition("RuntimeReady", runtime_ready, runtime_reason, runtime_message),
-            _condition("NetworkReady", network_ready, network_reason, network_message),
+            _condition("RuntimeReady", *runtime),
+            _condition("NetworkReady", *network),
         ]),
         # Merge and Strict are both applied when the container's groups are resolved (cri/oci/users.py).
         # user_namespaces_host_network (CRI v1.36): a pod with its own user namespace and the host's network is
@@ -59,13 +73,33 @@ async def status(rt: Runtime, request: api_pb2.StatusRequest,
     default = rt.config.runtime.default_runtime
     for name in ["", *rt.config.runtime.handlers]:
         response.runtime_handlers.add(name=name, features=await _handler_features(rt, name or default))
-    if request.verbose:
-        response.info["config"] = rt.config.model_dump_json()
-        response.info["podCIDR"] = json.dumps(rt.pod_cidr)
-        response.info["lsm"] = json.dumps(_lsm(rt))
-        response.info["cgroups"] = json.dumps({"manager": driver(rt.config.runtime.cgroup_manager).name,
-                                               **cgroups.describe()})
     return response
+
+
+# How long a Status answer (without verbose) is reused. kubelet asks every few seconds; what the answer says of
+# the host (the runtime binaries and conmon installed, what each runtime can do: a dozen stat/access calls, then the
+# message) changes with a package upgrade, not between two calls. A SIGHUP that replaces the handler table, or a
+# change of the network's readiness (memory), makes a new answer at once.
+STATUS_FRESH = 1.0
+
+
+@dataclass
+class _Kept:
+    handlers: RuntimeConfig
+    network: tuple[bool, str, str]
+    made: float
+    body: bytes
+
+
+async def _kept(rt: Runtime) -> bytes:
+    kept = rt.answers.status
+    network = rt.network_condition()
+    if (kept is None or kept.handlers is not rt.config.runtime or kept.network != network
+            or time.monotonic() - kept.made > STATUS_FRESH):
+        handlers = rt.config.runtime
+        body = (await _response(rt, rt.runtime_condition(), network)).SerializeToString()
+        kept = rt.answers.status = _Kept(handlers, network, time.monotonic(), body)
+    return kept.body
 
 
 HANDLERS = {"Status": status}

@@ -1,5 +1,6 @@
 """The serialized answers of the small reads (cri/server/answers.py) follow every change of what they report."""
 
+import asyncio
 from types import SimpleNamespace
 
 from cri.api.v1 import api_pb2
@@ -104,3 +105,40 @@ def test_image_answers_are_kept_until_the_store_changes():
     rt.images.records.clear()
     rt.images.generation += 1
     assert api_pb2.ListImagesResponse.FromString(answers.image_list()).images == []
+
+
+def test_status_is_kept_for_a_second_and_follows_a_reload_and_the_network(monkeypatch):
+    from cri.server import runtime_status
+
+    looked = []
+
+    async def features(rt, name):  # what costs the host look-ups (binaries, probes) in the real one
+        looked.append(name)
+        return api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=True)
+
+    monkeypatch.setattr(runtime_status, "_handler_features", features)
+    clock = [100.0]
+    monkeypatch.setattr(runtime_status.time, "monotonic", lambda: clock[0])
+    network = [(True, "", "")]
+    config = SimpleNamespace(runtime=SimpleNamespace(default_runtime="runc", handlers={"runc": None}))
+    rt = SimpleNamespace(config=config, answers=ReadAnswers(runtime()), runtime_condition=lambda: (True, "", ""),
+                         network_condition=lambda: network[0])
+
+    def status(verbose=False):
+        body = asyncio.run(runtime_status.status(rt, api_pb2.StatusRequest(verbose=verbose), None))
+        return api_pb2.StatusResponse.FromString(body if isinstance(body, bytes) else body.SerializeToString())
+
+    first = status()
+    assert [h.name for h in first.runtime_handlers] == ["", "runc"] and looked == ["runc", "runc"]
+    assert {c.type: c.status for c in first.status.conditions} == {"RuntimeReady": True, "NetworkReady": True}
+    assert status() == first and len(looked) == 2  # answered from memory
+    network[0] = (False, "NetworkPluginNotReady", "no config")
+    assert {c.type: c.status for c in status().status.conditions}["NetworkReady"] is False  # at once
+    clock[0] += 0.5
+    status()
+    assert len(looked) == 4  # (rebuilt once, for the network's change)
+    clock[0] += 1.1
+    status()
+    assert len(looked) == 6  # a second later the host is looked at again
+    config.runtime = SimpleNamespace(default_runtime="runc", handlers={"runc": None, "crun": None})  # SIGHUP
+    assert [h.name for h in status().runtime_handlers] == ["", "runc", "crun"]
