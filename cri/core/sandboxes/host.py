@@ -9,12 +9,13 @@ import errno
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from cri.errors import Internal
-from hostos import cgroups, libc, mountinfo
+from hostos import cgroups, libc, mountinfo, spawn
 from hostos.libc import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REMOUNT
 from netplugins import namespace_alive, pin_namespaces, unpin_namespace
 
@@ -151,18 +152,26 @@ def _comm(pid: int) -> str:
         return ""
 
 
+# The infra parents this daemon started, by pid: reaped through their Popen (which also holds the reaping lock
+# subprocess's own clean-up takes), until their stop.
+_started: dict[int, subprocess.Popen[bytes]] = {}
+
+
 async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, workdir: str,
                       place: Callable[[int], Awaitable[None]], timeout: float = 5.0) -> tuple[int, int, int]:
     """Start catatonit as pid 1 of a new PID namespace, inside the pod's other namespaces and cgroup.
 
-    Returns (infra pid, its start time, pid of the `unshare` parent that holds it). posix_spawn keeps this
-    off the asyncio child watcher: the infra lives as long as the pod, not as long as a call.
+    Returns (infra pid, its start time, pid of the `unshare` parent that holds it). Spawned in a thread
+    (hostos.spawn; os.posix_spawnp held the GIL, so the event loop, for the whole vfork and exec) and kept off
+    the asyncio child watcher: the infra lives as long as the pod, not as long as a call.
     """
     # --wd puts the sandbox dir on the command line, so a sweep for the pod's processes finds the infra too.
     argv = ["unshare", f"--wd={workdir}", "--pid", "--fork", "--kill-child=SIGKILL", catatonit, "-P"]
     if namespaces:
         argv = ["nsenter", *(f"--{kind}={path}" for kind, path in sorted(namespaces.items()))] + argv
-    parent = os.posix_spawnp(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, setsid=True)
+    proc = await spawn.popen(argv, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, start_new_session=True)
+    parent = proc.pid
+    _started[parent] = proc
     try:
         await place(parent)  # into `cgroup`: moved there (cgroupfs), or a new systemd scope made around it
         deadline = time.monotonic() + timeout
@@ -170,14 +179,13 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, w
             kids = _children(parent)
             if kids and _comm(kids[0]) == "catatonit":
                 break
-            finished, _ = os.waitpid(parent, os.WNOHANG)
-            if finished:
+            if proc.poll() is not None:
                 raise Internal(f"infra process {' '.join(argv)} exited at start")
             if time.monotonic() > deadline:
                 raise Internal(f"infra process did not start within {timeout:g}s")
             await asyncio.sleep(0.001)
         infra = kids[0]
-        cgroups.move(infra, cgroup)  # it may have forked before its parent was moved
+        await asyncio.to_thread(cgroups.move, infra, cgroup)  # it may have forked before its parent was moved
         return infra, process_start_time(infra), parent
     except BaseException:
         await stop_infra(0, 0, parent)
@@ -217,6 +225,12 @@ def _is_infra_parent(parent: int, infra_start_time: int) -> bool:
 
 def _reaped(pid: int) -> bool:
     """Reap `pid` if it is our exited child; True once it is gone."""
+    proc = _started.get(pid)
+    if proc is not None:
+        if proc.poll() is None:
+            return False
+        del _started[pid]
+        return True
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
         return bool(finished)

@@ -84,14 +84,11 @@ class Teardown:
         if record.network_ready or record.infra_parent_pid or record.state != "notready":
             await self._stop_locked(record)
         host = self._t.host
-        if not record.namespace_options.host_ipc and record.shm_path:
-            host.unmount(record.shm_path)
-        for path in (record.netns_path, record.ipc_path, record.uts_path, record.userns_path):
-            if path:
-                host.unpin_namespace(path)
+        # In worker threads: the unmounts, and the parse of the mount table (hundreds of lines when 50 pods run),
+        # took the event loop's time from every other call while a node's pods went away together.
+        await asyncio.to_thread(self._unpin, record)
         crash_point("sandbox.remove.after_namespaces")
-        for target in host.mounts_below(Path(record.sandbox_dir) / "rootfs"):  # containers' rootfs binds
-            host.unmount(target)
+        await asyncio.to_thread(self._unmount_rootfs_binds, record)
         # systemd: stopping the infra's scope kills what is left in it and removes it, before any rmdir
         await self._t.cgroups.release(record.cgroup_path)
         if record.cgroups_created:
@@ -103,6 +100,19 @@ class Teardown:
             host.kill_cgroups(own)
             await host.remove_cgroups(own)
         await asyncio.to_thread(self._delete_files, record)
+
+    def _unpin(self, record: SandboxRecord) -> None:
+        host = self._t.host
+        if not record.namespace_options.host_ipc and record.shm_path:
+            host.unmount(record.shm_path)
+        for path in (record.netns_path, record.ipc_path, record.uts_path, record.userns_path):
+            if path:
+                host.unpin_namespace(path)
+
+    def _unmount_rootfs_binds(self, record: SandboxRecord) -> None:
+        """The containers' rootfs binds (user-namespaced pods)."""
+        for target in self._t.host.mounts_below(Path(record.sandbox_dir) / "rootfs"):
+            self._t.host.unmount(target)
 
     def _delete_files(self, record: SandboxRecord) -> None:
         """In a worker thread: on a busy disk these unlinks took milliseconds of the event loop."""
