@@ -10,6 +10,7 @@ owns it. Pod sandboxes are CRI-O style, without a pause image.
     host.py       host-side pieces: /dev/shm, rootfs binds for user-namespaced pods, the infra process; PodHost,
                   the one seam through which the parts act on the host (a fake in the unit tests)
     table.py      what they share: records, names, locks, cgroup driver, CNI, container hooks, events
+    infrawatch.py the infra processes' liveness from memory (a pidfd each, read by the loop)
 
 A sandbox is a set of pinned namespaces (net, ipc, uts), a /dev/shm tmpfs, a pod cgroup, generated
 resolv.conf/hosts/hostname files and, when the pod shares one PID namespace, an infra process (catatonit)
