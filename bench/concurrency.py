@@ -204,6 +204,8 @@ def main() -> int:
     ap.add_argument("--host-network", action="store_true", help="pods on the host network (no CNI)")
     ap.add_argument("--pollers", type=int, default=4, help="threads polling List*/Status during the waves")
     args = ap.parse_args()
+    if args.pollers < 1:
+        ap.error("--pollers must be at least 1 (the polls' figures are what it reports)")
     settings = {"log_level": "info", "storage": {"registries_conf": args.registries_conf}}
     network = None if args.host_network else BenchNetwork(bridge=BRIDGE, subnet="10.125.0.0/16",
                                                           name="pycri-bench-concurrency")
