@@ -177,16 +177,19 @@ def _populated(directory: Path) -> bool:
 
 
 def kill_all(cgroups_path: str, timeout: float = 1.0, lay: Layout | None = None) -> bool:
-    """SIGKILL every process left in the cgroup and wait (1 ms steps) until it is empty; False on timeout.
+    """SIGKILL every process left in the cgroup and wait until it is empty; False on timeout.
 
     An exited container can leave background children behind in a shared pid namespace. The runtimes kill them
     too, but then poll the cgroup in 10 ms steps before they can remove it: emptying it first makes their
-    delete quick.
+    delete quick. The wait starts with 1 ms steps and doubles them up to 10 ms: each look reads cgroup.procs in
+    every hierarchy (a dozen on v1), and on a loaded host, where the killed take long to go, 1 ms looks of 100
+    containers at once were GIL time taken from the event loop.
     """
     if not cgroups_path.strip("/"):
         return True
     dirs = [d for d in cgroup_dirs(cgroups_path, lay) if d.is_dir()]
     deadline = time.monotonic() + timeout
+    step = 0.001
     while True:
         pids = {pid for d in dirs for pid in procs(d)}
         if not pids and not any(_populated(d) for d in dirs):
@@ -194,4 +197,5 @@ def kill_all(cgroups_path: str, timeout: float = 1.0, lay: Layout | None = None)
         _kill(pids)
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.001)
+        time.sleep(step)
+        step = min(step * 2, 0.010)

@@ -110,8 +110,12 @@ class Teardown:
                 host.unpin_namespace(path)
 
     def _unmount_rootfs_binds(self, record: SandboxRecord) -> None:
-        """The containers' rootfs binds (user-namespaced pods)."""
-        for target in self._t.host.mounts_below(Path(record.sandbox_dir) / "rootfs"):
+        """The containers' rootfs binds (user-namespaced pods); where the directory they go under was never made,
+        nothing can be mounted below it, and the mount table is not read."""
+        rootfs = Path(record.sandbox_dir) / "rootfs"
+        if not rootfs.exists():
+            return
+        for target in self._t.host.mounts_below(rootfs):
             self._t.host.unmount(target)
 
     def _delete_files(self, record: SandboxRecord) -> None:
