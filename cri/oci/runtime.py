@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hostos import spawn
+
 from cri.oci.execpipes import Orphan, OutputPipes, reap_failed_starts
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,13 @@ class RuntimeTimeout(OCIRuntimeError):
 
 # Threads that run the runtime's short commands (create, start, kill, delete, state, list): as many as may run
 # at once when a node starts or stops 50 pods; a thread waits, it does not compute.
-_SPAWNER = ThreadPoolExecutor(32, thread_name_prefix="runtime")
+_SPAWNER_SIZE = 32
+_SPAWNER = ThreadPoolExecutor(_SPAWNER_SIZE, thread_name_prefix="runtime")
+
+
+def prestart() -> None:
+    """Start the spawner's threads now (hostos.spawn.prestart says why)."""
+    spawn.prestart(_SPAWNER, _SPAWNER_SIZE)
 
 _MISSING_MARKERS = ("does not exist", "not found", "no such file or directory", "container not running")
 

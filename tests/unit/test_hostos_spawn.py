@@ -170,3 +170,26 @@ def test_a_plugin_that_hangs_is_killed_with_what_it_started(tmp_path):
         asyncio.run(exec_plugin(plugin, ENV, b"{}", 0.5))
     assert "timed out after 0.5s" in str(err.value) and "waiting for the lock" in str(err.value)
     assert _gone(int(pids.read_text()))
+
+
+def test_prestart_starts_every_thread_of_a_pool_before_any_task():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(5, thread_name_prefix="prestart-test")
+    try:
+        spawn.prestart(pool, 5)
+        deadline = time.monotonic() + 10
+        while sum(t.name.startswith("prestart-test") for t in threading.enumerate()) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        real_start = threading.Thread.start
+        started = []
+        threading.Thread.start = lambda self: (started.append(self), real_start(self))[1]
+        try:
+            assert [f.result() for f in [pool.submit(lambda: 1) for _ in range(5)]] == [1] * 5
+        finally:
+            threading.Thread.start = real_start
+        assert started == []  # every task found a thread already running
+    finally:
+        pool.shutdown()
