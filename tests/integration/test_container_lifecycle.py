@@ -153,7 +153,8 @@ def test_background_children_of_an_exited_container_do_not_survive_its_removal(e
 FREEZER = "/sys/fs/cgroup/freezer"
 
 
-@pytest.mark.skipif(not os.path.isdir(FREEZER), reason="needs the cgroup v1 freezer")
+@pytest.mark.skipif(not os.path.isdir(FREEZER), reason="needs the cgroup v1 freezer to hold a killed process "
+                    "(cgroup v2's freezer lets SIGKILL through)")
 def test_removal_fails_while_a_killed_process_of_the_container_still_runs(env):
     """A process SIGKILL cannot end yet (frozen here; on a loaded host, one not yet scheduled to die) keeps
     RemoveContainer from claiming success; once it can die, the removal succeeds and nothing survives."""
