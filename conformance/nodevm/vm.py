@@ -28,7 +28,7 @@ LOCK = DEFAULT_CACHE / "vm.lock"
 KEEP_RUNS = 8
 KERNEL_CMDLINE = (
     "root=/dev/vda rw console=ttyS0,115200 apparmor=1 security=apparmor "
-    "systemd.unified_cgroup_hierarchy=1 panic=-1 loglevel=4 net.ifnames=0 tsc=reliable"
+    "systemd.unified_cgroup_hierarchy=1 panic=-1 loglevel=4 net.ifnames=0"
 )
 EXIT_TIMEOUT, EXIT_NO_STATUS = 124, 125
 # From qemu's start to the guest agent's first line: 35-55 s quiet, 3 min at a load of 10.
