@@ -11,6 +11,8 @@ import pytest
 from cri.api.v1 import api_pb2, api_pb2_grpc
 
 from cri.oci.runtime import EXEC_OUTPUT_CAP
+
+from conformance.daemon import TIME_SCALE
 from tests.integration.helpers_containers import (EventCollector, container_config, create, exec_sync,
                                                   pod_with_handler, run, status, wait_log, wait_state)
 
@@ -216,7 +218,8 @@ def test_partial_lines_are_tagged_as_conmon_and_cri_o_write_them(env):
     is a P record, closed by the next F. containerd buffers to the newline instead ("F xy"); kubelet's reader shows
     both the same. Output left unterminated at exit stays P, as with both peers."""
     d, pod, pod_cfg = env
-    cid = run(d, pod, pod_cfg, container_config("partial", ["sh", "-c", "printf x; sleep 0.3; echo y; printf end"]))
+    gap = 0.3 * TIME_SCALE  # long enough for conmon to have read the "x" alone (emulated in the node VM: 3 s)
+    cid = run(d, pod, pod_cfg, container_config("partial", ["sh", "-c", f"printf x; sleep {gap}; echo y; printf end"]))
     assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).exit_code == 0
     lines = wait_log(pod_cfg, "partial", lambda ls: len(ls) >= 3)
     assert lines == [("stdout", "P", "x"), ("stdout", "F", "y"), ("stdout", "P", "end")]
