@@ -3,6 +3,8 @@ screenshot, and the picture shows the chart (not blank, a bar in each phase's co
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,10 @@ def colour_pixels(image: Image.Image, hex_colour: str) -> int:
     return sum(1 for pixel in image.get_flattened_data() if all(abs(a - b) <= 6 for a, b in zip(pixel, wanted, strict=False)))
 
 
+# The node VM's image carries what a node needs, not a browser; the SVG drawn there is the same as on the build host,
+# where `make test` installs chromium and this test must run (there a missing chromium fails it).
+@pytest.mark.skipif(bool(os.environ.get("NODEVM_OUT")) and shutil.which("chromium") is None,
+                    reason="the node VM has no browser (the build host's make test renders the same SVG)")
 def test_the_timeline_svg_renders_in_chromium_with_a_bar_per_phase(daemon_factory, registry, tmp_path):
     for d, pod, pod_cfg in start_env(daemon_factory, registry, tmp_path):
         # kubelet pulls for a pod with the pod's config: the pull joins that pod's timeline.
