@@ -5,7 +5,6 @@ is as it was (conformance/hostcheck.py), never how fast anything went (bench/con
 from __future__ import annotations
 
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,10 +13,9 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from conformance.hostcheck import leaks, snapshot
-from hostos import cgroups
 from tests.imagebuild import build_busybox_image
 from tests.integration.fake_registry import FakeRegistry
-from tests.integration.helpers_sandboxes import PrivateNetwork
+from tests.integration.helpers_sandboxes import PrivateNetwork, own_cgroup_parent
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +41,10 @@ def net(tmp_path):
 
 @pytest.fixture
 def cgroup_parent():
-    """The pods' cgroup parent, kubelet's to make and remove (the daemon leaves it); removed after the daemon."""
-    parent = f"/pycri-conc-{uuid.uuid4().hex[:12]}"
-    yield parent
-    cgroups.remove(parent)
+    """The pods' cgroup parent, kubelet's to make and remove (the daemon leaves it): a directory under the cgroupfs
+    driver, a slice under systemd's (TEST_CGROUP_MANAGER; the node VM); removed after the daemon."""
+    with own_cgroup_parent("pycriconc") as parent:
+        yield parent
 
 
 @pytest.fixture
