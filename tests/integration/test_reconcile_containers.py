@@ -15,6 +15,7 @@ import grpc
 import pytest
 from cri.api.v1 import api_pb2
 
+from hostos.cgroups.driver import driver
 from tests.integration.helpers_containers import container_config, create, exec_sync, run, status, wait_state
 from tests.integration.helpers_sandboxes import mounts_below, process_gone, wait_until
 
@@ -36,6 +37,11 @@ def _cgroups_naming(cid: str) -> list[str]:
         for parent, dirs, _ in os.walk(hierarchy):
             found += [os.path.join(parent, name) for name in dirs if cid in name]
     return found
+
+
+def _our_cgroup(name: str) -> str:
+    """How the fixture daemon's cgroup driver names a cgroup of ours (a scope under systemd's, TEST_CGROUP_MANAGER)."""
+    return driver(os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs")).child("", name)
 
 
 def _process_cgroups(pid: int) -> set[str]:
@@ -157,9 +163,9 @@ def test_conmon_runs_in_its_own_cgroup_which_remove_takes_away(env):
     assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
     details = _info(d, cid)
     conmon_cgroups = _process_cgroups(details["conmonPid"])
-    assert conmon_cgroups and all(path.endswith(f"/pycri-conmon-{cid}") for path in conmon_cgroups)
+    assert conmon_cgroups and all(path.endswith(_our_cgroup(f"pycri-conmon-{cid}")) for path in conmon_cgroups)
     assert not _process_cgroups(d.proc.pid) & conmon_cgroups
-    assert all(path.endswith(f"/pycri-{cid}") for path in _process_cgroups(details["pid"]))
+    assert all(path.endswith(_our_cgroup(f"pycri-{cid}")) for path in _process_cgroups(details["pid"]))
     _remove_and_check_clean(d, cid, details["conmonPid"])
 
 
