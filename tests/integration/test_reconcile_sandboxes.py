@@ -15,6 +15,8 @@ from cri.api.v1 import api_pb2
 
 from conformance.client import container_config
 from conformance.daemon import _kill_processes_mentioning
+from hostos import cgroups
+from hostos.cgroups.driver import driver
 from tests.imagebuild import build_busybox_image
 from tests.integration.helpers_sandboxes import (PrivateNetwork, cgroup_exists, installed_network,
                                                  iptables_rules_mentioning, mounts_below, pod_config, process_gone,
@@ -173,7 +175,11 @@ def test_a_pod_cgroup_without_a_record_loses_its_processes_and_goes_but_another_
     details = info(d, pod_id)
     infra = details["pid"]
     d.kill()
-    foreign = Path("/sys/fs/cgroup/pids") / details["cgroupParent"].lstrip("/") / f"pycri-{os.urandom(32).hex()}"
+    lay = cgroups.layout()  # where pids are: cgroup v2's one tree, or v1's pids hierarchy
+    tree = lay.unified if lay.is_v2 and lay.unified is not None else Path("/sys/fs/cgroup/pids")
+    # named as this daemon's driver names its own pods' cgroups (a scope under systemd's)
+    name = driver(os.environ.get("TEST_CGROUP_MANAGER", "cgroupfs")).child("", f"pycri-{os.urandom(32).hex()}")
+    foreign = tree / details["cgroupParent"].lstrip("/") / name.lstrip("/")
     foreign.mkdir()
     stranger = subprocess.Popen(["sleep", "600"])
     try:
