@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The daemon's memory footprint: idle RSS/PSS and modules imported, then with N running pods.
 
-    bench/memory.py [--runs 3] [--settle 3] [--pods 50] [--image IMAGE] [--registries-conf FILE]
+    bench/memory.py [--runs 3] [--settle 3] [--breakdown] [--pods 50] [--image IMAGE] [--registries-conf FILE]
 
 Starts pycri in a temporary root with a minimal configuration (no CNI network, host-network pods),
 waits --settle seconds after the socket answers, and reads /proc/<pid>/status (VmRSS, RssAnon, RssFile)
@@ -16,8 +16,11 @@ Issue target: idle RSS <= 42 MB (containerd 1.6 idles at 42, CRI-O at 59), < 100
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,13 +54,60 @@ def idle_run(settle: float, env: dict[str, str]) -> tuple[dict[str, int], Daemon
     return footprint_kib(daemon.proc.pid), daemon
 
 
-def modules_imported(settle: float, env: dict[str, str]) -> int:
+def modules_imported(settle: float, env: dict[str, str]) -> list[str]:
+    """Every module the idle daemon has imported, in import order."""
     _, daemon = idle_run(settle, {**env, "PYTHONPROFILEIMPORTTIME": "1"})
     try:
         text = daemon.log_path.read_text(errors="replace")
     finally:
         daemon.cleanup()
-    return len(set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", text, re.M)))
+    return list(dict.fromkeys(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", text, re.M)))
+
+
+# What the idle footprint is made of: the modules are imported stage by stage in a fresh interpreter, the RSS
+# read after each. The last two import stages are every other module the idle daemon had imported: the standard
+# library's and other distributions' first, then pycri's own; what the idle daemon holds beyond that is its serving
+# state.
+BREAKDOWN_STAGES = [
+    ("asyncio (with ssl, subprocess)", ["asyncio"]),
+    ("grpcio (cygrpc, grpc.aio)", ["grpc", "grpc.aio"]),
+    ("protobuf and the CRI and health messages", ["google.protobuf", "cri.api.v1.api_pb2", "grpc_health.v1.health"]),
+    ("pydantic (and pydantic-core)", ["pydantic", "pydantic.main"]),
+]
+PYCRI_PACKAGES = {"cri", "storage", "netplugins", "hostos"}
+_BREAKDOWN_CHILD = """
+import importlib, json, sys
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+stages = json.load(sys.stdin)
+print(json.dumps(["interpreter", rss()]), flush=True)
+for name, modules in stages:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # a module the daemon imported by path or under a finder only it has
+            pass
+    print(json.dumps([name, rss()]), flush=True)
+"""
+
+
+def breakdown(idle_rss_kib: float, modules: list[str], env: dict[str, str]) -> list[tuple[str, float]]:
+    """(stage, MB it adds) from the interpreter to the idle daemon."""
+    ours = [m for m in modules if m.split(".")[0] in PYCRI_PACKAGES]
+    others = [m for m in modules if m not in ours and m != "__main__"]
+    stages = [*BREAKDOWN_STAGES, ("the other modules the daemon imports (standard library, opentelemetry ...)", others),
+              ("pycri's own modules (building its config models)", ours)]
+    out = subprocess.run([sys.executable, "-c", _BREAKDOWN_CHILD], input=json.dumps(stages), capture_output=True,
+                         text=True, check=True, env={**os.environ, **env}, cwd=Path(__file__).resolve().parent.parent)
+    rows, before = [], 0
+    for line in out.stdout.splitlines():
+        name, rss = json.loads(line)
+        rows.append((name, (rss - before) / 1024))
+        before = rss
+    rows.append(("serving: threads, gRPC server, loaded state", (idle_rss_kib - before) / 1024))
+    return rows
 
 
 def main() -> int:
@@ -74,6 +124,7 @@ def main() -> int:
     ap.add_argument("--no-metrics", action="store_true",
                     help="without the metrics endpoint (an installed daemon serves it; the test harness does not)")
     ap.add_argument("--no-bytecode-cache", action="store_true", help="compile every module at start, as the tests do")
+    ap.add_argument("--breakdown", action="store_true", help="what the idle RSS is made of, stage by stage")
     args = ap.parse_args()
     SETTINGS["metrics"] = {"enable": not args.no_metrics, "port": 0}  # port 0: a free one
     with tempfile.TemporaryDirectory(prefix="pycri-pycache") as cache:
@@ -91,9 +142,12 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> int:
         daemon.cleanup()
         samples.append(figures)
     med = {k: statistics.median(s[k] for s in samples) / 1024 for k in samples[0]}
+    modules = modules_imported(args.settle, env)
     print(f"idle (median of {args.runs}): RSS {med['VmRSS']:.1f} MB (anon {med['RssAnon']:.1f}, "
-          f"file {med['RssFile']:.1f}), PSS {med['Pss']:.1f} MB; "
-          f"{modules_imported(args.settle, env)} modules imported")
+          f"file {med['RssFile']:.1f}), PSS {med['Pss']:.1f} MB; {len(modules)} modules imported")
+    if args.breakdown:
+        for name, mb in breakdown(med["VmRSS"] * 1024, modules, env):
+            print(f"  {mb:5.1f} MB  {name}")
     if args.pods or args.pull:
         from cri.api.v1 import api_pb2
 
