@@ -62,6 +62,11 @@ class BundlePaths:
     def oom_file(self) -> Path:
         return self.bundle / "oom"
 
+    @property
+    def runtime_log(self) -> Path:
+        """The runtime's own messages at create (JSON lines): kept out of the container's stderr, its log."""
+        return self.bundle / "runtime.log"
+
 
 @dataclass(frozen=True)
 class Created:
@@ -96,7 +101,7 @@ class Conmon:
         """
         paths = BundlePaths(bundle)
         self.exit_file(container_id).unlink(missing_ok=True)  # a stale exit file would mark the new one exited
-        for stale in (paths.oom_file, paths.pid_file, paths.conmon_pid_file):
+        for stale in (paths.oom_file, paths.pid_file, paths.conmon_pid_file, paths.runtime_log):
             stale.unlink(missing_ok=True)
         args = [
             self.path, "--api-version", "1", "-c", container_id, "-u", container_id, "-n", name,
@@ -104,7 +109,9 @@ class Conmon:
             "--exit-dir", str(self.exit_dir), "--socket-dir-path", str(bundle.parent), "--full-attach",
             "-l", f"k8s-file:{log_path}" if log_path else "none", "--log-level", self.log_level,
         ]
-        for arg in runtime.global_args:
+        # The runtime runs with the container's stdio: what it logs itself (runc's warnings under systemd) would
+        # be the first lines of the container's log. Its --log takes them; errors still reach stderr too.
+        for arg in [*runtime.global_args, "--log", str(paths.runtime_log), "--log-format", "json"]:
             args += ["--runtime-arg", arg]
         args += self.cgroups.conmon_args
         if log_size_max > 0:
@@ -160,7 +167,8 @@ class Conmon:
             # The detached conmon ends after reporting; re-parented to the daemon, it is ours to reap (nobody
             # watches a monitor whose container never existed) or it would stay a zombie.
             await _reap_detached(_read_pid(paths.conmon_pid_file))
-            detail = (message or {}).get("message") or stderr or "conmon exited without reporting a pid"
+            detail = (runtime_errors(paths.runtime_log) or (message or {}).get("message") or stderr
+                      or "conmon exited without reporting a pid")
             action = "restore" if restore is not None else "create"
             raise ConmonError(f"{runtime.name} {action} failed: {detail.strip()}", detail)
         return Created(pid=pid, conmon_pid=_read_pid(paths.conmon_pid_file), monitor_ready=monitor_ready)
@@ -173,6 +181,29 @@ class Conmon:
     @staticmethod
     def resize(bundle: Path, height: int, width: int) -> None:
         _write_ctl(BundlePaths(bundle).ctl_fifo, f"1 {int(height)} {int(width)}\n")
+
+
+def runtime_errors(path: Path, last: int = 3) -> str:
+    """The last error messages in a runtime's JSON log ("" when none): what to tell the user when a create failed.
+    runc writes one record a line; crun's last record may lack its newline, so records are decoded one by one."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while True:
+        at = len(text) - len(text[at:].lstrip())
+        if at >= len(text):
+            break
+        try:
+            record, at = decoder.raw_decode(text, at)
+        except ValueError:
+            break  # a torn record (the runtime killed mid-write): what came before stands
+        if isinstance(record, dict) and record.get("level") in ("error", "fatal", "panic") and record.get("msg"):
+            message = str(record["msg"]).strip()
+            if message not in found:
+                found.append(message)
+    return "; ".join(found[-last:])
 
 
 def _write_ctl(fifo: Path, line: str) -> None:

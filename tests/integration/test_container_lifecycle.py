@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,7 +17,7 @@ from cri.oci.runtime import EXEC_OUTPUT_CAP
 
 from conformance.daemon import TIME_SCALE
 from tests.integration.helpers_containers import (EventCollector, container_config, create, exec_sync,
-                                                  pod_with_handler, run, status, wait_log, wait_state)
+                                                  pod_with_handler, run, start_env, status, wait_log, wait_state)
 
 pytestmark = pytest.mark.integration
 
@@ -109,8 +112,13 @@ def test_exec_sync_output_exit_code_and_timeout_kills_the_process(env):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_a_container_the_runtime_cannot_create_fails_to_start_and_ends_exited(env):
-    d, pod, pod_cfg = env
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_a_container_the_runtime_cannot_create_fails_to_start_and_ends_exited(env, handler, tmp_path, request):
+    """The runtime's error (read from its log file in the bundle) reaches the caller and the status."""
+    if handler == "crun":
+        request.getfixturevalue("crun_host")
+    d, _, _ = env
+    pod, pod_cfg = pod_with_handler(d, tmp_path, handler, name=f"nocmd-{handler}")
     cid = create(d, pod, pod_cfg, container_config("nocmd", ["/no/such/binary"]))
     with pytest.raises(grpc.RpcError) as err:
         d.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid), timeout=30)
@@ -229,6 +237,34 @@ def test_partial_lines_are_tagged_as_conmon_and_cri_o_write_them(env):
         shown = subprocess.run([crictl, "--runtime-endpoint", f"unix://{d.socket}", "logs", cid],
                                capture_output=True, text=True, timeout=30)
         assert shown.returncode == 0 and shown.stdout == "xy\nend", shown
+
+
+@pytest.fixture
+def chatty_env(daemon_factory, registry, tmp_path):
+    """env, whose runc logs at debug level at every call (as runc 1.1 warns at create under the systemd driver
+    about default device rules whose device the node lacks)."""
+    wrapper = tmp_path / "runc-debug"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("runc")} --debug "$@"\n')
+    wrapper.chmod(0o755)
+    handlers = {"runc": {"path": str(wrapper)}, "crun": {"path": "crun"}}
+    yield from start_env(daemon_factory, registry, tmp_path, {"runtime": {"handlers": handlers}})
+
+
+def test_the_runtimes_own_messages_stay_out_of_the_containers_log(chatty_env):
+    """The runtime runs `create` with the container's stdio: its own messages go to a log file in the bundle
+    (gone with the container), and the container's log holds only what the container wrote."""
+    d, pod, pod_cfg = chatty_env
+    cid = run(d, pod, pod_cfg, container_config("quiet", ["sh", "-c", "echo to-stdout; echo to-stderr >&2"]))
+    assert wait_state(d, cid, api_pb2.CONTAINER_EXITED).exit_code == 0
+    lines = wait_log(pod_cfg, "quiet", lambda ls: len(ls) >= 2)
+    assert sorted(lines) == [("stderr", "F", "to-stderr"), ("stdout", "F", "to-stdout")]
+    bundle = Path(json.loads(status(d, cid, verbose=True).info["info"])["bundle"])
+    assert '"level":"debug"' in (bundle / "runtime.log").read_text()
+    d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
+    deadline = time.monotonic() + 30  # the bundle is reclaimed in the background after the reply
+    while bundle.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not bundle.exists()
 
 
 def children_of(pid: int) -> list[tuple[int, str, str]]:
