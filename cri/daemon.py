@@ -179,6 +179,7 @@ def _start_worker_threads() -> None:
     asyncio.get_running_loop().set_default_executor(default)
     spawn.prestart(default, size)
     spawn.prestart()
+    spawn.prestart(spawn.MONITORS, spawn.MONITORS_SIZE)
     runtime.prestart()
 
 

@@ -21,10 +21,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
 
-# Threads that start children and wait for them: as many as a wave of pod starts runs at once (a conmon and a CNI
-# chain per pod); each waits, it does not compute.
+# Threads that start children and wait for them: as many as a wave of pod starts runs at once (a CNI chain and an
+# infra per pod); each waits, it does not compute.
 _POOL_SIZE = 32
 _POOL = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="spawn")
+# conmon's own threads: a CNI plugin holds its thread for its whole run (host-local's lock serializes a wave's
+# ADDs), and a container's start, which waits for its conmon, queued behind them when the two shared one pool.
+# conmon's first process exits right after its fork, so a few threads serve a whole wave of creates.
+MONITORS_SIZE = 8
+MONITORS = ThreadPoolExecutor(MONITORS_SIZE, thread_name_prefix="spawn-conmon")
 
 # After a kill, how long the pipes may stay open (held by something that left the process group) before they
 # are closed on it and what it wrote is dropped.
@@ -48,9 +53,10 @@ def prestart(pool: ThreadPoolExecutor = _POOL, size: int = _POOL_SIZE) -> None:
         pool.submit(ready.wait, 10)
 
 
-async def popen(argv: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen(argv, **options)`` in a spawner thread; OSError as Popen raises it."""
-    future = asyncio.get_running_loop().run_in_executor(_POOL, partial(_start, list(argv), options))
+async def popen(argv: Sequence[str], pool: ThreadPoolExecutor = _POOL, **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **options)`` in a thread of ``pool`` (this module's by default, MONITORS for
+    conmon); OSError as Popen raises it. Each call below takes the pool its child was started from."""
+    future = asyncio.get_running_loop().run_in_executor(pool, partial(_start, list(argv), options))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -59,16 +65,16 @@ async def popen(argv: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
         except Exception:
             raise asyncio.CancelledError() from None
         kill(proc, group=bool(options.get("start_new_session")))
-        await asyncio.get_running_loop().run_in_executor(_POOL, _drain, proc)
+        await asyncio.get_running_loop().run_in_executor(pool, _drain, proc)
         raise
 
 
 async def communicate(proc: subprocess.Popen[bytes], stdin: bytes | None = None, timeout: float | None = None,
-                      group: bool = False) -> Output:
+                      group: bool = False, pool: ThreadPoolExecutor = _POOL) -> Output:
     """Feed ``stdin``, then collect the output until the process ends. After ``timeout`` seconds the process (with
     ``group``, its whole process group: what it started too) is killed and reaped, and the result says timed out
     with what it wrote by then. A cancelled caller's process is killed the same way before CancelledError goes on."""
-    future = asyncio.get_running_loop().run_in_executor(_POOL, _communicate, proc, stdin, timeout, group)
+    future = asyncio.get_running_loop().run_in_executor(pool, _communicate, proc, stdin, timeout, group)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -80,9 +86,9 @@ async def communicate(proc: subprocess.Popen[bytes], stdin: bytes | None = None,
         raise
 
 
-async def wait(proc: subprocess.Popen[bytes]) -> int:
+async def wait(proc: subprocess.Popen[bytes], pool: ThreadPoolExecutor = _POOL) -> int:
     """Its exit status once it ended (reaped), without holding the loop."""
-    return await asyncio.get_running_loop().run_in_executor(_POOL, proc.wait)
+    return await asyncio.get_running_loop().run_in_executor(pool, proc.wait)
 
 
 def kill(proc: subprocess.Popen[bytes], group: bool = False) -> None:

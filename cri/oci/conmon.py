@@ -132,8 +132,8 @@ class Conmon:
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "_OCI_SYNCPIPE": str(sync_w), "_OCI_STARTPIPE": str(start_r)}
-        try:  # in a spawner thread: the fork and exec no longer hold the event loop
-            proc = await spawn.popen(args, cwd=str(bundle), env=env, pass_fds=(sync_w, start_r),
+        try:  # in a thread of conmon's own spawner pool: off the event loop, and never behind a CNI plugin
+            proc = await spawn.popen(args, spawn.MONITORS, cwd=str(bundle), env=env, pass_fds=(sync_w, start_r),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
         except BaseException:
@@ -150,7 +150,7 @@ class Conmon:
         except OSError as e:  # the cgroup, or conmon died before its start
             os.close(sync_r)
             spawn.kill(proc)
-            await spawn.wait(proc)
+            await spawn.wait(proc, spawn.MONITORS)
             raise ConmonError(f"starting conmon (cgroup {cgroup or 'inherited'}): {e}") from e
         finally:
             os.close(start_w)
@@ -264,7 +264,7 @@ async def _sync_message(fd: int, timeout: float) -> dict[str, Any] | None:
 async def _finish(proc: subprocess.Popen[bytes]) -> str:
     """conmon's first process exits right after its fork; reap it (killed after 10 s) and return what it said on
     stderr."""
-    done = await spawn.communicate(proc, timeout=10)
+    done = await spawn.communicate(proc, timeout=10, pool=spawn.MONITORS)
     return done.stderr.decode(errors="replace").strip()
 
 

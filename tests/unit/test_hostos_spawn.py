@@ -141,6 +141,33 @@ def test_the_loop_keeps_answering_while_children_start(tmp_path, monkeypatch):
     assert asyncio.run(scenario()) > 20  # ~100 ticks/s: the loop was never held for the spawns
 
 
+def test_conmon_starts_while_every_plugin_thread_is_busy(tmp_path):
+    """A wave of CNI plugins (each holds its thread for its whole run) fills the shared pool: conmon, started from
+    its own pool, does not queue behind them."""
+    gate = tmp_path / "gate"
+    plugin = _script(tmp_path, f'while [ ! -e {gate} ]; do sleep 0.05; done\n', "slow-plugin")
+
+    async def scenario() -> float:
+        async def plugin_run() -> spawn.Output:
+            proc = await spawn.popen([str(plugin)], stdout=subprocess.PIPE, start_new_session=True)
+            return await spawn.communicate(proc, timeout=30, group=True)
+
+        plugins = [asyncio.create_task(plugin_run()) for _ in range(spawn._POOL_SIZE + 8)]
+        await asyncio.sleep(0.5)  # every shared thread now waits in a plugin; 8 more plugins queue
+        opening = asyncio.get_running_loop().call_later(5, gate.touch)  # behind the plugins, conmon waits for it
+        t0 = time.monotonic()
+        proc = await spawn.popen(["true"], spawn.MONITORS, stderr=subprocess.PIPE)
+        done = await spawn.communicate(proc, timeout=10, pool=spawn.MONITORS)
+        elapsed = time.monotonic() - t0
+        opening.cancel()
+        gate.touch()
+        outputs = await asyncio.gather(*plugins)
+        assert done.returncode == 0 and [o.returncode for o in outputs] == [0] * len(plugins)
+        return elapsed
+
+    assert asyncio.run(scenario()) < 4
+
+
 # --- a CNI plugin run through it ----------------------------------------------------------------------------
 
 ENV = {"CNI_COMMAND": "ADD", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
