@@ -30,29 +30,56 @@ def create(cgroups_path: str, lay: Layout | None = None) -> list[str]:
     (a v2 one needs nothing, and its cpuset files may not even be there: the parent need not enable cpuset). An
     existing one still empty is seeded too: a concurrent create may have made it and not yet seeded it (ten pods
     started at once saw ENOSPC). On failure what was made is removed again and the OSError propagates.
+    In the other hierarchies the leaf is made first and its parents only when missing: a container's cgroup
+    comes after its pod's, and each mkdir and look is GIL time the event loop waits for (py-spy of a 50-pod wave:
+    this was a quarter of the worker threads' GIL samples on this host's 13 v1 hierarchies).
     """
     created: list[str] = []
     parts = _parts(cgroups_path)
     lay = lay or layout()
+    cpuset = None if lay.is_v2 else lay.v1.get("cpuset")
     try:
         for mount in hierarchies(lay):
-            v1_cpuset = mount != lay.unified  # v2 cpuset starts from the parent's effective sets by itself
-            current = mount
-            for part in parts:
-                parent, current = current, current / part
-                try:
-                    os.mkdir(current, 0o755)
-                    created.append(str(current))
-                except FileExistsError:
-                    pass
-                if v1_cpuset and (parent / "cpuset.cpus").exists():
-                    for name in ("cpuset.cpus", "cpuset.mems"):
-                        if _unset(current / name):
-                            (current / name).write_text((parent / name).read_text())
+            if mount == cpuset:
+                _create_seeded(mount, parts, created)
+            else:
+                _makedirs(str(mount), parts, created)
     except OSError:
         remove_now(created)
         raise
     return created
+
+
+def _makedirs(mount: str, parts: list[str], created: list[str]) -> None:
+    path = os.path.join(mount, *parts)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        if len(parts) == 1:
+            raise
+        _makedirs(mount, parts[:-1], created)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            return
+    created.append(path)
+
+
+def _create_seeded(mount: Path, parts: list[str], created: list[str]) -> None:
+    current = mount
+    for part in parts:
+        parent, current = current, current / part
+        try:
+            os.mkdir(current, 0o755)
+            created.append(str(current))
+        except FileExistsError:
+            pass
+        if (parent / "cpuset.cpus").exists():
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if _unset(current / name):
+                    (current / name).write_text((parent / name).read_text())
 
 
 def _unset(cpuset_file: Path) -> bool:
@@ -64,8 +91,13 @@ def _unset(cpuset_file: Path) -> bool:
 
 def move(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:
     """Move ``pid`` into the (existing) cgroup in every hierarchy."""
+    data = str(pid).encode()
     for directory in cgroup_dirs(clean_path(cgroups_path), lay):
-        (directory / "cgroup.procs").write_text(str(pid))
+        fd = os.open(os.path.join(directory, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
 
 def place(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:

@@ -156,6 +156,26 @@ def test_create_seeds_a_parent_a_concurrent_create_made_but_had_not_seeded_yet(t
     assert (tmp_path / "cpuset/pycri/cpuset.cpus").read_text() == "0-1\n"
 
 
+def test_create_makes_missing_parents_top_down_and_move_writes_every_hierarchy(tmp_path):
+    """Outside cpuset the leaf is tried first: parents are made only where missing, and reported top-down."""
+    lay = _fake_v1(tmp_path)
+    (tmp_path / "memory" / "kubepods").mkdir()
+    created = cgroups.create("/kubepods/pod1/ctr1", lay)
+    assert created == [str(tmp_path / "cpuset/kubepods"), str(tmp_path / "cpuset/kubepods/pod1"),
+                       str(tmp_path / "cpuset/kubepods/pod1/ctr1"), str(tmp_path / "memory/kubepods/pod1"),
+                       str(tmp_path / "memory/kubepods/pod1/ctr1")]
+    assert cgroups.create("/kubepods/pod1/ctr2", lay) == [str(tmp_path / "cpuset/kubepods/pod1/ctr2"),
+                                                          str(tmp_path / "memory/kubepods/pod1/ctr2")]
+    assert cgroups.create("/kubepods/pod1/ctr2", lay) == []
+    for hierarchy in ("cpuset", "memory"):
+        (tmp_path / hierarchy / "kubepods/pod1/ctr2/cgroup.procs").write_text("")
+    cgroups.move(4242, "/kubepods/pod1/ctr2", lay)
+    assert [(tmp_path / h / "kubepods/pod1/ctr2/cgroup.procs").read_text() for h in ("cpuset", "memory")] == \
+        ["4242", "4242"]
+    with pytest.raises(FileNotFoundError):
+        cgroups.move(4242, "/kubepods/pod1/gone", lay)
+
+
 def test_remove_created_leaves_a_shared_parent_and_removes_ours(tmp_path):
     lay = cgroups.Layout(unified=tmp_path / "unified", v1={"memory": tmp_path / "memory"})  # no files to seed
     for hierarchy in cgroups.hierarchies(lay):
