@@ -183,6 +183,18 @@ def _start_worker_threads() -> None:
     runtime.prestart()
 
 
+def _freeze_startup_objects() -> None:
+    """Take what the start made (modules, classes, the runtime's tables: some 54,000 objects the cyclic collector
+    tracks once serving) out of its full collections: each walked them all with the GIL held, 20-150 ms on this
+    2-core host with the node VM beside it (55-86 ms seen in a 50-pod wave), while every call waited. They live as
+    long as the daemon; a full collection now walks only what was made since (0.1-0.5 ms just after the start).
+    Cycles among them that become garbage later (a configuration replaced by SIGHUP) are not reclaimed."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: Config, load_config: Callable[[], Config] | None = None) -> None:
     """Run until SIGTERM or SIGINT; then finish in-flight calls and remove the socket. SIGHUP reloads what can
     change live (cri/reload.py) from `load_config()`, which reads the configuration as the start did."""
@@ -232,6 +244,7 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
         os.chmod(config.socket_path, config.socket_mode)
         log.info("pycri serving CRI v1 on %s (%d RPCs implemented)%s", config.listen, len(handlers),
                  "; the previous run did not shut down cleanly" if unclean else "")
+        _freeze_startup_objects()
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
