@@ -182,9 +182,22 @@ def find(names: set[str], lay: Layout | None = None) -> list[str]:
 
 def procs(directory: str | Path) -> list[int]:
     try:
-        return [int(p) for p in (Path(directory) / "cgroup.procs").read_text().split()]
+        return [int(p) for p in _read(os.path.join(directory, "cgroup.procs")).split()]
     except (OSError, ValueError):
         return []
+
+
+def _read(path: str) -> bytes:
+    """A small kernel file's content, with os calls only: kill_all reads a dozen of them per look, from worker
+    threads, and Path.read_text's Python (a text wrapper per file) was GIL time the event loop waited for."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def kill(directories: list[str]) -> None:
@@ -201,9 +214,9 @@ def _kill(pids: set[int] | list[int]) -> None:
             pass
 
 
-def _populated(directory: Path) -> bool:
+def _populated(directory: str) -> bool:
     try:
-        return "populated 1" in (directory / "cgroup.events").read_text()
+        return b"populated 1" in _read(os.path.join(directory, "cgroup.events"))
     except OSError:
         return False
 
@@ -219,7 +232,7 @@ def kill_all(cgroups_path: str, timeout: float = 1.0, lay: Layout | None = None)
     """
     if not cgroups_path.strip("/"):
         return True
-    dirs = [d for d in cgroup_dirs(cgroups_path, lay) if d.is_dir()]
+    dirs = [str(d) for d in cgroup_dirs(cgroups_path, lay) if os.path.isdir(d)]
     deadline = time.monotonic() + timeout
     step = 0.001
     while True:

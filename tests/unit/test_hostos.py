@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import subprocess
 import threading
 
 import pytest
@@ -174,6 +175,35 @@ def test_create_makes_missing_parents_top_down_and_move_writes_every_hierarchy(t
         ["4242", "4242"]
     with pytest.raises(FileNotFoundError):
         cgroups.move(4242, "/kubepods/pod1/gone", lay)
+
+
+def test_kill_all_kills_what_the_cgroup_holds_and_waits_until_it_is_empty(tmp_path):
+    """The fake kernel: the listed process is reaped, then its cgroup files say empty."""
+    lay = cgroups.Layout(unified=tmp_path / "unified", v1={"memory": tmp_path / "memory"})
+    dirs = [tmp_path / "memory/pod/c1", tmp_path / "unified/pod/c1"]
+    for d in dirs:
+        d.mkdir(parents=True)
+        (d / "cgroup.procs").write_text("")
+    child = subprocess.Popen(["sleep", "60"])
+    (dirs[0] / "cgroup.procs").write_text(f"{child.pid}\n")
+    (dirs[1] / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+
+    def kernel() -> None:
+        child.wait()
+        (dirs[0] / "cgroup.procs").write_text("")
+        (dirs[1] / "cgroup.events").write_text("populated 0\nfrozen 0\n")
+
+    reaper = threading.Thread(target=kernel)
+    reaper.start()
+    try:
+        assert cgroups.procs(dirs[0]) == [child.pid]
+        assert cgroups.kill_all("/pod/c1", 5.0, lay)
+    finally:
+        child.kill()
+        reaper.join()
+    assert child.returncode == -9
+    (dirs[1] / "cgroup.events").write_text("populated 1\nfrozen 0\n")  # something that never leaves
+    assert not cgroups.kill_all("/pod/c1", 0.1, lay)
 
 
 def test_remove_created_leaves_a_shared_parent_and_removes_ours(tmp_path):
