@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from hostos import mountinfo
@@ -25,6 +25,24 @@ class Layout:
     @property
     def is_v2(self) -> bool:
         return not self.v1 and self.unified is not None
+
+    @cached_property
+    def mounts(self) -> tuple[Path, ...]:
+        """Mount points of every hierarchy a cgroup of ours lives in (hybrid: runc mirrors it in cgroup2 too).
+        Worked out once: every cgroup creation, move and emptying asks, from worker threads (py-spy of a 50-pod
+        wave: the comparisons of Paths here were GIL time the event loop waited for)."""
+        if self.is_v2:
+            return (self.unified,)  # type: ignore[return-value]
+        v1 = list(dict.fromkeys(self.v1.values()))
+        mounts = v1 + [n for n in self.named if n not in v1]
+        if self.unified is not None:
+            mounts.append(self.unified)
+        return tuple(mounts)
+
+    @cached_property
+    def mount_paths(self) -> tuple[str, ...]:
+        """``mounts`` as strings, for os calls."""
+        return tuple(str(m) for m in self.mounts)
 
 
 def layout_of(mounts: list[mountinfo.Mount]) -> Layout:
@@ -57,13 +75,7 @@ def layout() -> Layout:
 
 def hierarchies(lay: Layout | None = None) -> list[Path]:
     """Mount points of every hierarchy a cgroup of ours lives in (hybrid: runc mirrors it in cgroup2 too)."""
-    lay = lay or layout()
-    if lay.is_v2:
-        return [lay.unified]  # type: ignore[list-item]
-    mounts = list(dict.fromkeys(lay.v1.values())) + [n for n in lay.named if n not in lay.v1.values()]
-    if lay.unified is not None:
-        mounts.append(lay.unified)
-    return mounts
+    return list((lay or layout()).mounts)
 
 
 def clean_path(path: str) -> str:

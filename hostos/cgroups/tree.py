@@ -38,12 +38,13 @@ def create(cgroups_path: str, lay: Layout | None = None) -> list[str]:
     parts = _parts(cgroups_path)
     lay = lay or layout()
     cpuset = None if lay.is_v2 else lay.v1.get("cpuset")
+    cpuset_path = str(cpuset) if cpuset is not None else None
     try:
-        for mount in hierarchies(lay):
-            if mount == cpuset:
+        for mount, path in zip(lay.mounts, lay.mount_paths, strict=True):
+            if path == cpuset_path:
                 _create_seeded(mount, parts, created)
             else:
-                _makedirs(str(mount), parts, created)
+                _makedirs(path, parts, created)
     except OSError:
         remove_now(created)
         raise
@@ -92,12 +93,18 @@ def _unset(cpuset_file: Path) -> bool:
 def move(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:
     """Move ``pid`` into the (existing) cgroup in every hierarchy."""
     data = str(pid).encode()
-    for directory in cgroup_dirs(clean_path(cgroups_path), lay):
+    for directory in _dirs(clean_path(cgroups_path), lay):
         fd = os.open(os.path.join(directory, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
+
+
+def _dirs(cgroups_path: str, lay: Layout | None) -> list[str]:
+    """cgroup_dirs as strings, joined without Path objects."""
+    relative = cgroups_path.strip("/")
+    return [os.path.join(m, relative) for m in (lay or layout()).mount_paths]
 
 
 def place(pid: int, cgroups_path: str, lay: Layout | None = None) -> None:
@@ -232,7 +239,7 @@ def kill_all(cgroups_path: str, timeout: float = 1.0, lay: Layout | None = None)
     """
     if not cgroups_path.strip("/"):
         return True
-    dirs = [str(d) for d in cgroup_dirs(cgroups_path, lay) if os.path.isdir(d)]
+    dirs = [d for d in _dirs(cgroups_path, lay) if os.path.isdir(d)]
     deadline = time.monotonic() + timeout
     step = 0.001
     while True:
