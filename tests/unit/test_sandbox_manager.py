@@ -32,6 +32,7 @@ class FakeHost(PodHost):
         self.pinned: set[Path] = set()
         self.shm: set[str] = set()
         self.cgroups: set[str] = set()
+        self.killed: list[str] = []
         self.infra: set[int] = set()
         self.dead_infra: set[int] = set()
         self.fail = ""
@@ -90,7 +91,7 @@ class FakeHost(PodHost):
         return [f"/fake/cgroup{c}" for c in sorted(self.cgroups) if c.rsplit("/", 1)[-1] in names]
 
     def kill_cgroups(self, directories: list[str]) -> None:
-        pass
+        self.killed.extend(directories)
 
     async def start_infra(self, catatonit: str, namespaces: dict[str, str], cgroup: str, workdir: str,
                           place: Callable[[int], Awaitable[None]]) -> tuple[int, int, int]:
@@ -324,8 +325,19 @@ def test_reconciliation_at_start(env: Env) -> None:
         env.cni.attached[orphan] = PodNetwork(id=orphan, name="o", namespace="ns", uid="u", netns="")
 
         second = env.manager()
+        released: list[tuple[str, list[str]]] = []  # (scope, cgroups killed by then)
+        release = second._t.cgroups.release
+
+        async def recorded_release(path: str) -> None:
+            released.append((path, list(env.host.killed)))
+            await release(path)
+
+        second._t.cgroups.release = recorded_release  # type: ignore[method-assign]
         await second.start()
         assert {r.id: r.state for r in second.list()} == {kept.id: "ready", died.id: "notready"}
+        # what a crash left in the half-created sandbox's own cgroup is killed before systemd is asked to stop its
+        # scope (an infra not yet exec'd ignores systemd's SIGTERM as its PID namespace's init)
+        assert (half.cgroup_path, [f"/fake/cgroup{half.cgroup_path}"]) in released
         assert half.id not in env.cni.attached and orphan not in env.cni.attached
         assert sorted(env.sandbox_dirs()) == sorted([kept.id, died.id])
         assert not any(str(p).startswith(half.sandbox_dir) for p in env.host.pinned)

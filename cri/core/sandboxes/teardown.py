@@ -89,16 +89,18 @@ class Teardown:
         await asyncio.to_thread(self._unpin, record)
         crash_point("sandbox.remove.after_namespaces")
         await asyncio.to_thread(self._unmount_rootfs_binds, record)
+        if half_created:
+            # A crash can leave the infra in its own cgroup before the record knew its pid, possibly not yet
+            # exec'd: a PID namespace's init ignores SIGTERM, so systemd's stop of its scope would wait out
+            # TimeoutStopSec (the node VM's undo failed on it). Whatever is in it is ours to kill, first.
+            host.kill_cgroups(host.cgroup_dirs(record.cgroup_path))
         # systemd: stopping the infra's scope kills what is left in it and removes it, before any rmdir
         await self._t.cgroups.release(record.cgroup_path)
         if record.cgroups_created:
             await host.remove_cgroups(record.cgroups_created)
         elif half_created:  # the crash may have come before the record learned which cgroups it made
-            # the sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left); a
-            # crash can leave the infra in it before the record knew its pid: whatever is in it is ours to kill
-            own = host.cgroup_dirs(record.cgroup_path)
-            host.kill_cgroups(own)
-            await host.remove_cgroups(own)
+            # the sandbox's own cgroup dir in every hierarchy (its parents may be shared, so they are left)
+            await host.remove_cgroups(host.cgroup_dirs(record.cgroup_path))
         await asyncio.to_thread(self._delete_files, record)
 
     def _unpin(self, record: SandboxRecord) -> None:
