@@ -227,6 +227,12 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ])
+    # Before the socket serves: a client that sees it serving may stop the daemon at once (a SIGTERM before the
+    # handler is in place would end the process without its clean shutdown), and it then stops once started.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         for service in rt.services:
             await service.start()
@@ -235,6 +241,7 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        _freeze_startup_objects()  # before the first call, which would otherwise wait for the full collection
         old_umask = os.umask(0o117)
         try:
             server.add_insecure_port(config.listen)
@@ -244,12 +251,7 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
         os.chmod(config.socket_path, config.socket_mode)
         log.info("pycri serving CRI v1 on %s (%d RPCs implemented)%s", config.listen, len(handlers),
                  "; the previous run did not shut down cleanly" if unclean else "")
-        _freeze_startup_objects()
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         if load_config is not None:
             from cri.reload import Reloader
 

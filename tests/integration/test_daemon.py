@@ -1,9 +1,11 @@
 """The daemon as kubelet and crictl first meet it: handshake, status, errors, lifetime."""
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -98,6 +100,22 @@ def test_bad_config_is_rejected_naming_the_file_and_key(tmp_path):
     assert proc.returncode == 2
     assert str(conf) in proc.stderr
     assert "runtime.default_runtme" in proc.stderr
+
+
+def test_a_sigterm_as_soon_as_the_socket_appears_is_a_clean_shutdown(daemon):
+    """A client (kubelet, systemd, a test) may stop the daemon the moment its socket appears: the stop must still
+    be the clean one (exit 0, socket removed, clean marker), not SIGTERM's default action mid-start."""
+    assert daemon.stop() == 0
+    daemon.proc = subprocess.Popen(daemon.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                                   start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not daemon.socket.exists():
+        assert daemon.proc.poll() is None and time.monotonic() < deadline, "the daemon did not create its socket"
+        time.sleep(0.001)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=60) == 0
+    assert not daemon.socket.exists()
+    assert (daemon.root / "clean-shutdown").exists()
 
 
 def test_graceful_shutdown_removes_the_socket_and_leaves_a_clean_marker(daemon):
