@@ -85,6 +85,7 @@ def wrap_unary(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         span = tracer.rpc(name, context.invocation_metadata()) if tracer is not None else None
+        done = False
         try:
             if mutating:
                 return await run_to_end(request, context)
@@ -94,11 +95,18 @@ def wrap_unary(name: str, handler: Callable, rt: Runtime, on_abandoned: Callable
             raise
         except Exception as exc:  # every failure leaves as a status, never as a crash
             code, message = _failure(name, rid, exc)
-            await context.abort(code, message)
-        finally:
+            # grpc.aio's abort sends the status before it raises: the caller may read the metrics or the
+            # trace the moment it has its error, so both are recorded first.
+            done = True
             _done(name, rid, code, start, record, level)
             if span is not None:
                 span.close(code=code.name)
+            await context.abort(code, message)
+        finally:
+            if not done:
+                _done(name, rid, code, start, record, level)
+                if span is not None:
+                    span.close(code=code.name)
 
     return call
 
@@ -113,6 +121,7 @@ def wrap_stream(name: str, handler: Callable, rt: Runtime) -> Callable:
         rid = next(_ids)
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        done = False
         try:
             async for item in handler(rt, request, context):
                 yield item
@@ -121,9 +130,12 @@ def wrap_stream(name: str, handler: Callable, rt: Runtime) -> Callable:
             raise
         except Exception as exc:
             code, message = _failure(name, rid, exc)
+            done = True  # recorded before abort sends the status, as for unary calls
+            _done(name, rid, code, start, record, level)
             await context.abort(code, message)
         finally:
-            _done(name, rid, code, start, record, level)
+            if not done:
+                _done(name, rid, code, start, record, level)
 
     return call
 

@@ -17,12 +17,17 @@ class _Aborted(Exception):
 
 
 class _Context:
-    def __init__(self):
+    def __init__(self, calls=None):
         self.aborted = None
+        self.calls = calls
+        self.recorded_at_abort = None
 
     async def abort(self, code, message):
+        # As grpc.aio's context does: the status is on its way to the caller before abort raises.
         self.aborted = (code, message)
-        raise _Aborted(message)  # as grpc.aio's context does
+        if self.calls is not None:
+            self.recorded_at_abort = list(self.calls)
+        raise _Aborted(message)
 
 
 def _runtime():
@@ -53,11 +58,30 @@ def test_a_stream_that_ends_is_recorded_ok():
 
 def test_a_stream_that_fails_is_recorded_with_its_code_and_aborted():
     rt, calls = _runtime()
-    context = _Context()
+    context = _Context(calls)
     with pytest.raises(_Aborted):
         asyncio.run(_collect(wrap("StreamPodSandboxes", _fails_after_one, rt), context))
     assert context.aborted == (grpc.StatusCode.NOT_FOUND, "pod sandbox x not found")
+    assert context.recorded_at_abort == [("StreamPodSandboxes", "NOT_FOUND", True)]
     assert calls == [("StreamPodSandboxes", "NOT_FOUND", True)]
+
+
+@pytest.mark.parametrize("name", ["ContainerStatus", "RemoveContainer"])  # a read, and a call run to its end
+def test_a_failed_call_is_in_the_metrics_before_its_status_reaches_the_caller(name):
+    """A caller that reads the metrics as soon as it has its error must find the error counted there."""
+    rt, calls = _runtime()
+    context = _Context(calls)
+    context.cancelled = lambda: False
+    context.time_remaining = lambda: None
+    context.invocation_metadata = lambda: ()
+
+    async def missing(rt, request, context):
+        raise NotFound("container f not found")
+
+    with pytest.raises(_Aborted):
+        asyncio.run(wrap(name, missing, rt)(None, context))
+    assert context.recorded_at_abort == [(name, "NOT_FOUND", True)]
+    assert calls == [(name, "NOT_FOUND", True)]
 
 
 def test_a_stream_the_caller_leaves_is_recorded_cancelled():
