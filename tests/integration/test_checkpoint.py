@@ -17,6 +17,7 @@ from cri.api.v1 import api_pb2
 
 from tests.integration.helpers_containers import (container_config, create, exec_sync, log_lines, pod_config, run,
                                                  status, wait_state)
+from tests.integration.helpers_sandboxes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +151,9 @@ def _checkpoint_and_restore(d, first_pod, first_cfg, pod, cfg, tmp_path) -> None
     assert list(d.runtime.ListContainers(api_pb2.ListContainersRequest(
         filter=api_pb2.ContainerFilter(pod_sandbox_id=pod))).containers) == []
     assert not _processes_with(marker)
-    assert not d.state_dir.joinpath("containers", restored).exists()
+    # the bundle goes with the reclaim that runs in the background after RemoveContainer's reply
+    bundle = d.state_dir.joinpath("containers", restored)
+    wait_until(lambda: not bundle.exists(), f"the bundle {bundle} is gone", timeout=30)
 
 
 def _count(d, cid) -> int:

@@ -21,6 +21,7 @@ from cri.core.containers.restore import CHECKPOINT_ANNOTATION
 from tests.imagebuild import Entry, Image, build_image, tar_layer
 from tests.integration.helpers_containers import (IMAGE, container_config, create, run, start_env, status,
                                                  wait_state)
+from tests.integration.helpers_sandboxes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,9 @@ def test_a_failed_restore_ends_the_container_with_crius_reason(env_with_stand_in
     for container in (restored, cid):
         d.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container, timeout=0), timeout=60)
         d.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container), timeout=60)
-    assert not d.state_dir.joinpath("containers", restored).exists()
+    # the bundle goes with the reclaim that runs in the background after RemoveContainer's reply
+    bundle = d.state_dir.joinpath("containers", restored)
+    wait_until(lambda: not bundle.exists(), f"the bundle {bundle} is gone", timeout=30)
 
 
 def test_a_restore_without_the_checkpointed_bind_mounts_is_refused(env_with_stand_ins, tmp_path):
