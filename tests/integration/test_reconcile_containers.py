@@ -28,6 +28,22 @@ def _info(d, cid: str) -> dict:
     return json.loads(status(d, cid, verbose=True).info["info"])
 
 
+def _record_path(d, cid: str) -> Path:
+    return d.root / "containers" / f"{cid}.json"
+
+
+def _recorded_running(d, cid: str) -> None:
+    """Wait until the record on disk says the container runs: the daemon writes it after StartContainer's reply
+    without waiting (a crash before that is test_a_start_whose_record_write_a_crash_lost_is_still_running's)."""
+    def running() -> bool:
+        try:
+            return json.loads(_record_path(d, cid).read_text())["state"] == "running"
+        except (OSError, ValueError):  # (replaced by rename: never torn, but maybe not there yet)
+            return False
+
+    wait_until(running, f"the record of {cid} says it runs", timeout=30)
+
+
 def _cgroups_naming(cid: str) -> list[str]:
     """Every cgroup directory, in any hierarchy, whose name holds the container id (its own and conmon's)."""
     found = []
@@ -76,6 +92,7 @@ def test_a_running_container_survives_a_daemon_crash_and_is_removed_cleanly(env)
     before = wait_state(d, cid, api_pb2.CONTAINER_RUNNING)
     assert before.state == api_pb2.CONTAINER_RUNNING
     conmon_pid = _info(d, cid)["conmonPid"]
+    _recorded_running(d, cid)
     d.kill()
     d.start()
     after = status(d, cid).status
@@ -84,6 +101,29 @@ def test_a_running_container_survives_a_daemon_crash_and_is_removed_cleanly(env)
     r = exec_sync(d, cid, ["sh", "-c", "echo alive"])
     assert (r.stdout, r.exit_code) == (b"alive\n", 0)
     _remove_and_check_clean(d, cid, conmon_pid)
+
+
+def test_a_start_whose_record_write_a_crash_lost_is_still_running(env):
+    """The record's writes after CreateContainer's (the runtime's pid, the start) are not waited for: a daemon
+    killed right after StartContainer's reply may leave the record saying 'created, no pid yet'. The restart must
+    take the container as the runtime and conmon know it, running, not undo it as an interrupted create."""
+    d, pod, pod_cfg = env
+    cid = run(d, pod, pod_cfg, container_config("unrecorded", ["sleep", "600"]))
+    before = wait_state(d, cid, api_pb2.CONTAINER_RUNNING)
+    details = _info(d, cid)
+    _recorded_running(d, cid)
+    d.kill()
+    record = json.loads(_record_path(d, cid).read_text())
+    record.update(state="created", pid=0, conmon_pid=0, started_at=0)  # what the lost writes leave
+    _record_path(d, cid).write_text(json.dumps(record))
+    d.start()
+    after = status(d, cid).status
+    assert after.state == api_pb2.CONTAINER_RUNNING, after
+    assert before.created_at <= after.started_at <= time.time_ns()
+    assert _info(d, cid)["pid"] == details["pid"] and _info(d, cid)["conmonPid"] == details["conmonPid"]
+    r = exec_sync(d, cid, ["sh", "-c", "echo alive"])
+    assert (r.stdout, r.exit_code) == (b"alive\n", 0)
+    _remove_and_check_clean(d, cid, details["conmonPid"])
 
 
 def test_a_container_that_exits_while_the_daemon_is_down_reports_its_real_exit(env):
@@ -113,6 +153,7 @@ def test_a_container_deleted_behind_our_back_is_exited_255_and_says_so(env):
     cid = run(d, pod, pod_cfg, container_config("victim", ["sleep", "600"]))
     assert wait_state(d, cid, api_pb2.CONTAINER_RUNNING).state == api_pb2.CONTAINER_RUNNING
     details = _info(d, cid)
+    _recorded_running(d, cid)
     d.kill()
     os.kill(details["conmonPid"], signal.SIGKILL)  # first, or it would report the delete's SIGKILL as exit 137
     wait_until(lambda: process_gone(details["conmonPid"]), "conmon is dead")

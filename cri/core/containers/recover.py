@@ -106,20 +106,27 @@ class Recovery:
                 t.save(record)
                 exits.watch_monitor(record)
                 return
-        if record.state == ContainerState.CREATED and not record.pid:  # the daemon died inside the runtime create
+        if record.state == ContainerState.CREATED and not record.pid:
+            # The daemon died inside the runtime create, or after it (and maybe after the start) before the record's
+            # writes that said so reached the disk (they are not waited for): the runtime and conmon know.
             conmon_pid = read_pid(BundlePaths(Path(record.bundle)).conmon_pid_file)
-            if entry is not None and status == "created" and conmon_pid and is_monitor_of(conmon_pid, record.id):
-                log.info("container %s: finishing its create, interrupted by the daemon's stop", record.id)
+            if (entry is not None and status in ("created", "running", "paused") and conmon_pid
+                    and is_monitor_of(conmon_pid, record.id)):
+                log.info("container %s: its create was done by the runtime (%s) when the daemon stopped", record.id,
+                         status)
                 record.pid, record.conmon_pid = int(entry.get("pid") or 0), conmon_pid
                 t.save(record)
-                exits.watch_monitor(record)
+                if status == "created":
+                    exits.watch_monitor(record)
+                    return
+                monitor_alive = True  # started too: taken as started below
+            else:
+                log.warning("container %s: its create was interrupted by the daemon's stop; undoing it", record.id)
+                if conmon_pid and is_monitor_of(conmon_pid, record.id):
+                    kill(conmon_pid)
+                exits.record_exit(record, 128, "StartError", time.time_ns(),
+                                  "the daemon stopped while the container was being created")
                 return
-            log.warning("container %s: its create was interrupted by the daemon's stop; undoing it", record.id)
-            if conmon_pid and is_monitor_of(conmon_pid, record.id):
-                kill(conmon_pid)
-            exits.record_exit(record, 128, "StartError", time.time_ns(),
-                              "the daemon stopped while the container was being created")
-            return
         if listed is not None and entry is None:
             log.warning("container %s: gone from runtime %s while the daemon was down", record.id,
                         record.runtime_handler)
