@@ -220,9 +220,13 @@ def test_a_create_whose_caller_gave_up_is_handed_to_the_retry(env, tmp_path):
         security_context=api_pb2.LinuxContainerSecurityContext(seccomp=api_pb2.SecurityProfile(
             profile_type=api_pb2.SecurityProfile.Localhost, localhost_ref=str(profile)))))
     request = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=config, sandbox_config=pod_cfg)
+    gave_up = "rpc=CreateContainer: the caller went away"
     with pytest.raises(grpc.RpcError) as e:
         d.runtime.CreateContainer(request, timeout=0.5)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The client's deadline passes before the daemon's own (counted from the request's arrival) cancels the call:
+    # a retry sent at once could come before the daemon knows the first caller is gone, and be a duplicate.
+    wait_until(lambda: gave_up in d.log_path.read_text(errors="replace"), "the daemon saw the caller go", timeout=30)
     with ThreadPoolExecutor(1) as pool:
         retry = pool.submit(d.runtime.CreateContainer, request, timeout=60)
         with open(profile, "w") as fifo:  # lets the first call read its profile and finish
