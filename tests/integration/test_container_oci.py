@@ -109,14 +109,20 @@ async def _scenario(handler: str) -> dict:
             await runtime.delete(container_id, force=True)
         cgroups.remove(cgroup_parent)
         watcher.stop()
-        await asyncio.sleep(0.1)  # let the reaper collect conmon
+        # conmon writes the exit file, then exits: let it end and the reaper collect it (a loaded host is slow)
+        deadline = asyncio.get_running_loop().time() + 30
+        while (leftovers := _mentioning(base)) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
         reaper.close()
-        leftovers = [p for p in os.listdir("/proc") if p.isdigit() and str(base).encode() in
-                     _cmdline(p)]
         report["leftovers"] = {"processes": leftovers,
                                "cgroups": [str(d) for d in cgroups.cgroup_dirs(cgroup_parent) if d.exists()]}
         shutil.rmtree(base, ignore_errors=True)
     return report
+
+
+def _mentioning(base: Path) -> list[str]:
+    """Processes whose command line names `base` (our conmons, the containers' own processes)."""
+    return [p for p in os.listdir("/proc") if p.isdigit() and str(base).encode() in _cmdline(p)]
 
 
 def _cmdline(pid: str) -> bytes:
