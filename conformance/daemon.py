@@ -99,14 +99,24 @@ class Daemon:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "cri", "daemon", "--config", str(self.config_path)]
 
+    def _socket_identity(self) -> tuple[int, int] | None:
+        try:
+            st = self.socket.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_ctime_ns
+
     def start(self, timeout: float = 20.0, env: dict | None = None) -> "Daemon":
+        # A killed daemon leaves its socket: taken for the new one's, the channel would meet a refused connection
+        # and wait out grpc's reconnect backoff (1 s, then 1.6 times longer each time) for the new daemon.
+        stale = self._socket_identity()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
         log.close()
         timeout *= TIME_SCALE
         deadline = time.monotonic() + timeout
-        while not self.socket.exists():
+        while (identity := self._socket_identity()) is None or identity == stale:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pycri exited with {self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
