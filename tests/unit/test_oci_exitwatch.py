@@ -16,7 +16,7 @@ def test_reports_renamed_exit_files_once_and_ignores_temp_files(tmp_path):
             temp.write_text("137")  # what g_file_set_contents does: a temp file, then a rename
             os.rename(temp, tmp_path / "exits" / "abc")
             (tmp_path / "exits" / "def").write_text("0")
-            for _ in range(100):
+            for _ in range(1000):  # (10 s at most: left as soon as both are seen)
                 if len(seen) >= 2:
                     break
                 await asyncio.sleep(0.01)
