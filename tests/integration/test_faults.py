@@ -13,7 +13,7 @@ from cri.api.v1 import api_pb2
 from conformance import faults
 from conformance.client import pod_config
 from tests.imagebuild import build_busybox_image
-from tests.integration.helpers_sandboxes import PrivateNetwork
+from tests.integration.helpers_sandboxes import PrivateNetwork, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +65,11 @@ def test_a_run_whose_caller_gave_up_is_handed_to_the_retry(daemon_factory, world
         if listed():
             break
     [first] = listed()
+    # The retry is handed the pod once the daemon knows its caller went away: at the cancellation, or when the run
+    # ends after the deadline, whichever it sees first; a retry before either is a duplicate.
+    seen = ("rpc=RunPodSandbox: the caller went away", "rpc=RunPodSandbox: done after the caller's deadline")
+    wait_until(lambda: any(line in d.log_path.read_text(errors="replace") for line in seen),
+               "the daemon saw the caller go", timeout=30)
     other = api_pb2.PodSandboxConfig()
     other.CopyFrom(config)
     other.labels["changed"] = "yes"
