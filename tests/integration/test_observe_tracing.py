@@ -13,7 +13,6 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from cri.api.v1 import api_pb2
-from tests.integration.helpers_registry import free_port
 from tests.integration.helpers_containers import pod_config
 
 pytestmark = pytest.mark.integration
@@ -45,11 +44,10 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
 @pytest.fixture
 def collector():
-    port = free_port()
     server = grpc.server(futures.ThreadPoolExecutor(2))
     servicer = Collector()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")  # the kernel's pick: a port chosen first may be taken by then
     server.start()
     try:
         yield servicer, port
