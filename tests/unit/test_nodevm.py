@@ -118,9 +118,12 @@ def test_the_guest_agent_interrupts_its_command_when_the_host_asks(tmp_path, mon
 
     monkeypatch.setattr(guest, "JOB", tmp_path)
     out = guest.Output(tmp_path / "output.log")
-    script = "import signal, sys, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('summary')\n    sys.exit(2)\n"
+    script = ("import signal, sys, time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\n"
+              "except KeyboardInterrupt:\n    print('summary')\n    sys.exit(2)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=out.file, start_new_session=True)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60  # its handler is in place (a SIGINT before would end it otherwise)
+    while "ready" not in (tmp_path / "output.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
     (tmp_path / "interrupt").touch()
     started = time.monotonic()
     assert guest.wait(proc, 60, out) == 2  # what the command said on SIGINT, well before its time limit
