@@ -5,6 +5,7 @@ and reaps it; nothing keeps running."""
 import asyncio
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -88,9 +89,11 @@ def test_a_cancelled_caller_leaves_nothing_running(tmp_path):
 
 def test_a_caller_cancelled_during_the_spawn_gets_the_child_killed(tmp_path, monkeypatch):
     started: list[subprocess.Popen] = []
+    entered = threading.Event()
     real = subprocess.Popen
 
     def slow_popen(*args, **kwargs):
+        entered.set()
         time.sleep(0.3)  # the fork/exec still under way when the caller gives up
         proc = real(*args, **kwargs)
         started.append(proc)
@@ -100,7 +103,8 @@ def test_a_caller_cancelled_during_the_spawn_gets_the_child_killed(tmp_path, mon
 
     async def scenario() -> None:
         task = asyncio.create_task(spawn.popen(["sleep", "600"], start_new_session=True))
-        await asyncio.sleep(0.05)
+        while not entered.is_set():  # the spawn has begun in its thread (a loaded host may take a while)
+            await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
