@@ -128,6 +128,11 @@ class Daemon:
         self.images = api_pb2_grpc.ImageServiceStub(self.channel)
         return self
 
+    def default_runtime(self) -> str:
+        """The handler pods without a RuntimeClass get: the configuration's, or what pycri picks on this host."""
+        from cri.config import load_config
+        return load_config(self.config_path, environ={}).runtime.default_runtime
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -75,8 +75,13 @@ class RuntimeHandler(Section):
     monitor: Literal["conmon"] = "conmon"
 
 
+# The handler pods without a RuntimeClass get when the configuration names none: crun when it is installed, as
+# CRI-O's packages ship it (its `create` is a C program's, not a Go one's that re-executes itself), else runc.
+AUTO_DEFAULT_RUNTIMES = ("crun", "runc")
+
+
 class RuntimeConfig(Section):
-    default_runtime: str = "runc"
+    default_runtime: str = Field("", description="'' = crun when its binary is found, else runc")
     handlers: dict[str, RuntimeHandler] = {
         "runc": RuntimeHandler(path="runc"),
         "crun": RuntimeHandler(path="crun"),
@@ -94,7 +99,9 @@ class RuntimeConfig(Section):
 
     @model_validator(mode="after")
     def _default_is_a_handler(self) -> "RuntimeConfig":
-        if self.default_runtime not in self.handlers:
+        if not self.default_runtime:
+            self.default_runtime = auto_default_runtime(self.handlers)  # runs this validator again, with a name
+        elif self.default_runtime not in self.handlers:
             raise ValueError(f"default_runtime {self.default_runtime!r} is not in [runtime.handlers]")
         return self
 
@@ -140,7 +147,7 @@ class Config(Section):
     journal_socket: Path = Path("/run/systemd/journal/socket")
     storage: StorageConfig = StorageConfig()
     network: NetworkConfig = NetworkConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # built per Config: its default looks at PATH
     streaming: StreamingConfig = StreamingConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
@@ -165,6 +172,16 @@ class Config(Section):
         """The handler's binary as an absolute path, or None when it is not installed."""
         h = self.runtime.handlers.get(handler)
         return find_binary(h.path) if h else None
+
+
+def auto_default_runtime(handlers: dict[str, RuntimeHandler]) -> str:
+    """The default handler when the configuration names none: the first of crun, runc that is a handler and whose
+    binary is found, else the last of them that is a handler (Status then says its binary is missing)."""
+    named = [h for h in AUTO_DEFAULT_RUNTIMES if h in handlers]
+    if not named:
+        raise ValueError(f"default_runtime is unset and none of {', '.join(AUTO_DEFAULT_RUNTIMES)} is in "
+                         f"[runtime.handlers]: set it to one of {sorted(handlers)}")
+    return next((h for h in named if find_binary(handlers[h].path) is not None), named[-1])
 
 
 _found: dict[str, str] = {}

@@ -251,6 +251,8 @@ async def serve(config: Config, load_config: Callable[[], Config] | None = None)
         os.chmod(config.socket_path, config.socket_mode)
         log.info("pycri serving CRI v1 on %s (%d RPCs implemented)%s", config.listen, len(handlers),
                  "; the previous run did not shut down cleanly" if unclean else "")
+        default = config.runtime.default_runtime
+        log.info("default runtime handler %s (%s)", default, config.runtime_path(default) or "not installed")
 
         if load_config is not None:
             from cri.reload import Reloader

@@ -18,7 +18,7 @@ import pytest
 from cri.api.v1 import api_pb2
 
 from tests.integration.helpers_containers import (container_config, create, exec_sync, log_lines, pod_config, run,
-                                                 status, wait_state)
+                                                 start_env, status, wait_state)
 from tests.integration.helpers_sandboxes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -27,6 +27,13 @@ pytestmark = pytest.mark.integration
 # What the daemon says when it cannot checkpoint here: no CRIU at all (a fresh Debian 12: `make install` does not add
 # it), or one whose `criu check` fails on this kernel.
 NO_CRIU = re.compile(r"`criu check` fails on this host|CRIU \(criu\) is not installed")
+
+
+@pytest.fixture
+def env(daemon_factory, registry, tmp_path):
+    """conftest's env on runc: Debian's crun is built without CRIU (no +CRIU in `crun --version`), so only a
+    runc pod's containers can be checkpointed there (a crun one is refused saying so: tests/unit/test_oci_checkpoint.py)."""
+    yield from start_env(daemon_factory, registry, tmp_path, {"runtime": {"default_runtime": "runc"}})
 
 
 def criu_works() -> bool:

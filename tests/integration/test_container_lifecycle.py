@@ -247,7 +247,8 @@ def chatty_env(daemon_factory, registry, tmp_path):
     wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("runc")} --debug "$@"\n')
     wrapper.chmod(0o755)
     handlers = {"runc": {"path": str(wrapper)}, "crun": {"path": "crun"}}
-    yield from start_env(daemon_factory, registry, tmp_path, {"runtime": {"handlers": handlers}})
+    yield from start_env(daemon_factory, registry, tmp_path, {"runtime": {"handlers": handlers,
+                                                                          "default_runtime": "runc"}})
 
 
 def test_the_runtimes_own_messages_stay_out_of_the_containers_log(chatty_env):

@@ -129,7 +129,7 @@ def test_status_lists_each_handler_and_the_default_with_its_features(rro_env):
     d, _, _ = rro_env
     features = handler_features(d)
     assert set(features) == {"", "runc", "crun", "oldrunc"}
-    assert features[""] == features["runc"]  # the default handler, as kubelet looks it up
+    assert features[""] == features[d.default_runtime()]  # the default handler, as kubelet looks it up
     kernel_can = mounts.kernel_at_least(os.uname().release, mounts.MOUNT_SETATTR_KERNEL)
     assert features["runc"].recursive_read_only_mounts is kernel_can   # runc 1.1+ lists "rro"
     assert features["crun"].recursive_read_only_mounts is kernel_can   # crun 1.8+

@@ -65,9 +65,14 @@ def _process_cgroups(pid: int) -> set[str]:
     return {line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
 
 
+def _runtime(d) -> list[str]:
+    """The default handler's runtime binary (its handler's name) with the daemon's --root for it."""
+    handler = d.default_runtime()
+    return [handler, "--root", str(d.state_dir / "runtimes" / handler)]
+
+
 def _runtime_ids(d) -> list[str]:
-    root = d.state_dir / "runtimes" / "runc"
-    out = subprocess.run(["runc", "--root", str(root), "list", "--format", "json"], capture_output=True, check=True)
+    out = subprocess.run([*_runtime(d), "list", "--format", "json"], capture_output=True, check=True)
     return [c["id"] for c in json.loads(out.stdout or b"null") or []]
 
 
@@ -157,8 +162,7 @@ def test_a_container_deleted_behind_our_back_is_exited_255_and_says_so(env):
     d.kill()
     os.kill(details["conmonPid"], signal.SIGKILL)  # first, or it would report the delete's SIGKILL as exit 137
     wait_until(lambda: process_gone(details["conmonPid"]), "conmon is dead")
-    subprocess.run(["runc", "--root", str(d.state_dir / "runtimes" / "runc"), "delete", "-f", cid],
-                   check=True, capture_output=True)
+    subprocess.run([*_runtime(d), "delete", "-f", cid], check=True, capture_output=True)
     d.start()
     st = status(d, cid).status
     assert st.state == api_pb2.CONTAINER_EXITED

@@ -111,8 +111,8 @@ def test_sighup_applies_cni_config_and_runtime_handlers(daemon, tmp_path):
     d = daemon
     assert _conditions(d)["NetworkReady"] is False
     assert "extra" not in _handlers(d)
-    kept = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_config(tmp_path, name="on-runc")),
-                                   timeout=60).pod_sandbox_id
+    kept = d.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_config(tmp_path, name="on-runc"),
+                                                                runtime_handler="runc"), timeout=60).pod_sandbox_id
     try:
         with installed_network(tmp_path) as network:
             # runc runs a pod: removing it from the configuration is refused, and says so.

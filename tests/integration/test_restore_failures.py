@@ -56,7 +56,8 @@ def stand_ins(tmp_path, monkeypatch):
 
 @pytest.fixture
 def env_with_stand_ins(stand_ins, daemon_factory, registry, tmp_path):
-    yield from start_env(daemon_factory, registry, tmp_path)
+    # runc, the handler the stand-in wraps (and the one Debian builds with CRIU; its crun cannot checkpoint)
+    yield from start_env(daemon_factory, registry, tmp_path, {"runtime": {"default_runtime": "runc"}})
 
 
 def test_a_failed_restore_ends_the_container_with_crius_reason(env_with_stand_ins, tmp_path):

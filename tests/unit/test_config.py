@@ -13,8 +13,8 @@ def test_defaults_match_what_operators_expect(tmp_path):
     assert c.root.as_posix() == "/var/lib/pycri"
     assert c.socket_path.as_posix() == "/run/pycri/pycri.sock"
     assert c.socket_mode == 0o660
-    assert c.runtime.default_runtime == "runc"
     assert set(c.runtime.handlers) == {"runc", "crun"}
+    assert c.runtime.default_runtime in {"runc", "crun"}  # which one: the tests below
     assert c.runtime.cgroup_manager == "auto"
     assert c.streaming.address == "127.0.0.1" and c.streaming.port == 0
 
@@ -87,6 +87,49 @@ def test_default_runtime_must_be_a_configured_handler(tmp_path):
     main = write(tmp_path / "pycri.conf", '[runtime]\ndefault_runtime = "kata"\n')
     with pytest.raises(ConfigError, match="kata"):
         load_config(main, environ={})
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """The runtime binaries the automatic default finds: a set of names (or paths) that are installed."""
+    found: set[str] = set()
+    monkeypatch.setattr("cri.config.find_binary", lambda name: f"/usr/bin/{name}" if name in found else None)
+    return found
+
+
+def test_without_default_runtime_pods_get_crun_when_it_is_installed(tmp_path, installed):
+    installed.update({"crun", "runc"})
+    assert load_config(write(tmp_path / "empty.conf", ""), environ={}).runtime.default_runtime == "crun"
+    installed.discard("crun")
+    assert load_config(write(tmp_path / "empty.conf", ""), environ={}).runtime.default_runtime == "runc"
+    installed.clear()  # neither: runc, and Status says it is missing
+    assert load_config(write(tmp_path / "empty.conf", ""), environ={}).runtime.default_runtime == "runc"
+
+
+def test_the_automatic_default_follows_the_handler_table(tmp_path, installed):
+    installed.update({"crun", "runc", "/opt/crun-1.19"})
+    table = '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "{}"\n'
+    conf = write(tmp_path / "a.conf", table.format("/opt/crun-1.19"))
+    assert load_config(conf, environ={}).runtime.default_runtime == "crun"
+    conf = write(tmp_path / "b.conf", table.format("/opt/missing/crun"))
+    assert load_config(conf, environ={}).runtime.default_runtime == "runc"
+    conf = write(tmp_path / "c.conf", '[runtime.handlers.runc]\npath = "runc"\n')  # a table without crun
+    assert load_config(conf, environ={}).runtime.default_runtime == "runc"
+    only_kata = write(tmp_path / "d.conf", '[runtime]\nhandlers = {kata = {path = "kata-runtime"}}\n')
+    with pytest.raises(ConfigError, match="default_runtime is unset and none of crun, runc.*set it to one of "
+                                          r"\['kata'\]"):
+        load_config(only_kata, environ={})
+
+
+def test_an_explicit_default_runtime_is_always_honoured(tmp_path, installed):
+    installed.update({"crun", "runc"})
+    conf = write(tmp_path / "pycri.conf", '[runtime]\ndefault_runtime = "runc"\n')
+    assert load_config(conf, environ={}).runtime.default_runtime == "runc"
+    env = {"PYCRI_RUNTIME__DEFAULT_RUNTIME": "runc"}
+    assert load_config(write(tmp_path / "empty.conf", ""), environ=env).runtime.default_runtime == "runc"
+    installed.clear()  # named, not installed: still that one (Status says it is missing)
+    conf = write(tmp_path / "crun.conf", '[runtime]\ndefault_runtime = "crun"\n')
+    assert load_config(conf, environ={}).runtime.default_runtime == "crun"
 
 
 def test_a_bad_pinned_image_pattern_names_the_file_key_and_pattern(tmp_path):

@@ -149,7 +149,8 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
-    config = Config(root=tmp_path / "root", state_dir=tmp_path / "state")
+    config = Config(root=tmp_path / "root", state_dir=tmp_path / "state",
+                    runtime={"default_runtime": "runc"})  # the fake runtime's handler
     exit_dir = config.state_dir / "exits"
     exit_dir.mkdir(parents=True)
     return Env(config, FakeRuntime(exit_dir), FakeConmon(exit_dir), FakeImages(tmp_path / "rootfs"),

@@ -17,7 +17,7 @@ class _Cni:
 
 def test_an_unreadable_cni_dir_still_applies_the_rest(tmp_path, caplog):
     handled, pinned, forgotten = [], [], []
-    old = Config()
+    old = Config.model_validate({"runtime": {"default_runtime": "runc"}})  # the reload moves it to crun
     rt = SimpleNamespace(
         config=old, cni=_Cni(),
         sandboxes=SimpleNamespace(list=lambda: [], set_runtime_handlers=lambda h, d: handled.append((sorted(h), d))),
