@@ -22,6 +22,7 @@ class CgroupfsDriver:
     default_parent = "/pycri"
     runtime_args: tuple[str, ...] = ()   # for runc/crun before the command
     conmon_args: tuple[str, ...] = ()
+    spec_annotations: tuple[tuple[str, str], ...] = ()  # for the runtime, in each container's spec
 
     def parent(self, requested: str) -> str:
         """The cgroup path of the pod-level parent kubelet asked for (ValueError when it cannot be one)."""
@@ -57,6 +58,9 @@ class SystemdDriver(CgroupfsDriver):
     default_parent = "pycri.slice"
     runtime_args = ("--systemd-cgroup",)
     conmon_args = ("--systemd-cgroup",)
+    # crun on cgroup v2 would run the container in a `container` child of its scope; runc runs it in the scope,
+    # where pycri's kills (cgroup.procs), stats and OOM counts look. An empty subgroup keeps crun there too.
+    spec_annotations = (("run.oci.systemd.subgroup", ""),)
 
     def __init__(self, client: systemd.Systemd | None = None) -> None:
         self.client = client or systemd.Systemd()

@@ -60,9 +60,11 @@ def test_auto_reports_the_driver_this_host_has(daemon_factory):
     assert facts["pressure"] is (cgroups.layout().is_v2 and Path("/proc/pressure/cpu").exists())
 
 
-@pytest.fixture
-def systemd_env(daemon_factory, registry, tmp_path):  # noqa: F811
-    yield from start_env(daemon_factory, registry, tmp_path, {"runtime": {"cgroup_manager": "systemd"}})
+@pytest.fixture(params=["", "runc"], ids=["default-handler", "runc"])
+def systemd_env(daemon_factory, registry, tmp_path, request):  # noqa: F811
+    """The env under the systemd driver, with pycri's default handler (crun where installed) and with runc."""
+    yield from start_env(daemon_factory, registry, tmp_path, {"runtime": {"cgroup_manager": "systemd",
+                                                                          "default_runtime": request.param}})
 
 
 @needs_systemd

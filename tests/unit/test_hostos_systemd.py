@@ -32,6 +32,7 @@ def test_systemd_driver_paths_and_what_runc_is_told():
     assert d.spec_path(d.child(d.parent(""), "pycri-conmon-abc")) == "pycri.slice:pycri:conmon-abc"
     assert systemd.scope_name("/pycri-x.scope") == ("-.slice", "pycri-x.scope")
     assert d.runtime_args == ("--systemd-cgroup",)
+    assert dict(d.spec_annotations) == {"run.oci.systemd.subgroup": ""}  # crun: the container in the scope itself
 
 
 def test_cgroupfs_driver_keeps_paths_as_they_are():
@@ -39,7 +40,7 @@ def test_cgroupfs_driver_keeps_paths_as_they_are():
     parent = d.parent("kubepods//burstable/pod1/")
     assert parent == "/kubepods/burstable/pod1" and d.parent("") == "/pycri"
     assert d.spec_path(d.child(parent, "pycri-abc")) == "/kubepods/burstable/pod1/pycri-abc"
-    assert d.runtime_args == () and d.conmon_args == ()
+    assert d.runtime_args == () and d.conmon_args == () and d.spec_annotations == ()
     asyncio.run(d.check())
 
 

@@ -212,6 +212,7 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
         seccomp_kind, profile = "localhost", _load_profile(str(config.runtime.seccomp_profile))
     elif seccomp_kind == "localhost" and not sec.privileged:
         profile = _load_profile(sec.seccomp_localhost)
+    manager = driver(config.runtime.cgroup_manager)
     inputs = spec_inputs.ContainerInputs(
         container_id=record.id, rootfs=str(rootfs), command=request.command, args=request.args,
         image_entrypoint=image.entrypoint, image_cmd=image.cmd, image_env=image.env, envs=request.envs,
@@ -237,9 +238,10 @@ def build_spec(config: Config, find: Callable[[str], ContainerRecord | None], re
         selinux_label=selinux.process_label(sec.selinux, host_facts.selinux_enabled()),
         resources=resources(config, request.resources), oom_score_adj_floor=host_facts.oom_score_adj_floor(),
         swap_accounting=cgroups.swap_accounting(),
-        cgroups_path=driver(config.runtime.cgroup_manager).spec_path(record.cgroups_path),
+        cgroups_path=manager.spec_path(record.cgroups_path),
         annotations={**request.annotations, "io.kubernetes.cri.container-name": request.name,
-                     "io.kubernetes.cri.sandbox-id": sandbox.id, "io.kubernetes.cri.container-type": "container"},
+                     "io.kubernetes.cri.sandbox-id": sandbox.id, "io.kubernetes.cri.container-type": "container",
+                     **dict(manager.spec_annotations)},
     )
     try:
         return cdi.apply_edits(oci_spec.container_spec(inputs), list(cdi_edits))
