@@ -11,7 +11,7 @@ import functools
 from typing import Literal
 
 from hostos.cgroups import systemd, tree
-from hostos.cgroups.layout import clean_path, layout
+from hostos.cgroups.layout import cgroup_dirs, clean_path, layout
 from hostos.cgroups.limits import Limits, planned_writes
 
 Name = Literal["cgroupfs", "systemd"]
@@ -89,6 +89,10 @@ class SystemdDriver(CgroupfsDriver):
         await self.client.start_scope(unit, slice_name, [pid], description or f"pycri {unit}")
 
     async def release(self, path: str) -> None:
+        """Stop the scope, killing what is still in it first: systemd's stop sends SIGTERM and waits out
+        TimeoutStopSec (90 s by default) for what ignores it, as a PID namespace's init does before it has exec'd
+        (a half-started infra): SIGTERM from outside reaches it only through a handler it has not set yet."""
+        await asyncio.to_thread(tree.kill, [str(d) for d in cgroup_dirs(path, layout())])
         await self.client.stop_unit(systemd.scope_name(path)[1])
 
     async def keep(self, path: str, limits: Limits) -> None:

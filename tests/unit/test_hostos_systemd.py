@@ -78,6 +78,38 @@ def test_systemd_driver_makes_a_scope_in_the_parent_slice_and_stops_it():
                             ("stop", "pycri-conmon-c1.scope")]
 
 
+def test_releasing_a_scope_kills_what_is_left_in_it_before_systemd_stops_it(tmp_path, monkeypatch):
+    """A half-started infra (a PID namespace's init before its exec) ignores SIGTERM, which is all systemd's stop
+    sends before TimeoutStopSec (90 s): what is left in the scope is SIGKILLed before StopUnit."""
+    import signal
+    import subprocess
+    from hostos.cgroups.layout import Layout
+
+    monkeypatch.setattr(drivers, "layout", lambda: Layout(unified=tmp_path, v1={}))
+    stubborn = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+
+    class Recording(FakeClient):
+        async def stop_unit(self, unit):
+            try:  # dead by the time systemd is asked: only the driver's SIGKILL can have ended it
+                code = stubborn.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.calls.append(("stop", unit, code))
+
+    try:
+        client = Recording()
+        d = drivers.SystemdDriver(client)
+        path = d.child(d.parent("kubepods-pod1.slice"), "pycri-infra")
+        scope = tmp_path / path.lstrip("/")
+        scope.mkdir(parents=True)
+        (scope / "cgroup.procs").write_text(f"{stubborn.pid}\n")
+        asyncio.run(d.release(path))
+        assert client.calls == [("stop", "pycri-infra.scope", -signal.SIGKILL)]
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+
 @pytest.mark.parametrize("requested,path", [
     ("/test.slice", "/test.slice"),  # critest's parent under the systemd driver
     ("/kubepods.slice/kubepods-besteffort.slice/", "/kubepods.slice/kubepods-besteffort.slice"),
