@@ -118,8 +118,11 @@ def test_the_guest_agent_interrupts_its_command_when_the_host_asks(tmp_path, mon
 
     monkeypatch.setattr(guest, "JOB", tmp_path)
     out = guest.Output(tmp_path / "output.log")
-    script = ("import signal, sys, time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\n"
-              "except KeyboardInterrupt:\n    print('summary')\n    sys.exit(2)\n")
+    # SIGINT's handler set by the command itself, as pytest's is: a disposition inherited as ignored (a make run in
+    # the background of a non-interactive shell) would leave it asleep its whole minute.
+    script = ("import signal, sys, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\ntry:\n"
+              "    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('summary')\n"
+              "    sys.exit(2)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=out.file, start_new_session=True)
     deadline = time.monotonic() + 60  # its handler is in place (a SIGINT before would end it otherwise)
     while "ready" not in (tmp_path / "output.log").read_text() and time.monotonic() < deadline:
