@@ -101,7 +101,12 @@ def test_shared_pid_namespace_has_an_infra_process_in_the_pod_cgroup(pods):
     assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(details["netns"]).st_ino
     assert f"{details['cgroupPath']}\n" in Path(f"/proc/{pid}/cgroup").read_text().replace(":", "\n")
+    # The infra's output goes to a file of the pod's, never to the daemon's own log.
+    infra_log = os.readlink(f"/proc/{pid}/fd/2")
+    assert infra_log.endswith(f"/{pod_id}/infra.log"), infra_log
+    assert os.readlink(f"/proc/{pid}/fd/1") == infra_log
     stop(d, pod_id)
+    assert "unshare:" not in d.log_path.read_text(errors="replace")
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/comm").read_text().strip() != "catatonit"
     remove(d, pod_id)
     assert cgroup_exists(details["cgroupPath"]) == []

@@ -156,6 +156,8 @@ def _comm(pid: int) -> str:
 # subprocess's own clean-up takes), until their stop.
 _started: dict[int, subprocess.Popen[bytes]] = {}
 
+INFRA_LOG = "infra.log"  # in the sandbox dir: the infra's stdout and stderr
+
 
 async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, workdir: str,
                       place: Callable[[int], Awaitable[None]], timeout: float = 5.0) -> tuple[int, int, int]:
@@ -169,7 +171,16 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, w
     argv = ["unshare", f"--wd={workdir}", "--pid", "--fork", "--kill-child=SIGKILL", catatonit, "-P"]
     if namespaces:
         argv = ["nsenter", *(f"--{kind}={path}" for kind, path in sorted(namespaces.items()))] + argv
-    proc = await spawn.popen(argv, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, start_new_session=True)
+    # The infra and its parents write to a file of the pod's, not to the daemon's stderr: util-linux 2.38's
+    # `unshare --fork` complains at every pod stop ("sigprocmask unblock failed"), and a journal stream the
+    # infra held would outlive the daemon that opened it. The file says why a start failed.
+    log_path = os.path.join(workdir, INFRA_LOG)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        proc = await spawn.popen(argv, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, start_new_session=True,
+                                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd)
+    finally:
+        os.close(log_fd)
     parent = proc.pid
     _started[parent] = proc
     try:
@@ -180,7 +191,7 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, w
             if kids and _comm(kids[0]) == "catatonit":
                 break
             if proc.poll() is not None:
-                raise Internal(f"infra process {' '.join(argv)} exited at start")
+                raise Internal(f"infra process {' '.join(argv)} exited at start{_said(log_path)}")
             if time.monotonic() > deadline:
                 raise Internal(f"infra process did not start within {timeout:g}s")
             await asyncio.sleep(0.001)
@@ -190,6 +201,16 @@ async def start_infra(catatonit: str, namespaces: dict[str, str], cgroup: str, w
     except BaseException:
         await stop_infra(0, 0, parent)
         raise
+
+
+def _said(log_path: str, limit: int = 2000) -> str:
+    """What the infra's start wrote, for its error."""
+    try:
+        with open(log_path, "rb") as f:
+            text = f.read(limit).decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f": {text}" if text else ""
 
 
 async def stop_infra(pid: int, start_time: int, parent: int, timeout: float = 5.0) -> None:
