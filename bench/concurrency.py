@@ -85,7 +85,8 @@ class Wave:
 
         def create(i: int) -> str:
             config = api_pb2.ContainerConfig(
-                metadata=api_pb2.ContainerMetadata(name=f"c{i}"), image=api_pb2.ImageSpec(image=self.image),
+                metadata=api_pb2.ContainerMetadata(name=f"c{i}"),
+                image=api_pb2.ImageSpec(image=self.image, user_specified_image=self.image),
                 command=["sh", "-c", 'trap "exit 0" TERM; sleep 3600 & wait'], log_path=f"c{i}.log")
             cid = self._timed("create", self.rt.CreateContainer, api_pb2.CreateContainerRequest(
                 pod_sandbox_id=pod_id, config=config, sandbox_config=pod)).container_id

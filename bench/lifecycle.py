@@ -45,7 +45,8 @@ def round_trip(stub, image: str, name: str, log_dir: str, handler: str, host_net
         log_directory=f"{log_dir}/{name}",
         linux=api_pb2.LinuxPodSandboxConfig(security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
     ctr = api_pb2.ContainerConfig(
-        metadata=api_pb2.ContainerMetadata(name=f"c-{name}"), image=api_pb2.ImageSpec(image=image),
+        metadata=api_pb2.ContainerMetadata(name=f"c-{name}"),
+        image=api_pb2.ImageSpec(image=image, user_specified_image=image),
         command=["sh", "-c", 'trap "exit 0" TERM; sleep 3600 & wait'], log_path="c.log")
     t = [time.perf_counter()]
     pod_id = stub.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod, runtime_handler=handler),
@@ -126,7 +127,8 @@ def memory_figures(endpoint: str, daemon_pid: int, marker: str, image: str, coun
                 pods.append(pod_id)
                 cid = stub.CreateContainer(api_pb2.CreateContainerRequest(
                     pod_sandbox_id=pod_id, sandbox_config=pod, config=api_pb2.ContainerConfig(
-                        metadata=api_pb2.ContainerMetadata(name="c"), image=api_pb2.ImageSpec(image=image),
+                        metadata=api_pb2.ContainerMetadata(name="c"),
+                        image=api_pb2.ImageSpec(image=image, user_specified_image=image),
                         command=["sleep", "3600"], log_path="c.log")), timeout=120).container_id
                 stub.StartContainer(api_pb2.StartContainerRequest(container_id=cid), timeout=120)
             busy = rss_kib(daemon_pid)

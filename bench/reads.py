@@ -87,7 +87,7 @@ class Target:
                 namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE))))
         self.pod_id = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod), timeout=120).pod_sandbox_id
         config = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="c"),
-                                         image=api_pb2.ImageSpec(image=image),
+                                         image=api_pb2.ImageSpec(image=image, user_specified_image=image),
                                          command=["sh", "-c", 'trap "exit 0" TERM; sleep 3600 & wait'],
                                          log_path="c.log")
         self.container_id = rt.CreateContainer(api_pb2.CreateContainerRequest(

@@ -56,7 +56,8 @@ class Pod:
         try:
             self.container = self.runtime.CreateContainer(api_pb2.CreateContainerRequest(
                 pod_sandbox_id=self.id, sandbox_config=self.config, config=api_pb2.ContainerConfig(
-                    metadata=api_pb2.ContainerMetadata(name="c"), image=api_pb2.ImageSpec(image=image),
+                    metadata=api_pb2.ContainerMetadata(name="c"),
+                    image=api_pb2.ImageSpec(image=image, user_specified_image=image),
                     command=["sleep", "3600"], log_path="c.log")), timeout=120).container_id
             self.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=self.container), timeout=120)
         except BaseException:

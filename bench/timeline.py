@@ -36,8 +36,8 @@ def start_pod(client: Client, index: int, containers: int, image: str, logs: Pat
                             timeout=300)
     for n in range(containers):
         container = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name=f"app-{n}"),
-                                            image=api_pb2.ImageSpec(image=image), command=["sleep", "60"],
-                                            log_path=f"app-{n}.log")
+                                            image=api_pb2.ImageSpec(image=image, user_specified_image=image),
+                                            command=["sleep", "60"], log_path=f"app-{n}.log")
         client.start(client.create(pod, container, config))
 
 
