@@ -6,8 +6,9 @@
 Each RUN_DATA_DIR is the `<name>-data` directory the critest kit's `MODE=benchmark run-critest.sh` writes
 (container_, pod_, image_lifecycle_ and image_listing_benchmark_data.json). Samples of every run of a runtime
 are pooled, so alternating runs (pycri, containerd, pycri, containerd) give one median per operation each.
-Prints a Markdown table: operation, samples, the median in ms per runtime, then first/other for each other one,
-with the sums create + start and stop + remove (what kubelet waits for, back to back).
+Prints a Markdown table: operation, samples, the median in ms per runtime, then first/other for each other one
+and, with two or more others, first/better: over the fastest of them, per operation (issue 14's anchor). The sums
+create + start and stop + remove (what kubelet waits for, back to back) are rows of their own.
 """
 
 from __future__ import annotations
@@ -52,14 +53,18 @@ def main() -> int:
         for total, parts in SUMS.items():
             if all(p in m for p in parts):
                 m[total] = sum(m[p] for p in parts)
+    ratio_heads = [f"{first}/{label}" for label, _ in others] + ([f"{first}/better"] if len(others) > 1 else [])
     print("| operation | samples | " + " | ".join(label for label, _ in runtimes) + " | "
-          + " | ".join(f"{first}/{label}" for label, _ in others) + " |")
-    print("| --- |" + " ---: |" * (1 + len(runtimes) + len(others)))
+          + " | ".join(ratio_heads) + " |")
+    print("| --- |" + " ---: |" * (1 + len(runtimes) + len(ratio_heads)))
     for op in [*ours, *SUMS]:
         if op not in medians[0]:
             continue
         cells = [f"{m[op]:.2f}" if op in m else "" for m in medians]
         ratios = [f"{medians[0][op] / m[op]:.2f}" if m.get(op) else "" for m in medians[1:]]
+        if len(others) > 1:
+            anchors = [m[op] for m in medians[1:] if m.get(op)]
+            ratios.append(f"{medians[0][op] / min(anchors):.2f}" if anchors else "")
         print(f"| {op} | {len(ours[op]) if op in ours else ''} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return 0
 
