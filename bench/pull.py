@@ -1,9 +1,11 @@
 """Cold image pulls through CRI from a loopback registry: MB/s, time, and the runtime's peak RSS.
 
 By default it starts a docker-registry and a pycri daemon of its own in a temp dir. With
---endpoint it pulls through another runtime instead (containerd, CRI-O) from --registry, naming
-images with --name-prefix (a registry name that runtime maps to the registry), and reads that
-runtime's peak RSS from --pid. Each pull is cold: the image is removed through CRI first.
+--endpoint it pulls through that runtime instead (a pycri daemon of yours, containerd, CRI-O; --label names it)
+from --registry, naming images with --name-prefix (a registry name the runtimes map to the registry). Each
+--compare runtime (the kit's containerd, a CRI-O socket) takes the same pulls, the runtimes taking turns pull by
+pull, and the ratios first/other (and first/better, over the faster of two or more) follow. Each pull is cold:
+the image is removed through CRI first. Peak RSS is read from --pid, or from the pid that serves a unix socket.
 
 Decompressor choice (storage/unpack.py), measured here on 200 MB of word-like text, gzip -6 to
 87 MB, read in 1 MiB chunks and hashed with sha256 as the unpacker does (2 cores, Debian 12):
@@ -14,6 +16,8 @@ start costs more than it saves). 256 KiB buffers keep the peak RSS of a 5-layer 
     python bench/pull.py [--big-mb 200] [--runs 3] [--busybox-runs 10]
     python bench/pull.py --endpoint unix:///run/containerd/containerd.sock --registry 127.0.0.1:5000 \\
         --name-prefix registry.k8s.io --pid $(pidof containerd)
+    python bench/pull.py --endpoint unix://$PB/cri.sock --registry 127.0.0.1:5000 --name-prefix registry.k8s.io \\
+        --compare containerd=unix:///run/containerd/containerd.sock --compare crio=unix:///var/run/crio/crio.sock
     python bench/pull.py --registries-conf ../shared/critest/registries.conf \\
         --critest-image registry.k8s.io/e2e-test-images/busybox:1.29-2   # with the critest kit's registry
 """
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import random
+import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc  # noqa: E402
 from cri.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
+from bench.compare import add_compare_argument, parse_compare  # noqa: E402
 from tests.imagebuild import Entry, build_busybox_image, build_image, tar_layer  # noqa: E402
 
 
@@ -58,6 +65,27 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def server_pid(endpoint: str) -> int | None:
+    """The pid that listens on a unix endpoint (SO_PEERCRED), so every runtime's peak RSS is read alike."""
+    if not endpoint.startswith("unix://"):
+        return None
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(endpoint.removeprefix("unix://"))
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+class Target:
+    """One runtime: its CRI image client and its pull times."""
+
+    def __init__(self, label: str, endpoint: str, pid: int | None):
+        self.label, self.endpoint, self.pid = label, endpoint, pid
+        self.channel = grpc.insecure_channel(endpoint)
+        self.images = api_pb2_grpc.ImageServiceStub(self.channel)
+        self.times: dict[str, list[float]] = {}
+        self.lifecycle: dict[str, float] = {}
+
+
 def cold_pull(images: api_pb2_grpc.ImageServiceStub, name: str) -> float:
     images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=name)), timeout=600)
     start = time.perf_counter()
@@ -65,8 +93,9 @@ def cold_pull(images: api_pb2_grpc.ImageServiceStub, name: str) -> float:
     return time.perf_counter() - start
 
 
-def lifecycle(images: api_pb2_grpc.ImageServiceStub, name: str, rounds: int = 20, parallel: int = 2) -> None:
-    """critest's image benchmark: Pull, Status, Remove of one image, `parallel` at a time."""
+def lifecycle(images: api_pb2_grpc.ImageServiceStub, name: str, rounds: int = 20,
+              parallel: int = 2) -> dict[str, float]:
+    """critest's image benchmark: Pull, Status, Remove of one image, `parallel` at a time; medians in ms."""
     from concurrent.futures import ThreadPoolExecutor
     spec = api_pb2.ImageSpec(image=name)
 
@@ -81,16 +110,34 @@ def lifecycle(images: api_pb2_grpc.ImageServiceStub, name: str, rounds: int = 20
 
     with ThreadPoolExecutor(parallel) as pool:
         samples = list(pool.map(one, range(rounds)))
+    medians = {}
     for i, op in enumerate(("PullImage", "ImageStatus", "RemoveImage")):
         values = [s[i] * 1000 for s in samples]
-        print(f"critest-like {op:12} rounds={rounds} parallel={parallel} median={statistics.median(values):7.2f} ms  "
+        medians[op] = statistics.median(values)
+        print(f"critest-like {op:12} rounds={rounds} parallel={parallel} median={medians[op]:7.2f} ms  "
               f"max={max(values):7.2f} ms")
+    return medians
 
 
 def report(label: str, times: list[float], size: int) -> None:
     med = statistics.median(times)
-    print(f"{label:28} runs={len(times):<3} median={med * 1000:9.1f} ms  min={min(times) * 1000:9.1f} ms  "
+    print(f"{label:34} runs={len(times):<3} median={med * 1000:9.1f} ms  min={min(times) * 1000:9.1f} ms  "
           f"{size / med / 1e6:8.1f} MB/s (compressed {size / 1e6:.1f} MB)")
+
+
+def ratios(targets: list[Target]) -> None:
+    """first/other of the medians for each other runtime, and first/better over the fastest of them."""
+    first, others = targets[0], targets[1:]
+    figures = {kind: {t.label: statistics.median(t.times[kind]) for t in targets} for kind in first.times}
+    figures |= {f"critest-like {op}": {t.label: t.lifecycle[op] for t in targets} for op in first.lifecycle}
+    print(f"\nratios of the medians, {first.label}/other (below 1: {first.label} is faster)")
+    heads = [t.label for t in others] + (["better"] if len(others) > 1 else [])
+    print(f"{'':34}" + "".join(f"{h:>12}" for h in heads))
+    for kind, by_label in figures.items():
+        cells = [by_label[first.label] / by_label[t.label] for t in others]
+        if len(others) > 1:
+            cells.append(by_label[first.label] / min(by_label[t.label] for t in others))
+        print(f"{kind:34}" + "".join(f"{c:12.2f}" for c in cells))
 
 
 def main() -> int:
@@ -98,10 +145,12 @@ def main() -> int:
     parser.add_argument("--big-mb", type=int, default=200, help="uncompressed size of the 5-layer image")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--busybox-runs", type=int, default=10)
-    parser.add_argument("--endpoint", help="CRI endpoint of another runtime (default: start pycri)")
+    parser.add_argument("--endpoint", help="CRI endpoint of the runtime measured first (default: start pycri)")
+    parser.add_argument("--label", default="pycri", help="that runtime's label in the report")
+    add_compare_argument(parser)
     parser.add_argument("--registry", help="host:port of a running registry (default: start one)")
     parser.add_argument("--name-prefix", help="registry name the runtime maps to --registry")
-    parser.add_argument("--pid", type=int, help="runtime pid, for its peak RSS")
+    parser.add_argument("--pid", type=int, help="pid of the first runtime, for its peak RSS (default: the socket's)")
     parser.add_argument("--critest-image", help="also run critest's image lifecycle benchmark on this image "
                         "(a name the runtime can pull, e.g. registry.k8s.io/e2e-test-images/busybox:1.29-2)")
     parser.add_argument("--registries-conf", help="registries.conf for the pycri daemon this script starts")
@@ -138,19 +187,30 @@ def main() -> int:
                 daemon.start()
                 closers.append(daemon.cleanup)
                 endpoint, pid = f"unix://{daemon.socket}", daemon.proc.pid
-            channel = grpc.insecure_channel(endpoint)
-            closers.append(channel.close)
-            images = api_pb2_grpc.ImageServiceStub(channel)
-            print(f"endpoint {endpoint}, registry {registry}, names {prefix}/bench/...")
-            report("busybox cold pull", [cold_pull(images, f"{prefix}/bench/busybox:1") for _ in range(args.busybox_runs)],
-                   busybox_size)
-            report(f"{args.big_mb} MB 5-layer cold pull", [cold_pull(images, f"{prefix}/bench/big:1") for _ in range(args.runs)],
-                   big_size)
-            images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=f"{prefix}/bench/big:1")))
-            if args.critest_image:
-                lifecycle(images, args.critest_image)
-            if pid:
-                print(f"runtime peak RSS (VmHWM of pid {pid}): {peak_rss_mb(pid):.1f} MB")
+            targets = [Target(args.label, endpoint, pid or server_pid(endpoint))]
+            targets += [Target(label, ep, server_pid(ep)) for label, ep in parse_compare(args.compare)]
+            closers += [t.channel.close for t in targets]
+            print(f"endpoints {', '.join(f'{t.label} {t.endpoint}' for t in targets)}; registry {registry}, "
+                  f"names {prefix}/bench/...")
+            pulls = [("busybox cold pull", f"{prefix}/bench/busybox:1", args.busybox_runs, busybox_size),
+                     (f"{args.big_mb} MB 5-layer cold pull", f"{prefix}/bench/big:1", args.runs, big_size)]
+            for kind, name, runs, _ in pulls:
+                for _ in range(runs):
+                    for t in targets:
+                        t.times.setdefault(kind, []).append(cold_pull(t.images, name))
+            for t in targets:
+                t.images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=f"{prefix}/bench/big:1")),
+                                     timeout=60)
+            for t in targets:
+                print(f"\n{t.label} ({t.endpoint})")
+                for kind, _, _, size in pulls:
+                    report(kind, t.times[kind], size)
+                if args.critest_image:
+                    t.lifecycle = lifecycle(t.images, args.critest_image)
+                if t.pid:
+                    print(f"runtime peak RSS (VmHWM of pid {t.pid}): {peak_rss_mb(t.pid):.1f} MB")
+            if len(targets) > 1:
+                ratios(targets)
         finally:
             for close in reversed(closers):
                 close()
