@@ -22,10 +22,11 @@ removed at the next start (or by the failed pull itself).
 from __future__ import annotations
 
 import builtins
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from storage import reference as refs
 from storage.auth import Credentials
@@ -34,12 +35,14 @@ from storage.errors import ImageInUse, ImageNotFound
 from storage.fsutil import usage
 from storage.idmap import IdMap
 from storage.image_gc import Collector, GCReport
-from storage.image_pull import Observer, Puller, no_space_error
 from storage.image_records import ImageRecord, ImageRecords
 from storage.layers import LayerStore
 from storage.registries_conf import RegistriesConfig
 from storage.rootfs import ImageVolume, Rootfs, RootfsManager
 from storage.unpack import UnpackLimits
+
+if TYPE_CHECKING:
+    from storage.image_pull import Observer, Puller
 
 T = TypeVar("T")
 
@@ -72,10 +75,27 @@ class ImageStore:
         self.rootfs = RootfsManager(self.root, self.layers)
         self._records = ImageRecords(self.root, registries or RegistriesConfig(), durable)
         self._gc = Collector(self._records, self.content, self.layers, self.rootfs, background_reclaim)
-        self._puller = Puller(self.root, self._records, self.content, self.layers, self._gc, auth_file=auth_file,
-                              progress_timeout=progress_timeout, parallel_downloads=parallel_downloads,
-                              durable=durable, checkpoint=checkpoint)
+        self._puller_made: Puller | None = None
+        self._puller_lock = threading.Lock()
+
+        def make_puller() -> Puller:
+            from storage.image_pull import Puller
+
+            return Puller(self.root, self._records, self.content, self.layers, self._gc, auth_file=auth_file,
+                          progress_timeout=progress_timeout, parallel_downloads=parallel_downloads,
+                          durable=durable, checkpoint=checkpoint)
+
+        self._make_puller = make_puller
         self._gc.sweep_all()
+
+    @property
+    def _puller(self) -> Puller:
+        """Made at the first pull or archive import: with the registry client and http.client it imports, 0.4 MB of
+        the idle daemon's RSS (bench/memory.py) that a daemon which never pulls would hold for nothing."""
+        with self._puller_lock:
+            if self._puller_made is None:
+                self._puller_made = self._make_puller()
+            return self._puller_made
 
     @property
     def registries(self) -> RegistriesConfig:
@@ -115,6 +135,7 @@ class ImageStore:
     def import_archive(self, path: Path, pin: bool = False) -> builtins.list[ImageRecord]:
         """Load every image of an OCI layout or docker-archive, all or none; `pin` marks them pinned."""
         from storage.archive import read_archive
+        from storage.image_pull import no_space_error
         installed: builtins.list[tuple[ImageRecord, builtins.list[tuple[refs.Reference, str | None]]]] = []
         with no_space_error(f"import {path}", self.root):
             try:
