@@ -3,7 +3,6 @@ bounded in-memory ring (served over the admin socket), and drawn as a table or a
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 from collections import OrderedDict
@@ -92,6 +91,8 @@ MIN_BAR_W = 4.0  # px: a phase of 2 ms in a start of 2 s is still a visible bar 
 
 def render_svg(pods: list[dict]) -> str:
     """A Gantt chart: per pod a header and one bar per phase, on a millisecond axis of its own."""
+    import html  # here, in `pycri timeline --svg`: the daemon never renders, and html's entity table is 0.3 MB
+
     parts: list[str] = []
     y = PAD
     for pod in pods:
