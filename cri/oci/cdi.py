@@ -90,7 +90,7 @@ class ContainerEdits(_Edit):
 class _Device(_Edit):
     name: str
     annotations: dict[str, str] = {}
-    container_edits: ContainerEdits = ContainerEdits()
+    container_edits: ContainerEdits = Field(default_factory=ContainerEdits)  # (an instance here would build it now)
 
 
 class SpecFile(_Edit):
@@ -100,7 +100,7 @@ class SpecFile(_Edit):
     kind: str
     annotations: dict[str, str] = {}
     devices: list[_Device] = Field(min_length=1)
-    container_edits: ContainerEdits = ContainerEdits()
+    container_edits: ContainerEdits = Field(default_factory=ContainerEdits)  # (an instance here would build it now)
 
 
 def parse_name(qualified: str) -> tuple[str, str]:
