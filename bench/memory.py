@@ -10,7 +10,8 @@ module imported by then, lazily or not). The daemon runs as installed, with a by
 PYTHONPYCACHEPREFIX, filled by a first discarded run): with PYTHONDONTWRITEBYTECODE set, as in the test
 harness, every module is compiled at each start and the idle RSS is about 1.5 MB higher. With --pull it then pulls images into one daemon, printing its RSS after each; with --pods it runs that many pods with one container each
 (the image from the critest kit's registry) and prints the daemon's RSS and conmon's PSS per container.
-Issue target: idle RSS <= 42 MB (containerd 1.6 idles at 42, CRI-O at 59), < 100 MB with 50 pods.
+Targets: idle RSS <= 45 MB, containerd's 42 at best (idle: containerd 42-52 MB, CRI-O 59-72 MB); < 100 MB with
+50 pods. docs/benchmarks.md ("Idle footprint cuts") has what is left and why.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def breakdown(idle_rss_kib: float, modules: list[str], env: dict[str, str]) -> l
     """(stage, MB it adds) from the interpreter to the idle daemon."""
     ours = [m for m in modules if m.split(".")[0] in PYCRI_PACKAGES]
     others = [m for m in modules if m not in ours and m != "__main__"]
-    stages = [*BREAKDOWN_STAGES, ("the other modules the daemon imports (standard library, opentelemetry ...)", others),
+    stages = [*BREAKDOWN_STAGES, ("the other modules the daemon imports (standard library, importlib.metadata ...)", others),
               ("pycri's own modules (building its config models)", ours)]
     out = subprocess.run([sys.executable, "-c", _BREAKDOWN_CHILD], input=json.dumps(stages), capture_output=True,
                          text=True, check=True, env={**os.environ, **env}, cwd=Path(__file__).resolve().parent.parent)
